@@ -1,0 +1,38 @@
+"""infaas: model-less, confidential inference-as-a-service.
+
+The public import surface. Component packages (`variants`, `profiler`,
+`scheduler`, `enclave_workers`, `api`) are internal.
+"""
+
+from infaas import errors as errors
+from infaas.settings import Settings as Settings
+from infaas.settings import get_settings as get_settings
+from infaas.store import MetadataStore as MetadataStore
+from infaas.store import open_store as open_store
+from infaas.types import SLO as SLO
+from infaas.types import Backend as Backend
+from infaas.types import ModelRecord as ModelRecord
+from infaas.types import Precision as Precision
+from infaas.types import Profile as Profile
+from infaas.types import Task as Task
+from infaas.types import Tenant as Tenant
+from infaas.types import VariantSpec as VariantSpec
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SLO",
+    "Backend",
+    "MetadataStore",
+    "ModelRecord",
+    "Precision",
+    "Profile",
+    "Settings",
+    "Task",
+    "Tenant",
+    "VariantSpec",
+    "__version__",
+    "errors",
+    "get_settings",
+    "open_store",
+]

@@ -1,0 +1,171 @@
+"""Errors raised by infaas, each carrying the HTTP status the API answers with.
+
+The hierarchy::
+
+    InfaasError (500)
+    ├── InvalidInput (400)
+    │   ├── InvalidModel (400)             not ONNX, unsupported ops, bad validation set
+    │   └── PayloadTooLarge (413)
+    ├── AuthenticationFailed (401)
+    ├── PermissionDenied (403)
+    │   └── AttestationFailed (403)        evidence did not verify or broke policy
+    ├── NotFound (404)
+    │   ├── ModelNotFound (404)
+    │   ├── VariantNotFound (404)
+    │   └── TenantNotFound (404)
+    ├── Conflict (409)
+    ├── CryptoError (400)
+    │   ├── DecryptionFailed (400)         wrong key, tampered ciphertext or associated data
+    │   ├── UnknownKey (400)               key id not known (rotated away or never issued)
+    │   ├── ReplayedRequest (409)
+    │   └── ExpiredRequest (400)
+    ├── NoFeasibleVariant (422)
+    ├── VariantUnsupported (422)           a backend cannot run a variant on this hardware
+    ├── Overloaded (503, Retry-After)
+    └── StoreUnavailable (503)
+
+The client maps the `code` of an API error body back to the same class through
+`error_from_code`, so callers catch the same types locally and remotely.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class InfaasError(Exception):
+    """Base of every infaas error."""
+
+    status_code: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, **detail: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+    def to_problem(self) -> dict[str, Any]:
+        """The JSON problem body the API answers with."""
+        body: dict[str, Any] = {
+            "code": self.code,
+            "status": self.status_code,
+            "message": self.message,
+        }
+        if self.detail:
+            body["detail"] = self.detail
+        return body
+
+
+class InvalidInput(InfaasError):
+    status_code = 400
+    code = "invalid_input"
+
+
+class InvalidModel(InvalidInput):
+    code = "invalid_model"
+
+
+class PayloadTooLarge(InvalidInput):
+    status_code = 413
+    code = "payload_too_large"
+
+
+class AuthenticationFailed(InfaasError):
+    status_code = 401
+    code = "authentication_failed"
+
+
+class PermissionDenied(InfaasError):
+    status_code = 403
+    code = "permission_denied"
+
+
+class AttestationFailed(PermissionDenied):
+    code = "attestation_failed"
+
+
+class NotFound(InfaasError):
+    status_code = 404
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class VariantNotFound(NotFound):
+    code = "variant_not_found"
+
+
+class TenantNotFound(NotFound):
+    code = "tenant_not_found"
+
+
+class Conflict(InfaasError):
+    status_code = 409
+    code = "conflict"
+
+
+class CryptoError(InfaasError):
+    status_code = 400
+    code = "crypto_error"
+
+
+class DecryptionFailed(CryptoError):
+    code = "decryption_failed"
+
+
+class UnknownKey(CryptoError):
+    code = "unknown_key"
+
+
+class ReplayedRequest(CryptoError):
+    status_code = 409
+    code = "replayed_request"
+
+
+class ExpiredRequest(CryptoError):
+    code = "expired_request"
+
+
+class NoFeasibleVariant(InfaasError):
+    status_code = 422
+    code = "no_feasible_variant"
+
+
+class VariantUnsupported(InfaasError):
+    status_code = 422
+    code = "variant_unsupported"
+
+
+class Overloaded(InfaasError):
+    status_code = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0, **detail: Any) -> None:
+        super().__init__(message, retry_after_s=retry_after_s, **detail)
+        self.retry_after_s = retry_after_s
+
+
+class StoreUnavailable(InfaasError):
+    status_code = 503
+    code = "store_unavailable"
+
+
+def _all_subclasses(cls: type[InfaasError]) -> list[type[InfaasError]]:
+    out: list[type[InfaasError]] = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+def error_from_code(code: str, message: str, detail: dict[str, Any] | None = None) -> InfaasError:
+    """Rebuild the typed error an API problem body names (unknown codes give the base)."""
+    registry = {c.code: c for c in [InfaasError, *_all_subclasses(InfaasError)]}
+    cls = registry.get(code, InfaasError)
+    err = cls.__new__(cls)
+    InfaasError.__init__(err, message, **(detail or {}))
+    if isinstance(err, Overloaded):
+        err.retry_after_s = float((detail or {}).get("retry_after_s", 1.0))
+    return err
