@@ -22,7 +22,8 @@ The hierarchy::
     ├── NoFeasibleVariant (422)
     ├── VariantUnsupported (422)           a backend cannot run a variant on this hardware
     ├── Overloaded (503, Retry-After)
-    └── StoreUnavailable (503)
+    ├── StoreUnavailable (503)
+    └── TeeUnavailable (503)           the configured TEE device is absent
 
 The client maps the `code` of an API error body back to the same class through
 `error_from_code`, so callers catch the same types locally and remotely.
@@ -169,3 +170,10 @@ def error_from_code(code: str, message: str, detail: dict[str, Any] | None = Non
     if isinstance(err, Overloaded):
         err.retry_after_s = float((detail or {}).get("retry_after_s", 1.0))
     return err
+
+
+class TeeUnavailable(InfaasError):
+    """The configured TEE device is absent (not inside an enclave / confidential VM)."""
+
+    status_code = 503
+    code = "tee_unavailable"
