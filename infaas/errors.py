@@ -163,9 +163,10 @@ def _all_subclasses(cls: type[InfaasError]) -> list[type[InfaasError]]:
 
 def error_from_code(code: str, message: str, detail: dict[str, Any] | None = None) -> InfaasError:
     """Rebuild the typed error an API problem body names (unknown codes give the base)."""
-    registry = {c.code: c for c in [InfaasError, *_all_subclasses(InfaasError)]}
+    classes: list[type[InfaasError]] = [InfaasError, *_all_subclasses(InfaasError)]
+    registry = {c.code: c for c in classes}
     cls = registry.get(code, InfaasError)
-    err = cls.__new__(cls)
+    err: InfaasError = cls.__new__(cls)
     InfaasError.__init__(err, message, **(detail or {}))
     if isinstance(err, Overloaded):
         err.retry_after_s = float((detail or {}).get("retry_after_s", 1.0))

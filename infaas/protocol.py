@@ -27,7 +27,6 @@ what was expected and what came.
 
 from __future__ import annotations
 
-import json
 import struct
 from typing import Any, Literal, TypeVar
 
@@ -124,7 +123,7 @@ def _tensors(arrays: dict[str, np.ndarray], binary: bool) -> tuple[list[Tensor],
                 Tensor(
                     name=name,
                     shape=list(arr.shape),
-                    datatype=datatype,  # type: ignore[arg-type]
+                    datatype=datatype,
                     parameters=TensorParameters(binary_data_size=len(raw)),
                 )
             )
@@ -133,7 +132,7 @@ def _tensors(arrays: dict[str, np.ndarray], binary: bool) -> tuple[list[Tensor],
                 Tensor(
                     name=name,
                     shape=list(arr.shape),
-                    datatype=datatype,  # type: ignore[arg-type]
+                    datatype=datatype,
                     data=contiguous.ravel().tolist(),
                 )
             )

@@ -297,7 +297,8 @@ class RedisStore(MetadataStore):
 
     def _get(self, namespace: str, key: str) -> bytes | None:
         raw = self._call("hget", self._hash(namespace), key)
-        return None if raw is None else bytes(raw)  # type: ignore[arg-type]
+        assert raw is None or isinstance(raw, bytes)
+        return raw
 
     def _items(self, namespace: str) -> Iterator[tuple[str, bytes]]:
         raw = self._call("hgetall", self._hash(namespace))
