@@ -1,0 +1,150 @@
+"""Dynamic batching across tenants: requests for one variant run as one batch.
+
+Each request brings its own samples and the largest batch its SLO allows (from
+the variant's profiled latency model). A batch takes requests in arrival order
+while the total stays within the smallest such limit among them, so the
+tightest SLO in a batch bounds the batch. Inputs are decrypted before they get
+here and outputs are encrypted after, each under its own tenant's key, so the
+batcher only sees plaintext inside the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from infaas.types import LatencyModel
+
+log = logging.getLogger("infaas.enclave_workers.batcher")
+
+
+def batch_limit(model: LatencyModel, budget_ms: float, max_batch: int) -> int:
+    """The largest batch whose predicted latency fits `budget_ms` (at least 1)."""
+    if model.slope_ms <= 0:
+        return max_batch
+    fit = int((budget_ms - model.intercept_ms) // model.slope_ms)
+    return max(1, min(max_batch, fit))
+
+
+@dataclass
+class _Pending:
+    x: np.ndarray
+    limit: int
+    future: asyncio.Future[np.ndarray]
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    samples: int = 0
+    largest: int = 0
+
+
+@dataclass
+class DynamicBatcher:
+    """Collects requests for one variant and runs them together in `executor`.
+
+    `run` maps a batch (n, ...) to outputs (n, ...); it is called from the
+    executor's threads, one batch at a time per batcher.
+    """
+
+    run: Callable[[np.ndarray], np.ndarray]
+    executor: Executor
+    max_batch: int = 32
+    max_wait_ms: float = 2.0
+    stats: BatchStats = field(default_factory=BatchStats)
+    _queue: asyncio.Queue[_Pending] = field(default_factory=asyncio.Queue)
+    _task: asyncio.Task[None] | None = None
+    _carry: _Pending | None = None
+
+    async def submit(self, x: np.ndarray, limit: int | None = None) -> np.ndarray:
+        """Run `x` (its first axis is the batch) in some batch; returns its own outputs."""
+        n = int(x.shape[0])
+        cap = self.max_batch if limit is None else max(1, min(limit, self.max_batch))
+        if n > cap:
+            # A request larger than its own limit runs alone rather than being refused.
+            cap = n
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(x, cap, future))
+        return await future
+
+    async def _next(self, timeout: float | None) -> _Pending | None:
+        if self._carry is not None:
+            item, self._carry = self._carry, None
+            return item
+        if timeout is None:
+            return await self._queue.get()
+        try:
+            return await asyncio.wait_for(self._queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    async def _collect(self) -> list[_Pending]:
+        first = await self._next(None)
+        assert first is not None
+        batch = [first]
+        total, limit = int(first.x.shape[0]), first.limit
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait_ms / 1000
+        while total < limit:
+            remaining = deadline - loop.time()
+            item = self._next_nowait() if remaining <= 0 else await self._next(remaining)
+            if item is None:
+                break
+            n = int(item.x.shape[0])
+            if total + n > min(limit, item.limit):
+                self._carry = item
+                break
+            batch.append(item)
+            total += n
+            limit = min(limit, item.limit)
+        return batch
+
+    def _next_nowait(self) -> _Pending | None:
+        if self._carry is not None:
+            item, self._carry = self._carry, None
+            return item
+        try:
+            return self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            live = [p for p in batch if not p.future.cancelled()]
+            if not live:
+                continue
+            xs = np.concatenate([p.x for p in live]) if len(live) > 1 else live[0].x
+            try:
+                ys = await loop.run_in_executor(self.executor, self.run, xs)
+            except Exception as e:  # the runtime failed: every request of the batch learns why
+                log.warning("batch of %d failed: %s", xs.shape[0], type(e).__name__)
+                for p in live:
+                    if not p.future.done():
+                        p.future.set_exception(e)
+                continue
+            self.stats.batches += 1
+            self.stats.samples += int(xs.shape[0])
+            self.stats.largest = max(self.stats.largest, int(xs.shape[0]))
+            offset = 0
+            for p in live:
+                n = int(p.x.shape[0])
+                if not p.future.done():
+                    p.future.set_result(ys[offset : offset + n])
+                offset += n
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task

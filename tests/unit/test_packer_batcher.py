@@ -1,0 +1,146 @@
+"""The worker's model packer (LRU under a memory budget) and cross-tenant batcher."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from enclave_workers.batcher import DynamicBatcher, batch_limit
+from enclave_workers.packer import ModelPacker
+from infaas.errors import Overloaded, PayloadTooLarge
+from infaas.types import LatencyModel
+
+
+def _packer(budget: int, sizes: dict[str, int], calls: list[str]) -> ModelPacker[str]:
+    async def load(vid: str) -> tuple[str, int]:
+        calls.append(vid)
+        await asyncio.sleep(0.01)
+        return f"session:{vid}", sizes[vid]
+
+    return ModelPacker(budget_bytes=budget, load=load)
+
+
+def test_packer_evicts_least_recently_used() -> None:
+    calls: list[str] = []
+    packer = _packer(100, {"a": 40, "b": 40, "c": 40}, calls)
+
+    async def go() -> None:
+        for vid in ["a", "b", "a", "c"]:
+            async with packer.use(vid) as s:
+                assert s == f"session:{vid}"
+
+    asyncio.run(go())
+    assert calls == ["a", "b", "c"]
+    stats = packer.stats()
+    assert stats.loaded == ("a", "c") and stats.evictions == 1
+    assert stats.used_bytes <= stats.budget_bytes
+
+
+def test_concurrent_loads_of_one_variant_share_one_load() -> None:
+    calls: list[str] = []
+    packer = _packer(100, {"a": 10}, calls)
+
+    async def one() -> str:
+        async with packer.use("a") as s:
+            return s
+
+    async def go() -> list[str]:
+        return list(await asyncio.gather(*[one() for _ in range(5)]))
+
+    assert asyncio.run(go()) == ["session:a"] * 5
+    assert calls == ["a"]
+
+
+def test_variant_in_use_is_never_evicted() -> None:
+    packer = _packer(100, {"a": 60, "b": 60}, [])
+
+    async def go() -> None:
+        async with packer.use("a"):
+            with pytest.raises(Overloaded, match="busy"):
+                async with packer.use("b"):
+                    pass
+        async with packer.use("b"):
+            assert not packer.is_loaded("a")
+
+    asyncio.run(go())
+
+
+def test_variant_larger_than_budget_is_refused() -> None:
+    packer = _packer(100, {"huge": 1000}, [])
+
+    async def go() -> None:
+        async with packer.use("huge"):
+            pass
+
+    with pytest.raises(PayloadTooLarge, match="cannot fit"):
+        asyncio.run(go())
+
+
+def test_batch_limit_follows_latency_model() -> None:
+    model = LatencyModel(intercept_ms=2.0, slope_ms=1.0)
+    assert batch_limit(model, budget_ms=10.0, max_batch=32) == 8
+    assert batch_limit(model, budget_ms=1.0, max_batch=32) == 1
+    assert batch_limit(model, budget_ms=1000.0, max_batch=32) == 32
+
+
+def test_batcher_joins_tenants_and_returns_each_its_rows() -> None:
+    seen: list[int] = []
+
+    def run(x: np.ndarray) -> np.ndarray:
+        seen.append(int(x.shape[0]))
+        return x * 2
+
+    async def go() -> list[np.ndarray]:
+        with ThreadPoolExecutor(1) as pool:
+            b = DynamicBatcher(run=run, executor=pool, max_batch=8, max_wait_ms=50)
+            inputs = [np.full((1, 3), i, np.float32) for i in range(6)]
+            outs = await asyncio.gather(*[b.submit(x) for x in inputs])
+            await b.close()
+            return list(outs)
+
+    outs = asyncio.run(go())
+    for i, y in enumerate(outs):
+        np.testing.assert_array_equal(y, np.full((1, 3), 2 * i, np.float32))
+    assert sum(seen) == 6 and max(seen) > 1
+
+
+def test_tightest_limit_bounds_the_batch() -> None:
+    seen: list[int] = []
+
+    def run(x: np.ndarray) -> np.ndarray:
+        seen.append(int(x.shape[0]))
+        return x
+
+    async def go() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            b = DynamicBatcher(run=run, executor=pool, max_batch=32, max_wait_ms=50)
+            tasks = [b.submit(np.zeros((1, 2)), limit=2)] + [
+                b.submit(np.zeros((1, 2)), limit=32) for _ in range(5)
+            ]
+            await asyncio.gather(*tasks)
+            await b.close()
+
+    asyncio.run(go())
+    assert seen[0] <= 2 and sum(seen) == 6
+
+
+def test_a_failing_batch_fails_only_its_requests() -> None:
+    def run(x: np.ndarray) -> np.ndarray:
+        if np.any(x < 0):
+            raise ValueError("bad batch")
+        return x
+
+    async def go() -> None:
+        with ThreadPoolExecutor(1) as pool:
+            b = DynamicBatcher(run=run, executor=pool, max_batch=1, max_wait_ms=1)
+            bad = b.submit(-np.ones((1, 2)))
+            good = b.submit(np.ones((1, 2)))
+            results = await asyncio.gather(bad, good, return_exceptions=True)
+            assert isinstance(results[0], ValueError)
+            assert isinstance(results[1], np.ndarray)
+            await b.close()
+
+    asyncio.run(go())
