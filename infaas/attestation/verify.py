@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -151,9 +151,9 @@ def raw_p256_public_key(point: bytes) -> ec.EllipticCurvePublicKey:
 
 
 def raw_p256_point(key: ec.EllipticCurvePublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)[
-        1:
-    ]
+    return key.public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )[1:]
 
 
 def _verify_raw(key: ec.EllipticCurvePublicKey, sig: bytes, data: bytes) -> bool:

@@ -1,0 +1,242 @@
+"""Attestation policy: which verified evidence a relying party accepts.
+
+`AttestationPolicy.evaluate` is a pure function of (policy, verified quote,
+expected report data, now, nonce issue time) returning a `Verdict` with one
+`CheckResult` per rule; `check` does the same and raises `AttestationFailed`
+naming the first broken rule. Loaded from YAML (`configs/attestation-*.yaml`).
+"""
+
+from __future__ import annotations
+
+import hmac
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from infaas.attestation.verify import CheckResult, VerifiedQuote, load_roots
+from infaas.errors import AttestationFailed
+
+HexDigest = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$|^[0-9a-fA-F]{96}$")]
+
+
+class Verdict(BaseModel):
+    """The outcome of a policy check: every rule's result, and whether all passed."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    checks: tuple[CheckResult, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    @property
+    def failures(self) -> list[CheckResult]:
+        return [c for c in self.checks if not c.ok]
+
+
+class AttestationPolicy(BaseModel):
+    """What evidence a verifier accepts. Unsafe settings are refused when `production` is set."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    production: bool = Field(False, description="refuse simulated, debug and any-measurement")
+    allowed_measurements: tuple[HexDigest, ...] = Field(
+        (), description="MRENCLAVE / MRTD values accepted (hex)"
+    )
+    any_measurement: bool = Field(
+        False, description="accept any measurement (development only; refused in production)"
+    )
+    allowed_signers: tuple[HexDigest, ...] = Field(
+        (), description="MRSIGNER / MRSIGNERSEAM values accepted (hex); empty: any signer"
+    )
+    trusted_roots: tuple[str, ...] = Field(
+        (), description="root CA certificates: PEM/DER file paths or inline PEM"
+    )
+    trusted_root_sha256: tuple[Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")], ...] = Field(
+        (), description="pinned SHA-256 fingerprints; when set, every trusted root must match one"
+    )
+    allow_debug: bool = Field(False, description="accept debug enclaves / TDs")
+    min_isv_svn: int = Field(0, ge=0, le=65535, description="least SGX ISV SVN")
+    min_tee_tcb_svn: str | None = Field(
+        None,
+        pattern=r"^[0-9a-fA-F]{32}$",
+        description="least TDX TEE_TCB_SVN, 16 bytes hex, compared component by component",
+    )
+    allowed_tcb_statuses: tuple[str, ...] = Field(
+        (
+            "UpToDate",
+            "SWHardeningNeeded",
+            "ConfigurationNeeded",
+            "ConfigurationAndSWHardeningNeeded",
+        ),
+        description="TCB statuses accepted when collateral was evaluated",
+    )
+    require_tcb: bool = Field(False, description="refuse evidence verified without collateral")
+    max_evidence_age_s: float = Field(
+        60.0, gt=0, le=86_400, description="most seconds from nonce issue to evidence check"
+    )
+    allow_simulated: bool = Field(False, description="accept the simulated TEE (not confidential)")
+
+    _base_dir: Path = PrivateAttr(default=Path("."))
+
+    @field_validator("allowed_measurements", "allowed_signers")
+    @classmethod
+    def _lower(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(x.lower() for x in v)
+
+    @model_validator(mode="after")
+    def _safe(self) -> AttestationPolicy:
+        if self.production:
+            bad = [
+                n for n in ("allow_simulated", "allow_debug", "any_measurement") if getattr(self, n)
+            ]
+            if bad:
+                raise ValueError(f"a production policy refuses {', '.join(bad)}")
+            if not self.allowed_measurements:
+                raise ValueError("a production policy must list allowed_measurements")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> AttestationPolicy:
+        """Load a policy; relative root paths resolve against the YAML file's folder."""
+        data: dict[str, Any] = yaml.safe_load(path.read_text()) or {}
+        policy = cls.model_validate(data.get("attestation", data))
+        policy._base_dir = path.resolve().parent
+        return policy
+
+    def with_measurements(self, *measurements: bytes) -> AttestationPolicy:
+        """A copy also accepting these measurements (e.g. the deployment's own worker code)."""
+        extra = tuple(m.hex() for m in measurements)
+        new = self.model_copy(update={"allowed_measurements": self.allowed_measurements + extra})
+        new._base_dir = self._base_dir
+        return new
+
+    @cached_property
+    def roots(self) -> tuple[x509.Certificate, ...]:
+        """The trusted root certificates this policy names."""
+        out: list[x509.Certificate] = []
+        for entry in self.trusted_roots:
+            if "-----BEGIN" in entry:
+                out.extend(load_roots(entry.encode()))
+            else:
+                p = Path(entry)
+                out.extend(load_roots((p if p.is_absolute() else self._base_dir / p).read_bytes()))
+        pins = {x.lower() for x in self.trusted_root_sha256}
+        if pins:
+            for cert in out:
+                fp = cert.fingerprint(hashes.SHA256()).hex()
+                if fp not in pins:
+                    raise AttestationFailed(
+                        f"trusted root {cert.subject.rfc4514_string()} ({fp}) "
+                        "does not match trusted_root_sha256"
+                    )
+        return tuple(out)
+
+    def evaluate(
+        self,
+        verified: VerifiedQuote,
+        expected_report_data: bytes,
+        now: float,
+        *,
+        nonce_issued_at: float | None = None,
+    ) -> Verdict:
+        """Judge a verified quote against every rule; never raises."""
+        q = verified.quote
+        res: list[CheckResult] = []
+
+        def add(name: str, ok: bool, good: str, bad: str) -> None:
+            res.append(CheckResult(name, ok, good if ok else bad))
+
+        add(
+            "simulated",
+            self.allow_simulated or not verified.simulated,
+            "evidence is hardware-rooted"
+            if not verified.simulated
+            else "simulated evidence allowed",
+            "policy refuses simulated evidence (chain ends at a simulated platform CA)",
+        )
+        m = q.measurement.hex()
+        add(
+            "measurement",
+            self.any_measurement or m in self.allowed_measurements,
+            f"measurement {m[:16]}… allowed",
+            f"measurement {m} is not in allowed_measurements",
+        )
+        s = q.signer.hex()
+        add(
+            "signer",
+            not self.allowed_signers or s in self.allowed_signers,
+            "signer allowed",
+            f"signer {s} is not in allowed_signers",
+        )
+        add(
+            "debug",
+            self.allow_debug or not q.debug,
+            "not a debug enclave" if not q.debug else "debug allowed by policy",
+            "policy forbids debug evidence (DEBUG attribute set)",
+        )
+        if q.isv_svn is not None:
+            add(
+                "isv_svn",
+                q.isv_svn >= self.min_isv_svn,
+                f"ISV SVN {q.isv_svn} >= {self.min_isv_svn}",
+                f"ISV SVN {q.isv_svn} is below min_isv_svn {self.min_isv_svn}",
+            )
+        if self.min_tee_tcb_svn is not None:
+            have = q.tee_tcb_svn
+            want = bytes.fromhex(self.min_tee_tcb_svn)
+            ok = have is not None and all(a >= b for a, b in zip(have, want, strict=True))
+            add(
+                "tee_tcb_svn",
+                ok,
+                "TEE TCB SVN meets min_tee_tcb_svn",
+                f"TEE TCB SVN {have.hex() if have else 'absent'} is below {self.min_tee_tcb_svn}",
+            )
+        if verified.tcb is not None:
+            add(
+                "tcb_status",
+                verified.tcb.status in self.allowed_tcb_statuses,
+                f"TCB status {verified.tcb.status} allowed",
+                f"TCB status {verified.tcb.status} is not in allowed_tcb_statuses",
+            )
+        elif self.require_tcb:
+            res.append(CheckResult("tcb_status", False, "policy requires TCB collateral"))
+        expected = expected_report_data.ljust(64, b"\x00")
+        add(
+            "report_data",
+            hmac.compare_digest(q.report_data, expected),
+            "report data binds the public key and nonce",
+            "report data does not bind the expected public key and nonce",
+        )
+        if nonce_issued_at is not None:
+            age = now - nonce_issued_at
+            add(
+                "freshness",
+                0 <= age <= self.max_evidence_age_s,
+                f"evidence {age:.1f} s after its nonce",
+                f"nonce is stale: {age:.1f} s old, max_evidence_age_s {self.max_evidence_age_s}",
+            )
+        return Verdict(checks=tuple(res))
+
+    def check(
+        self,
+        verified: VerifiedQuote,
+        expected_report_data: bytes,
+        now: float,
+        *,
+        nonce_issued_at: float | None = None,
+    ) -> Verdict:
+        """Like `evaluate`, but raise AttestationFailed naming the first broken rule."""
+        verdict = self.evaluate(
+            verified, expected_report_data, now, nonce_issued_at=nonce_issued_at
+        )
+        for c in verdict.checks:
+            if not c.ok:
+                raise AttestationFailed(f"policy: {c.detail}", rule=c.name)
+        return verdict

@@ -1,0 +1,269 @@
+"""The simulated TEE: real quote format, real signatures, no hardware — NOT confidential.
+
+`SimulatedPlatformCA` is generated once per deployment (P-256, stored under the
+data dir) and plays Intel's role: it certifies a simulated PCK key, which signs
+a simulated quoting enclave's report, which binds a simulated attestation key,
+which signs SGX v3 quotes. `infaas.attestation.verify` checks these exactly as
+it checks genuine Intel quotes; only the trusted root differs. The CA carries
+the `SIMULATED_MARKER_OID` extension, so a policy recognises simulated evidence
+by its (trusted) root, never by a flag inside the quote.
+
+Anyone with the host's data dir can forge these quotes: this backend gives the
+code path and the measurements, not confidentiality.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
+
+from infaas.attestation.backends import _check_report_data
+from infaas.attestation.verify import SIMULATED_MARKER_OID, raw_p256_point
+
+log = logging.getLogger("infaas.attestation")
+
+SIMULATED_LABEL = "simulated — not confidential"
+_QE_MEASUREMENT = hashlib.sha256(b"infaas simulated quoting enclave").digest()
+_QE_SIGNER = hashlib.sha256(b"infaas simulated QE signer").digest()
+DEFAULT_SIGNER = hashlib.sha256(b"infaas simulated enclave signer").digest()
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(
+                NameOID.ORGANIZATION_NAME, "infaas simulated TEE (not confidential)"
+            ),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
+
+
+def _sign_raw(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
+    r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
+    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+@dataclass(frozen=True)
+class SimulatedPlatformCA:
+    """A per-deployment root CA standing in for Intel's SGX Root CA, and the PCK it certifies."""
+
+    root_key: ec.EllipticCurvePrivateKey
+    root_cert: x509.Certificate
+    pck_key: ec.EllipticCurvePrivateKey
+    pck_cert: x509.Certificate
+
+    @classmethod
+    def generate(cls, deployment: str = "local", validity_days: int = 3650) -> SimulatedPlatformCA:
+        now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+        until = now + dt.timedelta(days=validity_days)
+        root_key = ec.generate_private_key(ec.SECP256R1())
+        root_name = _name(f"infaas Simulated Platform CA ({deployment})")
+        root_cert = (
+            x509.CertificateBuilder()
+            .subject_name(root_name)
+            .issuer_name(root_name)
+            .public_key(root_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(until)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.UnrecognizedExtension(SIMULATED_MARKER_OID, b"\x0c\x0fnot-confidential"),
+                critical=False,
+            )
+            .sign(root_key, hashes.SHA256())
+        )
+        pck_key = ec.generate_private_key(ec.SECP256R1())
+        pck_cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name("infaas Simulated PCK Certificate"))
+            .issuer_name(root_name)
+            .public_key(pck_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(until)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .sign(root_key, hashes.SHA256())
+        )
+        return cls(root_key, root_cert, pck_key, pck_cert)
+
+    @classmethod
+    def load_or_create(cls, directory: Path, deployment: str = "local") -> SimulatedPlatformCA:
+        """The deployment's CA under `directory` (created with 0600 key files on first use)."""
+        files = {n: directory / n for n in ("root.pem", "root.key", "pck.pem", "pck.key")}
+        if all(p.exists() for p in files.values()):
+            keys = {
+                n: serialization.load_pem_private_key(files[n].read_bytes(), None)
+                for n in ("root.key", "pck.key")
+            }
+            rk, pk = keys["root.key"], keys["pck.key"]
+            if not isinstance(rk, ec.EllipticCurvePrivateKey) or not isinstance(
+                pk, ec.EllipticCurvePrivateKey
+            ):
+                raise ValueError(f"simulated CA keys under {directory} are not P-256")
+            return cls(
+                rk,
+                x509.load_pem_x509_certificate(files["root.pem"].read_bytes()),
+                pk,
+                x509.load_pem_x509_certificate(files["pck.pem"].read_bytes()),
+            )
+        ca = cls.generate(deployment)
+        directory.mkdir(parents=True, exist_ok=True)
+        pem = serialization.Encoding.PEM
+        files["root.pem"].write_bytes(ca.root_cert.public_bytes(pem))
+        files["pck.pem"].write_bytes(ca.pck_cert.public_bytes(pem))
+        for n, key in (("root.key", ca.root_key), ("pck.key", ca.pck_key)):
+            fd = os.open(files[n], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(_pem_key(key))
+        return ca
+
+    @property
+    def root_pem(self) -> bytes:
+        return self.root_cert.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def chain_pem(self) -> bytes:
+        """PCK certificate then root, as Intel's certification data type 5 carries them."""
+        enc = serialization.Encoding.PEM
+        return self.pck_cert.public_bytes(enc) + self.root_cert.public_bytes(enc)
+
+
+class SimulatedTEE:
+    """An `EvidenceGenerator` producing SGX ECDSA quote v3 under a simulated platform CA.
+
+    `measurement` is what MRENCLAVE would be (see `measure_code`); `debug=True`
+    sets ATTRIBUTES.DEBUG so policies can be tested against it.
+    """
+
+    name = "simulated"
+    simulated = True
+
+    def __init__(
+        self,
+        ca: SimulatedPlatformCA,
+        measurement: bytes,
+        *,
+        signer: bytes = DEFAULT_SIGNER,
+        isv_prod_id: int = 1,
+        isv_svn: int = 1,
+        debug: bool = False,
+        qe_svn: int = 8,
+        pce_svn: int = 13,
+    ) -> None:
+        if len(measurement) != 32 or len(signer) != 32:
+            raise ValueError("SGX measurement and signer are 32 bytes")
+        self.ca = ca
+        self._measurement = measurement
+        self._signer = signer
+        self._isv_prod_id = isv_prod_id
+        self._isv_svn = isv_svn
+        self._debug = debug
+        self._header = struct.pack("<HHIHH", 3, 2, 0, qe_svn, pce_svn) + b"\x00" * 36
+        self._ak = ec.generate_private_key(ec.SECP256R1())
+        ak_point = raw_p256_point(self._ak.public_key())
+        auth = hashlib.sha256(b"infaas simulated QE auth").digest()
+        qe_report = _sgx_report(
+            _QE_MEASUREMENT,
+            _QE_SIGNER,
+            hashlib.sha256(ak_point + auth).digest() + b"\x00" * 32,
+            isv_prod_id=1,
+            isv_svn=8,
+            debug=False,
+        )
+        chain = ca.chain_pem + b"\x00"
+        self._sig_tail = (
+            ak_point
+            + qe_report
+            + _sign_raw(ca.pck_key, qe_report)
+            + struct.pack("<H", len(auth))
+            + auth
+            + struct.pack("<HI", 5, len(chain))
+            + chain
+        )
+        log.warning(
+            "SimulatedTEE created: %s. Evidence is signed by a locally generated CA; "
+            "anyone with this host can forge it. Never use it for real secrets.",
+            SIMULATED_LABEL,
+        )
+
+    def __repr__(self) -> str:
+        return f"SimulatedTEE(measurement={self._measurement.hex()[:16]}…, {SIMULATED_LABEL})"
+
+    @property
+    def measurement(self) -> bytes:
+        return self._measurement
+
+    @property
+    def signer(self) -> bytes:
+        return self._signer
+
+    def status(self) -> str:
+        return f"simulated TEE ({SIMULATED_LABEL})"
+
+    def generate(self, report_data: bytes) -> bytes:
+        body = _sgx_report(
+            self._measurement,
+            self._signer,
+            _check_report_data(report_data),
+            isv_prod_id=self._isv_prod_id,
+            isv_svn=self._isv_svn,
+            debug=self._debug,
+        )
+        signed = self._header + body
+        sig_data = _sign_raw(self._ak, signed) + self._sig_tail
+        return signed + struct.pack("<I", len(sig_data)) + sig_data
+
+
+def _sgx_report(
+    mr_enclave: bytes,
+    mr_signer: bytes,
+    report_data: bytes,
+    *,
+    isv_prod_id: int,
+    isv_svn: int,
+    debug: bool,
+) -> bytes:
+    flags = 0x01 | 0x04 | (0x02 if debug else 0)  # INIT | MODE64BIT | DEBUG
+    b = bytearray(384)
+    b[48:56] = flags.to_bytes(8, "little")
+    b[56:64] = (0x03).to_bytes(8, "little")  # XFRM: x87 | SSE
+    b[64:96] = mr_enclave
+    b[128:160] = mr_signer
+    struct.pack_into("<HH", b, 256, isv_prod_id, isv_svn)
+    b[320:384] = report_data
+    return bytes(b)
