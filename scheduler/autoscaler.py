@@ -1,0 +1,528 @@
+"""Autoscaling decisions: replicas per variant, variants per replica, traffic per variant.
+
+Every policy here is a pure function ``policy(ctx) -> (decision, state)`` in the
+style of Ray Serve's custom autoscaling policies: the control loop measures
+(arrival rates, queues, replicas), builds an `AutoscalingContext` carrying the
+state the previous call returned, applies the `ScalingDecision`, and keeps the
+new state for the next tick. No clock, no Ray, no I/O.
+
+`decide` (the infaas policy), per demand class (task x tightest active SLO x
+strictest accuracy floor):
+
+1. **Ahead of bursts.** The rate provisioned for is the largest of the current
+   rate, the peak over ``burst_window_s`` and the current rate extrapolated
+   ``trend_lookahead_s`` ahead along the window's least-squares trend. Scaling
+   up therefore happens on the tick a rise is seen.
+2. **Hysteresis down.** The rate used for sizing is the maximum of (1) over the
+   last ``downscale_delay_s``: capacity falls only once demand has stayed low
+   for the whole delay, so a brief dip moves nothing. Loading a variant that is
+   not running costs ``switch_penalty`` in the allocation, so near-ties never
+   flip variants either.
+3. **Scale to zero.** A class with no traffic keeps one warm replica until it
+   has been idle for ``idle_to_zero_s``; then it gets none (the next request
+   pays the cold start, which `policy.select` counts).
+4. **Upgrade / downgrade.** The allocation (`scheduler.allocation`, MILP by
+   default) picks for each class the cheapest mix of variants that meets its
+   accuracy floor and latency target within the CPU budget and the replicas'
+   memory budget. When the cheap variant cannot keep up within the replica
+   budget, traffic moves to a faster one that still meets the floor (an
+   upgrade); when the held demand falls it moves back (a downgrade, delayed by
+   the hysteresis of step 2). Variants below a class's floor are never
+   offered to it: demand they could have absorbed is reported as unserved.
+
+Baselines with the same signature, for the benchmarks: `static_policy` (fixed
+replicas, FP32 only), `queue_length_policy` (Ray Serve's default: target
+ongoing requests per replica, upscale/downscale delays) and `infaas_policy`
+(least-slack variant, +/- one replica when utilisation crosses thresholds,
+upgrade when out of replicas).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from infaas.types import Precision
+from scheduler.allocation import (
+    AllocationProblem,
+    Demand,
+    WorkerPlan,
+    eligible,
+    solve,
+)
+from scheduler.load import LoadSnapshot
+from scheduler.policy import Candidate, CandidateSet
+
+__all__ = [
+    "POLICIES",
+    "AutoscalerConfig",
+    "AutoscalerState",
+    "AutoscalingContext",
+    "DemandSignal",
+    "Policy",
+    "ScalingDecision",
+    "decide",
+    "infaas_policy",
+    "queue_length_policy",
+    "static_policy",
+]
+
+
+class AutoscalerConfig(BaseModel):
+    """Knobs of the autoscaling policies (units in the names)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cpu_budget: float = Field(2.0, gt=0, description="CPUs all replicas together may reserve")
+    replica_memory_bytes: int = Field(
+        4 * 1024**3, gt=0, description="packer memory budget of one worker replica"
+    )
+    max_replicas_per_pool: int = Field(16, ge=1, description="replicas of one pool, at most")
+    target_utilisation: float = Field(
+        0.7, gt=0, le=1, description="planned busy fraction of a replica (queueing headroom)"
+    )
+    burst_window_s: float = Field(10.0, gt=0, description="window of the recent peak and trend")
+    trend_lookahead_s: float = Field(5.0, ge=0, description="how far ahead the trend is followed")
+    downscale_delay_s: float = Field(30.0, ge=0, description="demand must stay low this long")
+    idle_to_zero_s: float = Field(120.0, ge=0, description="idle this long: no replica at all")
+    switch_penalty: float = Field(
+        0.1, ge=0, description="allocation cost of loading a variant on a new replica"
+    )
+    unserved_penalty_per_rps: float = Field(1000.0, gt=0)
+    solver: Literal["milp", "greedy"] = "milp"
+    solver_time_limit_s: float = Field(2.0, gt=0)
+    # baselines
+    static_replicas: int = Field(1, ge=0, description="static: replicas per task")
+    target_ongoing_requests: float = Field(2.0, gt=0, description="queue-length: per replica")
+    upscale_delay_s: float = Field(30.0, ge=0, description="queue-length: Ray Serve default")
+    queue_downscale_delay_s: float = Field(600.0, ge=0, description="queue-length: Serve default")
+    max_replicas_per_variant: int = Field(8, ge=1, description="baselines: per variant")
+    infaas_scale_up_utilisation: float = Field(0.8, gt=0, le=1)
+    infaas_scale_down_utilisation: float = Field(0.3, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AutoscalerConfig:
+        if self.infaas_scale_down_utilisation >= self.infaas_scale_up_utilisation:
+            raise ValueError("infaas scale-down utilisation must be below scale-up utilisation")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class DemandSignal:
+    """Measured traffic of one demand class, as the control loop aggregates it."""
+
+    task: str
+    arrival_rps: float
+    latency_ms: float
+    """Tightest latency target among the class's active callers."""
+    min_accuracy: float = 0.0
+    """Strictest accuracy floor among the class's active callers."""
+    demand_id: str = ""
+    """Stable name of the class; the task when empty."""
+
+    @property
+    def key(self) -> str:
+        return self.demand_id or self.task
+
+
+@dataclass(frozen=True, slots=True)
+class AutoscalerState:
+    """What a policy remembers between ticks (returned by it, handed back next tick)."""
+
+    history: Mapping[str, tuple[tuple[float, float, float], ...]] = field(default_factory=dict)
+    """demand key -> ((t_s, measured rps, rps provisioned for), ...) within the windows."""
+    last_active_s: Mapping[str, float] = field(default_factory=dict)
+    primary: Mapping[str, str] = field(default_factory=dict)
+    """demand key -> variant carrying most of its traffic at the last decision."""
+    replicas: Mapping[str, int] = field(default_factory=dict)
+    """variant -> replicas at the last decision."""
+    pending: Mapping[str, tuple[int, float]] = field(default_factory=dict)
+    """baselines: variant -> (direction of a wanted change, since when)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AutoscalingContext:
+    now_s: float
+    candidates: CandidateSet
+    load: LoadSnapshot
+    demands: tuple[DemandSignal, ...]
+    config: AutoscalerConfig = field(default_factory=AutoscalerConfig)
+    state: AutoscalerState = field(default_factory=AutoscalerState)
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingDecision:
+    """What the control loop applies."""
+
+    replicas: Mapping[str, int]
+    """variant -> replicas that must host it (absent: none)."""
+    workers: tuple[WorkerPlan, ...]
+    """The replicas to run and the variants packed on each."""
+    routes: Mapping[str, tuple[tuple[str, float], ...]]
+    """demand key -> ((variant, rps), ...): where its traffic is planned, largest first."""
+    unserved_rps: Mapping[str, float]
+    """demand key -> rps the budget cannot serve within SLO (shed or queued)."""
+    provisioned_rps: Mapping[str, float]
+    """demand key -> the rate the plan was sized for (after burst and hysteresis)."""
+    cost_per_s: float
+    events: tuple[str, ...] = ()
+    method: str = ""
+
+    def primary(self, key: str) -> str | None:
+        r = self.routes.get(key, ())
+        return r[0][0] if r else None
+
+
+Policy = Callable[[AutoscalingContext], tuple[ScalingDecision, AutoscalerState]]
+
+
+# ---------------------------------------------------------------- infaas policy
+
+
+def _trend_forecast(
+    samples: tuple[tuple[float, float, float], ...], now: float, ahead: float
+) -> float:
+    """Current rate pushed `ahead` seconds along the least-squares slope (rises only)."""
+    if len(samples) < 2:
+        return samples[-1][1] if samples else 0.0
+    n = len(samples)
+    mt = sum(s[0] for s in samples) / n
+    mr = sum(s[1] for s in samples) / n
+    var = sum((s[0] - mt) ** 2 for s in samples)
+    if var <= 0:
+        return samples[-1][1]
+    slope = sum((s[0] - mt) * (s[1] - mr) for s in samples) / var
+    return samples[-1][1] + max(0.0, slope) * ahead
+
+
+def _update_history(
+    ctx: AutoscalingContext,
+) -> tuple[dict[str, tuple[tuple[float, float, float], ...]], dict[str, float], dict[str, float]]:
+    """Append this tick's samples; return (history, last_active, rate to size for) per key."""
+    cfg = ctx.config
+    now = ctx.now_s
+    keep_s = max(cfg.burst_window_s, cfg.downscale_delay_s)
+    history: dict[str, tuple[tuple[float, float, float], ...]] = {}
+    last_active = dict(ctx.state.last_active_s)
+    sizing: dict[str, float] = {}
+    for d in ctx.demands:
+        key = d.key
+        old = tuple(
+            s for s in ctx.state.history.get(key, ()) if now - s[0] <= keep_s and s[0] < now
+        )
+        burst = tuple(s for s in old if now - s[0] <= cfg.burst_window_s)
+        rate = max(0.0, d.arrival_rps)
+        window = (*burst, (now, rate, rate))
+        peak = max(s[1] for s in window)
+        forecast = _trend_forecast(window, now, cfg.trend_lookahead_s)
+        provision = max(rate, peak, forecast)
+        samples = (*old, (now, rate, provision))
+        history[key] = samples
+        if rate > 0:
+            last_active[key] = now
+        held = max(s[2] for s in samples if now - s[0] <= cfg.downscale_delay_s)
+        sizing[key] = held
+    return history, last_active, sizing
+
+
+def _change_events(
+    ctx: AutoscalingContext, routes: Mapping[str, tuple[tuple[str, float], ...]]
+) -> tuple[dict[str, str], list[str]]:
+    primary: dict[str, str] = {}
+    events: list[str] = []
+    for d in ctx.demands:
+        r = routes.get(d.key, ())
+        if not r:
+            continue
+        new = r[0][0]
+        primary[d.key] = new
+        old = ctx.state.primary.get(d.key)
+        if old is None or old == new:
+            continue
+        a, b = ctx.candidates.get(old), ctx.candidates.get(new)
+        if a is None or b is None:
+            events.append(f"{d.key}: {old} -> {new}")
+            continue
+        mu_old = a.slo_capacity(d.latency_ms)[1]
+        mu_new = b.slo_capacity(d.latency_ms)[1]
+        kind = "upgrade" if mu_new > mu_old else "downgrade"
+        events.append(f"{kind} {d.key}: {old} -> {new}")
+    return primary, events
+
+
+def _replica_events(old: Mapping[str, int], new: Mapping[str, int]) -> list[str]:
+    events = []
+    for v in sorted(set(old) | set(new)):
+        a, b = old.get(v, 0), new.get(v, 0)
+        if b > a:
+            events.append(f"scale up {v}: {a} -> {b}")
+        elif b < a:
+            events.append(f"scale {'to zero' if b == 0 else 'down'} {v}: {a} -> {b}")
+    return events
+
+
+def decide(ctx: AutoscalingContext) -> tuple[ScalingDecision, AutoscalerState]:
+    """The infaas policy (see module doc)."""
+    cfg = ctx.config
+    history, last_active, sizing = _update_history(ctx)
+    demands = []
+    for d in ctx.demands:
+        rate = sizing[d.key]
+        idle_for = ctx.now_s - last_active[d.key] if d.key in last_active else math.inf
+        warm = rate <= 0 and idle_for < cfg.idle_to_zero_s
+        demands.append(Demand(d.key, d.task, rate, d.latency_ms, d.min_accuracy, keep_warm=warm))
+    running = frozenset(v for v, vl in ctx.load.by_variant.items() if vl.replicas > 0) | frozenset(
+        v for v, n in ctx.state.replicas.items() if n > 0
+    )
+    problem = AllocationProblem(
+        demands=tuple(demands),
+        candidates=ctx.candidates.all,
+        cpu_budget=cfg.cpu_budget,
+        replica_memory_bytes=cfg.replica_memory_bytes,
+        target_utilisation=cfg.target_utilisation,
+        max_replicas_per_pool=cfg.max_replicas_per_pool,
+        running=running,
+        switch_penalty=cfg.switch_penalty,
+        unserved_penalty_per_rps=cfg.unserved_penalty_per_rps,
+        time_limit_s=cfg.solver_time_limit_s,
+    )
+    alloc = solve(problem, cfg.solver)
+    replicas = alloc.replicas
+    primary, events = _change_events(ctx, alloc.routes)
+    events = [*events, *_replica_events(ctx.state.replicas, replicas), *alloc.notes]
+    for key, u in sorted(alloc.unserved_rps.items()):
+        events.append(f"unserved {key}: {u:.1f} rps beyond budget or accuracy floor")
+    decision = ScalingDecision(
+        replicas=replicas,
+        workers=alloc.workers,
+        routes=alloc.routes,
+        unserved_rps=alloc.unserved_rps,
+        provisioned_rps=sizing,
+        cost_per_s=alloc.cost_per_s,
+        events=tuple(events),
+        method=alloc.method,
+    )
+    state = AutoscalerState(
+        history=history, last_active_s=last_active, primary=primary, replicas=replicas
+    )
+    return decision, state
+
+
+# ---------------------------------------------------------------- baselines
+
+
+def _single_variant_decision(
+    ctx: AutoscalingContext,
+    chosen: Mapping[str, Candidate],
+    replicas: Mapping[str, int],
+    pending: Mapping[str, tuple[int, float]],
+    method: str,
+) -> tuple[ScalingDecision, AutoscalerState]:
+    """One variant per demand class, dedicated replicas, cut to the CPU budget."""
+    cfg = ctx.config
+    cpu_left = cfg.cpu_budget
+    final: dict[str, int] = {}
+    by_id = {c.variant_id: c for c in chosen.values()}
+    for vid in sorted(replicas):
+        c = by_id[vid]
+        want = replicas[vid]
+        fit = want if c.pool.num_cpus <= 0 else min(want, int(cpu_left // c.pool.num_cpus))
+        cpu_left -= fit * c.pool.num_cpus
+        if fit > 0:
+            final[vid] = fit
+    workers = tuple(
+        WorkerPlan(by_id[v].pool.name, (v,), (cfg.target_utilisation,))
+        for v in sorted(final)
+        for _ in range(final[v])
+    )
+    routes: dict[str, tuple[tuple[str, float], ...]] = {}
+    unserved: dict[str, float] = {}
+    load_on: dict[str, float] = {}
+    for d in ctx.demands:
+        got = chosen.get(d.key)
+        if got is None:
+            if d.arrival_rps > 0:
+                unserved[d.key] = d.arrival_rps
+            continue
+        if d.arrival_rps > 0:
+            routes[d.key] = ((got.variant_id, d.arrival_rps),)
+        load_on[got.variant_id] = load_on.get(got.variant_id, 0.0) + d.arrival_rps
+    for d in ctx.demands:
+        got = chosen.get(d.key)
+        if got is None or d.arrival_rps <= 0:
+            continue
+        cap = final.get(got.variant_id, 0) * got.slo_capacity(d.latency_ms)[1]
+        total = load_on[got.variant_id]
+        if total > cap:
+            unserved[d.key] = (total - cap) * d.arrival_rps / total
+    primary, events = _change_events(ctx, routes)
+    events += _replica_events(ctx.state.replicas, final)
+    cost = sum(by_id[v].pool.cost_per_replica_s * n for v, n in final.items())
+    rates = {d.key: d.arrival_rps for d in ctx.demands}
+    decision = ScalingDecision(
+        replicas=final,
+        workers=workers,
+        routes=routes,
+        unserved_rps=unserved,
+        provisioned_rps=rates,
+        cost_per_s=cost,
+        events=tuple(events),
+        method=method,
+    )
+    state = AutoscalerState(
+        history=ctx.state.history,
+        last_active_s=ctx.state.last_active_s,
+        primary=primary,
+        replicas=final,
+        pending=pending,
+    )
+    return decision, state
+
+
+def _fp32(ctx: AutoscalingContext, d: DemandSignal) -> Candidate | None:
+    """Plain serving's variant: the task's most accurate FP32 model (cheapest on ties)."""
+    best: Candidate | None = None
+    for c in ctx.candidates.of_task(d.task):
+        if c.spec.precision is not Precision.FP32 or c.accuracy < d.min_accuracy:
+            continue
+        if best is None or (c.accuracy, -c.cost_per_request) > (
+            best.accuracy,
+            -best.cost_per_request,
+        ):
+            best = c
+    return best
+
+
+def static_policy(ctx: AutoscalingContext) -> tuple[ScalingDecision, AutoscalerState]:
+    """Baseline: `static_replicas` replicas of each task's FP32 variant, whatever the load."""
+    chosen: dict[str, Candidate] = {}
+    replicas: dict[str, int] = {}
+    for d in ctx.demands:
+        c = _fp32(ctx, d)
+        if c is None:
+            continue
+        chosen[d.key] = c
+        replicas[c.variant_id] = ctx.config.static_replicas
+    return _single_variant_decision(ctx, chosen, replicas, {}, "static")
+
+
+def _delayed(
+    current: int,
+    desired: int,
+    pending: tuple[int, float] | None,
+    now: float,
+    up_delay: float,
+    down_delay: float,
+) -> tuple[int, tuple[int, float] | None]:
+    """Ray Serve's rule: act only once the same direction was wanted for the delay."""
+    direction = (desired > current) - (desired < current)
+    if direction == 0:
+        return current, None
+    since = pending[1] if pending is not None and pending[0] == direction else now
+    delay = up_delay if direction > 0 else down_delay
+    if now - since >= delay:
+        return desired, None
+    return current, (direction, since)
+
+
+def queue_length_policy(ctx: AutoscalingContext) -> tuple[ScalingDecision, AutoscalerState]:
+    """Baseline: Ray Serve's default autoscaler on each task's FP32 variant.
+
+    desired = ceil(ongoing requests / target_ongoing_requests), within
+    [1, max_replicas_per_variant]; applied after `upscale_delay_s` /
+    `queue_downscale_delay_s` of consistently wanting the same direction.
+    """
+    cfg = ctx.config
+    chosen: dict[str, Candidate] = {}
+    for d in ctx.demands:
+        c = _fp32(ctx, d)
+        if c is not None:
+            chosen[d.key] = c
+    replicas: dict[str, int] = {}
+    pending: dict[str, tuple[int, float]] = {}
+    for vid in sorted({c.variant_id for c in chosen.values()}):
+        vl = ctx.load.get(vid)
+        current = ctx.state.replicas.get(vid, max(vl.replicas, 1))
+        desired = math.ceil(vl.outstanding / cfg.target_ongoing_requests)
+        desired = max(1, min(cfg.max_replicas_per_variant, desired))
+        n, p = _delayed(
+            current,
+            desired,
+            ctx.state.pending.get(vid),
+            ctx.now_s,
+            cfg.upscale_delay_s,
+            cfg.queue_downscale_delay_s,
+        )
+        replicas[vid] = n
+        if p is not None:
+            pending[vid] = p
+    return _single_variant_decision(ctx, chosen, replicas, pending, "queue_length")
+
+
+def infaas_policy(ctx: AutoscalingContext) -> tuple[ScalingDecision, AutoscalerState]:
+    """Baseline in the style of INFaaS.
+
+    Per class: keep the variant chosen before, or start with the least-slack
+    variant that meets the accuracy floor and whose batch-1 p99 fits the
+    target. Utilisation = arrival / (replicas x capacity at the SLO batch);
+    above `infaas_scale_up_utilisation` add one replica, or upgrade to the next
+    faster eligible variant when at `max_replicas_per_variant`; below
+    `infaas_scale_down_utilisation` for `downscale_delay_s` remove one, or at
+    one replica downgrade to the next slower eligible variant.
+    """
+    cfg = ctx.config
+    chosen: dict[str, Candidate] = {}
+    replicas: dict[str, int] = {}
+    pending: dict[str, tuple[int, float]] = {}
+    for d in ctx.demands:
+        options = []
+        for c in ctx.candidates.of_task(d.task):
+            mu = eligible(_as_demand(d), c, cfg.replica_memory_bytes)
+            if mu > 0 and c.idle_p99_ms <= d.latency_ms:
+                options.append((mu, c))
+        if not options:
+            continue
+        options.sort(key=lambda mc: (mc[0], mc[1].variant_id))  # slowest (least slack) first
+        prev = ctx.state.primary.get(d.key)
+        idx = next((i for i, (_, c) in enumerate(options) if c.variant_id == prev), 0)
+        mu, c = options[idx]
+        n = ctx.state.replicas.get(c.variant_id, max(ctx.load.get(c.variant_id).replicas, 1))
+        util = d.arrival_rps / (n * mu) if n > 0 else math.inf
+        key = c.variant_id
+        if util > cfg.infaas_scale_up_utilisation:
+            if n < cfg.max_replicas_per_variant:
+                n += 1
+            elif idx + 1 < len(options):
+                idx += 1
+                mu, c = options[idx]
+        elif util < cfg.infaas_scale_down_utilisation:
+            since = ctx.state.pending.get(key, (-1, ctx.now_s))
+            since_s = since[1] if since[0] == -1 else ctx.now_s
+            if ctx.now_s - since_s >= cfg.downscale_delay_s:
+                if n > 1:
+                    n -= 1
+                elif idx > 0:
+                    idx -= 1
+                    mu, c = options[idx]
+            else:
+                pending[c.variant_id] = (-1, since_s)
+        chosen[d.key] = c
+        replicas[c.variant_id] = max(replicas.get(c.variant_id, 0), n)
+    return _single_variant_decision(ctx, chosen, replicas, pending, "infaas")
+
+
+def _as_demand(d: DemandSignal) -> Demand:
+    return Demand(d.key, d.task, d.arrival_rps, d.latency_ms, d.min_accuracy)
+
+
+POLICIES: Mapping[str, Policy] = {
+    "infaas": decide,
+    "static": static_policy,
+    "queue_length": queue_length_policy,
+    "infaas_baseline": infaas_policy,
+}
+"""Every policy by name, for benchmarks and the control loop's configuration."""

@@ -1,0 +1,440 @@
+"""Variant selection: the model-less decision made for every request.
+
+`select(candidates, query, slo, load)` returns the cheapest variant that is
+feasible for the caller's SLO under the current load:
+
+* **accuracy**: ``profile.accuracy >= slo.min_accuracy`` (never relaxed);
+* **latency**: predicted p99 ``<= slo.latency_ms`` under current load;
+* **cost**: cost per 1000 requests ``<= slo.max_cost`` when the caller set one.
+
+Cost of one request is ``pool.cost_per_replica_s`` times the replica-seconds a
+request consumes when the variant runs at its best measured throughput
+(``1 / peak_throughput_rps``): the amortised service time the autoscaler
+provisions for. Ties in cost go to the lower predicted latency.
+
+Latency under load (documented estimate, cheap enough for the request path)::
+
+    r      = loaded replicas (or all replicas, at least 1, while it is loading)
+    k      = outstanding / r + 1            requests at the replica, ours included
+    nb     = ceil(k / B)                    batches of at most B = max_batch
+    t      = (nb - 1) * L(B) + L(k - (nb - 1) * B)
+    p99    = tail * t  (+ load_ms when no replica has the variant loaded)
+
+where ``L(b) = intercept + slope * b`` is the profile's latency model and
+``tail = p99 / p50`` at the smallest measured batch. The queue is served
+FIFO in full batches, the batch in flight counted as a whole batch ahead,
+which is conservative. Measured arrival rate is the autoscaler's input; the
+instantaneous queue (``outstanding``) already reflects it here.
+
+Everything per variant that does not depend on the request is computed once in
+`CandidateSet.build`, when profiles change, so a decision is a short loop over
+pre-sorted candidates with an early exit on cost.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from infaas.errors import ModelNotFound, NoFeasibleVariant, VariantNotFound
+from infaas.settings import Pool
+from infaas.types import SLO, Profile, VariantSpec
+from scheduler.load import IDLE, LoadSnapshot, VariantLoad
+
+__all__ = [
+    "Candidate",
+    "CandidateSet",
+    "Query",
+    "QueryKind",
+    "Selection",
+    "predict_p99_ms",
+    "select",
+    "select_least_slack",
+]
+
+
+class QueryKind(StrEnum):
+    """How specific a caller is, as INFaaS allows."""
+
+    TASK = "task"
+    """Model-less: any variant of any model of the task."""
+    ARCHITECTURE = "architecture"
+    """Any variant of any model of this architecture."""
+    MODEL = "model"
+    """Any variant of this registered model."""
+    VARIANT = "variant"
+    """Exactly this variant."""
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """What the caller asked for: a kind and a name."""
+
+    kind: QueryKind
+    name: str
+
+    @classmethod
+    def for_task(cls, task: str) -> Query:
+        return cls(QueryKind.TASK, task)
+
+    @classmethod
+    def for_architecture(cls, architecture: str) -> Query:
+        return cls(QueryKind.ARCHITECTURE, architecture)
+
+    @classmethod
+    def for_model(cls, model_id: str) -> Query:
+        return cls(QueryKind.MODEL, model_id)
+
+    @classmethod
+    def for_variant(cls, variant_id: str) -> Query:
+        return cls(QueryKind.VARIANT, variant_id)
+
+    def __str__(self) -> str:
+        return f"{self.kind.value} {self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One variant on its pool, with every request-independent number precomputed."""
+
+    spec: VariantSpec
+    profile: Profile
+    pool: Pool
+    variant_id: str
+    accuracy: float
+    cost_per_request: float
+    """Pool price times replica-seconds per request at the best measured throughput."""
+    intercept_ms: float
+    slope_ms: float
+    max_batch: int
+    full_batch_ms: float
+    """L(max_batch): latency of one full batch."""
+    tail: float
+    """p99/p50 at the smallest measured batch (>= 1)."""
+    idle_p99_ms: float
+    """Predicted p99 of a lone request on a loaded replica: tail * L(1)."""
+    load_ms: float
+    peak_memory_bytes: int
+    peak_throughput_rps: float
+
+    @classmethod
+    def of(cls, spec: VariantSpec, profile: Profile, pool: Pool) -> Candidate:
+        if profile.variant_id != spec.variant_id:
+            raise ValueError(f"profile of {profile.variant_id} given for {spec.variant_id}")
+        lm = profile.latency_model
+        first = min(profile.batches, key=lambda b: b.batch)
+        tail = first.p99_ms / first.p50_ms if first.p50_ms > 0 else 1.0
+        tail = max(1.0, tail)
+        peak = profile.peak_throughput_rps
+        service_s = 1.0 / peak if peak > 0 else max(lm.predict_ms(1), 1e-3) / 1000.0
+        max_batch = spec.max_batch
+        return cls(
+            spec=spec,
+            profile=profile,
+            pool=pool,
+            variant_id=spec.variant_id,
+            accuracy=profile.accuracy,
+            cost_per_request=pool.cost_per_replica_s * service_s,
+            intercept_ms=lm.intercept_ms,
+            slope_ms=lm.slope_ms,
+            max_batch=max_batch,
+            full_batch_ms=lm.predict_ms(max_batch),
+            tail=tail,
+            idle_p99_ms=tail * lm.predict_ms(1),
+            load_ms=profile.load_ms,
+            peak_memory_bytes=profile.peak_memory_bytes,
+            peak_throughput_rps=peak,
+        )
+
+    @property
+    def task(self) -> str:
+        return self.spec.task
+
+    def batch_ms(self, batch: float) -> float:
+        """L(batch) from the profile's latency model."""
+        return max(0.0, self.intercept_ms + self.slope_ms * batch)
+
+    def slo_capacity(self, latency_ms: float) -> tuple[int, float]:
+        """(batch, requests/s per replica) at the largest batch that keeps p99 within target.
+
+        A request may wait for the batch in flight and then ride in its own, so a
+        batch size b is usable when ``2 * p99(b) <= latency_ms``; capacity is the
+        throughput measured at that batch. (0, 0.0) when not even batch 1 fits.
+        """
+        best: tuple[int, float] = (0, 0.0)
+        for b in self.profile.batches:
+            if b.batch <= self.max_batch and 2.0 * b.p99_ms <= latency_ms:
+                rps = (
+                    b.throughput_rps
+                    if b.throughput_rps > 0
+                    else 1000.0 * b.batch / max(b.p50_ms, 1e-6)
+                )
+                if rps > best[1]:
+                    best = (b.batch, rps)
+        return best
+
+
+def predict_p99_ms(c: Candidate, load: VariantLoad) -> float:
+    """Predicted p99 latency of one more request sent to `c` under `load` (see module doc)."""
+    loaded = load.loaded_replicas
+    if loaded > 0:
+        r = loaded
+        cold = 0.0
+    else:
+        r = load.replicas if load.replicas > 0 else 1
+        cold = c.load_ms
+    q = load.outstanding
+    if q == 0:
+        return c.idle_p99_ms + cold
+    k = q / r + 1.0
+    big = c.max_batch
+    if k <= big:
+        t = c.intercept_ms + c.slope_ms * k
+    else:
+        nb = math.ceil(k / big)
+        t = (nb - 1) * c.full_batch_ms + c.intercept_ms + c.slope_ms * (k - (nb - 1) * big)
+    return c.tail * t + cold
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The decision for one request: which variant on which pool, and why."""
+
+    candidate: Candidate
+    predicted_p99_ms: float
+    cold_start: bool
+    query: Query
+    slo: SLO
+
+    @property
+    def variant_id(self) -> str:
+        return self.candidate.variant_id
+
+    @property
+    def pool(self) -> str:
+        return self.candidate.pool.name
+
+    @property
+    def cost_per_request(self) -> float:
+        return self.candidate.cost_per_request
+
+    @property
+    def reason(self) -> str:
+        c = self.candidate
+        cold = f" including a {c.load_ms:.1f} ms cold start" if self.cold_start else ""
+        return (
+            f"{c.variant_id} on {c.pool.name}: accuracy {c.accuracy:.4f} >= "
+            f"{self.slo.min_accuracy:.4f}, predicted p99 {self.predicted_p99_ms:.2f} ms{cold} "
+            f"<= {self.slo.latency_ms:g} ms, cost {c.cost_per_request * 1000:.4g}/1000 requests"
+        )
+
+
+def _describe(c: Candidate, p99_ms: float | None, cold: bool | None) -> dict[str, object]:
+    d: dict[str, object] = {
+        "variant_id": c.variant_id,
+        "pool": c.pool.name,
+        "accuracy": c.accuracy,
+        "cost_per_1000": c.cost_per_request * 1000,
+    }
+    if p99_ms is not None:
+        d["predicted_p99_ms"] = round(p99_ms, 3)
+        d["cold_start"] = bool(cold)
+    return d
+
+
+class CandidateSet:
+    """Every registered variant with its profile and pool, indexed for fast selection.
+
+    Build it once when variants, profiles or pools change; it is immutable after.
+    Within every index the candidates are sorted by (cost, idle p99), so the
+    first feasible one met is the cheapest.
+    """
+
+    __slots__ = ("_by_key", "_by_variant", "_ordered")
+
+    def __init__(self, candidates: Iterable[Candidate]) -> None:
+        ordered = sorted(candidates, key=lambda c: (c.cost_per_request, c.idle_p99_ms))
+        by_variant: dict[str, Candidate] = {}
+        by_key: dict[tuple[QueryKind, str], tuple[Candidate, ...]] = {}
+        groups: dict[tuple[QueryKind, str], list[Candidate]] = {}
+        for c in ordered:
+            if c.variant_id in by_variant:
+                raise ValueError(f"variant {c.variant_id} registered twice")
+            by_variant[c.variant_id] = c
+            for key in (
+                (QueryKind.TASK, c.spec.task),
+                (QueryKind.ARCHITECTURE, c.spec.architecture),
+                (QueryKind.MODEL, c.spec.model_id),
+                (QueryKind.VARIANT, c.variant_id),
+            ):
+                groups.setdefault(key, []).append(c)
+        for key, group in groups.items():
+            by_key[key] = tuple(group)
+        self._ordered = tuple(ordered)
+        self._by_variant = by_variant
+        self._by_key = by_key
+
+    @classmethod
+    def build(
+        cls,
+        variants: Iterable[VariantSpec],
+        profiles: Iterable[Profile],
+        pools: Iterable[Pool],
+    ) -> CandidateSet:
+        """Join variants with their profile on their pool; unprofiled variants are skipped."""
+        pool_by_name = {p.name: p for p in pools}
+        prof = {(p.variant_id, p.pool): p for p in profiles}
+        out = []
+        for v in variants:
+            p = prof.get((v.variant_id, v.pool))
+            pool = pool_by_name.get(v.pool)
+            if p is None or pool is None:
+                continue
+            out.append(Candidate.of(v, p, pool))
+        return cls(out)
+
+    def __len__(self) -> int:
+        return len(self._ordered)
+
+    def __iter__(self) -> Iterator[Candidate]:
+        return iter(self._ordered)
+
+    @property
+    def all(self) -> tuple[Candidate, ...]:
+        """Every candidate, cheapest first."""
+        return self._ordered
+
+    def variant(self, variant_id: str) -> Candidate:
+        try:
+            return self._by_variant[variant_id]
+        except KeyError:
+            raise VariantNotFound(f"variant {variant_id} is not registered") from None
+
+    def get(self, variant_id: str) -> Candidate | None:
+        return self._by_variant.get(variant_id)
+
+    def matching(self, query: Query) -> tuple[Candidate, ...]:
+        """Candidates the query names, cheapest first; raises when it names none."""
+        found = self._by_key.get((query.kind, query.name))
+        if found:
+            return found
+        if query.kind is QueryKind.VARIANT:
+            raise VariantNotFound(f"variant {query.name} is not registered or not profiled")
+        if query.kind is QueryKind.MODEL:
+            raise ModelNotFound(f"model {query.name} has no profiled variant")
+        raise NoFeasibleVariant(
+            f"no profiled variant is registered for {query}",
+            reason="unregistered",
+            query=str(query),
+        )
+
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(sorted({c.spec.task for c in self._ordered}))
+
+    def of_task(self, task: str) -> tuple[Candidate, ...]:
+        return self._by_key.get((QueryKind.TASK, task), ())
+
+
+def _infeasible(
+    cands: Sequence[Candidate], query: Query, slo: SLO, loads: Mapping[str, VariantLoad]
+) -> NoFeasibleVariant:
+    """Why nothing fits, most fundamental reason first, with the closest option."""
+    base = {"query": str(query), "latency_ms": slo.latency_ms, "min_accuracy": slo.min_accuracy}
+    accurate = [c for c in cands if c.accuracy >= slo.min_accuracy]
+    if not accurate:
+        best = max(cands, key=lambda c: (c.accuracy, -c.cost_per_request))
+        return NoFeasibleVariant(
+            f"no variant of {query} reaches min_accuracy {slo.min_accuracy:g} "
+            f"(best {best.accuracy:g}: {best.variant_id})",
+            reason="accuracy",
+            closest=_describe(best, None, None),
+            **base,
+        )
+    predicted = [(predict_p99_ms(c, loads.get(c.variant_id, IDLE)), c) for c in accurate]
+    fast = [(p, c) for p, c in predicted if p <= slo.latency_ms]
+    if not fast:
+        p, c = min(predicted, key=lambda pc: (pc[0], pc[1].cost_per_request))
+        cold = loads.get(c.variant_id, IDLE).loaded_replicas == 0
+        why = f", {c.load_ms:.1f} ms of it cold start" if cold and c.load_ms > 0 else ""
+        return NoFeasibleVariant(
+            f"no variant of {query} with accuracy >= {slo.min_accuracy:g} meets "
+            f"{slo.latency_ms:g} ms p99 under current load (fastest {c.variant_id} "
+            f"predicts {p:.1f} ms p99{why})",
+            reason="latency",
+            closest=_describe(c, p, cold),
+            **base,
+        )
+    p, c = min(fast, key=lambda pc: (pc[1].cost_per_request, pc[0]))
+    cold = loads.get(c.variant_id, IDLE).loaded_replicas == 0
+    return NoFeasibleVariant(
+        f"no variant of {query} meeting accuracy {slo.min_accuracy:g} and "
+        f"{slo.latency_ms:g} ms p99 costs at most {slo.max_cost:g} per 1000 requests "
+        f"(cheapest {c.variant_id} costs {c.cost_per_request * 1000:.4g})",
+        reason="cost",
+        closest=_describe(c, p, cold),
+        max_cost=slo.max_cost,
+        **base,
+    )
+
+
+def select(candidates: CandidateSet, query: Query, slo: SLO, load: LoadSnapshot) -> Selection:
+    """The cheapest feasible variant for `query` under `slo` and `load`.
+
+    Raises `NoFeasibleVariant` (422) saying which constraint nothing meets, with
+    the closest option in ``detail["closest"]``; `VariantNotFound` /
+    `ModelNotFound` when the query names nothing registered.
+    """
+    cands = candidates.matching(query)
+    min_acc = slo.min_accuracy
+    target = slo.latency_ms
+    max_cost = slo.max_cost / 1000.0 if slo.max_cost is not None else math.inf
+    loads = load.by_variant
+    best: Candidate | None = None
+    best_p = math.inf
+    best_cost = math.inf
+    for c in cands:
+        cost = c.cost_per_request
+        if cost > best_cost or cost > max_cost:
+            break
+        if c.accuracy < min_acc:
+            continue
+        p = predict_p99_ms(c, loads.get(c.variant_id, IDLE))
+        if p <= target and p < best_p:
+            best, best_p, best_cost = c, p, cost
+    if best is None:
+        raise _infeasible(cands, query, slo, loads)
+    cold = loads.get(best.variant_id, IDLE).loaded_replicas == 0
+    return Selection(best, best_p, cold, query, slo)
+
+
+def select_least_slack(
+    candidates: CandidateSet, query: Query, slo: SLO, load: LoadSnapshot
+) -> Selection:
+    """INFaaS-style baseline: the feasible variant with the least latency slack.
+
+    Among variants meeting the accuracy floor and predicted to meet the latency
+    target under current load, pick the one whose predicted p99 is closest to
+    the target (the slowest that still fits), preferring variants already
+    loaded on some replica, as INFaaS does; cost is ignored except as a
+    tie-break.
+    """
+    cands = candidates.matching(query)
+    loads = load.by_variant
+    best: Candidate | None = None
+    best_key = (True, math.inf, math.inf)
+    best_p = math.inf
+    for c in cands:
+        if c.accuracy < slo.min_accuracy:
+            continue
+        vl = loads.get(c.variant_id, IDLE)
+        p = predict_p99_ms(c, vl)
+        if p > slo.latency_ms:
+            continue
+        key = (vl.loaded_replicas == 0, slo.latency_ms - p, c.cost_per_request)
+        if key < best_key:
+            best, best_key, best_p = c, key, p
+    if best is None:
+        raise _infeasible(cands, query, slo.model_copy(update={"max_cost": None}), loads)
+    return Selection(best, best_p, best_key[0], query, slo)
