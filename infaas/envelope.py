@@ -1,0 +1,397 @@
+"""The crypto envelope: AES-256-GCM for requests, responses and model artifacts at rest.
+
+Each message is sealed under a tenant's request key (or a model's data key),
+named by a key id so keys can rotate. The clear metadata that the untrusted
+path needs (tenant, task, SLO, request id, time, key id; for responses also the
+variant that served it and the worker's measurement) is the *associated data*:
+canonical JSON with sorted keys and no spaces. So an ingress or scheduler can
+read it but cannot change it, e.g. to downgrade the accuracy asked for, without
+decryption failing.
+
+Errors are distinct: tampered ciphertext or metadata and wrong key give
+`DecryptionFailed`; an unknown key id `UnknownKey`; a timestamp outside the
+window `ExpiredRequest`; a (tenant, request id) seen before `ReplayedRequest`.
+The replay check runs only after authentication succeeds, so forged traffic
+cannot burn request ids.
+
+Large buffers use `encrypt_into` / `decrypt_into` into one preallocated
+buffer: at 100 MB, allocation, not AES, is what costs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import struct
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pydantic import BaseModel, ConfigDict, Field
+
+from infaas.errors import DecryptionFailed, ExpiredRequest, ReplayedRequest, UnknownKey
+from infaas.store import MetadataStore
+
+KEY_LEN = 32
+NONCE_LEN = 12
+TAG_LEN = 16
+ENVELOPE_VERSION = 1
+
+
+def new_key() -> bytes:
+    """A fresh random AES-256 key."""
+    return secrets.token_bytes(KEY_LEN)
+
+
+def canonical_json(obj: Mapping[str, Any]) -> bytes:
+    """Deterministic JSON: sorted keys, no spaces, UTF-8 (the associated-data form)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class Keyring:
+    """Keys by key id; `current` is the one new messages are sealed under.
+
+    Its repr names key ids only, never key material.
+    """
+
+    def __init__(self, keys: Mapping[str, bytes] | None = None, current: str | None = None) -> None:
+        self._keys: dict[str, AESGCM] = {}
+        self._current: str | None = None
+        for kid, key in (keys or {}).items():
+            self.add(kid, key)
+        if current is not None:
+            self.get(current)
+            self._current = current
+
+    def add(self, key_id: str, key: bytes, *, make_current: bool = True) -> None:
+        if len(key) != KEY_LEN:
+            raise ValueError(f"AES-256 keys are {KEY_LEN} bytes, got {len(key)}")
+        self._keys[key_id] = AESGCM(key)
+        if make_current or self._current is None:
+            self._current = key_id
+
+    def remove(self, key_id: str) -> None:
+        self._keys.pop(key_id, None)
+        if self._current == key_id:
+            self._current = next(iter(self._keys), None)
+
+    def get(self, key_id: str) -> AESGCM:
+        try:
+            return self._keys[key_id]
+        except KeyError:
+            raise UnknownKey(f"unknown key id {key_id!r}", key_id=key_id) from None
+
+    @property
+    def current(self) -> str:
+        if self._current is None:
+            raise UnknownKey("keyring is empty")
+        return self._current
+
+    def __contains__(self, key_id: object) -> bool:
+        return key_id in self._keys
+
+    def __repr__(self) -> str:
+        return f"Keyring(key_ids={sorted(self._keys)}, current={self._current!r})"
+
+
+def _as_keyring(keys: Keyring | Mapping[str, bytes]) -> Keyring:
+    return keys if isinstance(keys, Keyring) else Keyring(keys)
+
+
+class Envelope(BaseModel):
+    """An AES-256-GCM envelope on the wire. In Python `nonce` and `ciphertext` are raw bytes.
+
+    JSON (bytes as standard base64)::
+
+        {
+          "v": 1,
+          "kind": "request",
+          "tenant": "acme",
+          "task": "digits",
+          "latency_ms": 50.0,
+          "min_accuracy": 0.9,
+          "request_id": "4f9c6c0e-…",
+          "timestamp": 1763760000.25,
+          "key_id": "k1",
+          "variant_id": null,
+          "measurement": null,
+          "nonce": "q83vEjRWeJCrze8S",
+          "ciphertext": "3q2+7w…"
+        }
+
+    A response has `"kind": "response"`, the same request fields, and the
+    `variant_id` and hex `measurement` of the worker that served it. Every
+    field but `nonce` and `ciphertext` is authenticated as associated data.
+    """
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64"
+    )
+
+    v: Literal[1] = 1
+    kind: Literal["request", "response"]
+    tenant: str = Field(min_length=1, max_length=128)
+    task: str = Field(min_length=1, max_length=128)
+    latency_ms: float = Field(gt=0, description="SLO latency target, milliseconds")
+    min_accuracy: float = Field(ge=0.0, le=1.0, description="SLO least accuracy")
+    request_id: str = Field(min_length=1, max_length=128)
+    timestamp: float = Field(description="seconds since the epoch, set by the sender")
+    key_id: str = Field(min_length=1, max_length=128)
+    variant_id: str | None = None
+    measurement: str | None = Field(None, description="hex measurement of the serving worker")
+    nonce: bytes = Field(min_length=NONCE_LEN, max_length=NONCE_LEN)
+    ciphertext: bytes = Field(min_length=TAG_LEN)
+
+    def associated_data(self) -> bytes:
+        return _aad(self.model_dump(exclude={"nonce", "ciphertext"}))
+
+
+def _aad(meta: Mapping[str, Any]) -> bytes:
+    return canonical_json(meta)
+
+
+def _seal(aead: AESGCM, aad: bytes, plaintext: bytes) -> tuple[bytes, bytes]:
+    nonce = os.urandom(NONCE_LEN)
+    return nonce, aead.encrypt(nonce, plaintext, aad)
+
+
+def _open(aead: AESGCM, nonce: bytes, ciphertext: bytes, aad: bytes) -> bytearray:
+    if len(ciphertext) < TAG_LEN:
+        raise DecryptionFailed("ciphertext shorter than its tag")
+    out = bytearray(len(ciphertext) - TAG_LEN)
+    try:
+        aead.decrypt_into(nonce, ciphertext, aad, out)
+    except InvalidTag:
+        raise DecryptionFailed(
+            "decryption failed: wrong key or tampered ciphertext / associated data"
+        ) from None
+    return out
+
+
+def seal_request(
+    keys: Keyring | Mapping[str, bytes],
+    plaintext: bytes,
+    *,
+    tenant: str,
+    task: str,
+    latency_ms: float,
+    min_accuracy: float,
+    request_id: str,
+    key_id: str | None = None,
+    timestamp: float | None = None,
+) -> Envelope:
+    """Encrypt a request body under the tenant's key (`key_id`, default: current)."""
+    ring = _as_keyring(keys)
+    kid = key_id or ring.current
+    meta: dict[str, Any] = {
+        "v": ENVELOPE_VERSION,
+        "kind": "request",
+        "tenant": tenant,
+        "task": task,
+        "latency_ms": float(latency_ms),
+        "min_accuracy": float(min_accuracy),
+        "request_id": request_id,
+        "timestamp": float(time.time() if timestamp is None else timestamp),
+        "key_id": kid,
+        "variant_id": None,
+        "measurement": None,
+    }
+    Envelope.model_validate(meta | {"nonce": b"\0" * NONCE_LEN, "ciphertext": b"\0" * TAG_LEN})
+    nonce, ct = _seal(ring.get(kid), _aad(meta), plaintext)
+    return Envelope.model_construct(**meta, nonce=nonce, ciphertext=ct)
+
+
+def open_request(
+    envelope: Envelope,
+    keys: Keyring | Mapping[str, bytes],
+    *,
+    replay_guard: ReplayGuard | None = None,
+    window_s: float = 300.0,
+    now: float | None = None,
+) -> bytearray:
+    """Check time window, key id and tag, then record the request id; return the plaintext."""
+    if envelope.kind != "request":
+        raise DecryptionFailed("not a request envelope")
+    t = time.time() if now is None else now
+    check_fresh(envelope.timestamp, t, window_s)
+    aead = _as_keyring(keys).get(envelope.key_id)
+    plaintext = _open(aead, envelope.nonce, envelope.ciphertext, envelope.associated_data())
+    if replay_guard is not None:
+        replay_guard.check_and_record(envelope.tenant, envelope.request_id, envelope.timestamp, t)
+    return plaintext
+
+
+def check_fresh(timestamp: float, now: float, window_s: float) -> None:
+    """Refuse a timestamp older than `window_s` or more than `window_s` in the future."""
+    if not now - window_s <= timestamp <= now + window_s:
+        raise ExpiredRequest(
+            f"request timestamp is outside the {window_s:.0f} s window",
+            age_s=round(now - timestamp, 3),
+        )
+
+
+def seal_response(
+    keys: Keyring | Mapping[str, bytes],
+    request: Envelope,
+    plaintext: bytes,
+    *,
+    variant_id: str,
+    measurement: bytes,
+    timestamp: float | None = None,
+) -> Envelope:
+    """Encrypt a response under the request's key id, binding variant and worker measurement."""
+    meta = request.model_dump(exclude={"nonce", "ciphertext"}) | {
+        "kind": "response",
+        "variant_id": variant_id,
+        "measurement": measurement.hex(),
+        "timestamp": float(time.time() if timestamp is None else timestamp),
+    }
+    nonce, ct = _seal(_as_keyring(keys).get(request.key_id), _aad(meta), plaintext)
+    return Envelope.model_construct(**meta, nonce=nonce, ciphertext=ct)
+
+
+def open_response(
+    envelope: Envelope,
+    keys: Keyring | Mapping[str, bytes],
+    *,
+    request_id: str,
+    tenant: str | None = None,
+) -> bytearray:
+    """Decrypt a response and check it answers `request_id` (and `tenant`)."""
+    if envelope.kind != "response":
+        raise DecryptionFailed("not a response envelope")
+    if envelope.request_id != request_id or (tenant is not None and envelope.tenant != tenant):
+        raise DecryptionFailed("response does not answer this request")
+    aead = _as_keyring(keys).get(envelope.key_id)
+    return _open(aead, envelope.nonce, envelope.ciphertext, envelope.associated_data())
+
+
+# --- replay protection --------------------------------------------------------------------
+
+
+class ReplayGuard(ABC):
+    """Remembers (tenant, request id) for a window; a second sighting is a replay."""
+
+    def __init__(self, window_s: float = 300.0) -> None:
+        # records outlive the timestamp window on both sides, so a replay is either
+        # remembered here or refused as expired
+        self.window_s = window_s
+
+    @abstractmethod
+    def check_and_record(self, tenant: str, request_id: str, timestamp: float, now: float) -> None:
+        """Record the pair; raise ReplayedRequest if it was already recorded."""
+
+
+class MemoryReplayGuard(ReplayGuard):
+    """Per-process replay guard with expiry (one worker process)."""
+
+    def __init__(self, window_s: float = 300.0) -> None:
+        super().__init__(window_s)
+        self._seen: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
+        self._last_prune = 0.0
+
+    def check_and_record(self, tenant: str, request_id: str, timestamp: float, now: float) -> None:
+        key = (tenant, request_id)
+        with self._lock:
+            if now - self._last_prune > self.window_s / 10:
+                horizon = now - 2 * self.window_s
+                self._seen = {k: t for k, t in self._seen.items() if t >= horizon}
+                self._last_prune = now
+            if key in self._seen:
+                raise ReplayedRequest(
+                    "request id already used", tenant=tenant, request_id=request_id
+                )
+            self._seen[key] = now
+
+
+class StoreReplayGuard(ReplayGuard):
+    """Replay guard shared by every replica, via the metadata store's put-if-absent."""
+
+    NAMESPACE = "replay"
+
+    def __init__(self, store: MetadataStore, window_s: float = 300.0) -> None:
+        super().__init__(window_s)
+        self._store = store
+
+    def check_and_record(self, tenant: str, request_id: str, timestamp: float, now: float) -> None:
+        key = f"{tenant}\x1f{request_id}"
+        if not self._store.put_record_if_absent(self.NAMESPACE, key, struct.pack("<d", now)):
+            raise ReplayedRequest("request id already used", tenant=tenant, request_id=request_id)
+
+    def prune(self, now: float) -> int:
+        """Forget records older than twice the window; return how many went."""
+        n = 0
+        for key, value in self._store.list_records(self.NAMESPACE).items():
+            if struct.unpack("<d", value)[0] < now - 2 * self.window_s:
+                n += self._store.delete_record(self.NAMESPACE, key)
+        return n
+
+
+# --- model artifacts at rest --------------------------------------------------------------
+
+_ARTIFACT_MAGIC = b"INFAASA1"
+
+
+def _artifact_header(key_id: str, model_id: str) -> bytes:
+    kid, mid = key_id.encode(), model_id.encode()
+    return _ARTIFACT_MAGIC + struct.pack(">H", len(kid)) + kid + struct.pack(">H", len(mid)) + mid
+
+
+def seal_artifact(data_key: bytes, key_id: str, model_id: str, plaintext: bytes) -> bytearray:
+    """Encrypt model bytes at rest: header(magic, key id, model id) | nonce | ciphertext+tag.
+
+    The header is the associated data, so a blob cannot be passed off as
+    another model's or re-labelled with another key id. Returns one buffer,
+    written in place (no copy of the ciphertext).
+    """
+    header = _artifact_header(key_id, model_id)
+    nonce = os.urandom(NONCE_LEN)
+    start = len(header) + NONCE_LEN
+    out = bytearray(start + len(plaintext) + TAG_LEN)
+    out[: len(header)] = header
+    out[len(header) : start] = nonce
+    AESGCM(data_key).encrypt_into(nonce, plaintext, header, memoryview(out)[start:])
+    return out
+
+
+def artifact_key_id(blob: bytes | bytearray) -> str:
+    """The key id a sealed artifact names (to fetch the right key)."""
+    return _parse_artifact_header(blob)[1]
+
+
+def _parse_artifact_header(blob: bytes | bytearray) -> tuple[int, str, str]:
+    mv = memoryview(blob)
+    if bytes(mv[:8]) != _ARTIFACT_MAGIC or len(mv) < 12:
+        raise DecryptionFailed("not a sealed infaas artifact")
+    (klen,) = struct.unpack_from(">H", mv, 8)
+    kid = bytes(mv[10 : 10 + klen]).decode()
+    (mlen,) = struct.unpack_from(">H", mv, 10 + klen)
+    mid = bytes(mv[12 + klen : 12 + klen + mlen]).decode()
+    return 12 + klen + mlen, kid, mid
+
+
+def open_artifact(
+    keys: Keyring | Mapping[str, bytes], model_id: str, blob: bytes | bytearray
+) -> bytearray:
+    """Decrypt a sealed artifact that must be `model_id`'s; returns a wipeable buffer."""
+    hlen, kid, mid = _parse_artifact_header(blob)
+    if mid != model_id:
+        raise DecryptionFailed(f"artifact is sealed for model {mid!r}, not {model_id!r}")
+    aead = _as_keyring(keys).get(kid)
+    mv = memoryview(blob)
+    nonce = bytes(mv[hlen : hlen + NONCE_LEN])
+    ct = mv[hlen + NONCE_LEN :]
+    if len(ct) < TAG_LEN:
+        raise DecryptionFailed("artifact truncated")
+    out = bytearray(len(ct) - TAG_LEN)
+    try:
+        aead.decrypt_into(nonce, ct, bytes(mv[:hlen]), out)
+    except InvalidTag:
+        raise DecryptionFailed("artifact decryption failed: wrong key or tampered") from None
+    return out
