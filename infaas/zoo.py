@@ -132,7 +132,10 @@ class Manifest(BaseModel):
 class _Graph:
     """A tiny ONNX graph builder over numpy initializers."""
 
-    def __init__(self) -> None:
+    def __init__(self, acts: dict[str, np.ndarray] | None = None) -> None:
+        # numpy values of the tensors, computed as the graph is built, on a batch of
+        # calibration inputs (only where `acts` is given)
+        self.acts: dict[str, np.ndarray] = dict(acts or {})
         self.nodes: list[Any] = []
         self.inits: dict[str, np.ndarray] = {}
         self._n = 0
@@ -146,12 +149,21 @@ class _Graph:
         self.inits[n] = np.ascontiguousarray(value, dtype=np.float32)
         return n
 
-    def op(self, op_type: str, inputs: Sequence[str], **attrs: Any) -> str:
+    def op(
+        self, op_type: str, inputs: Sequence[str], value: np.ndarray | None = None, **attrs: Any
+    ) -> str:
         from onnx import helper
 
         out = self.name(op_type.lower())
         self.nodes.append(helper.make_node(op_type, list(inputs), [out], name=out, **attrs))
+        if value is not None:
+            self.acts[out] = value
+        elif self.acts and all(i in self.acts or i in self.inits for i in inputs):
+            self.acts[out] = _np_eval(op_type, [self.acts.get(i, self.inits.get(i)) for i in inputs])
         return out
+
+    def keep_only(self, *names: str) -> None:
+        self.acts = {n: self.acts[n] for n in names}
 
     def finish(
         self, graph_name: str, input_name: str, input_shape: Sequence[int], output: str
@@ -188,14 +200,40 @@ class _Graph:
 def _mlp_onnx(
     name: str, layers: Sequence[tuple[np.ndarray, np.ndarray]], num_features: int
 ) -> tuple[bytes, int]:
-    """Dense layers (weights in x @ W form) with Relu between them, logits out."""
+    """Dense layers (weights in x @ W form) with Relu between them, logits out.
+
+    MatMul + Add rather than Gemm, as converters emit: onnxruntime's dynamic
+    quantization handles MatMul but not Gemm.
+    """
     g = _Graph()
     h = "x"
     for i, (w, b) in enumerate(layers):
-        h = g.op("Gemm", [h, g.const("W", w), g.const("B", b)])
+        h = g.op("Add", [g.op("MatMul", [h, g.const("W", w)]), g.const("B", b)])
         if i < len(layers) - 1:
             h = g.op("Relu", [h])
     return g.finish(name, "x", (num_features,), h), g.num_parameters
+
+
+def _np_eval(op_type: str, ins: list[Any]) -> np.ndarray:
+    """numpy values of the few ops the image builder emits (besides Conv)."""
+    x = ins[0]
+    if op_type == "Relu":
+        out = np.maximum(x, 0)
+    elif op_type == "Add":
+        out = x + ins[1]
+    elif op_type == "MaxPool":  # 3x3, stride 2, pad 1
+        p = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
+        win = np.lib.stride_tricks.sliding_window_view(p, (3, 3), axis=(2, 3))
+        out = win[:, :, ::2, ::2].max(axis=(4, 5))
+    elif op_type == "GlobalAveragePool":
+        out = x.mean(axis=(2, 3), keepdims=True)
+    elif op_type == "Flatten":
+        out = x.reshape(x.shape[0], -1)
+    elif op_type == "Gemm":
+        out = x @ ins[1] + ins[2]
+    else:  # pragma: no cover - the builder emits only the ops above
+        raise NotImplementedError(op_type)
+    return np.asarray(out, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- digits
@@ -278,6 +316,27 @@ def synthetic_images(n: int, resolution: int, seed: int) -> np.ndarray:
     return (out - out.mean()) / out.std()
 
 
+def template_classes(n_templates: int) -> np.ndarray:
+    """The (seeded) ImageNet-style class ids the image templates stand for."""
+    return np.random.default_rng(IMAGES_SEED).choice(IMAGE_CLASSES, n_templates, replace=False)
+
+
+def image_sets(
+    n_templates: int, n_validation: int, resolution: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(calibration, validation) synthetic image sets with class structure.
+
+    The calibration images are class templates; each validation image is one
+    template mixed with a distractor image (weight 0.5), so the validation set
+    is like a labelled dataset but harder than the templates themselves.
+    """
+    templates = synthetic_images(n_templates, resolution, IMAGES_SEED + 100)
+    distractors = synthetic_images(n_validation, resolution, IMAGES_SEED + 200)
+    which = np.arange(n_validation) % n_templates
+    val = (templates[which] + 0.5 * distractors) / np.float32(np.sqrt(1 + 0.5**2))
+    return templates, np.ascontiguousarray(val, dtype=np.float32)
+
+
 @dataclass(frozen=True)
 class _ResNetShape:
     blocks: tuple[int, int, int, int]
@@ -302,18 +361,28 @@ def _conv_bn(
     relu: bool,
     gamma_scale: float = 1.0,
 ) -> str:
-    """Conv with its batch norm folded in (gamma, beta seeded; initial running stats)."""
-    w = rng.normal(scale=np.sqrt(2.0 / (cin * k * k)), size=(cout, cin, k, k))
+    """Conv + batch norm folded into it.
+
+    gamma and beta are seeded; the running statistics are those of the
+    calibration images flowing through the network as it is built (as a trained
+    network's would be). Without data statistics every layer adds a common mode,
+    deep features of all inputs become nearly identical, and the tiny signal left
+    drowns in any quantization.
+    """
+    w = rng.normal(scale=np.sqrt(2.0 / (cin * k * k)), size=(cout, cin, k, k)).astype(np.float32)
     gamma = rng.uniform(0.8, 1.2, size=cout) * gamma_scale
-    beta = rng.normal(scale=0.05, size=cout)
-    running_mean, running_var, eps = np.zeros(cout), np.ones(cout), 1e-5
-    scale = gamma / np.sqrt(running_var + eps)
-    wf = w * scale[:, None, None, None]
-    bf = beta - running_mean * scale
+    beta = rng.normal(scale=0.1, size=cout)
     pad = k // 2
+    raw = _np_conv(g.acts[x], w, stride, pad)
+    mean = raw.mean(axis=(0, 2, 3), dtype=np.float64)
+    var = raw.var(axis=(0, 2, 3), dtype=np.float64)
+    scale = gamma / np.sqrt(var + 1e-5)
+    bias = beta - mean * scale
     y = g.op(
         "Conv",
-        [x, g.const("W", wf), g.const("B", bf)],
+        [x, g.const("W", w * scale[:, None, None, None]), g.const("B", bias)],
+        value=raw * scale[None, :, None, None].astype(np.float32)
+        + bias[None, :, None, None].astype(np.float32),
         kernel_shape=[k, k],
         strides=[stride, stride],
         pads=[pad, pad, pad, pad],
@@ -321,9 +390,25 @@ def _conv_bn(
     return g.op("Relu", [y]) if relu else y
 
 
-def _resnet_body(arch: str, small: bool, rng: np.random.Generator) -> tuple[_Graph, str, int]:
+def _np_conv(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
+    """Convolution without bias, NCHW, square kernel, via sliding windows + tensordot."""
+    k = w.shape[2]
+    if pad:
+        x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+    win = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))[
+        :, :, ::stride, ::stride
+    ]
+    out = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3]))  # n, h, w, o
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def _resnet_onnx(
+    arch: str, small: bool, resolution: int, calibration: np.ndarray
+) -> tuple[bytes, int]:
+    """A ResNet-style CNN whose normalisation statistics come from `calibration`."""
     shape = RESNETS[arch]
-    g = _Graph()
+    rng = np.random.default_rng(IMAGES_SEED + sorted(RESNETS).index(arch))
+    g = _Graph(acts={"x": calibration})
     widths = (16, 32, 64, 128) if small else (64, 128, 256, 512)
     stem = widths[0]
     if small:
@@ -337,82 +422,36 @@ def _resnet_body(arch: str, small: bool, rng: np.random.Generator) -> tuple[_Gra
         for b in range(n_blocks):
             stride = 2 if (stage > 0 and b == 0) else 1
             cout = width * expansion
-            # the last conv of a residual branch starts small (as zero-init-residual
-            # does), so activations do not blow up with depth
+            # the last batch norm of a residual branch starts small (as
+            # zero-init-residual does), so the identity path dominates at depth
             if shape.bottleneck:
                 r = _conv_bn(g, rng, h, cin, width, 1, 1, relu=True)
                 r = _conv_bn(g, rng, r, width, width, 3, stride, relu=True)
-                r = _conv_bn(g, rng, r, width, cout, 1, 1, relu=False, gamma_scale=0.3)
+                r = _conv_bn(g, rng, r, width, cout, 1, 1, relu=False, gamma_scale=0.5)
             else:
                 r = _conv_bn(g, rng, h, cin, width, 3, stride, relu=True)
-                r = _conv_bn(g, rng, r, width, cout, 3, 1, relu=False, gamma_scale=0.3)
+                r = _conv_bn(g, rng, r, width, cout, 3, 1, relu=False, gamma_scale=0.5)
             if stride != 1 or cin != cout:
                 sc = _conv_bn(g, rng, h, cin, cout, 1, stride, relu=False)
             else:
                 sc = h
             h = g.op("Relu", [g.op("Add", [r, sc])])
+            g.keep_only(h)
             cin = cout
     h = g.op("GlobalAveragePool", [h])
-    h = g.op("Flatten", [h], axis=1)
-    return g, h, cin
-
-
-def _np_forward(g: _Graph, x: np.ndarray, output: str) -> np.ndarray:
-    """Evaluate the body graph in numpy (only the ops the builder emits)."""
-    from onnx import helper
-
-    env: dict[str, np.ndarray] = {"x": x, **g.inits}
-    for node in g.nodes:
-        a = {at.name: helper.get_attribute_value(at) for at in node.attribute}
-        ins = [env[i] for i in node.input]
-        if node.op_type == "Conv":
-            out = _np_conv(ins[0], ins[1], ins[2], a["strides"][0], a["pads"][0])
-        elif node.op_type == "Relu":
-            out = np.maximum(ins[0], 0)
-        elif node.op_type == "Add":
-            out = ins[0] + ins[1]
-        elif node.op_type == "MaxPool":
-            p = np.pad(ins[0], ((0, 0), (0, 0), (1, 1), (1, 1)), constant_values=-np.inf)
-            win = np.lib.stride_tricks.sliding_window_view(p, (3, 3), axis=(2, 3))
-            out = win[:, :, ::2, ::2].max(axis=(4, 5))
-        elif node.op_type == "GlobalAveragePool":
-            out = ins[0].mean(axis=(2, 3), keepdims=True)
-        elif node.op_type == "Flatten":
-            out = ins[0].reshape(ins[0].shape[0], -1)
-        else:  # pragma: no cover - the builder emits only the ops above
-            raise NotImplementedError(node.op_type)
-        env[node.output[0]] = out.astype(np.float32, copy=False)
-        if node.output[0] == output:
-            break
-    return env[output]
-
-
-def _np_conv(x: np.ndarray, w: np.ndarray, b: np.ndarray, stride: int, pad: int) -> np.ndarray:
-    k = w.shape[2]
-    if pad:
-        x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    win = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))[
-        :, :, ::stride, ::stride
-    ]
-    out = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3]))  # n, h, w, o
-    return np.ascontiguousarray(out.transpose(0, 3, 1, 2)) + b[None, :, None, None]
-
-
-def _resnet_onnx(
-    arch: str, small: bool, resolution: int, calibration: np.ndarray
-) -> tuple[bytes, int]:
-    seed = IMAGES_SEED + sorted(RESNETS).index(arch)
-    rng = np.random.default_rng(seed)
-    g, feat, channels = _resnet_body(arch, small, rng)
-    # Data-dependent head: standardise the pooled features of seeded calibration
-    # images, then a random projection. Without it the logits of an untrained net
-    # are dominated by one common direction and every input gets the same class.
-    chunks = [
-        _np_forward(g, calibration[i : i + 4], feat) for i in range(0, len(calibration), 4)
-    ]
-    f = np.concatenate(chunks).astype(np.float64)
+    feat = g.op("Flatten", [h], axis=1)
+    # Head: a nearest-template classifier. The calibration images are class
+    # templates (the validation images are perturbed copies of them, see
+    # `image_sets`), so each template's class gets the standardised pooled
+    # features of that template as its weight row; the other classes get small
+    # seeded random rows. Trained networks have a clear top-1 margin; a purely
+    # random head would not, and every bit of quantization noise would flip it.
+    f = g.acts[feat].astype(np.float64)
     mu, sigma = f.mean(axis=0), f.std(axis=0) + 1e-3
-    proj = rng.normal(scale=1.0 / np.sqrt(channels), size=(channels, IMAGE_CLASSES)) * 4.0
+    z = (f - mu) / sigma
+    rows = rng.normal(scale=0.05, size=(IMAGE_CLASSES, cin))
+    rows[template_classes(len(calibration))] = z / np.linalg.norm(z, axis=1, keepdims=True)
+    proj = rows.T * (8.0 / np.sqrt(cin))
     w = proj / sigma[:, None]
     bias = -(mu / sigma) @ proj
     logits = g.op("Gemm", [feat, g.const("W", w), g.const("B", bias)])
@@ -546,9 +585,9 @@ def build_zoo(
     # images
     res = SMALL_RESOLUTION if small else FULL_RESOLUTION
     n_val = 256 if small else 128
-    n_cal = 32 if small else 16
-    calib = synthetic_images(n_cal, res, IMAGES_SEED + 100)
-    np.savez(zoo_dir / "images.val.npz", x=synthetic_images(n_val, res, IMAGES_SEED + 200))
+    n_cal = 32
+    calib, val = image_sets(n_cal, n_val, res)
+    np.savez(zoo_dir / "images.val.npz", x=val)
     np.savez(zoo_dir / "images.calib.npz", x=calib)
     for arch in RESNETS:
         model_id = f"images-{arch}"
