@@ -1,0 +1,33 @@
+"""The key service: attested custody of tenant request keys and model data keys."""
+
+from infaas.keyservice.client import HttpKeyService as HttpKeyService
+from infaas.keyservice.client import KeyServiceClient as KeyServiceClient
+from infaas.keyservice.client import KeyServiceTransport as KeyServiceTransport
+from infaas.keyservice.client import ReleasedKey as ReleasedKey
+from infaas.keyservice.client import WorkerKeyClient as WorkerKeyClient
+from infaas.keyservice.client import unwrap_released as unwrap_released
+from infaas.keyservice.http import create_keyservice_app as create_keyservice_app
+from infaas.keyservice.http import create_keyservice_router as create_keyservice_router
+from infaas.keyservice.models import KeyRequest as KeyRequest
+from infaas.keyservice.models import ReleaseRequest as ReleaseRequest
+from infaas.keyservice.models import ReleaseResponse as ReleaseResponse
+from infaas.keyservice.sealing import gramine_sealing_key as gramine_sealing_key
+from infaas.keyservice.sealing import simulated_sealing_key as simulated_sealing_key
+from infaas.keyservice.service import KeyService as KeyService
+
+__all__ = [
+    "HttpKeyService",
+    "KeyRequest",
+    "KeyService",
+    "KeyServiceClient",
+    "KeyServiceTransport",
+    "ReleaseRequest",
+    "ReleaseResponse",
+    "ReleasedKey",
+    "WorkerKeyClient",
+    "create_keyservice_app",
+    "create_keyservice_router",
+    "gramine_sealing_key",
+    "simulated_sealing_key",
+    "unwrap_released",
+]

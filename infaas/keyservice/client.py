@@ -1,0 +1,205 @@
+"""Both ends of the key service: the client (tenants, owners) and the worker.
+
+`KeyServiceClient` attests the service before anything is sent to it: it
+picks a nonce, fetches evidence, verifies it against the client's policy
+(expected measurement of the key service) and checks report data =
+SHA-256(service public key || nonce). Only then does it seal keys to that
+public key.
+
+`WorkerKeyClient` runs inside a TEE worker: it makes an ephemeral X25519 key,
+asks for a nonce, quotes SHA-256(ephemeral public key || nonce), and unwraps
+the released keys with the ephemeral private key, which never leaves memory.
+
+Both talk to a `KeyServiceTransport`: the in-process `KeyService` itself or
+`HttpKeyService` (httpx) for a remote one.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from infaas.attestation.backends import EvidenceGenerator, report_data_for
+from infaas.attestation.verifier import AttestationVerifier
+from infaas.attestation.verify import VerifiedQuote
+from infaas.errors import AttestationFailed, error_from_code
+from infaas.keyservice.http import PREFIX
+from infaas.keyservice.models import (
+    EvidenceResponse,
+    GrantRequest,
+    KeyRequest,
+    NonceResponse,
+    RegisterRequest,
+    RegisterResponse,
+    ReleaseRequest,
+    ReleaseResponse,
+    SealedKeyUpload,
+)
+from infaas.keyservice.sealing import info_for, open_sealed, seal_to, x25519_raw
+from infaas.keyservice.service import Role
+
+
+class KeyServiceTransport(Protocol):
+    """What clients and workers need from a key service, local or remote."""
+
+    def evidence(self, nonce: bytes) -> EvidenceResponse: ...
+    def register(self, principal_id: str, role: Role) -> RegisterResponse: ...
+    def set_tenant_key(self, token: str, key_id: str, sealed_key: bytes) -> None: ...
+    def set_model_key(self, token: str, model_id: str, key_id: str, sealed_key: bytes) -> None: ...
+    def grant(self, token: str, model_id: str, tenant: str) -> None: ...
+    def revoke(self, token: str, model_id: str, tenant: str) -> None: ...
+    def issue_nonce(self) -> NonceResponse: ...
+    def release(self, req: ReleaseRequest) -> ReleaseResponse: ...
+
+
+class HttpKeyService:
+    """`KeyServiceTransport` over HTTP (errors come back as the same infaas types)."""
+
+    def __init__(self, http: httpx.Client) -> None:
+        self._http = http
+
+    def _call(
+        self, method: str, path: str, token: str | None = None, **kw: object
+    ) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        r = self._http.request(method, PREFIX + path, headers=headers, **kw)  # type: ignore[arg-type]
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+                raise error_from_code(body["code"], body["message"], body.get("detail"))
+            except (ValueError, KeyError):
+                r.raise_for_status()
+        return r
+
+    def evidence(self, nonce: bytes) -> EvidenceResponse:
+        r = self._call("GET", "/evidence", params={"nonce": base64.b64encode(nonce).decode()})
+        return EvidenceResponse.model_validate_json(r.content)
+
+    def register(self, principal_id: str, role: Role) -> RegisterResponse:
+        body = RegisterRequest.model_validate({"id": principal_id, "role": role})
+        r = self._call("POST", "/principals", content=body.model_dump_json())
+        return RegisterResponse.model_validate_json(r.content)
+
+    def set_tenant_key(self, token: str, key_id: str, sealed_key: bytes) -> None:
+        body = SealedKeyUpload(key_id=key_id, sealed_key=sealed_key)
+        self._call("POST", "/tenant-keys", token, content=body.model_dump_json())
+
+    def set_model_key(self, token: str, model_id: str, key_id: str, sealed_key: bytes) -> None:
+        body = SealedKeyUpload(key_id=key_id, sealed_key=sealed_key)
+        self._call("POST", f"/models/{model_id}/keys", token, content=body.model_dump_json())
+
+    def grant(self, token: str, model_id: str, tenant: str) -> None:
+        body = GrantRequest(tenant=tenant)
+        self._call("POST", f"/models/{model_id}/grants", token, content=body.model_dump_json())
+
+    def revoke(self, token: str, model_id: str, tenant: str) -> None:
+        self._call("DELETE", f"/models/{model_id}/grants/{tenant}", token)
+
+    def issue_nonce(self) -> NonceResponse:
+        return NonceResponse.model_validate_json(self._call("POST", "/nonce").content)
+
+    def release(self, req: ReleaseRequest) -> ReleaseResponse:
+        r = self._call("POST", "/release", content=req.model_dump_json())
+        return ReleaseResponse.model_validate_json(r.content)
+
+
+class KeyServiceClient:
+    """Tenant / owner side: attest the key service, then seal keys to it."""
+
+    def __init__(self, transport: KeyServiceTransport, verifier: AttestationVerifier) -> None:
+        self._t = transport
+        self._verifier = verifier
+        self._service_key: bytes | None = None
+        self.verified: VerifiedQuote | None = None
+
+    def attest(self) -> bytes:
+        """Verify the service's evidence over a fresh nonce; return its public key."""
+        nonce = secrets.token_bytes(32)
+        ev = self._t.evidence(nonce)
+        self.verified, _ = self._verifier.verify(ev.quote, public_key=ev.public_key, nonce=nonce)
+        self._service_key = ev.public_key
+        return ev.public_key
+
+    @property
+    def service_key(self) -> bytes:
+        if self._service_key is None:
+            raise AttestationFailed("key service not attested yet: call attest() first")
+        return self._service_key
+
+    def register(self, principal_id: str, role: Role = "tenant") -> str:
+        """Register; returns the secret token (keep it: it is not shown again)."""
+        return self._t.register(principal_id, role).token
+
+    def upload_tenant_key(self, token: str, key_id: str, key: bytes) -> None:
+        tenant = token.rpartition(":")[0]
+        info = info_for("tenant-key", {"tenant": tenant, "key_id": key_id})
+        self._t.set_tenant_key(token, key_id, seal_to(self.service_key, key, info))
+
+    def upload_model_key(self, token: str, model_id: str, key_id: str, key: bytes) -> None:
+        info = info_for("model-key", {"model_id": model_id, "key_id": key_id})
+        self._t.set_model_key(token, model_id, key_id, seal_to(self.service_key, key, info))
+
+    def grant(self, token: str, model_id: str, tenant: str) -> None:
+        self._t.grant(token, model_id, tenant)
+
+    def revoke(self, token: str, model_id: str, tenant: str) -> None:
+        self._t.revoke(token, model_id, tenant)
+
+
+@dataclass(frozen=True)
+class ReleasedKey:
+    kind: str
+    model_id: str
+    tenant: str | None
+    key_id: str
+    key: bytes
+
+    def __repr__(self) -> str:  # never show key material
+        return f"ReleasedKey({self.kind}, {self.model_id}, {self.tenant}, {self.key_id})"
+
+
+class WorkerKeyClient:
+    """Worker side: prove itself with fresh evidence, unwrap the released keys."""
+
+    def __init__(self, transport: KeyServiceTransport, tee: EvidenceGenerator) -> None:
+        self._t = transport
+        self._tee = tee
+
+    def fetch(self, requests: Sequence[KeyRequest]) -> list[ReleasedKey]:
+        sk = X25519PrivateKey.generate()
+        pk = x25519_raw(sk.public_key())
+        nonce = self._t.issue_nonce().nonce
+        evidence = self._tee.generate(report_data_for(pk, nonce))
+        resp = self._t.release(
+            ReleaseRequest(evidence=evidence, public_key=pk, nonce=nonce, keys=tuple(requests))
+        )
+        return unwrap_released(resp, sk)
+
+    def model_key(self, model_id: str, key_id: str | None = None) -> ReleasedKey:
+        return self.fetch([KeyRequest(kind="model", model_id=model_id, key_id=key_id)])[0]
+
+    def tenant_key(self, tenant: str, model_id: str, key_id: str | None = None) -> ReleasedKey:
+        req = KeyRequest(kind="tenant", model_id=model_id, tenant=tenant, key_id=key_id)
+        return self.fetch([req])[0]
+
+
+def unwrap_released(resp: ReleaseResponse, private_key: X25519PrivateKey) -> list[ReleasedKey]:
+    """Open each wrapped key with the worker's ephemeral private key."""
+    out: list[ReleasedKey] = []
+    for w in resp.keys:
+        info = info_for(
+            "release",
+            {"kind": w.kind, "model_id": w.model_id, "tenant": w.tenant, "key_id": w.key_id},
+        )
+        out.append(
+            ReleasedKey(
+                w.kind, w.model_id, w.tenant, w.key_id, open_sealed(private_key, w.sealed_key, info)
+            )
+        )
+    return out

@@ -1,0 +1,109 @@
+"""FastAPI routes for the key service, and an app factory for running it alone.
+
+Routes (JSON; bytes as base64; owner/tenant calls carry ``Authorization: Bearer <token>``):
+
+=======  =================================  ==========================================
+GET      /v1/keyservice/evidence?nonce=B64  service quote binding its key to the nonce
+POST     /v1/keyservice/principals          register a tenant or owner -> token (once)
+POST     /v1/keyservice/tenant-keys         tenant's request key, sealed to the service
+POST     /v1/keyservice/models/{id}/keys    owner's model data key, sealed to the service
+POST     /v1/keyservice/models/{id}/grants  owner grants a tenant the model
+DELETE   /v1/keyservice/models/{id}/grants/{tenant}   owner revokes
+POST     /v1/keyservice/nonce               a single-use nonce for worker evidence
+POST     /v1/keyservice/release             worker evidence + nonce + key requests
+=======  =================================  ==========================================
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated
+
+from fastapi import APIRouter, FastAPI, Header, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from infaas.errors import AuthenticationFailed, InfaasError, InvalidInput
+from infaas.keyservice.models import (
+    EvidenceResponse,
+    GrantRequest,
+    NonceResponse,
+    RegisterRequest,
+    RegisterResponse,
+    ReleaseRequest,
+    ReleaseResponse,
+    SealedKeyUpload,
+)
+from infaas.keyservice.service import KeyService
+
+PREFIX = "/v1/keyservice"
+
+
+def _bearer(authorization: str | None) -> str:
+    if not authorization or not authorization.startswith("Bearer "):
+        raise AuthenticationFailed("missing bearer token")
+    return authorization.removeprefix("Bearer ").strip()
+
+
+Authorization = Annotated[str | None, Header()]
+
+
+def create_keyservice_router(service: KeyService) -> APIRouter:
+    """The key service's routes around `service` (no global state)."""
+    router = APIRouter(prefix=PREFIX, tags=["keyservice"])
+
+    @router.get("/evidence")
+    def evidence(nonce: Annotated[str, Query(max_length=128)]) -> EvidenceResponse:
+        try:
+            raw = base64.b64decode(nonce, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidInput("nonce must be base64") from None
+        return service.evidence(raw)
+
+    @router.post("/principals", status_code=201)
+    def register(body: RegisterRequest) -> RegisterResponse:
+        return service.register(body.id, body.role)
+
+    @router.post("/tenant-keys", status_code=204)
+    def tenant_key(body: SealedKeyUpload, authorization: Authorization = None) -> Response:
+        service.set_tenant_key(_bearer(authorization), body.key_id, body.sealed_key)
+        return Response(status_code=204)
+
+    @router.post("/models/{model_id}/keys", status_code=204)
+    def model_key(
+        model_id: str, body: SealedKeyUpload, authorization: Authorization = None
+    ) -> Response:
+        service.set_model_key(_bearer(authorization), model_id, body.key_id, body.sealed_key)
+        return Response(status_code=204)
+
+    @router.post("/models/{model_id}/grants", status_code=204)
+    def grant(model_id: str, body: GrantRequest, authorization: Authorization = None) -> Response:
+        service.grant(_bearer(authorization), model_id, body.tenant)
+        return Response(status_code=204)
+
+    @router.delete("/models/{model_id}/grants/{tenant}", status_code=204)
+    def revoke(model_id: str, tenant: str, authorization: Authorization = None) -> Response:
+        service.revoke(_bearer(authorization), model_id, tenant)
+        return Response(status_code=204)
+
+    @router.post("/nonce")
+    def nonce() -> NonceResponse:
+        return service.issue_nonce()
+
+    @router.post("/release")
+    def release(body: ReleaseRequest) -> ReleaseResponse:
+        return service.release(body)
+
+    return router
+
+
+def create_keyservice_app(service: KeyService) -> FastAPI:
+    """A FastAPI app serving only the key service, with infaas errors as JSON problems."""
+    app = FastAPI(title="infaas key service", docs_url=None, redoc_url=None)
+    app.include_router(create_keyservice_router(service))
+
+    @app.exception_handler(InfaasError)
+    async def _problem(request: Request, exc: InfaasError) -> JSONResponse:
+        return JSONResponse(exc.to_problem(), status_code=exc.status_code)
+
+    return app

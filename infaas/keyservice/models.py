@@ -1,0 +1,108 @@
+"""Wire models of the key service. Bytes fields are standard base64 in JSON."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from infaas.types import Identifier
+
+KeyId = Identifier
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64"
+    )
+
+
+class EvidenceResponse(_Wire):
+    """The service's attestation: quote whose report data = SHA-256(public_key || nonce).
+
+    ``{"public_key": "<b64 X25519>", "quote": "<b64>", "measurement": "<hex>",
+    "simulated": true, "status": "simulated TEE (simulated — not confidential)"}``
+    """
+
+    public_key: bytes = Field(min_length=32, max_length=32)
+    quote: bytes
+    measurement: str
+    simulated: bool
+    status: str
+
+
+class RegisterRequest(_Wire):
+    """``{"id": "acme", "role": "tenant"}``"""
+
+    id: Identifier
+    role: Literal["tenant", "owner"] = "tenant"
+
+
+class RegisterResponse(_Wire):
+    """``{"id": "acme", "role": "tenant", "token": "acme:…"}`` (shown once, stored hashed)."""
+
+    id: str
+    role: Literal["tenant", "owner"]
+    token: str
+
+
+class SealedKeyUpload(_Wire):
+    """A key HPKE-sealed to the attested service.
+
+    ``{"key_id": "k1", "sealed_key": "<b64>"}``
+    """
+
+    key_id: KeyId
+    sealed_key: bytes = Field(min_length=32, max_length=256)
+
+
+class GrantRequest(_Wire):
+    """``{"tenant": "acme"}``"""
+
+    tenant: Identifier
+
+
+class NonceResponse(_Wire):
+    """``{"nonce": "<b64, 32 bytes>", "issued_at": 1763760000.0, "ttl_s": 60.0}``"""
+
+    nonce: bytes
+    issued_at: float
+    ttl_s: float
+
+
+class KeyRequest(_Wire):
+    """One key a worker asks for.
+
+    ``{"kind": "model", "model_id": "resnet", "key_id": null}`` — the model's data key;
+    ``{"kind": "tenant", "tenant": "acme", "model_id": "resnet", "key_id": "k1"}`` —
+    a tenant's request key, released only if the tenant is granted that model.
+    `key_id` null means the current key.
+    """
+
+    kind: Literal["model", "tenant"]
+    model_id: Identifier
+    tenant: Identifier | None = None
+    key_id: KeyId | None = None
+
+
+class ReleaseRequest(_Wire):
+    """A worker's evidence (report data = SHA-256(public_key || nonce)) and the keys it wants."""
+
+    evidence: bytes = Field(min_length=48, max_length=65536)
+    public_key: bytes = Field(min_length=32, max_length=32, description="ephemeral X25519")
+    nonce: bytes = Field(min_length=32, max_length=32)
+    keys: tuple[KeyRequest, ...] = Field(min_length=1, max_length=64)
+
+
+class WrappedKey(_Wire):
+    """A released key, HPKE-sealed to the worker's attested ephemeral key."""
+
+    kind: Literal["model", "tenant"]
+    model_id: str
+    tenant: str | None
+    key_id: str
+    sealed_key: bytes
+
+
+class ReleaseResponse(_Wire):
+    keys: tuple[WrappedKey, ...]

@@ -1,0 +1,320 @@
+"""The key service (SeSeMI's KeyService): an attested holder of tenant and model keys.
+
+It runs as a TEE workload with its own X25519 key pair. Clients attest it
+(`evidence(nonce)`: a quote whose report data binds the public key and their
+nonce) and then seal keys to that key. Model owners upload data keys and grant
+tenants the use of their models; tenants upload their request keys. A worker
+proves itself with fresh evidence over a service-issued nonce, checked against
+the worker policy, and receives exactly the keys it asked for and may have,
+sealed to its attested ephemeral key.
+
+State (principals, keys, grants) lives in the MetadataStore, each record
+AES-256-GCM-encrypted under the KEK with "namespace/key" as associated data, so
+records cannot be swapped either. Tokens are stored as SHA-256 hashes only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from infaas.attestation.backends import EvidenceGenerator, report_data_for
+from infaas.attestation.verifier import AttestationVerifier, NonceIssuer
+from infaas.envelope import KEY_LEN, canonical_json
+from infaas.errors import (
+    AuthenticationFailed,
+    Conflict,
+    DecryptionFailed,
+    InvalidInput,
+    NotFound,
+    PermissionDenied,
+    UnknownKey,
+)
+from infaas.keyservice.models import (
+    EvidenceResponse,
+    KeyRequest,
+    NonceResponse,
+    RegisterResponse,
+    ReleaseRequest,
+    ReleaseResponse,
+    WrappedKey,
+)
+from infaas.keyservice.sealing import info_for, open_sealed, seal_to, x25519_raw
+from infaas.store import MetadataStore
+
+log = logging.getLogger("infaas.keyservice")
+
+Role = Literal["tenant", "owner"]
+_NS_PRINCIPAL = "ks_principal"
+_NS_TENANT_KEY = "ks_tenant_key"
+_NS_MODEL = "ks_model"
+_NS_MODEL_KEY = "ks_model_key"
+
+
+class _SealedRecords:
+    """JSON records encrypted under the KEK; associated data = namespace + key."""
+
+    def __init__(self, store: MetadataStore, kek: bytes) -> None:
+        if len(kek) != KEY_LEN:
+            raise ValueError("the KEK is 32 bytes")
+        self._store = store
+        self._aead = AESGCM(kek)
+
+    @staticmethod
+    def _ad(namespace: str, key: str) -> bytes:
+        return f"infaas-keyservice/v1\x1f{namespace}\x1f{key}".encode()
+
+    def _seal(self, namespace: str, key: str, obj: dict[str, Any]) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, canonical_json(obj), self._ad(namespace, key))
+
+    def put(self, namespace: str, key: str, obj: dict[str, Any]) -> None:
+        self._store.put_record(namespace, key, self._seal(namespace, key, obj))
+
+    def put_if_absent(self, namespace: str, key: str, obj: dict[str, Any]) -> bool:
+        return self._store.put_record_if_absent(namespace, key, self._seal(namespace, key, obj))
+
+    def get(self, namespace: str, key: str) -> dict[str, Any] | None:
+        blob = self._store.get_record(namespace, key)
+        if blob is None:
+            return None
+        try:
+            plain = self._aead.decrypt(blob[:12], blob[12:], self._ad(namespace, key))
+        except InvalidTag:
+            raise DecryptionFailed(
+                f"key service record {namespace}/{key} does not open under the KEK"
+            ) from None
+        out: dict[str, Any] = json.loads(plain)
+        return out
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+def _unb64(s: str) -> bytes:
+    return base64.b64decode(s)
+
+
+class KeyService:
+    """Holds tenant request keys and model data keys; releases them to attested workers."""
+
+    def __init__(
+        self,
+        store: MetadataStore,
+        kek: bytes,
+        tee: EvidenceGenerator,
+        worker_verifier: AttestationVerifier,
+        *,
+        nonce_ttl_s: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._records = _SealedRecords(store, kek)
+        self._tee = tee
+        self._verifier = worker_verifier
+        self._clock = clock
+        self._nonces = NonceIssuer(ttl_s=nonce_ttl_s, clock=clock)
+        self._nonce_ttl_s = nonce_ttl_s
+        # the identity key lives only in this process: clients re-attest after a restart
+        self._sk = X25519PrivateKey.generate()
+        self.public_key = x25519_raw(self._sk.public_key())
+        if tee.simulated:
+            log.warning("key service runs on %s", tee.status())
+
+    def __repr__(self) -> str:
+        return f"KeyService(tee={self._tee.status()!r})"
+
+    def status(self) -> str:
+        return f"key service on {self._tee.status()}"
+
+    # --- attestation of the service itself --------------------------------------------
+
+    def evidence(self, nonce: bytes) -> EvidenceResponse:
+        """A quote binding this service's public key to the caller's nonce."""
+        if not 16 <= len(nonce) <= 64:
+            raise InvalidInput("nonce must be 16..64 bytes")
+        quote = self._tee.generate(report_data_for(self.public_key, nonce))
+        return EvidenceResponse(
+            public_key=self.public_key,
+            quote=quote,
+            measurement=self._tee.measurement.hex(),
+            simulated=self._tee.simulated,
+            status=self._tee.status(),
+        )
+
+    # --- principals ---------------------------------------------------------------------
+
+    def register(self, principal_id: str, role: Role) -> RegisterResponse:
+        """Create a tenant or model owner; returns its secret token (stored only hashed)."""
+        token = f"{principal_id}:{secrets.token_urlsafe(32)}"
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        if not self._records.put_if_absent(
+            _NS_PRINCIPAL, principal_id, {"id": principal_id, "role": role, "token_sha256": digest}
+        ):
+            raise Conflict(f"principal {principal_id!r} already exists")
+        log.info("registered %s %s", role, principal_id)
+        return RegisterResponse(id=principal_id, role=role, token=token)
+
+    def authenticate(self, token: str, role: Role) -> str:
+        """The principal id a token belongs to; AuthenticationFailed unless it is valid."""
+        principal_id, sep, _ = token.rpartition(":")
+        rec = self._records.get(_NS_PRINCIPAL, principal_id) if sep else None
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        if rec is None or not hmac.compare_digest(rec["token_sha256"], digest):
+            raise AuthenticationFailed("invalid key service token")
+        if rec["role"] != role:
+            raise PermissionDenied(f"{principal_id!r} is not a {role}")
+        return principal_id
+
+    # --- keys and grants ----------------------------------------------------------------
+
+    def set_tenant_key(self, token: str, key_id: str, sealed_key: bytes) -> None:
+        """A tenant uploads its request key `key_id`, sealed to this service; it becomes current."""
+        tenant = self.authenticate(token, "tenant")
+        key = open_sealed(
+            self._sk, sealed_key, info_for("tenant-key", {"tenant": tenant, "key_id": key_id})
+        )
+        self._check_key(key)
+        if not self._records.put_if_absent(
+            _NS_TENANT_KEY, f"{tenant}/{key_id}", {"key": _b64(key), "created_at": self._clock()}
+        ):
+            raise Conflict(f"tenant {tenant!r} already has key id {key_id!r}")
+        rec = self._records.get(_NS_PRINCIPAL, tenant) or {}
+        self._records.put(_NS_PRINCIPAL, tenant, rec | {"current_key_id": key_id})
+        log.info("tenant %s established request key id %s", tenant, key_id)
+
+    def set_model_key(self, token: str, model_id: str, key_id: str, sealed_key: bytes) -> None:
+        """A model owner uploads the data key `key_id` of `model_id` (first upload claims it)."""
+        owner = self.authenticate(token, "owner")
+        key = open_sealed(
+            self._sk, sealed_key, info_for("model-key", {"model_id": model_id, "key_id": key_id})
+        )
+        self._check_key(key)
+        self._records.put_if_absent(
+            _NS_MODEL, model_id, {"owner": owner, "grants": [], "current_key_id": None}
+        )
+        model = self._model(model_id)
+        if model["owner"] != owner:
+            raise PermissionDenied(f"model {model_id!r} belongs to another owner")
+        if not self._records.put_if_absent(
+            _NS_MODEL_KEY, f"{model_id}/{key_id}", {"key": _b64(key), "created_at": self._clock()}
+        ):
+            raise Conflict(f"model {model_id!r} already has key id {key_id!r}")
+        self._records.put(_NS_MODEL, model_id, model | {"current_key_id": key_id})
+        log.info("owner %s uploaded data key id %s for model %s", owner, key_id, model_id)
+
+    def grant(self, token: str, model_id: str, tenant: str) -> None:
+        """Let `tenant` use `model_id` (its request key may then be released for that model)."""
+        owner = self.authenticate(token, "owner")
+        model = self._owned_model(model_id, owner)
+        if self._records.get(_NS_PRINCIPAL, tenant) is None:
+            raise NotFound(f"tenant {tenant!r} is not registered")
+        grants = sorted(set(model["grants"]) | {tenant})
+        self._records.put(_NS_MODEL, model_id, model | {"grants": grants})
+        log.info("owner %s granted tenant %s model %s", owner, tenant, model_id)
+
+    def revoke(self, token: str, model_id: str, tenant: str) -> None:
+        owner = self.authenticate(token, "owner")
+        model = self._owned_model(model_id, owner)
+        grants = [t for t in model["grants"] if t != tenant]
+        self._records.put(_NS_MODEL, model_id, model | {"grants": grants})
+        log.info("owner %s revoked tenant %s from model %s", owner, tenant, model_id)
+
+    def is_granted(self, model_id: str, tenant: str) -> bool:
+        model = self._records.get(_NS_MODEL, model_id)
+        return model is not None and tenant in model["grants"]
+
+    # --- release to workers -------------------------------------------------------------
+
+    def issue_nonce(self) -> NonceResponse:
+        nonce, issued_at = self._nonces.issue()
+        return NonceResponse(nonce=nonce, issued_at=issued_at, ttl_s=self._nonce_ttl_s)
+
+    def release(self, req: ReleaseRequest) -> ReleaseResponse:
+        """Verify the worker's evidence, then wrap each requested key to its ephemeral key.
+
+        All or nothing: if any requested key may not be released, none is.
+        """
+        issued_at = self._nonces.consume(req.nonce)
+        verified, _ = self._verifier.verify(
+            req.evidence,
+            public_key=req.public_key,
+            nonce=req.nonce,
+            nonce_issued_at=issued_at,
+            now=self._clock(),
+        )
+        resolved = [self._resolve(k) for k in req.keys]
+        out: list[WrappedKey] = []
+        for k, key_id, key in resolved:
+            info = info_for(
+                "release",
+                {"kind": k.kind, "model_id": k.model_id, "tenant": k.tenant, "key_id": key_id},
+            )
+            out.append(
+                WrappedKey(
+                    kind=k.kind,
+                    model_id=k.model_id,
+                    tenant=k.tenant,
+                    key_id=key_id,
+                    sealed_key=seal_to(req.public_key, key, info),
+                )
+            )
+        log.info(
+            "released %d key(s) to worker %s…: %s",
+            len(out),
+            verified.measurement.hex()[:16],
+            [(w.kind, w.model_id, w.tenant, w.key_id) for w in out],
+        )
+        return ReleaseResponse(keys=tuple(out))
+
+    # --- internals ----------------------------------------------------------------------
+
+    def _resolve(self, k: KeyRequest) -> tuple[KeyRequest, str, bytes]:
+        model = self._model(k.model_id)
+        if k.kind == "model":
+            key_id = k.key_id or model["current_key_id"]
+            rec = self._records.get(_NS_MODEL_KEY, f"{k.model_id}/{key_id}")
+            if key_id is None or rec is None:
+                raise UnknownKey(f"model {k.model_id!r} has no key id {key_id!r}")
+            return k, str(key_id), _unb64(rec["key"])
+        if k.tenant is None:
+            raise InvalidInput("a tenant key request must name the tenant")
+        if k.tenant not in model["grants"]:
+            raise PermissionDenied(
+                f"tenant {k.tenant!r} is not granted model {k.model_id!r}: key not released"
+            )
+        tenant_rec = self._records.get(_NS_PRINCIPAL, k.tenant)
+        key_id = k.key_id or (tenant_rec or {}).get("current_key_id")
+        rec = self._records.get(_NS_TENANT_KEY, f"{k.tenant}/{key_id}")
+        if key_id is None or rec is None:
+            raise UnknownKey(f"tenant {k.tenant!r} has no key id {key_id!r}")
+        return k, str(key_id), _unb64(rec["key"])
+
+    def _model(self, model_id: str) -> dict[str, Any]:
+        model = self._records.get(_NS_MODEL, model_id)
+        if model is None:
+            raise NotFound(f"no keys for model {model_id!r}")
+        return model
+
+    def _owned_model(self, model_id: str, owner: str) -> dict[str, Any]:
+        model = self._model(model_id)
+        if model["owner"] != owner:
+            raise PermissionDenied(f"model {model_id!r} belongs to another owner")
+        return model
+
+    @staticmethod
+    def _check_key(key: bytes) -> None:
+        if len(key) != KEY_LEN:
+            raise InvalidInput(f"keys are {KEY_LEN} bytes (AES-256)")
