@@ -141,12 +141,16 @@ class AttestationPolicy(BaseModel):
     def evaluate(
         self,
         verified: VerifiedQuote,
-        expected_report_data: bytes,
+        expected_report_data: bytes | None,
         now: float,
         *,
         nonce_issued_at: float | None = None,
     ) -> Verdict:
-        """Judge a verified quote against every rule; never raises."""
+        """Judge a verified quote against every rule; never raises.
+
+        `expected_report_data` None skips the binding rule (only for offline
+        inspection: without it, evidence may be replayed from elsewhere).
+        """
         q = verified.quote
         res: list[CheckResult] = []
 
@@ -207,13 +211,14 @@ class AttestationPolicy(BaseModel):
             )
         elif self.require_tcb:
             res.append(CheckResult("tcb_status", False, "policy requires TCB collateral"))
-        expected = expected_report_data.ljust(64, b"\x00")
-        add(
-            "report_data",
-            hmac.compare_digest(q.report_data, expected),
-            "report data binds the public key and nonce",
-            "report data does not bind the expected public key and nonce",
-        )
+        if expected_report_data is not None:
+            expected = expected_report_data.ljust(64, b"\x00")
+            add(
+                "report_data",
+                hmac.compare_digest(q.report_data, expected),
+                "report data binds the public key and nonce",
+                "report data does not bind the expected public key and nonce",
+            )
         if nonce_issued_at is not None:
             age = now - nonce_issued_at
             add(
@@ -227,7 +232,7 @@ class AttestationPolicy(BaseModel):
     def check(
         self,
         verified: VerifiedQuote,
-        expected_report_data: bytes,
+        expected_report_data: bytes | None,
         now: float,
         *,
         nonce_issued_at: float | None = None,
