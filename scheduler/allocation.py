@@ -297,9 +297,23 @@ def solve_greedy(p: AllocationProblem) -> Allocation:
 def solve_milp(p: AllocationProblem) -> Allocation:
     """The cost-optimal allocation (see module doc); falls back to greedy if HiGHS fails."""
     cands, mu = _prune(p)
-    live = [di for di, d in enumerate(p.demands) if d.arrival_rps > 0 or d.keep_warm]
+    # a class no variant may serve is unserved whatever the plan: keep it out of the
+    # program, where its constant penalty would only blur the optimality gap
+    servable = {di for (di, _ci) in mu}
+    live = [
+        di
+        for di, d in enumerate(p.demands)
+        if (d.arrival_rps > 0 or d.keep_warm) and di in servable
+    ]
+    dead = {
+        d.demand_id: d.arrival_rps
+        for di, d in enumerate(p.demands)
+        if di not in servable and d.arrival_rps > 0
+    }
     if not live:
-        return Allocation((), {}, {}, 0.0, "milp", 0.0)
+        return Allocation(
+            (), {}, dead, 0.0, "milp", p.unserved_penalty_per_rps * sum(dead.values())
+        )
     pools: dict[str, Pool] = {}
     for c in cands:
         pools.setdefault(c.pool.name, c.pool)
@@ -405,7 +419,7 @@ def solve_milp(p: AllocationProblem) -> Allocation:
         integrality=integrality,
         bounds=Bounds(lb, ub),
         constraints=LinearConstraint(a_mat, np.array(rlo), np.array(rhi)),
-        options={"time_limit": p.time_limit_s, "mip_rel_gap": 1e-6},
+        options={"time_limit": p.time_limit_s, "mip_rel_gap": 1e-9},
     )
     if res.x is None:
         return Allocation(
@@ -441,13 +455,14 @@ def solve_milp(p: AllocationProblem) -> Allocation:
         r.sort(key=lambda vr: -vr[1])
         if r:
             routes[p.demands[di].demand_id] = tuple(r)
-    unserved = {
+    unserved = dead | {
         p.demands[di].demand_id: float(x[ou + live_pos[di]])
         for di in live
         if x[ou + live_pos[di]] > 1e-6
     }
     notes = () if res.success else (f"milp stopped early: {res.message}",)
-    return Allocation(tuple(workers), routes, unserved, wcost, "milp", float(res.fun), notes)
+    objective = float(res.fun) + p.unserved_penalty_per_rps * sum(dead.values())
+    return Allocation(tuple(workers), routes, unserved, wcost, "milp", objective, notes)
 
 
 def _objective(p: AllocationProblem, a: Allocation) -> float:

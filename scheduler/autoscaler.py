@@ -10,12 +10,13 @@ new state for the next tick. No clock, no Ray, no I/O.
 strictest accuracy floor):
 
 1. **Ahead of bursts.** The rate provisioned for is the largest of the current
-   rate, the peak over ``burst_window_s`` and the current rate extrapolated
-   ``trend_lookahead_s`` ahead along the window's least-squares trend. Scaling
-   up therefore happens on the tick a rise is seen.
-2. **Hysteresis down.** The rate used for sizing is the maximum of (1) over the
-   last ``downscale_delay_s``: capacity falls only once demand has stayed low
-   for the whole delay, so a brief dip moves nothing. Loading a variant that is
+   rate, the peak over ``burst_window_s`` and, during a sustained rise (three
+   or more rising samples), the current rate extrapolated
+   ``trend_lookahead_s`` ahead along the rise's least-squares slope. Scaling
+   up therefore happens on the tick a rise is seen, and a ramp is met ahead.
+2. **Hysteresis down.** The rate used for sizing is also at least every
+   forecast of the last ``downscale_delay_s``: capacity falls only once demand
+   has stayed low for the whole delay, so a brief dip moves nothing. Loading a variant that is
    not running costs ``switch_penalty`` in the allocation, so near-ties never
    flip variants either.
 3. **Scale to zero.** A class with no traffic keeps one warm replica until it
@@ -183,26 +184,39 @@ Policy = Callable[[AutoscalingContext], tuple[ScalingDecision, AutoscalerState]]
 # ---------------------------------------------------------------- infaas policy
 
 
-def _trend_forecast(
-    samples: tuple[tuple[float, float, float], ...], now: float, ahead: float
-) -> float:
-    """Current rate pushed `ahead` seconds along the least-squares slope (rises only)."""
-    if len(samples) < 2:
-        return samples[-1][1] if samples else 0.0
-    n = len(samples)
-    mt = sum(s[0] for s in samples) / n
-    mr = sum(s[1] for s in samples) / n
-    var = sum((s[0] - mt) ** 2 for s in samples)
+def _trend_forecast(samples: tuple[tuple[float, float, float], ...], ahead: float) -> float:
+    """The latest rate pushed `ahead` seconds along a sustained rise, if there is one.
+
+    Only the trailing run of strictly rising samples counts, and only when it
+    has at least three of them: a ramp is followed, a single step (already
+    provisioned for by its own rate) is not extrapolated into a phantom surge.
+    """
+    last = samples[-1][1]
+    i = len(samples) - 1
+    while i > 0 and samples[i][1] > samples[i - 1][1]:
+        i -= 1
+    run = samples[i:]
+    if len(run) < 3:
+        return last
+    n = len(run)
+    mt = sum(s[0] for s in run) / n
+    mr = sum(s[1] for s in run) / n
+    var = sum((s[0] - mt) ** 2 for s in run)
     if var <= 0:
-        return samples[-1][1]
-    slope = sum((s[0] - mt) * (s[1] - mr) for s in samples) / var
-    return samples[-1][1] + max(0.0, slope) * ahead
+        return last
+    slope = sum((s[0] - mt) * (s[1] - mr) for s in run) / var
+    return last + max(0.0, slope) * ahead
 
 
 def _update_history(
     ctx: AutoscalingContext,
 ) -> tuple[dict[str, tuple[tuple[float, float, float], ...]], dict[str, float], dict[str, float]]:
-    """Append this tick's samples; return (history, last_active, rate to size for) per key."""
+    """Append this tick's samples; return (history, last_active, rate to size for) per key.
+
+    A sample is (t, measured rate, max(measured, trend forecast)). The rate to
+    size for is the largest forecast of the last `downscale_delay_s` and the
+    largest measured rate of the last `burst_window_s`.
+    """
     cfg = ctx.config
     now = ctx.now_s
     keep_s = max(cfg.burst_window_s, cfg.downscale_delay_s)
@@ -214,18 +228,17 @@ def _update_history(
         old = tuple(
             s for s in ctx.state.history.get(key, ()) if now - s[0] <= keep_s and s[0] < now
         )
-        burst = tuple(s for s in old if now - s[0] <= cfg.burst_window_s)
         rate = max(0.0, d.arrival_rps)
+        burst = tuple(s for s in old if now - s[0] <= cfg.burst_window_s)
         window = (*burst, (now, rate, rate))
-        peak = max(s[1] for s in window)
-        forecast = _trend_forecast(window, now, cfg.trend_lookahead_s)
-        provision = max(rate, peak, forecast)
-        samples = (*old, (now, rate, provision))
+        forecast = max(rate, _trend_forecast(window, cfg.trend_lookahead_s))
+        samples = (*old, (now, rate, forecast))
         history[key] = samples
         if rate > 0:
             last_active[key] = now
+        peak = max(s[1] for s in window)
         held = max(s[2] for s in samples if now - s[0] <= cfg.downscale_delay_s)
-        sizing[key] = held
+        sizing[key] = max(peak, held)
     return history, last_active, sizing
 
 
