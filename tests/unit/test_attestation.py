@@ -128,7 +128,7 @@ def test_tampered_collateral_fails(attestation_data: Path, intel_root: list) -> 
 
 
 def test_expired_certificates_fail(attestation_data: Path, intel_root: list) -> None:
-    with pytest.raises(AttestationFailed, match="certificate chain.*not valid at"):
+    with pytest.raises(AttestationFailed, match=r"certificate chain.*not valid at"):
         verify_quote(_read(attestation_data, SGX), intel_root, now=datetime(2051, 1, 1, tzinfo=UTC))
 
 
@@ -204,7 +204,7 @@ def test_every_tampered_region_fails_naming_the_check(
 
 def test_truncated_quote_is_malformed(attestation_data: Path, intel_root: list) -> None:
     raw = _read(attestation_data, SGX)
-    with pytest.raises(AttestationFailed, match="quote malformed.*truncated"):
+    with pytest.raises(AttestationFailed, match=r"quote malformed.*truncated"):
         verify_quote(raw[:1000], intel_root, now=NOW)
 
 
