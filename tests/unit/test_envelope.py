@@ -1,0 +1,211 @@
+"""The crypto envelope: round trips, and each failure as its own typed error."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from infaas.envelope import (
+    Envelope,
+    Keyring,
+    MemoryReplayGuard,
+    StoreReplayGuard,
+    artifact_key_id,
+    canonical_json,
+    new_key,
+    open_artifact,
+    open_request,
+    open_response,
+    seal_artifact,
+    seal_request,
+    seal_response,
+)
+from infaas.errors import DecryptionFailed, ExpiredRequest, ReplayedRequest, UnknownKey
+from infaas.store import open_store
+
+T0 = 1_763_760_000.0
+KEY = b"\x11" * 32
+
+
+def _req(keys: Keyring | dict[str, bytes] | None = None, **kw: object) -> Envelope:
+    args: dict = {
+        "tenant": "acme",
+        "task": "digits",
+        "latency_ms": 50,
+        "min_accuracy": 0.9,
+        "request_id": "r-1",
+        "timestamp": T0,
+    }
+    args.update(kw)
+    return seal_request(keys or {"k1": KEY}, b"tensor bytes", **args)
+
+
+def test_request_round_trip_and_wire_json() -> None:
+    env = _req()
+    wire = env.model_dump_json()
+    doc = json.loads(wire)
+    assert doc["key_id"] == "k1" and doc["tenant"] == "acme"
+    assert isinstance(doc["ciphertext"], str) and isinstance(doc["nonce"], str)
+    assert b"tensor bytes" not in wire.encode()
+    back = Envelope.model_validate_json(wire)
+    assert open_request(back, {"k1": KEY}, now=T0 + 1) == b"tensor bytes"
+
+
+def test_aad_is_canonical_json() -> None:
+    env = _req()
+    aad = env.associated_data()
+    assert aad == canonical_json(json.loads(aad))
+    assert b" " not in aad
+    assert json.loads(aad)["min_accuracy"] == 0.9
+
+
+def test_tampered_ciphertext_is_decryption_failed() -> None:
+    env = _req()
+    ct = bytearray(env.ciphertext)
+    ct[0] ^= 1
+    bad = env.model_copy(update={"ciphertext": bytes(ct)})
+    with pytest.raises(DecryptionFailed):
+        open_request(bad, {"k1": KEY}, now=T0)
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("min_accuracy", 0.1),
+        ("latency_ms", 5000.0),
+        ("task", "other"),
+        ("tenant", "mallory"),
+        ("request_id", "r-2"),
+        ("timestamp", T0 + 1),
+    ],
+)
+def test_tampered_metadata_is_decryption_failed(field: str, value: object) -> None:
+    """An untrusted scheduler cannot downgrade the SLO (or anything else) silently."""
+    bad = _req().model_copy(update={field: value})
+    with pytest.raises(DecryptionFailed):
+        open_request(bad, {"k1": KEY}, now=T0)
+
+
+def test_wrong_key_is_decryption_failed() -> None:
+    with pytest.raises(DecryptionFailed, match="wrong key or tampered"):
+        open_request(_req(), {"k1": b"\x22" * 32}, now=T0)
+
+
+def test_unknown_key_id() -> None:
+    with pytest.raises(UnknownKey):
+        open_request(_req(), {"k2": KEY}, now=T0)
+
+
+def test_expired_and_future_timestamps() -> None:
+    with pytest.raises(ExpiredRequest):
+        open_request(_req(), {"k1": KEY}, now=T0 + 301, window_s=300)
+    with pytest.raises(ExpiredRequest):
+        open_request(_req(), {"k1": KEY}, now=T0 - 301, window_s=300)
+
+
+@pytest.mark.parametrize("guard_kind", ["memory", "store"])
+def test_replay_rejected(guard_kind: str) -> None:
+    guard = (
+        MemoryReplayGuard() if guard_kind == "memory" else StoreReplayGuard(open_store("memory://"))
+    )
+    env = _req()
+    open_request(env, {"k1": KEY}, replay_guard=guard, now=T0)
+    with pytest.raises(ReplayedRequest):
+        open_request(env, {"k1": KEY}, replay_guard=guard, now=T0 + 1)
+    # same request id, other tenant: not a replay
+    other = _req(tenant="globex")
+    open_request(other, {"k1": KEY}, replay_guard=guard, now=T0)
+
+
+def test_forged_request_does_not_burn_request_id() -> None:
+    guard = MemoryReplayGuard()
+    env = _req()
+    forged = env.model_copy(update={"ciphertext": bytes(len(env.ciphertext))})
+    with pytest.raises(DecryptionFailed):
+        open_request(forged, {"k1": KEY}, replay_guard=guard, now=T0)
+    assert open_request(env, {"k1": KEY}, replay_guard=guard, now=T0) == b"tensor bytes"
+
+
+def test_errors_are_distinct_types() -> None:
+    kinds = {DecryptionFailed, UnknownKey, ReplayedRequest, ExpiredRequest}
+    assert len(kinds) == 4
+    for a in kinds:
+        for b in kinds - {a}:
+            assert not issubclass(a, b)
+
+
+def test_key_rotation() -> None:
+    ring = Keyring({"k1": KEY})
+    old = _req(ring)
+    ring.add("k2", b"\x33" * 32)
+    new = _req(ring, request_id="r-2")
+    assert new.key_id == "k2"
+    assert open_request(old, ring, now=T0) == b"tensor bytes"
+    assert open_request(new, ring, now=T0) == b"tensor bytes"
+    ring.remove("k1")
+    with pytest.raises(UnknownKey):
+        open_request(old, ring, now=T0)
+    assert "11" * 8 not in repr(ring)
+
+
+def test_response_binds_variant_and_measurement() -> None:
+    req = _req()
+    m = b"\xaa" * 32
+    resp = seal_response(
+        {"k1": KEY}, req, b"logits", variant_id="mlp.int8.onnxruntime", measurement=m
+    )
+    assert resp.measurement == m.hex() and resp.kind == "response"
+    assert open_response(resp, {"k1": KEY}, request_id="r-1", tenant="acme") == b"logits"
+    for field, value in [("variant_id", "mlp.fp32.onnxruntime"), ("measurement", "bb" * 32)]:
+        with pytest.raises(DecryptionFailed):
+            open_response(resp.model_copy(update={field: value}), {"k1": KEY}, request_id="r-1")
+    with pytest.raises(DecryptionFailed, match="does not answer"):
+        open_response(resp, {"k1": KEY}, request_id="r-9")
+    # a response cannot be replayed as a request
+    with pytest.raises(DecryptionFailed):
+        open_request(resp.model_copy(update={"kind": "request"}), {"k1": KEY}, now=resp.timestamp)
+
+
+def test_artifact_round_trip_and_binding() -> None:
+    key = new_key()
+    blob = seal_artifact(key, "dk1", "resnet", b"onnx weights" * 1000)
+    assert artifact_key_id(blob) == "dk1"
+    assert b"onnx weights" not in blob
+    assert open_artifact({"dk1": key}, "resnet", blob) == b"onnx weights" * 1000
+    with pytest.raises(DecryptionFailed, match="sealed for model"):
+        open_artifact({"dk1": key}, "mlp", blob)
+    with pytest.raises(UnknownKey):
+        open_artifact({"dk2": key}, "resnet", blob)
+    with pytest.raises(DecryptionFailed):
+        open_artifact({"dk1": new_key()}, "resnet", blob)
+    tampered = bytearray(blob)
+    tampered[-20] ^= 1
+    with pytest.raises(DecryptionFailed):
+        open_artifact({"dk1": key}, "resnet", tampered)
+    # re-labelling the header (e.g. to another model id of the same length) fails the tag
+    relabelled = bytearray(blob)
+    relabelled[relabelled.index(b"resnet") : relabelled.index(b"resnet") + 6] = b"resnes"
+    with pytest.raises(DecryptionFailed):
+        open_artifact({"dk1": key}, "resnes", relabelled)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(max_size=4096), st.integers(min_value=0, max_value=10_000))
+def test_any_single_bit_flip_is_detected(payload: bytes, where: int) -> None:
+    env = seal_request(
+        {"k1": KEY},
+        payload,
+        tenant="t",
+        task="x",
+        latency_ms=1,
+        min_accuracy=0,
+        request_id="r",
+        timestamp=T0,
+    )
+    ct = bytearray(env.ciphertext)
+    ct[where % len(ct)] ^= 1 << (where % 8)
+    with pytest.raises(DecryptionFailed):
+        open_request(env.model_copy(update={"ciphertext": bytes(ct)}), {"k1": KEY}, now=T0)
