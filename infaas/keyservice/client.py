@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from infaas.attestation.backends import EvidenceGenerator, report_data_for
 from infaas.attestation.verifier import AttestationVerifier
 from infaas.attestation.verify import VerifiedQuote
-from infaas.errors import AttestationFailed, error_from_code
+from infaas.errors import AttestationFailed, InvalidInput, error_from_code
 from infaas.keyservice.http import PREFIX
 from infaas.keyservice.models import (
     EvidenceResponse,
@@ -67,14 +67,23 @@ class HttpKeyService:
     def _call(
         self, method: str, path: str, token: str | None = None, **kw: object
     ) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         r = self._http.request(method, PREFIX + path, headers=headers, **kw)  # type: ignore[arg-type]
-        if r.status_code >= 400:
-            try:
-                body = r.json()
-                raise error_from_code(body["code"], body["message"], body.get("detail"))
-            except (ValueError, KeyError):
-                r.raise_for_status()
+        if r.status_code < 400:
+            return r
+        try:
+            body = r.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and "code" in body:
+            raise error_from_code(
+                str(body["code"]), str(body.get("message", "")), body.get("detail")
+            )
+        if r.status_code == 422:
+            raise InvalidInput("key service refused the request body", errors=body)
+        r.raise_for_status()
         return r
 
     def evidence(self, nonce: bytes) -> EvidenceResponse:

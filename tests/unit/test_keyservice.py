@@ -1,0 +1,356 @@
+"""The key service: attested uploads, grants, release to attested workers, restarts, HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from infaas.attestation import (
+    AttestationPolicy,
+    AttestationVerifier,
+    SimulatedPlatformCA,
+    SimulatedTEE,
+    report_data_for,
+)
+from infaas.envelope import new_key
+from infaas.errors import (
+    AttestationFailed,
+    AuthenticationFailed,
+    Conflict,
+    DecryptionFailed,
+    PermissionDenied,
+    UnknownKey,
+)
+from infaas.keyservice import (
+    HttpKeyService,
+    KeyRequest,
+    KeyService,
+    KeyServiceClient,
+    ReleaseRequest,
+    WorkerKeyClient,
+    create_keyservice_app,
+    simulated_sealing_key,
+)
+from infaas.store import MetadataStore, open_store
+
+with warnings.catch_warnings():
+    # starlette deprecates driving TestClient with httpx (wants "httpx2", not installed);
+    # the client under test speaks httpx, so TestClient over httpx is what we need here
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+KS_MEASUREMENT = hashlib.sha256(b"keyservice code").digest()
+WORKER_MEASUREMENT = hashlib.sha256(b"worker code").digest()
+
+
+def _policy(measurement: bytes) -> AttestationPolicy:
+    return AttestationPolicy(
+        allow_simulated=True, allowed_measurements=(measurement.hex(),), max_evidence_age_s=60
+    )
+
+
+@pytest.fixture(scope="module")
+def ca() -> SimulatedPlatformCA:
+    return SimulatedPlatformCA.generate("ks-test")
+
+
+@dataclass
+class Deployment:
+    ca: SimulatedPlatformCA
+    store: MetadataStore
+    kek: bytes
+    service: KeyService
+    clock: list[float] = field(default_factory=lambda: [1_763_760_000.0])
+
+    def client(
+        self, transport: object | None = None, measurement: bytes = KS_MEASUREMENT
+    ) -> KeyServiceClient:
+        verifier = AttestationVerifier(_policy(measurement), extra_roots=[self.ca.root_cert])
+        return KeyServiceClient(transport or self.service, verifier)  # type: ignore[arg-type]
+
+    def worker(self, measurement: bytes = WORKER_MEASUREMENT, **kw: object) -> WorkerKeyClient:
+        return WorkerKeyClient(self.service, SimulatedTEE(self.ca, measurement, **kw))  # type: ignore[arg-type]
+
+
+def make_service(
+    ca: SimulatedPlatformCA,
+    store: MetadataStore,
+    kek: bytes,
+    clock: Callable[[], float] | None = None,
+) -> KeyService:
+    worker_verifier = AttestationVerifier(_policy(WORKER_MEASUREMENT), extra_roots=[ca.root_cert])
+    kw = {"clock": clock} if clock else {}
+    return KeyService(store, kek, SimulatedTEE(ca, KS_MEASUREMENT), worker_verifier, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def dep(ca: SimulatedPlatformCA) -> Deployment:
+    store = open_store("memory://")
+    kek = new_key()
+    return Deployment(ca, store, kek, make_service(ca, store, kek))
+
+
+@dataclass
+class World:
+    owner: str
+    tenant: str
+    model_key: bytes
+    tenant_key: bytes
+
+
+def _populate(dep: Deployment, grant: bool = True) -> World:
+    c = dep.client()
+    c.attest()
+    owner = c.register("zoo", "owner")
+    tenant = c.register("acme", "tenant")
+    w = World(owner, tenant, new_key(), new_key())
+    c.upload_model_key(owner, "resnet", "dk1", w.model_key)
+    c.upload_tenant_key(tenant, "k1", w.tenant_key)
+    if grant:
+        c.grant(owner, "resnet", "acme")
+    return w
+
+
+def test_worker_with_allowed_evidence_gets_its_keys(dep: Deployment) -> None:
+    w = _populate(dep)
+    keys = dep.worker().fetch(
+        [
+            KeyRequest(kind="model", model_id="resnet"),
+            KeyRequest(kind="tenant", model_id="resnet", tenant="acme"),
+        ]
+    )
+    assert [(k.kind, k.key_id, k.key) for k in keys] == [
+        ("model", "dk1", w.model_key),
+        ("tenant", "k1", w.tenant_key),
+    ]
+    assert w.tenant_key.hex() not in repr(keys)
+
+
+def test_tenant_without_grant_gets_nothing(dep: Deployment) -> None:
+    _populate(dep, grant=False)
+    with pytest.raises(PermissionDenied, match="not granted"):
+        dep.worker().fetch(
+            [
+                KeyRequest(kind="model", model_id="resnet"),
+                KeyRequest(kind="tenant", model_id="resnet", tenant="acme"),
+            ]
+        )
+
+
+def test_revoke_stops_release(dep: Deployment) -> None:
+    w = _populate(dep)
+    assert dep.worker().tenant_key("acme", "resnet").key == w.tenant_key
+    dep.client().revoke(w.owner, "resnet", "acme")
+    with pytest.raises(PermissionDenied):
+        dep.worker().tenant_key("acme", "resnet")
+
+
+def test_grant_for_one_model_does_not_cover_another(dep: Deployment) -> None:
+    w = _populate(dep)
+    c = dep.client()
+    c.attest()
+    c.upload_model_key(w.owner, "mlp", "dk1", new_key())
+    with pytest.raises(PermissionDenied):
+        dep.worker().tenant_key("acme", "mlp")
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"measurement": hashlib.sha256(b"evil worker").digest()}, "allowed_measurements"),
+        ({"debug": True}, "debug"),
+    ],
+)
+def test_other_workers_are_refused(dep: Deployment, kw: dict, match: str) -> None:
+    _populate(dep)
+    with pytest.raises(AttestationFailed, match=match):
+        dep.worker(**kw).model_key("resnet")
+
+
+def test_worker_from_another_platform_ca_is_refused(dep: Deployment) -> None:
+    _populate(dep)
+    other = SimulatedPlatformCA.generate("elsewhere")
+    worker = WorkerKeyClient(dep.service, SimulatedTEE(other, WORKER_MEASUREMENT))
+    with pytest.raises(AttestationFailed, match="trusted root"):
+        worker.model_key("resnet")
+
+
+def test_stolen_evidence_with_attacker_key_is_refused(dep: Deployment) -> None:
+    """A host that replays a genuine worker's quote with its own public key learns nothing."""
+    _populate(dep)
+    tee = SimulatedTEE(dep.ca, WORKER_MEASUREMENT)
+    nonce = dep.service.issue_nonce().nonce
+    genuine = tee.generate(report_data_for(b"\x01" * 32, nonce))
+    req = ReleaseRequest(
+        evidence=genuine,
+        public_key=b"\x02" * 32,
+        nonce=nonce,
+        keys=(KeyRequest(kind="model", model_id="resnet"),),
+    )
+    with pytest.raises(AttestationFailed, match="report data does not bind"):
+        dep.service.release(req)
+
+
+def test_nonce_is_single_use_and_expires(ca: SimulatedPlatformCA) -> None:
+    t = [time.time()]
+    store, kek = open_store("memory://"), new_key()
+    service = make_service(ca, store, kek, clock=lambda: t[0])
+    dep = Deployment(ca, store, kek, service)
+    _populate(dep)
+    tee = SimulatedTEE(ca, WORKER_MEASUREMENT)
+    pk = b"\x05" * 32
+    nonce = service.issue_nonce().nonce
+    req = ReleaseRequest(
+        evidence=tee.generate(report_data_for(pk, nonce)),
+        public_key=pk,
+        nonce=nonce,
+        keys=(KeyRequest(kind="model", model_id="resnet"),),
+    )
+    service.release(req)
+    with pytest.raises(AttestationFailed, match="stale nonce"):
+        service.release(req)
+    nonce2 = service.issue_nonce().nonce
+    t[0] += 61
+    req2 = req.model_copy(
+        update={"nonce": nonce2, "evidence": tee.generate(report_data_for(pk, nonce2))}
+    )
+    with pytest.raises(AttestationFailed, match="stale nonce"):
+        service.release(req2)
+
+
+def test_client_refuses_unexpected_key_service(dep: Deployment) -> None:
+    c = dep.client(measurement=hashlib.sha256(b"the key service I expect").digest())
+    with pytest.raises(AttestationFailed, match="allowed_measurements"):
+        c.attest()
+    with pytest.raises(AttestationFailed, match="not attested"):
+        c.upload_tenant_key("acme:x", "k1", new_key())
+
+
+def test_authentication_and_ownership(dep: Deployment) -> None:
+    w = _populate(dep)
+    c = dep.client()
+    c.attest()
+    with pytest.raises(AuthenticationFailed):
+        c.grant("zoo:not-the-token", "resnet", "acme")
+    with pytest.raises(PermissionDenied, match="not a owner"):
+        c.grant(w.tenant, "resnet", "acme")
+    rival = c.register("rival", "owner")
+    with pytest.raises(PermissionDenied, match="another owner"):
+        c.upload_model_key(rival, "resnet", "dk2", new_key())
+    with pytest.raises(PermissionDenied, match="another owner"):
+        c.grant(rival, "resnet", "acme")
+    with pytest.raises(Conflict):
+        c.register("acme", "tenant")
+    with pytest.raises(Conflict):
+        c.upload_tenant_key(w.tenant, "k1", new_key())
+
+
+def test_sealed_key_cannot_be_replayed_as_another(dep: Deployment) -> None:
+    """A key sealed for tenant acme / k1 does not open as another key id or tenant's."""
+    w = _populate(dep)
+    c = dep.client()
+    c.attest()
+    from infaas.keyservice.sealing import info_for, seal_to
+
+    sealed = seal_to(
+        c.service_key, new_key(), info_for("tenant-key", {"tenant": "acme", "key_id": "k9"})
+    )
+    with pytest.raises(DecryptionFailed):
+        dep.service.set_tenant_key(w.tenant, "k8", sealed)
+
+
+def test_key_rotation(dep: Deployment) -> None:
+    w = _populate(dep)
+    c = dep.client()
+    c.attest()
+    k2 = new_key()
+    c.upload_tenant_key(w.tenant, "k2", k2)
+    worker = dep.worker()
+    assert worker.tenant_key("acme", "resnet").key_id == "k2"
+    assert worker.tenant_key("acme", "resnet").key == k2
+    assert worker.tenant_key("acme", "resnet", key_id="k1").key == w.tenant_key
+    with pytest.raises(UnknownKey):
+        worker.tenant_key("acme", "resnet", key_id="k7")
+
+
+def test_state_survives_restart_with_same_kek(dep: Deployment) -> None:
+    w = _populate(dep)
+    restarted = make_service(dep.ca, dep.store, dep.kek)
+    worker = WorkerKeyClient(restarted, SimulatedTEE(dep.ca, WORKER_MEASUREMENT))
+    assert worker.model_key("resnet").key == w.model_key
+    assert worker.tenant_key("acme", "resnet").key == w.tenant_key
+    # tokens still work after the restart
+    KeyServiceClient(restarted, dep.client()._verifier).grant(w.owner, "resnet", "acme")
+
+
+def test_other_kek_cannot_read_state(dep: Deployment) -> None:
+    _populate(dep)
+    thief = make_service(dep.ca, dep.store, new_key())
+    with pytest.raises(DecryptionFailed, match="does not open under the KEK"):
+        WorkerKeyClient(thief, SimulatedTEE(dep.ca, WORKER_MEASUREMENT)).model_key("resnet")
+
+
+def test_swapped_store_records_do_not_open(dep: Deployment) -> None:
+    """The untrusted store cannot move one tenant's key record under another name."""
+    w = _populate(dep)
+    c = dep.client()
+    c.attest()
+    globex = c.register("globex", "tenant")
+    c.upload_tenant_key(globex, "k1", new_key())
+    c.grant(w.owner, "resnet", "globex")
+    acme = dep.store.get_record("ks_tenant_key", "acme/k1")
+    assert acme is not None
+    dep.store.put_record("ks_tenant_key", "globex/k1", acme)
+    with pytest.raises(DecryptionFailed):
+        dep.worker().tenant_key("globex", "resnet")
+
+
+def test_simulated_sealing_key_file(tmp_path: Path) -> None:
+    k1 = simulated_sealing_key(tmp_path)
+    assert simulated_sealing_key(tmp_path) == k1
+    path = tmp_path / "keyservice" / "simulated-sealing.key"
+    assert path.stat().st_mode & 0o077 == 0
+
+
+def test_status_says_simulated(dep: Deployment) -> None:
+    assert "not confidential" in dep.service.status()
+    ev = dep.service.evidence(b"n" * 32)
+    assert ev.simulated and "not confidential" in ev.status
+
+
+# --- over HTTP ----------------------------------------------------------------------------
+
+
+def test_http_flow_and_typed_errors(dep: Deployment) -> None:
+    app = create_keyservice_app(dep.service)
+    with TestClient(app) as http:
+        remote = HttpKeyService(http)
+        c = dep.client(transport=remote)
+        c.attest()
+        owner = c.register("zoo", "owner")
+        tenant = c.register("acme", "tenant")
+        mk, tk = new_key(), new_key()
+        c.upload_model_key(owner, "resnet", "dk1", mk)
+        c.upload_tenant_key(tenant, "k1", tk)
+        worker = WorkerKeyClient(remote, SimulatedTEE(dep.ca, WORKER_MEASUREMENT))
+        with pytest.raises(PermissionDenied):
+            worker.tenant_key("acme", "resnet")
+        c.grant(owner, "resnet", "acme")
+        assert worker.tenant_key("acme", "resnet").key == tk
+        assert worker.model_key("resnet").key == mk
+        c.revoke(owner, "resnet", "acme")
+        with pytest.raises(PermissionDenied):
+            worker.tenant_key("acme", "resnet")
+        with pytest.raises(AuthenticationFailed):
+            remote.grant("zoo:wrong", "resnet", "acme")
+        bad = WorkerKeyClient(remote, SimulatedTEE(dep.ca, b"\x00" * 32))
+        with pytest.raises(AttestationFailed):
+            bad.model_key("resnet")
+        r = http.post("/v1/keyservice/tenant-keys", json={"key_id": "k2", "sealed_key": "AAAA"})
+        assert r.status_code in (401, 422)
