@@ -91,7 +91,7 @@ class AllocationProblem:
     """Objective cost of loading a variant on a replica where it is not running."""
     unserved_penalty_per_rps: float = 1000.0
     keep_warm_penalty: float = 100.0
-    max_variants_per_demand: int = 6
+    max_variants_per_demand: int = 3
     """Pareto-pruned candidates kept per demand class (the MILP's size)."""
     time_limit_s: float = 2.0
 
@@ -419,7 +419,7 @@ def solve_milp(p: AllocationProblem) -> Allocation:
         integrality=integrality,
         bounds=Bounds(lb, ub),
         constraints=LinearConstraint(a_mat, np.array(rlo), np.array(rhi)),
-        options={"time_limit": p.time_limit_s, "mip_rel_gap": 1e-9},
+        options={"time_limit": p.time_limit_s, "mip_rel_gap": 1e-6},
     )
     if res.x is None:
         return Allocation(
