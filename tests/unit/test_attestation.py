@@ -452,3 +452,35 @@ def test_inspect_reports_all_checks_on_failure(sim_ca: SimulatedPlatformCA) -> N
         "qe_report_data": True,
         "quote_signature": False,
     }
+
+
+# --- wiring from settings -----------------------------------------------------------------
+
+
+def test_deployment_wiring_from_settings(tmp_path: Path) -> None:
+    from infaas.attestation.deployment import create_tee, create_verifier
+    from infaas.settings import load_settings
+
+    settings = load_settings(data_dir=tmp_path)
+    tee = create_tee(settings, MEASUREMENT)
+    assert tee.simulated
+    verifier = create_verifier(settings, measurements=[tee.measurement])
+    quote = tee.generate(report_data_for(b"k", b"n"))
+    verified, verdict = verifier.verify(quote, public_key=b"k", nonce=b"n")
+    assert verified.simulated and verdict.ok
+    # a second process of the same deployment trusts the same CA
+    assert create_tee(settings, MEASUREMENT).ca.root_cert == tee.ca.root_cert  # type: ignore[attr-defined]
+
+
+def test_production_settings_need_production_policy(tmp_path: Path) -> None:
+    from infaas.attestation.deployment import load_policy
+    from infaas.settings import load_settings
+
+    settings = load_settings(
+        data_dir=tmp_path,
+        production=True,
+        tee_backend="tdx-configfs",
+        attestation_policy=CONFIGS / "attestation-simulated.yaml",
+    )
+    with pytest.raises(AttestationFailed, match="production policy"):
+        load_policy(settings)

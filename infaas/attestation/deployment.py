@@ -1,0 +1,68 @@
+"""Wiring attestation from `Settings`: the TEE backend, the policy, the verifier.
+
+The serving path calls these instead of building backends by hand::
+
+    tee = create_tee(settings, measure_code(worker_files, config_bytes))
+    verifier = create_verifier(settings, measurements=[tee.measurement])
+
+With `tee_backend: simulated` the deployment's simulated platform CA lives in
+`data_dir/simulated-tee/` and is trusted only if the policy allows simulated
+evidence; production settings refuse the simulated backend (see `Settings`)
+and a policy that allows it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from infaas.attestation.backends import ConfigfsTsm, EvidenceGenerator, GramineSGX
+from infaas.attestation.policy import AttestationPolicy
+from infaas.attestation.simulated import SimulatedPlatformCA, SimulatedTEE
+from infaas.attestation.verifier import AttestationVerifier
+from infaas.errors import AttestationFailed
+from infaas.settings import REPO_CONFIGS, Settings
+
+
+def simulated_ca(settings: Settings) -> SimulatedPlatformCA:
+    """The deployment's simulated platform CA (created on first use)."""
+    return SimulatedPlatformCA.load_or_create(settings.data_dir / "simulated-tee")
+
+
+def create_tee(settings: Settings, measurement: bytes) -> EvidenceGenerator:
+    """The evidence generator `settings.tee_backend` names."""
+    if settings.tee_backend == "simulated":
+        if settings.production:
+            raise AttestationFailed("production settings refuse the simulated TEE")
+        return SimulatedTEE(simulated_ca(settings), measurement)
+    if settings.tee_backend == "sgx-gramine":
+        return GramineSGX()
+    return ConfigfsTsm()
+
+
+def load_policy(settings: Settings) -> AttestationPolicy:
+    """`settings.attestation_policy`, else the repository's default for the backend."""
+    path: Path = settings.attestation_policy or (
+        REPO_CONFIGS
+        / (
+            "attestation-simulated.yaml"
+            if settings.tee_backend == "simulated"
+            else "attestation-production.yaml"
+        )
+    )
+    policy = AttestationPolicy.from_yaml(path)
+    if settings.production and not policy.production:
+        raise AttestationFailed(f"production settings need a production policy, not {path}")
+    return policy
+
+
+def create_verifier(
+    settings: Settings,
+    *,
+    measurements: Sequence[bytes] = (),
+    policy: AttestationPolicy | None = None,
+) -> AttestationVerifier:
+    """A verifier for `settings`: policy + these measurements (+ simulated CA if allowed)."""
+    pol = (policy or load_policy(settings)).with_measurements(*measurements)
+    extra = [simulated_ca(settings).root_cert] if pol.allow_simulated else []
+    return AttestationVerifier(pol, extra_roots=extra)
