@@ -32,7 +32,9 @@ _done = False
 def openvino_consent_file() -> Path:
     """Where openvino_telemetry looks for the user's opt-in / opt-out decision."""
     if platform.system() == "Windows":
-        return Path(os.path.expandvars("$LOCALAPPDATA")) / "Intel Corporation" / "openvino_telemetry"
+        return (
+            Path(os.path.expandvars("$LOCALAPPDATA")) / "Intel Corporation" / "openvino_telemetry"
+        )
     return Path.home() / "intel" / "openvino_telemetry"
 
 
@@ -61,7 +63,8 @@ def onnxruntime() -> ModuleType:
     import onnxruntime as ort
 
     ort.disable_telemetry_events()
-    return ort
+    module: ModuleType = ort
+    return module
 
 
 def openvino() -> ModuleType:
@@ -69,4 +72,5 @@ def openvino() -> ModuleType:
     disable_telemetry()
     import openvino as ov
 
-    return ov
+    module: ModuleType = ov
+    return module

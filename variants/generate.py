@@ -134,7 +134,7 @@ def validate_model(onnx_bytes: bytes, what: str = "model") -> Any:
     backends do not support (naming it).
     """
     import onnx
-    from google.protobuf.message import DecodeError
+    from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
     if not isinstance(onnx_bytes, bytes | bytearray | memoryview) or len(onnx_bytes) == 0:
         raise InvalidModel(f"{what} is not an ONNX model: empty or not bytes")
@@ -269,8 +269,11 @@ def quantize_qdq(model: Any, calibration: np.ndarray) -> bytes:
 def quantize_dynamic(model: Any) -> bytes | None:
     """Dynamic INT8 (weights int8, activations quantized per call); None if nothing quantizes."""
     from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
-    from onnxruntime.quantization.quant_utils import QuantizationMode, QuantType
-    from onnxruntime.quantization.quant_utils import update_opset_version
+    from onnxruntime.quantization.quant_utils import (
+        QuantizationMode,
+        QuantType,
+        update_opset_version,
+    )
     from onnxruntime.quantization.registry import IntegerOpsRegistry
 
     onnxruntime()
@@ -343,7 +346,9 @@ def generate_variants(
         elif quant is Quantization.DYNAMIC:
             dyn = quantize_dynamic(inferred)
             if dyn is None:
-                out.append(UnsupportedVariant(spec, "no operator of this model quantizes dynamically"))
+                out.append(
+                    UnsupportedVariant(spec, "no operator of this model quantizes dynamically")
+                )
             else:
                 out.append(GeneratedVariant(spec, dyn))
         else:
