@@ -106,7 +106,7 @@ def _as_keyring(keys: Keyring | Mapping[str, bytes]) -> Keyring:
 class Envelope(BaseModel):
     """An AES-256-GCM envelope on the wire. In Python `nonce` and `ciphertext` are raw bytes.
 
-    JSON (bytes as standard base64)::
+    JSON (bytes as URL-safe base64, padded; standard base64 is accepted on input)::
 
         {
           "v": 1,

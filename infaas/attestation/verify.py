@@ -337,7 +337,9 @@ def inspect_quote(
     tcb: TcbResult | None = None
     if collateral is not None and chain and checks.first_failure is None:
         try:
-            tcb = evaluate_tcb(q, chain[0], collateral, roots, when)
+            tcb = evaluate_tcb(
+                q, chain[0], collateral, roots, when, chain[1] if len(chain) > 1 else None
+            )
             checks.add(
                 "tcb",
                 True,
@@ -411,14 +413,22 @@ def _verify_signed_json(
 
 
 def _check_crl(
-    name: str, crl_hex: str, issuer: x509.Certificate, serial: int, now: datetime
+    name: str, crl_hex: str, issuer: x509.Certificate, cert: x509.Certificate, now: datetime
 ) -> None:
+    """`cert` is not revoked by a current CRL that `issuer` signed."""
     crl = x509.load_der_x509_crl(bytes.fromhex(crl_hex))
+    if crl.issuer != cert.issuer or issuer.subject != cert.issuer:
+        raise AttestationFailed(f"{name} is issued by another CA than the certificate's")
     key = issuer.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or not crl.is_signature_valid(key):
         raise AttestationFailed(f"{name} signature invalid")
-    if crl.get_revoked_certificate_by_serial_number(serial) is not None:
-        raise AttestationFailed(f"certificate chain: certificate {serial:x} is revoked ({name})")
+    nxt = crl.next_update_utc
+    if now < crl.last_update_utc or (nxt is not None and now > nxt):
+        raise AttestationFailed(f"{name} is not current at {now.isoformat()}")
+    if crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None:
+        raise AttestationFailed(
+            f"certificate chain: certificate {cert.serial_number:x} is revoked ({name})"
+        )
 
 
 _QE_COMBINE = {"UpToDate", "SWHardeningNeeded", "ConfigurationNeeded"}
@@ -430,6 +440,7 @@ def evaluate_tcb(
     collateral: dict[str, Any],
     roots: Sequence[x509.Certificate],
     now: datetime,
+    pck_intermediate: x509.Certificate | None = None,
 ) -> TcbResult:
     """The TCB status of the platform from signed Intel collateral, at time `now`."""
     tcb_info = _verify_signed_json(
@@ -450,7 +461,18 @@ def evaluate_tcb(
     )
     if "pck_crl" in collateral and "pck_crl_issuer_chain" in collateral:
         issuers = list(x509.load_pem_x509_certificates(collateral["pck_crl_issuer_chain"].encode()))
-        _check_crl("PCK CRL", collateral["pck_crl"], issuers[0], pck_cert.serial_number, now)
+        try:
+            verify_chain(issuers, roots, now)
+        except AttestationFailed as exc:
+            raise AttestationFailed(f"PCK CRL issuer {exc.message}") from None
+        _check_crl("PCK CRL", collateral["pck_crl"], issuers[0], pck_cert, now)
+    if "root_ca_crl" in collateral and pck_intermediate is not None:
+        root = next(
+            (r for r in roots if r.subject == pck_intermediate.issuer),
+            None,
+        )
+        if root is not None:
+            _check_crl("root CA CRL", collateral["root_ca_crl"], root, pck_intermediate, now)
     try:
         ext = sgx_extensions(pck_cert)
     except (x509.ExtensionNotFound, ValueError) as exc:

@@ -1,6 +1,6 @@
 """FastAPI routes for the key service, and an app factory for running it alone.
 
-Routes (JSON; bytes as base64; owner/tenant calls carry ``Authorization: Bearer <token>``):
+Routes (JSON; bytes as URL-safe base64; owner/tenant calls carry ``Authorization: Bearer <token>``):
 
 =======  =================================  ==========================================
 GET      /v1/keyservice/evidence?nonce=B64  service quote binding its key to the nonce
@@ -55,7 +55,7 @@ def create_keyservice_router(service: KeyService) -> APIRouter:
     @router.get("/evidence")
     def evidence(nonce: Annotated[str, Query(max_length=128)]) -> EvidenceResponse:
         try:
-            raw = base64.b64decode(nonce, validate=True)
+            raw = base64.b64decode(nonce.replace("-", "+").replace("_", "/"), validate=True)
         except (binascii.Error, ValueError):
             raise InvalidInput("nonce must be base64") from None
         return service.evidence(raw)

@@ -1,4 +1,4 @@
-"""Wire models of the key service. Bytes fields are standard base64 in JSON."""
+"""Wire models of the key service. Bytes fields are URL-safe base64 in JSON (either alphabet in)."""
 
 from __future__ import annotations
 

@@ -484,3 +484,10 @@ def test_production_settings_need_production_policy(tmp_path: Path) -> None:
     )
     with pytest.raises(AttestationFailed, match="production policy"):
         load_policy(settings)
+
+
+def test_crl_from_another_ca_is_refused(attestation_data: Path, intel_root: list) -> None:
+    col = json.loads(_read(attestation_data, "sgx/phala_sgx_quote_v3.collateral.json"))
+    col["pck_crl"] = col["root_ca_crl"]
+    with pytest.raises(AttestationFailed, match="PCK CRL is issued by another CA"):
+        verify_quote(_read(attestation_data, SGX), intel_root, now=NOW, collateral=col)
