@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Literal
@@ -127,6 +128,9 @@ class KeyService:
         self._clock = clock
         self._nonces = NonceIssuer(ttl_s=nonce_ttl_s, clock=clock)
         self._nonce_ttl_s = nonce_ttl_s
+        # read-modify-write of model/principal records (grants, current key id) is
+        # serialised here; one key service process owns its store namespace
+        self._lock = threading.RLock()
         # the identity key lives only in this process: clients re-attest after a restart
         self._sk = X25519PrivateKey.generate()
         self.public_key = x25519_raw(self._sk.public_key())
@@ -191,8 +195,9 @@ class KeyService:
             _NS_TENANT_KEY, f"{tenant}/{key_id}", {"key": _b64(key), "created_at": self._clock()}
         ):
             raise Conflict(f"tenant {tenant!r} already has key id {key_id!r}")
-        rec = self._records.get(_NS_PRINCIPAL, tenant) or {}
-        self._records.put(_NS_PRINCIPAL, tenant, rec | {"current_key_id": key_id})
+        with self._lock:
+            rec = self._records.get(_NS_PRINCIPAL, tenant) or {}
+            self._records.put(_NS_PRINCIPAL, tenant, rec | {"current_key_id": key_id})
         log.info("tenant %s established request key id %s", tenant, key_id)
 
     def set_model_key(self, token: str, model_id: str, key_id: str, sealed_key: bytes) -> None:
@@ -202,34 +207,37 @@ class KeyService:
             self._sk, sealed_key, info_for("model-key", {"model_id": model_id, "key_id": key_id})
         )
         self._check_key(key)
-        self._records.put_if_absent(
-            _NS_MODEL, model_id, {"owner": owner, "grants": [], "current_key_id": None}
-        )
-        model = self._model(model_id)
-        if model["owner"] != owner:
-            raise PermissionDenied(f"model {model_id!r} belongs to another owner")
-        if not self._records.put_if_absent(
-            _NS_MODEL_KEY, f"{model_id}/{key_id}", {"key": _b64(key), "created_at": self._clock()}
-        ):
-            raise Conflict(f"model {model_id!r} already has key id {key_id!r}")
-        self._records.put(_NS_MODEL, model_id, model | {"current_key_id": key_id})
+        with self._lock:
+            self._records.put_if_absent(
+                _NS_MODEL, model_id, {"owner": owner, "grants": [], "current_key_id": None}
+            )
+            model = self._owned_model(model_id, owner)
+            if not self._records.put_if_absent(
+                _NS_MODEL_KEY,
+                f"{model_id}/{key_id}",
+                {"key": _b64(key), "created_at": self._clock()},
+            ):
+                raise Conflict(f"model {model_id!r} already has key id {key_id!r}")
+            self._records.put(_NS_MODEL, model_id, model | {"current_key_id": key_id})
         log.info("owner %s uploaded data key id %s for model %s", owner, key_id, model_id)
 
     def grant(self, token: str, model_id: str, tenant: str) -> None:
         """Let `tenant` use `model_id` (its request key may then be released for that model)."""
         owner = self.authenticate(token, "owner")
-        model = self._owned_model(model_id, owner)
         if self._records.get(_NS_PRINCIPAL, tenant) is None:
             raise NotFound(f"tenant {tenant!r} is not registered")
-        grants = sorted(set(model["grants"]) | {tenant})
-        self._records.put(_NS_MODEL, model_id, model | {"grants": grants})
+        with self._lock:
+            model = self._owned_model(model_id, owner)
+            grants = sorted(set(model["grants"]) | {tenant})
+            self._records.put(_NS_MODEL, model_id, model | {"grants": grants})
         log.info("owner %s granted tenant %s model %s", owner, tenant, model_id)
 
     def revoke(self, token: str, model_id: str, tenant: str) -> None:
         owner = self.authenticate(token, "owner")
-        model = self._owned_model(model_id, owner)
-        grants = [t for t in model["grants"] if t != tenant]
-        self._records.put(_NS_MODEL, model_id, model | {"grants": grants})
+        with self._lock:
+            model = self._owned_model(model_id, owner)
+            grants = [t for t in model["grants"] if t != tenant]
+            self._records.put(_NS_MODEL, model_id, model | {"grants": grants})
         log.info("owner %s revoked tenant %s from model %s", owner, tenant, model_id)
 
     def is_granted(self, model_id: str, tenant: str) -> bool:
