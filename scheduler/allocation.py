@@ -93,7 +93,7 @@ class AllocationProblem:
     keep_warm_penalty: float = 100.0
     max_variants_per_demand: int = 3
     """Pareto-pruned candidates kept per demand class (the MILP's size)."""
-    time_limit_s: float = 2.0
+    time_limit_s: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,6 +462,17 @@ def solve_milp(p: AllocationProblem) -> Allocation:
     }
     notes = () if res.success else (f"milp stopped early: {res.message}",)
     objective = float(res.fun) + p.unserved_penalty_per_rps * sum(dead.values())
+    if not res.success and greedy_obj < objective:
+        # stopped at the time limit with an incumbent worse than the greedy plan
+        return Allocation(
+            greedy.workers,
+            greedy.routes,
+            greedy.unserved_rps,
+            greedy.cost_per_s,
+            "greedy",
+            greedy_obj,
+            (*greedy.notes, f"milp incumbent worse than greedy: {res.message}"),
+        )
     return Allocation(tuple(workers), routes, unserved, wcost, "milp", objective, notes)
 
 

@@ -95,7 +95,9 @@ class AutoscalerConfig(BaseModel):
     )
     unserved_penalty_per_rps: float = Field(1000.0, gt=0)
     solver: Literal["milp", "greedy"] = "milp"
-    solver_time_limit_s: float = Field(2.0, gt=0)
+    solver_time_limit_s: float = Field(
+        1.0, gt=0, description="MILP time limit; past it the better of incumbent and greedy"
+    )
     # baselines
     static_replicas: int = Field(1, ge=0, description="static: replicas per task")
     target_ongoing_requests: float = Field(2.0, gt=0, description="queue-length: per replica")
