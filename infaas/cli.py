@@ -94,6 +94,11 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--root", type=Path, help="trusted root CA (PEM or DER)")
     ver.add_argument("--policy", type=Path, help="attestation policy YAML")
     ver.add_argument("--collateral", type=Path, help="TCB collateral JSON")
+    ver.add_argument(
+        "--now",
+        metavar="ISO8601",
+        help="verify as of this time (e.g. 2025-06-20T00:00:00Z) instead of the present",
+    )
     ver.add_argument("--json", action="store_true", help="machine-readable output")
     ver.set_defaults(func=_cmd_evidence_verify)
     return parser

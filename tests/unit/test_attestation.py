@@ -491,3 +491,26 @@ def test_crl_from_another_ca_is_refused(attestation_data: Path, intel_root: list
     col["pck_crl"] = col["root_ca_crl"]
     with pytest.raises(AttestationFailed, match="PCK CRL is issued by another CA"):
         verify_quote(_read(attestation_data, SGX), intel_root, now=NOW, collateral=col)
+
+
+def test_cli_entry_point_with_collateral_and_now(
+    attestation_data: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from infaas.cli import main
+
+    sgx = attestation_data / "sgx"
+    root = attestation_data / "roots" / "intel_sgx_root_ca.pem"
+    args = [
+        "evidence",
+        "verify",
+        str(sgx / "phala_sgx_quote_v3.bin"),
+        "--root",
+        str(root),
+        "--collateral",
+        str(sgx / "phala_sgx_quote_v3.collateral.json"),
+        "--json",
+    ]
+    assert main([*args, "--now", "2025-06-25T00:00:00Z"]) == 0
+    assert "ConfigurationAndSWHardeningNeeded" in capsys.readouterr().out
+    # The same collateral read today is past its next-update date: not verified.
+    assert main(args) != 0
