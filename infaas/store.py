@@ -23,8 +23,15 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel
 
-from infaas.errors import InvalidInput, ModelNotFound, StoreUnavailable, VariantNotFound
-from infaas.types import ModelRecord, Profile, Tenant, VariantSpec
+from infaas.errors import (
+    Conflict,
+    InvalidInput,
+    ModelNotFound,
+    NotFound,
+    StoreUnavailable,
+    VariantNotFound,
+)
+from infaas.types import ModelRecord, Profile, Task, Tenant, VariantSpec
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -32,7 +39,8 @@ _MODELS = "models"
 _VARIANTS = "variants"
 _PROFILES = "profiles"
 _TENANTS = "tenants"
-_TYPED = frozenset({_MODELS, _VARIANTS, _PROFILES, _TENANTS})
+_TASKS = "tasks"
+_TYPED = frozenset({_MODELS, _VARIANTS, _PROFILES, _TENANTS, _TASKS})
 
 
 class MetadataStore(ABC):
@@ -123,6 +131,26 @@ class MetadataStore(ABC):
             return profiles
         wanted = {v.variant_id for v in self.list_variants(task=task)}
         return [p for p in profiles if p.variant_id in wanted]
+
+    def put_task(self, task: Task) -> None:
+        """Define a task; redefining it with another signature is a conflict."""
+        old = self._get_model(_TASKS, task.name, Task)
+        if old is not None and (old.input, old.num_classes) != (task.input, task.num_classes):
+            raise Conflict(
+                f"task {task.name!r} exists with input {old.input.model_dump()} and "
+                f"{old.num_classes} classes",
+                task=task.name,
+            )
+        self._put_model(_TASKS, task.name, task)
+
+    def get_task(self, name: str) -> Task:
+        task = self._get_model(_TASKS, name, Task)
+        if task is None:
+            raise NotFound(f"no task {name!r} is registered", task=name)
+        return task
+
+    def list_tasks(self) -> list[Task]:
+        return self._list_models(_TASKS, Task)
 
     def put_tenant(self, tenant: Tenant) -> None:
         self._put_model(_TENANTS, tenant.tenant_id, tenant)

@@ -176,3 +176,18 @@ def test_missing_redis_is_a_clear_error() -> None:
 def test_unknown_scheme() -> None:
     with pytest.raises(InvalidInput, match="unknown store URL scheme"):
         open_store("postgres://x")
+
+
+def test_tasks_keep_their_signature(store: MetadataStore) -> None:
+    from infaas.errors import Conflict, NotFound
+    from infaas.types import Task, TensorSpec
+
+    digits = Task(name="digits", input=TensorSpec(name="input", shape=(1, 8, 8)), num_classes=10)
+    store.put_task(digits)
+    store.put_task(digits.model_copy(update={"description": "8x8 digits"}))
+    assert store.get_task("digits").description == "8x8 digits"
+    with pytest.raises(Conflict, match="exists with input"):
+        store.put_task(digits.model_copy(update={"num_classes": 3}))
+    with pytest.raises(NotFound, match="no task"):
+        store.get_task("images")
+    assert [t.name for t in store.list_tasks()] == ["digits"]
