@@ -24,9 +24,11 @@ and the quantizers it wraps (`QDQQuantizer`, `ONNXQuantizer`) are driven directl
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -251,19 +253,20 @@ def quantize_qdq(model: Any, calibration: np.ndarray) -> bytes:
     onnxruntime()
     ranges = calibrate(model, calibration)
     model = update_opset_version(model, QuantType.QInt8, QuantType.QUInt8)
-    quantizer = QDQQuantizer(
-        model,
-        True,  # per_channel
-        False,  # reduce_range: not needed on VNNI/AMX CPUs
-        QuantType.QInt8,
-        QuantType.QUInt8,
-        ranges,
-        [],
-        [],
-        sorted(set(QDQRegistry) | set(QLinearOpsRegistry)),
-        {"ActivationSymmetric": False, "WeightSymmetric": True},
-    )
-    return bytes(quantizer.quantize_model().SerializeToString())
+    with _in_memory_reload():
+        quantizer = QDQQuantizer(
+            model,
+            True,  # per_channel
+            False,  # reduce_range: not needed on VNNI/AMX CPUs
+            QuantType.QInt8,
+            QuantType.QUInt8,
+            ranges,
+            [],
+            [],
+            sorted(set(QDQRegistry) | set(QLinearOpsRegistry)),
+            {"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+        return bytes(quantizer.quantize_model().SerializeToString())
 
 
 def quantize_dynamic(model: Any) -> bytes | None:
@@ -278,21 +281,22 @@ def quantize_dynamic(model: Any) -> bytes | None:
 
     onnxruntime()
     model = update_opset_version(model, QuantType.QInt8)
-    quantizer = ONNXQuantizer(
-        model,
-        False,
-        False,
-        QuantizationMode.IntegerOps,
-        False,  # static
-        QuantType.QInt8,
-        QuantType.QUInt8,  # dynamic activations are uint8 in onnxruntime
-        None,
-        [],
-        [],
-        sorted(IntegerOpsRegistry),
-        {"MatMulConstBOnly": True},
-    )
-    out = quantizer.quantize_model()
+    with _in_memory_reload():
+        quantizer = ONNXQuantizer(
+            model,
+            False,
+            False,
+            QuantizationMode.IntegerOps,
+            False,  # static
+            QuantType.QInt8,
+            QuantType.QUInt8,  # dynamic activations are uint8 in onnxruntime
+            None,
+            [],
+            [],
+            sorted(IntegerOpsRegistry),
+            {"MatMulConstBOnly": True},
+        )
+        out = quantizer.quantize_model()
     integer_ops = {"MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "DynamicQuantizeMatMul"}
     if not any(n.op_type in integer_ops for n in out.graph.node):
         return None
@@ -300,9 +304,46 @@ def quantize_dynamic(model: Any) -> bytes | None:
 
 
 def _infer_shapes(model: Any) -> Any:
-    import onnx
+    """Shape inference in memory, marked the way onnxruntime's quantizers expect.
 
-    return onnx.shape_inference.infer_shapes(model)
+    (Without the mark, their constructors redo it through a temporary file.)
+    """
+    import onnx
+    from onnxruntime.quantization.quant_utils import add_infer_metadata
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    add_infer_metadata(inferred)
+    return inferred
+
+
+_patch_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _in_memory_reload() -> Iterator[None]:
+    """Make onnxruntime's quantizer re-infer shapes in memory, not via a temp file.
+
+    `ONNXQuantizer` (dynamic mode) unconditionally calls
+    `save_and_reload_model_with_shape_infer`, which saves the model, weights
+    included, into a temporary directory. Models here are far below protobuf's
+    2 GiB limit, so in-memory inference gives the same result without the file.
+    """
+    from onnxruntime.quantization import base_quantizer, onnx_quantizer
+
+    with _patch_lock:
+        saved = (
+            onnx_quantizer.save_and_reload_model_with_shape_infer,
+            base_quantizer.save_and_reload_model_with_shape_infer,
+        )
+        onnx_quantizer.save_and_reload_model_with_shape_infer = _infer_shapes
+        base_quantizer.save_and_reload_model_with_shape_infer = _infer_shapes
+        try:
+            yield
+        finally:
+            (
+                onnx_quantizer.save_and_reload_model_with_shape_infer,
+                base_quantizer.save_and_reload_model_with_shape_infer,
+            ) = saved
 
 
 def generate_variants(
@@ -330,7 +371,6 @@ def generate_variants(
         _session(onnxruntime(), bytes(onnx_bytes))
     except Exception as e:  # onnxruntime raises its own Fail / InvalidGraph types
         raise InvalidModel(f"model {model.model_id} cannot be loaded by onnxruntime: {e}") from e
-    inferred = _infer_shapes(proto)
     qdq: bytes | None = None
     out: list[GeneratedVariant | UnsupportedVariant] = []
     for precision, backend, quant in kinds:
@@ -341,10 +381,11 @@ def generate_variants(
             continue
         if quant is Quantization.STATIC_QDQ:
             if qdq is None:
-                qdq = quantize_qdq(inferred, calib)
+                qdq = quantize_qdq(_infer_shapes(proto), calib)
             out.append(GeneratedVariant(spec, qdq))
         elif quant is Quantization.DYNAMIC:
-            dyn = quantize_dynamic(inferred)
+            # the quantizers edit the proto they are given: each gets its own copy
+            dyn = quantize_dynamic(_infer_shapes(proto))
             if dyn is None:
                 out.append(
                     UnsupportedVariant(spec, "no operator of this model quantizes dynamically")
