@@ -167,7 +167,7 @@ def test_wrong_shapes_are_invalid_input(digits: tuple, small_manifest: Manifest)
         profile_variant(
             v.spec, v.onnx_bytes, np.zeros((10, 63), np.float32), labels=None, declared_accuracy=0.5
         )
-    with pytest.raises(InvalidInput, match="got|expected"):
+    with pytest.raises(InvalidInput, match=r"got|expected"):
         load_variant(v.spec, v.onnx_bytes).run(np.zeros((2, 63), np.float32))
     record = entry(small_manifest, "digits-logreg").to_model_record()
     with pytest.raises(InvalidInput, match="calibration"):
