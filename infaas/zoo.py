@@ -159,7 +159,9 @@ class _Graph:
         if value is not None:
             self.acts[out] = value
         elif self.acts and all(i in self.acts or i in self.inits for i in inputs):
-            self.acts[out] = _np_eval(op_type, [self.acts.get(i, self.inits.get(i)) for i in inputs])
+            self.acts[out] = _np_eval(
+                op_type, [self.acts.get(i, self.inits.get(i)) for i in inputs]
+            )
         return out
 
     def keep_only(self, *names: str) -> None:
@@ -313,7 +315,7 @@ def synthetic_images(n: int, resolution: int, seed: int) -> np.ndarray:
     texture = rng.normal(scale=0.35, size=(n, 3, resolution, resolution)).astype(np.float32)
     colour = rng.normal(scale=0.5, size=(n, 3, 1, 1)).astype(np.float32)
     out = np.asarray(smooth + texture + colour, dtype=np.float32)
-    return (out - out.mean()) / out.std()
+    return np.asarray((out - out.mean()) / out.std(), dtype=np.float32)
 
 
 def template_classes(n_templates: int) -> np.ndarray:
@@ -395,9 +397,7 @@ def _np_conv(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
     k = w.shape[2]
     if pad:
         x = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
-    win = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))[
-        :, :, ::stride, ::stride
-    ]
+    win = np.lib.stride_tricks.sliding_window_view(x, (k, k), axis=(2, 3))[:, :, ::stride, ::stride]
     out = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3]))  # n, h, w, o
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2), dtype=np.float32)
 

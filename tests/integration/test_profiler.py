@@ -12,13 +12,13 @@ import pytest
 
 from infaas.settings import Settings
 from infaas.store import open_store
+from infaas.types import Backend, BatchLatency, Precision, Quantization
 from infaas.zoo import Manifest, load_model_bytes, load_validation
 from profiler.command import profile_command
 from profiler.profile import ProfileOptions, fit_latency_model, profile_variant
 from profiler.report import pareto_front
 from tests.zoo_fixtures import entry, small_manifest, small_zoo
 from variants.generate import variant_spec
-from infaas.types import Backend, BatchLatency, Precision, Quantization
 
 __all__ = ["small_manifest", "small_zoo"]
 
