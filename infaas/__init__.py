@@ -5,6 +5,7 @@ The public import surface. Component packages (`variants`, `profiler`,
 """
 
 from infaas import errors as errors
+from infaas.client import Client as Client
 from infaas.settings import Settings as Settings
 from infaas.settings import get_settings as get_settings
 from infaas.store import MetadataStore as MetadataStore
@@ -23,6 +24,7 @@ __version__ = "0.1.0"
 __all__ = [
     "SLO",
     "Backend",
+    "Client",
     "MetadataStore",
     "ModelRecord",
     "Precision",

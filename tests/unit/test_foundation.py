@@ -28,6 +28,7 @@ def test_exported_members() -> None:
         [
             "SLO",
             "Backend",
+            "Client",
             "MetadataStore",
             "ModelRecord",
             "Precision",

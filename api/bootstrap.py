@@ -1,0 +1,171 @@
+"""First start of `infaas serve`: become the zoo's owner and a demo tenant, through the Client.
+
+Everything goes through the public API and the attested key service exactly
+as a remote owner and tenant would: an administrator token (issued here, on the
+host, once), a ``zoo-owner`` that attests the key service, registers each zoo
+model sealed under its own data key and grants it to ``demo``, and a ``demo``
+tenant with its own request key. Credentials land in
+``DATA_DIR/credentials/{admin,zoo-owner,demo}.json`` (mode 0600). Each step is
+skipped when its result exists, so an interrupted first start resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from api.serve import keyservice_measurement
+from infaas.attestation.deployment import simulated_ca
+from infaas.auth import TokenRegistry
+from infaas.client import Client, KeyServiceTrust
+from infaas.errors import ModelNotFound
+from infaas.settings import Settings
+from infaas.store import open_store
+from infaas.wire import JobStatus
+from infaas.zoo import build_zoo, load_manifest, load_model_bytes, load_validation
+
+log = logging.getLogger("infaas.bootstrap")
+
+ADMIN = "admin"
+ZOO_OWNER = "zoo-owner"
+DEMO = "demo"
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    credentials: dict[str, Path]
+    models: list[str]
+
+
+def credentials_dir(settings: Settings) -> Path:
+    return settings.data_dir / "credentials"
+
+
+def keyservice_trust(settings: Settings) -> KeyServiceTrust:
+    """What clients of this deployment expect of its key service."""
+    if settings.tee_backend != "simulated":
+        raise NotImplementedError("hardware deployments publish their key service trust")
+    return KeyServiceTrust(
+        measurement=keyservice_measurement().hex(),
+        roots_pem=simulated_ca(settings).root_pem,
+        allow_simulated=True,
+    )
+
+
+def _admin(settings: Settings, base_url: str, trust: KeyServiceTrust) -> Client:
+    path = credentials_dir(settings) / f"{ADMIN}.json"
+    if path.exists():
+        return Client.from_credentials(path, base_url=base_url)
+    with open_store(settings.resolved_store_url) as store:
+        token = TokenRegistry(store).issue(ADMIN, "admin", replace=True)
+    admin = Client(base_url, api_token=token, principal=ADMIN, role="admin", keyservice=trust)
+    admin.save_credentials(path)
+    return admin
+
+
+def _owner(settings: Settings, admin: Client) -> Client:
+    path = credentials_dir(settings) / f"{ZOO_OWNER}.json"
+    if path.exists():
+        return Client.from_credentials(path, base_url=admin.base_url)
+    owner = admin.with_credentials(admin.create_owner(ZOO_OWNER, "example model zoo"))
+    owner.attest_keyservice()
+    owner.register_owner()
+    owner.save_credentials(path)
+    return owner
+
+
+def _tenant(settings: Settings, admin: Client, tenant: str) -> Client:
+    path = credentials_dir(settings) / f"{tenant}.json"
+    if path.exists():
+        return Client.from_credentials(path, base_url=admin.base_url)
+    client = admin.with_credentials(admin.create_tenant(tenant, f"{tenant} tenant"))
+    client.attest_keyservice()
+    client.register_tenant()
+    client.save_credentials(path)
+    return client
+
+
+def bootstrap(
+    settings: Settings,
+    base_url: str,
+    *,
+    small: bool = False,
+    say: Callable[[str], None] = print,
+    progress: bool = True,
+    timeout_s: float = 3600.0,
+) -> BootstrapResult:
+    """Build the zoo if missing, register it as the zoo owner, set up the demo tenant."""
+    trust = keyservice_trust(settings)
+    admin = _admin(settings, base_url, trust)
+    try:
+        manifest = load_manifest(settings.zoo_dir)
+        if any(m.small != small for m in manifest.models):
+            raise FileNotFoundError
+    except (FileNotFoundError, ValueError):
+        say(f"building the example zoo in {settings.zoo_dir}" + (" (small)" if small else ""))
+        build_zoo(settings.zoo_dir, small=small)
+        manifest = load_manifest(settings.zoo_dir)
+    owner = _owner(settings, admin)
+    demo = _tenant(settings, admin, DEMO)
+    registered: list[str] = []
+    for entry in manifest.models:
+        try:
+            owner.model(entry.model_id)
+        except ModelNotFound:
+            x, y = load_validation(settings.zoo_dir, entry)
+            owner.upload_model(
+                entry.model_id,
+                entry.task,
+                entry.architecture,
+                load_model_bytes(settings.zoo_dir, entry),
+                x,
+                y,
+                num_classes=entry.num_classes,
+                input_spec=entry.input,
+                declared_accuracy=entry.declared_accuracy,
+            )
+            say(f"registered {entry.model_id} (sealed) for task {entry.task}")
+        owner.grant(entry.model_id, DEMO)
+        registered.append(entry.model_id)
+    wait_all(owner, registered, progress=progress, timeout_s=timeout_s)
+    creds = {name: credentials_dir(settings) / f"{name}.json" for name in (ADMIN, ZOO_OWNER, DEMO)}
+    del demo
+    return BootstrapResult(credentials=creds, models=registered)
+
+
+def wait_all(
+    owner: Client, model_ids: list[str], *, progress: bool = True, timeout_s: float = 3600.0
+) -> dict[str, JobStatus]:
+    """Wait until every model's variants are generated and profiled (one bar per model)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    deadline = time.monotonic() + timeout_s
+    jobs: dict[str, JobStatus] = {}
+    with Progress(
+        TextColumn("[bold]{task.fields[model]:<22}[/bold]"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} {task.description}"),
+        TimeElapsedColumn(),
+        disable=not progress,
+    ) as bar:
+        rows = {m: bar.add_task("queued", total=None, model=m) for m in model_ids}
+        while True:
+            for m in model_ids:
+                job = jobs[m] = owner.job(m)
+                bar.update(
+                    rows[m],
+                    description=f"{job.state} {job.message}".strip()[:50],
+                    completed=job.done,
+                    total=job.total or None,
+                )
+            failed = [j for j in jobs.values() if j.state == "failed"]
+            if failed:
+                raise RuntimeError("; ".join(f"{j.model_id} failed: {j.message}" for j in failed))
+            if all(j.state == "ready" for j in jobs.values()):
+                return jobs
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"models not ready after {timeout_s:.0f} s")
+            time.sleep(0.5)

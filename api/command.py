@@ -1,0 +1,89 @@
+"""`infaas serve`: local Ray, the Serve applications, first-start bootstrap, run until a signal."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import time
+from types import FrameType
+
+from infaas.settings import Settings
+
+log = logging.getLogger("infaas.serve")
+
+BANNER = (
+    "\n"
+    "  ************************************************************\n"
+    "  *  SIMULATED TEE — NOT CONFIDENTIAL                        *\n"
+    "  *  Evidence is signed by a local simulated platform CA and *\n"
+    "  *  keys are sealed with a key file readable by this host.  *\n"
+    "  *  Use real SGX/TDX hardware for confidentiality.          *\n"
+    "  ************************************************************\n"
+)
+
+
+def serve_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Start everything, bootstrap on first start, print how to use it, wait for a signal."""
+    import ray
+    from ray import serve
+
+    from api.bootstrap import DEMO, bootstrap
+    from api.serve import deploy, local_url
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        # once: a second signal must not interrupt the shutdown itself
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    if settings.tee_backend == "simulated":
+        print(BANNER, flush=True)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    init: dict[str, object] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    if settings.ray_address:
+        init["address"] = settings.ray_address
+    else:
+        init["num_cpus"] = settings.num_cpus
+        if args.ray_temp_dir:
+            init["_temp_dir"] = str(args.ray_temp_dir)
+    # workers inherit this: runtimes must not write telemetry about the models they run
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    ray.init(**init)  # type: ignore[arg-type]
+    try:
+        serve.start(
+            http_options={"host": settings.http_host, "port": settings.http_port},
+            logging_config={"enable_access_log": False},
+        )
+        apps = deploy(settings)
+        url = local_url(settings)
+        print(f"infaas is up at {url} (applications: {', '.join(apps)}); docs at {url}/docs")
+        if not args.no_bootstrap:
+            result = bootstrap(settings, url, small=bool(args.small), progress=not args.no_progress)
+            print(f"models ready: {', '.join(result.models)}")
+            for name, path in result.credentials.items():
+                print(f"credentials of {name}: {path} (mode 0600)")
+        print(
+            "try:\n"
+            f"  infaas infer --data-dir {settings.data_dir} --url {url} --task digits "
+            "--latency-ms 50 --min-accuracy 0.9 --example\n"
+            f"  (as tenant {DEMO!r}; Ctrl-C stops the service)",
+            flush=True,
+        )
+        print("READY", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("shutting down Serve…", flush=True)
+    finally:
+        t0 = time.monotonic()
+        try:
+            serve.shutdown()  # type: ignore[no-untyped-call]
+        finally:
+            ray.shutdown()
+        log.info("stopped in %.1f s", time.monotonic() - t0)
+    return 0

@@ -1,0 +1,1 @@
+"""Routes of the control plane, one module per resource."""

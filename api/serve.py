@@ -1,0 +1,212 @@
+"""Ray Serve composition: the key service, the control plane and the workers' inference app.
+
+Three applications behind one Serve HTTP proxy:
+
+=============  ==================  ==============================================
+application    route prefix        ingress
+=============  ==================  ==============================================
+``keyservice`` ``/v1/keyservice``  `KeyServiceIngress`: the attested key service,
+                                   its own TEE workload with its own evidence
+``infer``      ``/v1/infer``       the worker deployment itself
+                                   (`enclave_workers.deployment.build_infer_app`):
+                                   one hop from the proxy to the model, as in
+                                   plain Ray Serve
+``control``    ``/``               `ControlIngress`: `api.app.create_app`, which
+                                   reaches the workers through a handle
+=============  ==================  ==============================================
+
+The control plane and the key service reserve no CPU: the pools' CPUs are for
+the workers.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.types import Receive, Scope, Send
+
+import infaas.keyservice
+from api.app import create_app
+from infaas.attestation import measure_code
+from infaas.attestation.deployment import create_tee, create_verifier
+from infaas.keyservice import (
+    KeyService,
+    create_keyservice_app,
+    gramine_sealing_key,
+    simulated_sealing_key,
+)
+from infaas.keyservice.http import PREFIX as KEYSERVICE_PREFIX
+from infaas.settings import Settings
+from infaas.store import open_store
+
+log = logging.getLogger("infaas.api.serve")
+
+KEYSERVICE_APP = "keyservice"
+CONTROL_APP = "control"
+INFER_APP = "infer"
+INFER_PREFIX = "/v1/infer"
+_QUIET = {"enable_access_log": False}
+
+
+def keyservice_measurement() -> bytes:
+    """What the key service's evidence measures: its own source files (MRENCLAVE stand-in)."""
+    files = sorted(Path(infaas.keyservice.__file__).resolve().parent.glob("*.py"))
+    return measure_code(files, b"infaas-keyservice/v1")
+
+
+def worker_measurements(settings: Settings) -> list[bytes]:
+    """The measurements of this deployment's workers, which the key service releases keys to."""
+    try:
+        measurement = importlib.import_module("enclave_workers.measurement")
+    except ImportError:
+        return []
+    fn = getattr(measurement, "worker_measurement", None)
+    return [fn(settings)] if callable(fn) else []
+
+
+class _UnprefixedRoot:
+    """ASGI shim: route on the full path under the Serve route prefix.
+
+    Serve sets ``root_path`` to the application's route prefix, so Starlette would
+    route on the path below it; the key service's router already carries the
+    ``/v1/keyservice`` prefix, which would otherwise be needed twice.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def add_exception_handler(self, *args: Any, **kwargs: Any) -> None:
+        self.app.add_exception_handler(*args, **kwargs)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope = dict(scope, root_path="")
+        await self.app(scope, receive, send)
+
+
+@serve.deployment(
+    name="KeyService",
+    num_replicas=1,
+    ray_actor_options={"num_cpus": 0},
+    max_ongoing_requests=64,
+    logging_config=_QUIET,
+)
+@serve.ingress()
+class KeyServiceIngress:
+    """The key service as a Serve replica; one replica owns its store namespace."""
+
+    def __init__(self, settings: Settings, worker_measurements_hex: list[str]) -> None:
+        store = open_store(settings.resolved_store_url)
+        tee = create_tee(settings, keyservice_measurement())
+        verifier = create_verifier(
+            settings, measurements=[bytes.fromhex(m) for m in worker_measurements_hex]
+        )
+        kek = (
+            simulated_sealing_key(settings.data_dir)
+            if settings.tee_backend == "simulated"
+            else gramine_sealing_key()
+        )
+        self._service = KeyService(store, kek, tee, verifier)
+
+    def __serve_build_asgi_app__(self) -> _UnprefixedRoot:
+        return _UnprefixedRoot(create_keyservice_app(self._service))
+
+
+@serve.deployment(
+    name="Control",
+    num_replicas=1,
+    ray_actor_options={"num_cpus": 0},
+    max_ongoing_requests=100,
+    logging_config=_QUIET,
+)
+@serve.ingress()
+class ControlIngress:
+    """The control plane; it reaches the worker deployment through its app handle."""
+
+    def __init__(self, settings: Settings, infer_app: str | None = INFER_APP) -> None:
+        self._settings = settings
+        self._infer_app = infer_app
+        self._handle: DeploymentHandle[Any] | None = None
+
+    def _worker(self) -> DeploymentHandle[Any]:
+        if self._infer_app is None:
+            raise RuntimeError("no worker application is deployed")
+        if self._handle is None:
+            self._handle = serve.get_app_handle(self._infer_app)
+        return self._handle
+
+    async def _prepare(self, model_id: str) -> Any:
+        return await self._worker().prepare_model.remote(model_id)
+
+    async def _status(self) -> Mapping[str, Any]:
+        status = await self._worker().status.remote()
+        if isinstance(status, Mapping):
+            return status
+        if hasattr(status, "model_dump"):
+            dumped: dict[str, Any] = status.model_dump(mode="json")
+            return dumped
+        return {"status": str(status)}
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        has_worker = self._infer_app is not None
+        return create_app(
+            self._settings,
+            prepare=self._prepare if has_worker else None,
+            worker_status=self._status if has_worker else None,
+        )
+
+
+def build_keyservice_app(settings: Settings) -> serve.Application:
+    measurements = [m.hex() for m in worker_measurements(settings)]
+    app: serve.Application = KeyServiceIngress.bind(settings, measurements)  # type: ignore[attr-defined]
+    return app
+
+
+def build_control_app(settings: Settings, *, with_workers: bool = True) -> serve.Application:
+    app: serve.Application = ControlIngress.bind(  # type: ignore[attr-defined]
+        settings, INFER_APP if with_workers else None
+    )
+    return app
+
+
+def local_url(settings: Settings, port: int | None = None) -> str:
+    host = settings.http_host if settings.http_host not in ("0.0.0.0", "::") else "127.0.0.1"
+    return f"http://{host}:{port or settings.http_port}"
+
+
+def deploy(settings: Settings) -> list[str]:
+    """Run the three applications on the Serve instance already started; their names.
+
+    The key service comes first (workers fetch keys from it as they start),
+    then the workers, then the control plane that holds their handle. If the
+    worker package offers no `build_infer_app`, the control plane runs alone
+    and says so in `/readyz`.
+    """
+    serve.run(build_keyservice_app(settings), name=KEYSERVICE_APP, route_prefix=KEYSERVICE_PREFIX)
+    apps = [KEYSERVICE_APP]
+    try:
+        build_infer_app = importlib.import_module("enclave_workers.deployment").build_infer_app
+    except (ImportError, AttributeError) as e:
+        log.warning("no worker application (%s): inference is unavailable", e)
+        build_infer_app = None
+    if build_infer_app is not None:
+        serve.run(
+            build_infer_app(settings, local_url(settings)),
+            name=INFER_APP,
+            route_prefix=INFER_PREFIX,
+        )
+        apps.append(INFER_APP)
+    serve.run(
+        build_control_app(settings, with_workers=build_infer_app is not None),
+        name=CONTROL_APP,
+        route_prefix="/",
+    )
+    apps.append(CONTROL_APP)
+    return apps

@@ -1,0 +1,654 @@
+"""The Python client: the trusted end of infaas, on the caller's machine.
+
+Everything confidential happens here or in an attested worker::
+
+    from infaas import Client
+
+    client = Client.from_credentials("data/credentials/demo.json")
+    result = client.infer(task="digits", inputs=x, latency_ms=50, min_accuracy=0.9)
+    result.outputs, result.variant_id, result.measurement, result.simulated_tee
+
+- Before handing the key service any key, the client attests it
+  (`attest_keyservice`): the service's quote must verify to a trusted root and
+  carry the expected measurement, and bind the service's public key to a fresh
+  nonce. Keys are then HPKE-sealed to that key.
+- `infer` seals an Open Inference Protocol v2 body under the tenant's request
+  key (task and SLO are authenticated associated data), and opens the sealed
+  answer, checking that it answers this request, this task and this SLO.
+- `upload_model` generates a data key, gives it only to the attested key
+  service, seals the ONNX bytes and the validation set under it and registers
+  the model. The control plane sees ciphertext and metadata only.
+
+Errors come back as the same `infaas.errors` types the server raised (the
+problem body's `code`, through `error_from_code`). Credentials (API token,
+key-service token, request key) save to and load from a 0600 JSON file.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import secrets
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import httpx
+import numpy as np
+from pydantic import BaseModel, TypeAdapter
+
+from infaas.attestation.policy import AttestationPolicy
+from infaas.attestation.verifier import AttestationVerifier
+from infaas.attestation.verify import load_roots
+from infaas.envelope import new_key, open_response, seal_artifact, seal_request
+from infaas.errors import (
+    AttestationFailed,
+    AuthenticationFailed,
+    DecryptionFailed,
+    InfaasError,
+    InvalidInput,
+    PayloadTooLarge,
+    error_from_code,
+)
+from infaas.keyservice.client import HttpKeyService, KeyServiceClient
+from infaas.protocol import DTYPES, decode_response, encode_request
+from infaas.types import Task, TensorSpec
+from infaas.wire import (
+    CreateTenantRequest,
+    Credentials,
+    InferRequest,
+    InferResponse,
+    JobStatus,
+    ModelInfo,
+    RegisterModelRequest,
+)
+
+_M = TypeVar("_M", bound=BaseModel)
+Role = Literal["tenant", "owner", "admin"]
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+@dataclass(frozen=True)
+class KeyServiceTrust:
+    """What a client expects of the key service: its measurement and the roots it trusts.
+
+    `roots_pem` is the simulated platform CA's certificate for a simulated
+    deployment (then `allow_simulated` must be set: such evidence is not
+    confidential) or Intel's root for hardware.
+    """
+
+    measurement: str
+    roots_pem: bytes
+    allow_simulated: bool = False
+
+    def policy(self) -> AttestationPolicy:
+        return AttestationPolicy(
+            allow_simulated=self.allow_simulated,
+            allowed_measurements=(self.measurement.lower(),),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "measurement": self.measurement,
+            "roots_pem": self.roots_pem.decode(),
+            "allow_simulated": self.allow_simulated,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> KeyServiceTrust:
+        return cls(
+            measurement=str(data["measurement"]),
+            roots_pem=str(data["roots_pem"]).encode(),
+            allow_simulated=bool(data.get("allow_simulated", False)),
+        )
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """Decrypted outputs of one request and what served it."""
+
+    outputs: np.ndarray
+    """The task's output tensor (e.g. logits), batch axis first."""
+    variant_id: str
+    pool: str
+    measurement: str
+    """Hex measurement of the worker that served it (bound into the sealed answer)."""
+    simulated_tee: bool
+    latency_ms: float
+    queue_ms: float
+    batch_size: int
+    request_id: str
+    all_outputs: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+
+
+class Client:
+    """A synchronous infaas client (httpx). Use as a context manager or call `close()`."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_URL,
+        *,
+        api_token: str | None = None,
+        ks_token: str | None = None,
+        principal: str | None = None,
+        role: Role | None = None,
+        request_key: bytes | None = None,
+        key_id: str | None = None,
+        keyservice: KeyServiceTrust | None = None,
+        timeout_s: float = 120.0,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.api_token = api_token
+        self.ks_token = ks_token
+        self.principal = principal or (api_token.rpartition(".")[0] if api_token else None)
+        self.role = role
+        self.key_id = key_id
+        self._request_key = request_key
+        self.keyservice = keyservice
+        self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout_s)
+        self._owns_http = http is None
+        self._ks: KeyServiceClient | None = None
+        self._tasks: dict[str, Task] = {}
+
+    def __repr__(self) -> str:  # never show tokens or keys
+        return f"Client({self.base_url!r}, principal={self.principal!r}, role={self.role!r})"
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    # -- credentials ------------------------------------------------------------------------
+
+    def credentials(self) -> dict[str, Any]:
+        """What `save_credentials` writes (secrets included: keep it private)."""
+        return {
+            "base_url": self.base_url,
+            "principal": self.principal,
+            "role": self.role,
+            "api_token": self.api_token,
+            "ks_token": self.ks_token,
+            "key_id": self.key_id,
+            "request_key": base64.b64encode(self._request_key).decode()
+            if self._request_key
+            else None,
+            "keyservice": self.keyservice.to_json() if self.keyservice else None,
+        }
+
+    def save_credentials(self, path: str | os.PathLike[str]) -> Path:
+        """Write the credentials to `path` with mode 0600 (atomically, never world-readable)."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.credentials(), f, indent=2)
+            os.replace(tmp, p)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.chmod(p, 0o600)
+        return p
+
+    @classmethod
+    def from_credentials(
+        cls, path: str | os.PathLike[str], *, base_url: str | None = None, **kwargs: Any
+    ) -> Client:
+        """A client from a credentials file (refused if others can read it)."""
+        p = Path(path)
+        mode = p.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise AuthenticationFailed(
+                f"credentials file {p} is readable by others (mode {mode:o}); chmod 600 it"
+            )
+        data = json.loads(p.read_text())
+        key = data.get("request_key")
+        ks = data.get("keyservice")
+        return cls(
+            base_url or data.get("base_url") or DEFAULT_URL,
+            api_token=data.get("api_token"),
+            ks_token=data.get("ks_token"),
+            principal=data.get("principal"),
+            role=data.get("role"),
+            request_key=base64.b64decode(key) if key else None,
+            key_id=data.get("key_id"),
+            keyservice=KeyServiceTrust.from_json(ks) if ks else None,
+            **kwargs,
+        )
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        content: bytes | None = None,
+        params: Mapping[str, str] | None = None,
+        auth: bool = True,
+    ) -> httpx.Response:
+        headers = {"Accept": "application/json"}
+        if auth and self.api_token:
+            headers["Authorization"] = f"Bearer {self.api_token}"
+        if content is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            r = self._http.request(
+                method, path, json=json_body, content=content, params=params, headers=headers
+            )
+        except httpx.TransportError as e:
+            raise InfaasError(
+                f"cannot reach infaas at {self.base_url}: {type(e).__name__}: {e}"
+            ) from e
+        if r.status_code >= 400:
+            raise problem_error(r)
+        return r
+
+    def _get(self, path: str, cls: type[_M], **params: str) -> _M:
+        return cls.model_validate_json(self._request("GET", path, params=params or None).content)
+
+    # -- health and metadata ----------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        out: dict[str, Any] = self._request("GET", "/healthz", auth=False).json()
+        return out
+
+    def ready(self) -> bool:
+        """True when the control plane and the worker deployment answer."""
+        try:
+            self._request("GET", "/readyz", auth=False)
+        except InfaasError:
+            return False
+        return True
+
+    def tasks(self) -> list[Task]:
+        tasks = TypeAdapter(list[Task]).validate_json(self._request("GET", "/v1/tasks").content)
+        self._tasks = {t.name: t for t in tasks}
+        return tasks
+
+    def models(self, task: str | None = None) -> list[ModelInfo]:
+        params = {"task": task} if task else None
+        r = self._request("GET", "/v1/models", params=params)
+        return TypeAdapter(list[ModelInfo]).validate_json(r.content)
+
+    def model(self, model_id: str) -> ModelInfo:
+        return self._get(f"/v1/models/{model_id}", ModelInfo)
+
+    def job(self, model_id: str) -> JobStatus:
+        return self._get(f"/v1/jobs/{model_id}", JobStatus)
+
+    # -- principals (admin) -----------------------------------------------------------------
+
+    def create_tenant(self, tenant_id: str, name: str = "") -> Credentials:
+        """Admin: a new tenant and its API token (shown once)."""
+        body = CreateTenantRequest(tenant_id=tenant_id, name=name).model_dump_json()
+        r = self._request("POST", "/v1/tenants", content=body.encode())
+        return Credentials.model_validate_json(r.content)
+
+    def create_owner(self, owner_id: str, name: str = "") -> Credentials:
+        """Admin: a new model owner and its API token (shown once)."""
+        r = self._request("POST", "/v1/owners", json_body={"owner_id": owner_id, "name": name})
+        return Credentials.model_validate_json(r.content)
+
+    def with_credentials(self, creds: Credentials) -> Client:
+        """A client on the same server and key-service trust, acting as `creds`' principal."""
+        return Client(
+            self.base_url,
+            api_token=creds.token,
+            principal=creds.principal,
+            role=creds.role,
+            keyservice=self.keyservice,
+            timeout_s=self._http.timeout.read or 120.0,
+        )
+
+    # -- the key service --------------------------------------------------------------------
+
+    def attest_keyservice(
+        self,
+        trust: KeyServiceTrust | None = None,
+        *,
+        policy: AttestationPolicy | None = None,
+        measurement: str | bytes | None = None,
+        roots_pem: bytes | None = None,
+        allow_simulated: bool = False,
+    ) -> str:
+        """Verify the key service's evidence; returns its measurement (hex).
+
+        Give a `KeyServiceTrust`, or an expected `measurement` and trusted
+        `roots_pem`, or a full attestation `policy` (its roots, plus
+        `roots_pem` if given). Nothing is sent to the service before this passes.
+        """
+        if trust is None and policy is None and measurement is not None and roots_pem:
+            m = measurement.hex() if isinstance(measurement, bytes) else measurement
+            trust = KeyServiceTrust(m, roots_pem, allow_simulated)
+        trust = trust or (self.keyservice if policy is None else None)
+        if trust is not None:
+            policy = trust.policy()
+            roots = load_roots(trust.roots_pem)
+            self.keyservice = trust
+        elif policy is not None:
+            roots = load_roots(roots_pem) if roots_pem else []
+        else:
+            raise AttestationFailed(
+                "no expectation for the key service: give its measurement and trusted root "
+                "(or a policy) before sending it keys"
+            )
+        verifier = AttestationVerifier(policy, extra_roots=roots)
+        ks = KeyServiceClient(HttpKeyService(self._http), verifier)
+        ks.attest()
+        self._ks = ks
+        assert ks.verified is not None
+        return ks.verified.measurement.hex()
+
+    def _keyservice(self) -> KeyServiceClient:
+        if self._ks is None:
+            self.attest_keyservice()
+        assert self._ks is not None
+        return self._ks
+
+    def register_tenant(self, tenant_id: str | None = None, *, key_id: str | None = None) -> None:
+        """Register with the attested key service and establish a fresh request key.
+
+        The request key is generated here and leaves this process only sealed to
+        the attested key service (and, in `save_credentials`, to the 0600 file).
+        """
+        tenant = tenant_id or self.principal
+        if not tenant:
+            raise InvalidInput("which tenant? give tenant_id or an API token")
+        ks = self._keyservice()
+        if self.ks_token is None:
+            self.ks_token = ks.register(tenant, "tenant")
+        self.principal = tenant
+        self.rotate_request_key(key_id=key_id)
+
+    def rotate_request_key(self, *, key_id: str | None = None) -> str:
+        """Upload a new request key to the key service; new requests use it."""
+        if self.ks_token is None:
+            raise AuthenticationFailed("no key service token: call register_tenant first")
+        kid = key_id or f"rk-{int(time.time())}-{secrets.token_hex(3)}"
+        key = new_key()
+        self._keyservice().upload_tenant_key(self.ks_token, kid, key)
+        self._request_key, self.key_id = key, kid
+        return kid
+
+    def register_owner(self, owner_id: str | None = None) -> None:
+        """Register as a model owner with the attested key service."""
+        owner = owner_id or self.principal
+        if not owner:
+            raise InvalidInput("which owner? give owner_id or an API token")
+        if self.ks_token is None:
+            self.ks_token = self._keyservice().register(owner, "owner")
+        self.principal = owner
+
+    def _owner_ks_token(self) -> str:
+        if self.ks_token is None:
+            raise AuthenticationFailed("no key service token: call register_owner first")
+        return self.ks_token
+
+    def grant(self, model_id: str, tenant: str) -> None:
+        """Let `tenant` use `model_id` (the key service then releases its key for it)."""
+        self._keyservice().grant(self._owner_ks_token(), model_id, tenant)
+
+    def revoke(self, model_id: str, tenant: str) -> None:
+        self._keyservice().revoke(self._owner_ks_token(), model_id, tenant)
+
+    # -- models (owner) ---------------------------------------------------------------------
+
+    def upload_model(
+        self,
+        model_id: str,
+        task: str,
+        architecture: str,
+        onnx_bytes: bytes,
+        validation_x: np.ndarray,
+        validation_y: np.ndarray | None = None,
+        *,
+        num_classes: int,
+        input_spec: TensorSpec | None = None,
+        input_name: str = "x",
+        declared_accuracy: float | None = None,
+    ) -> JobStatus:
+        """Seal and register an FP32 ONNX model; returns the queued preparation job.
+
+        A fresh data key goes to the attested key service only; the ONNX bytes and
+        the validation set (``x``, and ``y`` labels if given, as .npz) are sealed
+        under it with their names (`model_id`, ``model_id + ".validation"``) bound.
+        """
+        x = np.asarray(validation_x)
+        spec = input_spec or TensorSpec(name=input_name, shape=tuple(int(d) for d in x.shape[1:]))
+        if tuple(x.shape[1:]) != spec.shape:
+            raise InvalidInput(
+                f"validation inputs have per-sample shape {list(x.shape[1:])}, "
+                f"the input spec says {list(spec.shape)}"
+            )
+        if validation_y is not None and len(validation_y) != len(x):
+            raise InvalidInput(f"{len(x)} validation inputs but {len(validation_y)} labels")
+        buf = io.BytesIO()
+        arrays = {"x": x.astype(DTYPES[spec.datatype], copy=False)}
+        if validation_y is not None:
+            arrays["y"] = np.asarray(validation_y, dtype=np.int64)
+        np.savez(buf, **arrays)  # type: ignore[arg-type]
+        data_key = new_key()
+        key_id = f"dk-{int(time.time())}-{secrets.token_hex(3)}"
+        self._keyservice().upload_model_key(self._owner_ks_token(), model_id, key_id, data_key)
+        body = RegisterModelRequest(
+            model_id=model_id,
+            task=task,
+            architecture=architecture,
+            input=spec,
+            num_classes=num_classes,
+            declared_accuracy=declared_accuracy,
+            key_id=key_id,
+            artifact=bytes(seal_artifact(data_key, key_id, model_id, onnx_bytes)),
+            validation=bytes(
+                seal_artifact(data_key, key_id, f"{model_id}.validation", buf.getvalue())
+            ),
+        )
+        del data_key
+        r = self._request("POST", "/v1/models", content=body.model_dump_json().encode())
+        return JobStatus.model_validate_json(r.content)
+
+    def wait_ready(
+        self,
+        model_id: str,
+        *,
+        timeout_s: float = 1800.0,
+        poll_s: float = 0.5,
+        progress: bool = True,
+    ) -> JobStatus:
+        """Poll the model's job until ready; raise the failure if it fails or times out."""
+        deadline = time.monotonic() + timeout_s
+        bar: Any = None
+        task_id: Any = None
+        if progress:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            bar = Progress(
+                TextColumn("[bold]{task.fields[model]}[/bold] {task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeElapsedColumn(),
+            )
+            bar.start()
+            task_id = bar.add_task("queued", total=None, model=model_id)
+        try:
+            while True:
+                job = self.job(model_id)
+                if bar is not None:
+                    bar.update(
+                        task_id,
+                        description=f"{job.state} {job.message}".strip()[:60],
+                        completed=job.done,
+                        total=job.total or None,
+                    )
+                if job.state == "ready":
+                    return job
+                if job.state == "failed":
+                    raise InfaasError(
+                        f"preparing model {model_id!r} failed: {job.message}", model_id=model_id
+                    )
+                if time.monotonic() > deadline:
+                    raise InfaasError(
+                        f"model {model_id!r} not ready after {timeout_s:.0f} s "
+                        f"({job.state}, {job.done}/{job.total})",
+                        model_id=model_id,
+                    )
+                time.sleep(poll_s)
+        finally:
+            if bar is not None:
+                bar.stop()
+
+    # -- inference (tenant) -----------------------------------------------------------------
+
+    def _task(self, name: str) -> Task:
+        if name not in self._tasks:
+            self.tasks()
+        try:
+            return self._tasks[name]
+        except KeyError:
+            raise InvalidInput(
+                f"unknown task {name!r}; known: {sorted(self._tasks)}", task=name
+            ) from None
+
+    def seal_infer(
+        self,
+        *,
+        task: str,
+        inputs: np.ndarray | Mapping[str, np.ndarray],
+        latency_ms: float,
+        min_accuracy: float = 0.0,
+        architecture: str | None = None,
+        variant_id: str | None = None,
+        request_id: str | None = None,
+        cast: bool = True,
+        binary: bool = True,
+        plaintext: bytes | None = None,
+    ) -> InferRequest:
+        """The sealed request `infer` would send (tests use it to tamper or replay)."""
+        if self._request_key is None or self.key_id is None or self.principal is None:
+            raise AuthenticationFailed("no request key: call register_tenant or load credentials")
+        rid = request_id or str(uuid.uuid4())
+        if plaintext is None:
+            if isinstance(inputs, Mapping):
+                named = {k: np.asarray(v) for k, v in inputs.items()}
+            else:
+                spec = self._task(task).input
+                arr = np.asarray(inputs)
+                want = DTYPES[spec.datatype]
+                if cast and arr.dtype != want and arr.dtype.kind == want.kind:
+                    arr = arr.astype(want)
+                named = {spec.name: arr}
+            plaintext = encode_request(named, rid, binary=binary)
+        envelope = seal_request(
+            {self.key_id: self._request_key},
+            plaintext,
+            tenant=self.principal,
+            task=task,
+            latency_ms=latency_ms,
+            min_accuracy=min_accuracy,
+            request_id=rid,
+            key_id=self.key_id,
+        )
+        return InferRequest(envelope=envelope, architecture=architecture, variant_id=variant_id)
+
+    def send_infer(self, request: InferRequest | bytes) -> InferResponse:
+        """POST a sealed request (or raw body bytes) to /v1/infer; the sealed answer."""
+        raw = request if isinstance(request, bytes) else request.model_dump_json().encode()
+        r = self._request("POST", "/v1/infer", content=raw)
+        return InferResponse.model_validate_json(r.content)
+
+    def open_infer(self, request: InferRequest, response: InferResponse) -> InferResult:
+        """Decrypt an answer and check it answers `request` (same id, tenant, task, SLO)."""
+        if self._request_key is None or self.key_id is None:
+            raise AuthenticationFailed("no request key")
+        req, env = request.envelope, response.envelope
+        plain = open_response(
+            env, {self.key_id: self._request_key}, request_id=req.request_id, tenant=req.tenant
+        )
+        # the clear metadata beside the envelope must agree with the authenticated one
+        if (env.task, env.latency_ms, env.min_accuracy) != (
+            req.task,
+            req.latency_ms,
+            req.min_accuracy,
+        ):
+            raise DecryptionFailed("response answers another task or SLO than was asked")
+        if env.variant_id != response.variant_id or env.measurement != response.measurement:
+            raise DecryptionFailed("response metadata disagrees with its sealed envelope")
+        meta, outputs = decode_response(bytes(plain))
+        if meta.id is not None and meta.id != req.request_id:
+            raise DecryptionFailed("response body answers another request id")
+        if not outputs:
+            raise InvalidInput("response carries no outputs")
+        task = self._tasks.get(req.task)
+        name = task.output_name if task and task.output_name in outputs else next(iter(outputs))
+        return InferResult(
+            outputs=outputs[name],
+            variant_id=response.variant_id,
+            pool=response.pool,
+            measurement=response.measurement,
+            simulated_tee=response.simulated_tee,
+            latency_ms=response.latency_ms,
+            queue_ms=response.queue_ms,
+            batch_size=response.batch_size,
+            request_id=req.request_id,
+            all_outputs=outputs,
+        )
+
+    def infer(
+        self,
+        *,
+        task: str,
+        inputs: np.ndarray | Mapping[str, np.ndarray],
+        latency_ms: float,
+        min_accuracy: float = 0.0,
+        architecture: str | None = None,
+        variant_id: str | None = None,
+    ) -> InferResult:
+        """Run `inputs` (a batch, ``(n, *task input shape)``) under an SLO, confidentially."""
+        request = self.seal_infer(
+            task=task,
+            inputs=inputs,
+            latency_ms=latency_ms,
+            min_accuracy=min_accuracy,
+            architecture=architecture,
+            variant_id=variant_id,
+        )
+        return self.open_infer(request, self.send_infer(request))
+
+
+def problem_error(response: httpx.Response) -> InfaasError:
+    """The typed infaas error an error response carries (its problem body's `code`)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "code" in body:
+        detail = body.get("detail")
+        return error_from_code(
+            str(body["code"]),
+            str(body.get("message", "")),
+            detail if isinstance(detail, dict) else None,
+        )
+    status = response.status_code
+    text = response.text[:200]
+    if status == 413:
+        return PayloadTooLarge(f"request too large (HTTP 413): {text}")
+    if status == 401:
+        return AuthenticationFailed(f"HTTP 401: {text}")
+    if status in (400, 422):
+        return InvalidInput(f"HTTP {status}: {text}")
+    return InfaasError(f"HTTP {status} from {response.request.url.path}: {text}")
