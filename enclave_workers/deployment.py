@@ -1,0 +1,130 @@
+"""The EnclaveWorker Ray Serve deployment: the inference endpoint and the model preparer.
+
+Layout of a deployment (the CLI composes the applications)::
+
+    application "keyservice"  the key service (attested key custody)
+    application "control"     route "/"          the control API (FastAPI ingress)
+    application "infer"       route "/v1/infer"  EnclaveWorker replicas (this module)
+
+An inference request goes proxy -> EnclaveWorker replica, which authenticates,
+selects the variant, decrypts, batches, runs and seals (`WorkerRuntime`): the
+same number of hops as plain Ray Serve. The control API reaches the workers
+through a handle for everything else::
+
+    handle = serve.get_app_handle("infer")
+    job = await handle.prepare_model.remote(model_id)   # -> infaas.wire.JobStatus
+    info = await handle.status.remote()                  # -> dict (see WorkerRuntime.status)
+
+Each replica reserves its pool's resources (`settings.pools[0]` unless named),
+accepts more concurrent requests than its largest batch (so batches can fill),
+and talks to the key service over HTTP (`HttpKeyService`), proving itself with
+fresh evidence of its measurement (`worker_measurement`) at every key release.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from ray import serve
+from ray.serve import Application
+
+from infaas.artifacts import ArtifactStore
+from infaas.attestation.deployment import create_tee
+from infaas.keyservice import HttpKeyService
+from infaas.settings import Pool, Settings
+from infaas.store import open_store
+from infaas.wire import JobStatus
+
+from enclave_workers.endpoint import create_worker_app
+from enclave_workers.measurement import worker_measurement
+from enclave_workers.runtime import DEFAULT_MEMORY_BUDGET_BYTES, WorkerRuntime
+
+log = logging.getLogger("infaas.enclave_workers.deployment")
+
+APP_NAME = "infer"
+ROUTE_PREFIX = "/v1/infer"
+DEPLOYMENT_NAME = "EnclaveWorker"
+
+
+class EnclaveWorker:
+    """One worker replica: a `WorkerRuntime` behind FastAPI, plus handle methods."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        keyservice_url: str,
+        pool_name: str | None = None,
+        memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+        batch_wait_ms: float = 0.0,
+    ) -> None:
+        pool = settings.pool(pool_name) if pool_name else settings.pools[0]
+        store = open_store(settings.resolved_store_url)
+        artifacts = ArtifactStore(settings.data_dir / "artifacts")
+        tee = create_tee(settings, worker_measurement(settings))
+        transport = HttpKeyService(httpx.Client(base_url=keyservice_url, timeout=30.0))
+        self._settings = settings
+        self._runtime = WorkerRuntime(
+            settings,
+            store,
+            artifacts,
+            transport,
+            tee,
+            pool=pool,
+            memory_budget_bytes=memory_budget_bytes,
+            batch_wait_ms=batch_wait_ms,
+        )
+        self._runtime.start()
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_worker_app(self._runtime, max_request_bytes=self._settings.max_request_bytes)
+
+    async def prepare_model(self, model_id: str) -> JobStatus:
+        """Generate, profile and register a stored model's variants (in a thread)."""
+        return await asyncio.to_thread(self._runtime.prepare_model, model_id)
+
+    async def status(self) -> dict[str, Any]:
+        """Measurement, TEE kind, attestation time, packer, queues, counters."""
+        return self._runtime.status()
+
+
+def deployment_options(pool: Pool, max_batch: int, num_replicas: int) -> dict[str, Any]:
+    """Ray Serve options of EnclaveWorker on `pool` (pure; see the module docstring)."""
+    actor: dict[str, Any] = {"num_cpus": pool.num_cpus}
+    if pool.num_gpus:
+        actor["num_gpus"] = pool.num_gpus
+    if pool.custom_resources:
+        actor["resources"] = dict(pool.custom_resources)
+    return {
+        "name": DEPLOYMENT_NAME,
+        "num_replicas": num_replicas,
+        "ray_actor_options": actor,
+        # requests must be able to queue at the replica for a batch to fill
+        "max_ongoing_requests": max(4 * max_batch, 16),
+        "health_check_period_s": 10.0,
+    }
+
+
+def build_infer_app(
+    settings: Settings,
+    keyservice_url: str,
+    *,
+    pool_name: str | None = None,
+    num_replicas: int = 1,
+    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+    batch_wait_ms: float = 0.0,
+) -> Application:
+    """The "infer" application; run it with ``serve.run(app, name=APP_NAME,
+    route_prefix=ROUTE_PREFIX)``. `keyservice_url` is the HTTP base URL of the
+    key service (e.g. ``http://127.0.0.1:8000``)."""
+    pool = settings.pool(pool_name) if pool_name else settings.pools[0]
+    max_batch = max(settings.profiler.batch_sizes)
+    ingress = serve.ingress()(EnclaveWorker)
+    deployment = serve.deployment(**deployment_options(pool, max_batch, num_replicas))(ingress)
+    app: Application = deployment.bind(
+        settings, keyservice_url, pool.name, memory_budget_bytes, batch_wait_ms
+    )
+    return app

@@ -1,0 +1,216 @@
+"""Model preparation inside the worker: decrypt, generate variants, profile, seal, record.
+
+After the control ingress stored a registration (the sealed FP32 artifact under
+``model_id``, the sealed validation ``.npz`` under ``f"{model_id}.validation"``,
+the `ModelRecord` and its `Task`), a worker:
+
+1. gets the model's data key from the key service (attested release);
+2. decrypts both artifacts in memory (the weights and the owner's data never
+   touch disk in plaintext);
+3. generates the variants (`variants.generate`), calibrating INT8 on the
+   first samples of the validation inputs;
+4. measures each (`profiler.profile.profile_variant`): accuracy on the labels
+   when the set has ``y``, else declared accuracy times agreement with FP32;
+5. seals each variant's ONNX under the model's data key with the variant id as
+   the artifact name, and stores its `VariantSpec` and `Profile`.
+
+Progress is a `JobStatus` JSON record in the store's ``"jobs"`` namespace under
+the model id: queued -> running (done/total) -> ready | failed. The store is
+untrusted, so the job's message says what failed, never what the data was.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from infaas.artifacts import ArtifactStore
+from infaas.envelope import artifact_key_id, open_artifact, seal_artifact
+from infaas.errors import InfaasError, InvalidInput, InvalidModel, VariantUnsupported
+from infaas.settings import Settings
+from infaas.store import MetadataStore
+from infaas.types import ModelRecord, Precision, Task, VariantSpec
+from infaas.wire import JobStatus
+from profiler.profile import ProfileOptions, profile_variant
+from variants.generate import GeneratedVariant, generate_variants
+
+log = logging.getLogger("infaas.enclave_workers.preparation")
+
+JOBS_NAMESPACE = "jobs"
+
+KeySource = Callable[[str, str], bytes]
+"""(model id, key id) -> the model's data key (blocking; the worker's key cache)."""
+
+
+def validation_artifact(model_id: str) -> str:
+    """Artifact name (and sealing name) of a model's validation set."""
+    return f"{model_id}.validation"
+
+
+def read_job(store: MetadataStore, model_id: str) -> JobStatus | None:
+    """The preparation status of a model, if one was ever written."""
+    raw = store.get_record(JOBS_NAMESPACE, model_id)
+    return None if raw is None else JobStatus.model_validate_json(raw)
+
+
+def write_job(store: MetadataStore, job: JobStatus) -> JobStatus:
+    """Store a job status (stamped with the current time); returns what was stored."""
+    job = job.model_copy(update={"updated_at": time.time()})
+    store.put_record(JOBS_NAMESPACE, job.model_id, job.model_dump_json().encode())
+    return job
+
+
+def wipe(buf: bytearray) -> None:
+    """Overwrite a plaintext buffer in place."""
+    buf[:] = bytes(len(buf))
+
+
+@dataclass(frozen=True)
+class PreparationOptions:
+    """How a worker prepares a model: pool, largest batch and profiling effort."""
+
+    pool: str
+    max_batch: int
+    profile: ProfileOptions
+    validation_samples: int
+    calibration_samples: int
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, pool: str | None = None, quick: bool = False
+    ) -> PreparationOptions:
+        p = settings.profiler
+        return cls(
+            pool=pool or settings.pools[0].name,
+            max_batch=max(p.batch_sizes),
+            profile=ProfileOptions.from_settings(p, quick=quick),
+            validation_samples=p.validation_samples,
+            calibration_samples=p.calibration_samples,
+        )
+
+
+def _open(
+    artifacts: ArtifactStore, name: str, model_id: str, keys: KeySource
+) -> tuple[bytearray, str, bytes]:
+    """Decrypt artifact `name` of `model_id`: (plaintext, key id, data key)."""
+    blob = artifacts.get(name)
+    key_id = artifact_key_id(blob)
+    data_key = keys(model_id, key_id)
+    return open_artifact({key_id: data_key}, name, blob), key_id, data_key
+
+
+def _validation(npz: bytearray, task: Task) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        with np.load(io.BytesIO(npz), allow_pickle=False) as z:
+            if "x" not in z.files:
+                raise InvalidInput("the validation set has no 'x' array")
+            x = np.asarray(z["x"])
+            y = np.asarray(z["y"]) if "y" in z.files else None
+    except (ValueError, OSError) as e:
+        raise InvalidInput(f"the validation set is not a readable .npz: {type(e).__name__}") from e
+    if x.ndim != len(task.input.shape) + 1 or tuple(x.shape[1:]) != task.input.shape:
+        raise InvalidInput(
+            f"validation inputs have shape {list(x.shape)}, the task {task.name!r} takes "
+            f"[n, {', '.join(map(str, task.input.shape))}]"
+        )
+    if len(x) < 1:
+        raise InvalidInput("the validation set is empty")
+    return x.astype(np.float32, copy=False), y
+
+
+def prepare_model(
+    model_id: str,
+    *,
+    store: MetadataStore,
+    artifacts: ArtifactStore,
+    keys: KeySource,
+    options: PreparationOptions,
+) -> JobStatus:
+    """Generate, profile, seal and register every variant of a registered model.
+
+    Returns the final job status (ready or failed) and stores it under
+    ``jobs/<model_id>``. Never raises for a problem with the model itself: the
+    job says it failed and why.
+    """
+    job = write_job(store, JobStatus(model_id=model_id, state="running", message="decrypting"))
+    try:
+        record = store.get_model(model_id)
+        task = store.get_task(record.task)
+        return _prepare(record, task, store, artifacts, keys, options, job)
+    except InfaasError as e:
+        log.warning("preparing %s failed: %s", model_id, e.message)
+        return write_job(store, job.model_copy(update={"state": "failed", "message": e.message}))
+    except Exception as e:  # never let a model's problem take the worker down
+        log.exception("preparing %s failed unexpectedly", model_id)
+        msg = f"internal error while preparing the model ({type(e).__name__})"
+        return write_job(store, job.model_copy(update={"state": "failed", "message": msg}))
+
+
+def _prepare(
+    record: ModelRecord,
+    task: Task,
+    store: MetadataStore,
+    artifacts: ArtifactStore,
+    keys: KeySource,
+    options: PreparationOptions,
+    job: JobStatus,
+) -> JobStatus:
+    model_id = record.model_id
+    weights, blob_key_id, data_key = _open(artifacts, model_id, model_id, keys)
+    npz, _, _ = _open(artifacts, validation_artifact(model_id), model_id, keys)
+    try:
+        x, y = _validation(npz, task)
+    finally:
+        wipe(npz)
+    x = x[: options.validation_samples]
+    y = None if y is None else y[: options.validation_samples]
+    calibration = x[: options.calibration_samples]
+    try:
+        job = write_job(store, job.model_copy(update={"message": "generating variants"}))
+        generated = generate_variants(
+            record, bytes(weights), calibration, pool=options.pool, max_batch=options.max_batch
+        )
+    finally:
+        wipe(weights)
+    job = write_job(store, job.model_copy(update={"total": len(generated), "message": "profiling"}))
+    reference: np.ndarray | None = None
+    ready: list[VariantSpec] = []
+    skipped: list[str] = []
+    for v in generated:
+        if isinstance(v, GeneratedVariant):
+            try:
+                m = profile_variant(
+                    v.spec,
+                    v.onnx_bytes,
+                    x,
+                    labels=y,
+                    reference=reference,
+                    declared_accuracy=record.declared_accuracy,
+                    options=options.profile,
+                )
+            except (VariantUnsupported, InvalidModel) as e:
+                # this backend cannot run this variant here; bad owner data still fails the job
+                skipped.append(f"{v.spec.variant_id}: {e.message}")
+            else:
+                if reference is None and v.spec.precision is Precision.FP32:
+                    reference = m.predictions  # the FP32 onnxruntime variant comes first
+                sealed = seal_artifact(data_key, blob_key_id, v.spec.variant_id, v.onnx_bytes)
+                artifacts.put(v.spec.variant_id, sealed)
+                store.put_variant(v.spec)
+                store.put_profile(m.profile)
+                ready.append(v.spec)
+        else:
+            skipped.append(f"{v.spec.variant_id}: {v.reason}")
+        job = write_job(store, job.model_copy(update={"done": job.done + 1}))
+    if not ready:
+        raise InvalidInput(f"no variant of {model_id} could be profiled: {'; '.join(skipped)}")
+    message = f"{len(ready)} variant(s) ready"
+    if skipped:
+        message += f"; unsupported here: {'; '.join(skipped)}"
+    log.info("prepared %s: %s", model_id, message)
+    return write_job(store, job.model_copy(update={"state": "ready", "message": message}))

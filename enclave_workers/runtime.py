@@ -1,0 +1,546 @@
+"""The TEE worker runtime: one request from ciphertext in to ciphertext out.
+
+`WorkerRuntime` is plain Python (no Ray): the Ray Serve deployment
+(`enclave_workers.deployment`) and the unit tests drive the same object.
+
+For each `InferRequest`::
+
+    API token -> tenant            (TokenRegistry; must equal envelope.tenant, else 403)
+    select(candidates, query, SLO, this worker's load)        metadata only
+    tenant key for (tenant, chosen model)   cached; released by the key service only
+                                            to attested workers, only if granted
+    open_request (AES-GCM over the envelope metadata, time window, replay guard)
+    chosen variant's accuracy >= envelope.min_accuracy   (authenticated now: an
+                                            untrusted scheduler cannot downgrade)
+    decode OIP v2 against the task's input spec
+    packer.use(variant) -> DynamicBatcher (cross-tenant batch, bounded thread pool)
+    encode_response -> seal_response under the tenant's key, bound to variant + measurement
+
+The candidate set is rebuilt from the store at most every `refresh_s` seconds,
+off the request path. Replay protection is per-process memory first (cheap,
+synchronous) and the shared store second; the store write overlaps the
+inference and is awaited before the response is sealed, so a replay at another
+replica gets 409 and no output. Variants load through the `ModelPacker`:
+sealed artifact -> model key -> decrypt in memory -> session -> wipe.
+
+Every plaintext buffer (request body, model bytes) is wiped once used. Errors
+of one request are raised to its caller only; the batch, the packer and the
+other requests go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import hashlib
+import logging
+import math
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from infaas.artifacts import ArtifactStore
+from infaas.attestation import SIMULATED_LABEL
+from infaas.attestation.backends import EvidenceGenerator
+from infaas.auth import TokenRegistry
+from infaas.envelope import (
+    MemoryReplayGuard,
+    StoreReplayGuard,
+    artifact_key_id,
+    open_artifact,
+    open_request,
+    seal_response,
+)
+from infaas.errors import (
+    DecryptionFailed,
+    InfaasError,
+    InvalidInput,
+    NoFeasibleVariant,
+    PermissionDenied,
+)
+from infaas.keyservice import KeyServiceTransport, WorkerKeyClient
+from infaas.protocol import BINARY_MAGIC, decode_request, encode_response
+from infaas.settings import Pool, Settings
+from infaas.store import MetadataStore
+from infaas.types import SLO, Task
+from infaas.wire import InferRequest, InferResponse, JobStatus
+from scheduler.load import LoadSnapshot, VariantLoad
+from scheduler.policy import Candidate, CandidateSet, Query, QueryKind, Selection, select
+from variants.runtime import LoadedVariant, load_variant
+
+from enclave_workers.batcher import DynamicBatcher, batch_limit
+from enclave_workers.keycache import KeyCache
+from enclave_workers.packer import ModelPacker
+from enclave_workers.preparation import PreparationOptions, prepare_model, read_job, wipe
+
+log = logging.getLogger("infaas.enclave_workers")
+
+DEFAULT_MEMORY_BUDGET_BYTES = 4 * 1024**3
+
+
+class _BatchOutput(np.ndarray):  # type: ignore[type-arg]
+    """Outputs of one batch, remembering its size and start; slices keep both."""
+
+    batch_size: int
+    started: float
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.batch_size = getattr(obj, "batch_size", 0)
+        self.started = getattr(obj, "started", 0.0)
+
+
+def _scrub_bytes(data: bytes) -> None:
+    """Best-effort zeroing of an immutable bytes copy of plaintext (CPython only).
+
+    The runtimes take `bytes`, not a wipeable buffer; once the session is built
+    (both copy what they parse) the copy is dead weight that holds weights.
+    """
+    if sys.implementation.name != "cpython" or not data:
+        return
+    offset = sys.getsizeof(b"") - 1  # ob_sval within a PyBytesObject
+    ctypes.memset(id(data) + offset, 0, len(data))
+
+
+@dataclass
+class _VariantState:
+    """This worker's live state of one variant."""
+
+    batcher: DynamicBatcher
+    loop: asyncio.AbstractEventLoop
+    live: LoadedVariant | None = None
+    outstanding: int = 0
+    served: int = 0
+
+
+class _LiveLoads(Mapping[str, VariantLoad]):
+    """This worker's load per variant, computed when the scheduler asks (no copying)."""
+
+    def __init__(self, runtime: WorkerRuntime) -> None:
+        self._rt = runtime
+
+    def __getitem__(self, variant_id: str) -> VariantLoad:
+        st = self._rt._states.get(variant_id)
+        loaded = 1 if self._rt._packer.is_loaded(variant_id) else 0
+        return VariantLoad(
+            replicas=1, loaded_replicas=loaded, outstanding=st.outstanding if st else 0
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._rt._states))
+
+    def __len__(self) -> int:
+        return len(self._rt._states)
+
+
+class WorkerRuntime:
+    """Serves sealed inference requests and prepares registered models, inside a TEE."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: MetadataStore,
+        artifacts: ArtifactStore,
+        key_transport: KeyServiceTransport,
+        tee: EvidenceGenerator,
+        *,
+        pool: Pool | None = None,
+        memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+        inference_threads: int | None = None,
+        batch_wait_ms: float = 0.0,
+        refresh_s: float = 2.0,
+        tenant_key_ttl_s: float = 60.0,
+        token_cache_s: float = 5.0,
+        shared_replay_guard: bool = True,
+        preparation: PreparationOptions | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.artifacts = artifacts
+        self.tee = tee
+        self.pool = pool or settings.pools[0]
+        self.measurement = tee.measurement
+        self._keys = KeyCache(WorkerKeyClient(key_transport, tee), tenant_ttl_s=tenant_key_ttl_s)
+        self._tokens = TokenRegistry(store)
+        self._token_cache: dict[str, tuple[str, float]] = {}
+        self._token_cache_s = token_cache_s
+        self._memory_replay = MemoryReplayGuard(settings.request_window_s)
+        self._store_replay = (
+            StoreReplayGuard(store, settings.request_window_s) if shared_replay_guard else None
+        )
+        threads = inference_threads or max(1, math.ceil(self.pool.num_cpus))
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="infaas-infer")
+        self._packer: ModelPacker[LoadedVariant] = ModelPacker(memory_budget_bytes, self._load)
+        self._states: dict[str, _VariantState] = {}
+        self._loads = _LiveLoads(self)
+        self._batch_wait_ms = batch_wait_ms
+        self._candidates = CandidateSet([])
+        self._tasks: dict[str, Task] = {}
+        self._refresh_s = refresh_s
+        self._refreshed_at = -math.inf
+        self._refreshing = False
+        self._refresh_lock = threading.Lock()
+        self._denied: dict[tuple[str, str], float] = {}
+        self._preparing: dict[str, threading.Lock] = {}
+        self._preparing_guard = threading.Lock()
+        self._preparation = preparation or PreparationOptions.from_settings(
+            settings, pool=self.pool.name
+        )
+        self.started_at = time.time()
+        self.requests_served = 0
+        self.errors: Counter[str] = Counter()
+        if tee.simulated:
+            log.warning("worker runs on %s", tee.status())
+
+    def __repr__(self) -> str:
+        return f"WorkerRuntime(pool={self.pool.name!r}, tee={self.tee.status()!r})"
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Load the candidate set and fetch the model keys it needs (attested release).
+
+        Key prefetch is best effort: a key service that is not up yet only
+        moves the first release to the first request.
+        """
+        self.refresh_candidates()
+        models = sorted({c.spec.model_id for c in self._candidates})
+        if not models:
+            return
+        try:
+            n = self._keys.prefetch_models(models)
+            log.info("attested to the key service; %d model key(s) released", n)
+        except InfaasError as e:
+            log.warning("model key prefetch failed (%s): %s", e.code, e.message)
+        except OSError as e:  # key service unreachable
+            log.warning("model key prefetch failed: %s", type(e).__name__)
+
+    async def close(self) -> None:
+        for st in list(self._states.values()):
+            if st.loop is asyncio.get_running_loop():
+                await st.batcher.close()
+        self._states.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- candidates ---------------------------------------------------------------------
+
+    def refresh_candidates(self) -> None:
+        """Rebuild the candidate set and task table from the store (blocking)."""
+        with self._refresh_lock:
+            variants = self.store.list_variants()
+            profiles = self.store.list_profiles()
+            tasks = {t.name: t for t in self.store.list_tasks()}
+            candidates = CandidateSet.build(variants, profiles, [self.pool])
+            self._candidates, self._tasks = candidates, tasks
+            self._refreshed_at = time.monotonic()
+
+    def _maybe_refresh(self) -> None:
+        if self._refreshing or time.monotonic() - self._refreshed_at < self._refresh_s:
+            return
+        self._refreshing = True
+
+        def run() -> None:
+            try:
+                self.refresh_candidates()
+            except Exception as e:  # a store hiccup must not stop serving the current set
+                log.warning("candidate refresh failed: %s", e)
+            finally:
+                self._refreshing = False
+
+        asyncio.get_running_loop().run_in_executor(None, run)
+
+    @property
+    def candidates(self) -> CandidateSet:
+        return self._candidates
+
+    # --- model preparation --------------------------------------------------------------
+
+    def prepare_model(self, model_id: str) -> JobStatus:
+        """Generate, profile and register the variants of a stored model (blocking).
+
+        A second call while this worker prepares the same model returns the
+        current status instead of starting again.
+        """
+        with self._preparing_guard:
+            lock = self._preparing.setdefault(model_id, threading.Lock())
+        if not lock.acquire(blocking=False):
+            job = read_job(self.store, model_id)
+            return job or JobStatus(model_id=model_id, state="running", updated_at=time.time())
+        try:
+            job = prepare_model(
+                model_id,
+                store=self.store,
+                artifacts=self.artifacts,
+                keys=lambda m, k: self._keys.model_key(m, k)[1],
+                options=self._preparation,
+            )
+            self.refresh_candidates()
+            return job
+        finally:
+            lock.release()
+
+    # --- loading variants ---------------------------------------------------------------
+
+    async def _load(self, variant_id: str) -> tuple[LoadedVariant, int]:
+        return await asyncio.to_thread(self._load_sync, variant_id)
+
+    def _load_sync(self, variant_id: str) -> tuple[LoadedVariant, int]:
+        cand = self._candidates.get(variant_id)
+        spec = cand.spec if cand is not None else self.store.get_variant(variant_id)
+        blob = self.artifacts.get(variant_id)
+        key_id = artifact_key_id(blob)
+        _, key = self._keys.model_key(spec.model_id, key_id)
+        plain = open_artifact({key_id: key}, variant_id, blob)
+        del blob
+        size = len(plain)
+        raw = b""
+        try:
+            raw = bytes(plain)  # onnxruntime and OpenVINO take bytes, not a buffer
+            loaded = load_variant(spec, raw, self.pool.threads_per_replica)
+        finally:
+            wipe(plain)
+            _scrub_bytes(raw)
+        peak = cand.profile.peak_memory_bytes if cand is not None else 0
+        log.info("loaded variant %s", variant_id)
+        return loaded, max(peak, 3 * size)
+
+    def _state(self, cand: Candidate) -> _VariantState:
+        loop = asyncio.get_running_loop()
+        st = self._states.get(cand.variant_id)
+        if st is None or st.loop is not loop:
+            holder: list[_VariantState] = []
+
+            def run(xs: np.ndarray) -> np.ndarray:
+                live = holder[0].live
+                if live is None:  # cannot happen: every queued request pins the variant
+                    raise InfaasError("variant is not loaded")
+                started = time.perf_counter()
+                out = np.asarray(live.run(xs)).view(_BatchOutput)
+                out.batch_size = int(xs.shape[0])
+                out.started = started
+                return out
+
+            batcher = DynamicBatcher(
+                run=run,
+                executor=self._executor,
+                max_batch=cand.max_batch,
+                max_wait_ms=self._batch_wait_ms,
+            )
+            old = st
+            st = _VariantState(batcher=batcher, loop=loop)
+            if old is not None:
+                st.served = old.served
+            holder.append(st)
+            self._states[cand.variant_id] = st
+        return st
+
+    async def _execute(self, cand: Candidate, x: np.ndarray, limit: int) -> tuple[Any, int, float]:
+        st = self._state(cand)
+        st.outstanding += 1
+        try:
+            async with self._packer.use(cand.variant_id) as loaded:
+                st.live = loaded
+                submitted = time.perf_counter()
+                out = await st.batcher.submit(x, limit)
+        finally:
+            st.outstanding -= 1
+        st.served += 1
+        batch = int(getattr(out, "batch_size", 0)) or int(x.shape[0])
+        started = float(getattr(out, "started", submitted))
+        return np.asarray(out), batch, max(0.0, (started - submitted) * 1e3)
+
+    # --- the request path ---------------------------------------------------------------
+
+    def _authenticate(self, token: str | None) -> str:
+        digest = hashlib.sha256((token or "").encode()).hexdigest()
+        hit = self._token_cache.get(digest)
+        now = time.monotonic()
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        principal = self._tokens.verify(token, "tenant").id
+        if len(self._token_cache) > 10_000:
+            self._token_cache.clear()
+        self._token_cache[digest] = (principal, now + self._token_cache_s)
+        return principal
+
+    def _is_denied(self, tenant: str, model_id: str) -> bool:
+        until = self._denied.get((tenant, model_id))
+        return until is not None and until > time.monotonic()
+
+    async def _choose(
+        self, request: InferRequest, query: Query, slo: SLO
+    ) -> tuple[Selection, bytes]:
+        """The cheapest feasible variant of a model the tenant may use, and the tenant's key."""
+        env = request.envelope
+        cands = self._candidates
+        load = LoadSnapshot(self._loads)
+        first = select(cands, query, slo, load)
+        tried: set[str] = set()
+        error: InfaasError = PermissionDenied(
+            f"tenant {env.tenant!r} may use no model that serves {query}", tenant=env.tenant
+        )
+        options: list[Selection | str] = [first]
+        if query.kind not in (QueryKind.VARIANT, QueryKind.MODEL):
+            options += [c.spec.model_id for c in cands.matching(query)]
+        for option in options:
+            model_id = option.candidate.spec.model_id if isinstance(option, Selection) else option
+            if model_id in tried:
+                continue
+            tried.add(model_id)
+            if self._is_denied(env.tenant, model_id):
+                continue
+            if isinstance(option, Selection):
+                selection = option
+            else:
+                try:
+                    selection = select(cands, Query.for_model(model_id), slo, load)
+                except NoFeasibleVariant as e:
+                    error = e
+                    continue
+            try:
+                key = await self._keys.tenant_key_async(env.tenant, model_id, env.key_id)
+            except PermissionDenied as e:
+                self._denied[(env.tenant, model_id)] = time.monotonic() + 5.0
+                error = e
+                continue
+            return selection, key
+        raise error
+
+    def _query(self, request: InferRequest) -> Query:
+        if request.variant_id is not None:
+            return Query.for_variant(request.variant_id)
+        if request.architecture is not None:
+            return Query.for_architecture(request.architecture)
+        return Query.for_task(request.envelope.task)
+
+    async def infer(self, request: InferRequest, token: str | None) -> InferResponse:
+        """Serve one sealed request (see the module docstring); InfaasError on refusal."""
+        t0 = time.perf_counter()
+        self._maybe_refresh()
+        try:
+            response = await self._infer(request, token, t0)
+        except InfaasError as e:
+            self.errors[e.code] += 1
+            raise
+        self.requests_served += 1
+        return response
+
+    async def _infer(self, request: InferRequest, token: str | None, t0: float) -> InferResponse:
+        env = request.envelope
+        if env.kind != "request":
+            raise DecryptionFailed("not a request envelope")
+        if self._authenticate(token) != env.tenant:
+            raise PermissionDenied("the API token belongs to another tenant than the envelope")
+        try:
+            slo = SLO(latency_ms=env.latency_ms, min_accuracy=env.min_accuracy)
+        except ValidationError as e:
+            raise InvalidInput(f"bad SLO in the envelope: {e.errors()[0]['msg']}") from None
+        query = self._query(request)
+        selection, key = await self._choose(request, query, slo)
+        cand = selection.candidate
+        if cand.spec.task != env.task:
+            raise InvalidInput(f"variant {cand.variant_id} serves task {cand.spec.task!r}")
+        keys = {env.key_id: key}
+        now = time.time()
+        plaintext = open_request(
+            env,
+            keys,
+            replay_guard=self._memory_replay,
+            window_s=self.settings.request_window_s,
+            now=now,
+        )
+        shared: asyncio.Future[None] | None = None
+        if self._store_replay is not None:
+            shared = asyncio.get_running_loop().run_in_executor(
+                None,
+                self._store_replay.check_and_record,
+                env.tenant,
+                env.request_id,
+                env.timestamp,
+                now,
+            )
+        try:
+            # the SLO is authenticated now: whatever chose the variant, it must meet it
+            if cand.accuracy < env.min_accuracy:
+                raise NoFeasibleVariant(
+                    f"variant {cand.variant_id} has accuracy {cand.accuracy:g}, below the "
+                    f"{env.min_accuracy:g} the request asks for",
+                    reason="accuracy",
+                )
+            task = self._tasks.get(cand.spec.task)
+            if task is None:
+                raise InvalidInput(f"task {cand.spec.task!r} is not registered")
+            binary = bytes(plaintext[: len(BINARY_MAGIC)]) == BINARY_MAGIC
+            oip, x = decode_request(plaintext, task.input, cand.max_batch)
+            limit = batch_limit(cand.profile.latency_model, env.latency_ms / 2, cand.max_batch)
+            out, batch, queue_ms = await self._execute(cand, x, limit)
+            body = encode_response(
+                {task.output_name: out},
+                model_name=cand.variant_id,
+                request_id=oip.id,
+                binary=binary,
+            )
+            if shared is not None:
+                await shared
+                shared = None
+            sealed = seal_response(
+                keys, env, body, variant_id=cand.variant_id, measurement=self.measurement
+            )
+        finally:
+            wipe(plaintext)
+            if shared is not None:  # an earlier error: still let the record land, quietly
+                shared.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return InferResponse(
+            envelope=sealed,
+            variant_id=cand.variant_id,
+            pool=self.pool.name,
+            measurement=self.measurement.hex(),
+            simulated_tee=self.tee.simulated,
+            latency_ms=(time.perf_counter() - t0) * 1e3,
+            queue_ms=queue_ms,
+            batch_size=batch,
+        )
+
+    # --- status -------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Health and dashboard view: no keys, no plaintext, only metadata."""
+        stats = self._packer.stats()
+        return {
+            "measurement": self.measurement.hex(),
+            "tee_backend": self.tee.name,
+            "simulated": self.tee.simulated,
+            "tee_status": self.tee.status(),
+            "warning": SIMULATED_LABEL if self.tee.simulated else "",
+            "attested_at": self._keys.last_release_at,
+            "key_releases": self._keys.releases,
+            "started_at": self.started_at,
+            "pool": self.pool.name,
+            "candidates": len(self._candidates),
+            "loaded_variants": list(stats.loaded),
+            "packer": {
+                "used_bytes": stats.used_bytes,
+                "budget_bytes": stats.budget_bytes,
+                "loads": stats.loads,
+                "evictions": stats.evictions,
+            },
+            "queues": {
+                vid: {
+                    "outstanding": st.outstanding,
+                    "served": st.served,
+                    "batches": st.batcher.stats.batches,
+                    "largest_batch": st.batcher.stats.largest,
+                }
+                for vid, st in self._states.items()
+            },
+            "requests_served": self.requests_served,
+            "errors": dict(self.errors),
+        }
+

@@ -1,0 +1,427 @@
+"""The TEE worker runtime end to end, in process: prepare a sealed model, serve tenants.
+
+An in-process key service on the simulated TEE, a memory store, sealed artifacts
+in a temp dir: registration -> preparation -> sealed inference of two tenants,
+with every refusal the envelope and the key service promise (and a good request
+after each one, to show one bad request breaks nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import uuid
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from enclave_workers.endpoint import create_worker_app
+from enclave_workers.preparation import PreparationOptions, read_job, validation_artifact
+from enclave_workers.runtime import WorkerRuntime
+from infaas.artifacts import ArtifactStore
+from infaas.attestation import (
+    AttestationPolicy,
+    AttestationVerifier,
+    SimulatedPlatformCA,
+    SimulatedTEE,
+)
+from infaas.auth import TokenRegistry
+from infaas.envelope import Envelope, new_key, open_response, seal_artifact, seal_request
+from infaas.errors import (
+    AuthenticationFailed,
+    DecryptionFailed,
+    InfaasError,
+    InvalidInput,
+    NoFeasibleVariant,
+    PermissionDenied,
+    ReplayedRequest,
+)
+from infaas.keyservice import KeyService, KeyServiceClient
+from infaas.protocol import decode_response, encode_request
+from infaas.settings import ProfilerSettings, Settings
+from infaas.store import MemoryStore
+from infaas.types import BatchLatency, LatencyModel, Profile
+from infaas.wire import InferRequest, InferResponse
+from infaas.zoo import Manifest, load_model_bytes, load_validation
+from profiler.profile import ProfileOptions
+from tests.zoo_fixtures import entry, small_manifest, small_zoo
+from variants.runtime import load_variant
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+__all__ = ["small_manifest", "small_zoo"]
+
+MODEL = "digits-mlp-small"
+KS_MEASUREMENT = hashlib.sha256(b"keyservice under test").digest()
+WORKER_MEASUREMENT = hashlib.sha256(b"worker under test").digest()
+
+
+def _policy(measurement: bytes) -> AttestationPolicy:
+    return AttestationPolicy(
+        allow_simulated=True, allowed_measurements=(measurement.hex(),), max_evidence_age_s=60
+    )
+
+
+@dataclass
+class World:
+    runtime: WorkerRuntime
+    store: MemoryStore
+    tenant_keys: dict[str, bytes]
+    api_tokens: dict[str, str]
+    x: np.ndarray
+    y: np.ndarray
+    onnx: bytes
+    variants: list[str]
+
+    def request(
+        self,
+        tenant: str,
+        x: np.ndarray,
+        *,
+        latency_ms: float = 1000.0,
+        min_accuracy: float = 0.0,
+        key_tenant: str | None = None,
+        variant_id: str | None = None,
+        binary: bool = True,
+    ) -> InferRequest:
+        rid = uuid.uuid4().hex
+        body = encode_request({"x": x}, request_id=rid, binary=binary)
+        env = seal_request(
+            {f"{tenant}-k1": self.tenant_keys[key_tenant or tenant]},
+            body,
+            tenant=tenant,
+            task="digits",
+            latency_ms=latency_ms,
+            min_accuracy=min_accuracy,
+            request_id=rid,
+        )
+        return InferRequest(envelope=env, variant_id=variant_id)
+
+    def outputs(self, tenant: str, req: InferRequest, resp: InferResponse) -> np.ndarray:
+        plain = open_response(
+            resp.envelope,
+            {f"{tenant}-k1": self.tenant_keys[tenant]},
+            request_id=req.envelope.request_id,
+            tenant=tenant,
+        )
+        _, arrays = decode_response(bytes(plain))
+        return arrays["logits"]
+
+    def infer(self, tenant: str, req: InferRequest, token: str | None = None) -> InferResponse:
+        async def go() -> InferResponse:
+            return await self.runtime.infer(req, token or self.api_tokens[tenant])
+
+        return asyncio.run(go())
+
+    def good(self, tenant: str = "acme") -> None:
+        """A well-formed request still succeeds (after a refused one)."""
+        req = self.request(tenant, self.x[:3])
+        out = self.outputs(tenant, req, self.infer(tenant, req))
+        assert out.shape == (3, 10)
+
+
+@pytest.fixture(scope="module")
+def world(
+    small_zoo: Path, small_manifest: Manifest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    zoo_entry = entry(small_manifest, MODEL)
+    onnx = load_model_bytes(small_zoo, zoo_entry)
+    x, y = load_validation(small_zoo, zoo_entry)
+    assert y is not None
+    tmp = tmp_path_factory.mktemp("worker")
+    settings = Settings(
+        data_dir=tmp,
+        store_url="memory://",
+        profiler=ProfilerSettings(batch_sizes=(1, 2, 4, 8), validation_samples=128),
+    )
+    store = MemoryStore()
+    artifacts = ArtifactStore(tmp / "artifacts")
+    ca = SimulatedPlatformCA.generate("worker-test")
+    service = KeyService(
+        store,
+        new_key(),
+        SimulatedTEE(ca, KS_MEASUREMENT),
+        AttestationVerifier(_policy(WORKER_MEASUREMENT), extra_roots=[ca.root_cert]),
+    )
+    client = KeyServiceClient(
+        service, AttestationVerifier(_policy(KS_MEASUREMENT), extra_roots=[ca.root_cert])
+    )
+    client.attest()
+
+    # the owner registers the model: data key to the key service, sealed blobs, metadata
+    owner = client.register("owner1", "owner")
+    data_key = new_key()
+    client.upload_model_key(owner, MODEL, "m1", data_key)
+    artifacts.put(MODEL, seal_artifact(data_key, "m1", MODEL, onnx))
+    npz = io.BytesIO()
+    np.savez(npz, x=x, y=y)
+    name = validation_artifact(MODEL)
+    artifacts.put(name, seal_artifact(data_key, "m1", name, npz.getvalue()))
+    store.put_task(small_manifest.tasks["digits"])
+    store.put_model(zoo_entry.to_model_record())
+
+    # tenants: acme and globex are granted the model, initech is not
+    tenant_keys: dict[str, bytes] = {}
+    api_tokens: dict[str, str] = {}
+    registry = TokenRegistry(store)
+    for tenant in ("acme", "globex", "initech"):
+        ks_token = client.register(tenant, "tenant")
+        tenant_keys[tenant] = new_key()
+        client.upload_tenant_key(ks_token, f"{tenant}-k1", tenant_keys[tenant])
+        if tenant != "initech":
+            client.grant(owner, MODEL, tenant)
+        api_tokens[tenant] = registry.issue(tenant, "tenant")
+
+    prep = PreparationOptions(
+        pool="cpu",
+        max_batch=8,
+        profile=ProfileOptions(batch_sizes=(1, 2, 4, 8), warmup_runs=1, min_runs=3, min_time_s=0.01),
+        validation_samples=128,
+        calibration_samples=32,
+    )
+    runtime = WorkerRuntime(
+        settings, store, artifacts, service, SimulatedTEE(ca, WORKER_MEASUREMENT),
+        batch_wait_ms=50.0, refresh_s=3600.0, preparation=prep,
+    )  # fmt: skip
+    runtime.start()
+    job = runtime.prepare_model(MODEL)
+    assert job.state == "ready", job.message
+    variants = [v.variant_id for v in store.list_variants(model_id=MODEL)]
+    yield World(runtime, store, tenant_keys, api_tokens, x, y, onnx, variants)
+    asyncio.run(runtime.close())
+
+
+def test_preparation_registers_sealed_profiled_variants(world: World) -> None:
+    job = read_job(world.store, MODEL)
+    assert job is not None and job.state == "ready" and job.done == job.total > 0
+    assert world.variants and f"{MODEL}.fp32.onnxruntime" in world.variants
+    artifacts = world.runtime.artifacts
+    for vid in world.variants:
+        profile = world.store.get_profile(vid)
+        assert profile is not None and profile.accuracy_kind == "validation"
+        sealed = artifacts.get(vid)
+        # sealed under the model's data key: the plaintext graph is not in the blob
+        assert world.onnx[-64:] not in sealed and sealed.startswith(b"INFAASA1")
+    assert len(world.runtime.candidates) == len(world.variants)
+
+
+def test_two_tenants_concurrently_get_the_fp32_answer_each_only_their_own(world: World) -> None:
+    fp32 = f"{MODEL}.fp32.onnxruntime"
+    reference = load_variant(world.store.get_variant(fp32), world.onnx).run(world.x[:8])
+    for tenant in ("acme", "globex"):  # keys released and the variant loaded beforehand
+        world.infer(tenant, world.request(tenant, world.x[:1], variant_id=fp32))
+    xa, xg = world.x[:3], world.x[3:8]
+    ra = world.request("acme", xa, variant_id=fp32)
+    rg = world.request("globex", xg, variant_id=fp32)
+
+    async def both() -> tuple[InferResponse, InferResponse]:
+        a, g = await asyncio.gather(
+            world.runtime.infer(ra, world.api_tokens["acme"]),
+            world.runtime.infer(rg, world.api_tokens["globex"]),
+        )
+        return a, g
+
+    resp_a, resp_g = asyncio.run(both())
+    # one cross-tenant batch served both
+    assert resp_a.batch_size == resp_g.batch_size == 8
+    assert resp_a.variant_id == resp_g.variant_id == fp32
+    assert resp_a.measurement == WORKER_MEASUREMENT.hex() and resp_a.simulated_tee
+    np.testing.assert_allclose(world.outputs("acme", ra, resp_a), reference[:3], rtol=1e-5)
+    np.testing.assert_allclose(world.outputs("globex", rg, resp_g), reference[3:], rtol=1e-5)
+    # each output is sealed under its own tenant's key: the other tenant cannot open it
+    with pytest.raises(DecryptionFailed):
+        open_response(
+            resp_a.envelope,
+            {"acme-k1": world.tenant_keys["globex"]},
+            request_id=ra.envelope.request_id,
+        )
+    with pytest.raises(DecryptionFailed):
+        open_response(
+            resp_g.envelope,
+            {"globex-k1": world.tenant_keys["acme"]},
+            request_id=rg.envelope.request_id,
+        )
+
+
+def test_int8_variant_is_close_to_fp32_and_json_bodies_work(world: World) -> None:
+    int8 = f"{MODEL}.int8.onnxruntime"
+    if int8 not in world.variants:
+        pytest.skip("no static INT8 variant on this machine")
+    reference = load_variant(
+        world.store.get_variant(f"{MODEL}.fp32.onnxruntime"), world.onnx
+    ).run(world.x[:4])
+    req = world.request("acme", world.x[:4], variant_id=int8, binary=False)
+    resp = world.infer("acme", req)
+    assert resp.variant_id == int8
+    out = world.outputs("acme", req, resp)
+    assert np.mean(np.argmax(out, 1) == np.argmax(reference, 1)) >= 0.75
+    np.testing.assert_allclose(out, reference, atol=0.5 * float(np.abs(reference).max()))
+
+
+def _synthetic(vid: str, p50_ms: float, rps: float, accuracy: float) -> Profile:
+    return Profile(
+        variant_id=vid,
+        batches=(BatchLatency(batch=1, p50_ms=p50_ms, p99_ms=p50_ms, throughput_rps=rps),),
+        load_ms=0.0,
+        peak_memory_bytes=0,
+        accuracy=accuracy,
+        accuracy_kind="validation",
+        latency_model=LatencyModel(intercept_ms=p50_ms, slope_ms=0.0),
+        threads=1,
+    )
+
+
+def test_tight_and_loose_slos_pick_different_variants(world: World) -> None:
+    """With a slow-but-cheap and a fast-but-dear variant, the SLO decides (the profiles
+    are set by hand: the digits variants all answer in microseconds)."""
+    saved = {vid: world.store.get_profile(vid) for vid in world.variants}
+    cheap, fast = f"{MODEL}.fp32.onnxruntime", f"{MODEL}.int8-dyn.onnxruntime"
+    assert fast in world.variants
+    try:
+        for vid in world.variants:
+            if vid == cheap:
+                world.store.put_profile(_synthetic(vid, 200.0, 100_000.0, 0.95))
+            elif vid == fast:
+                world.store.put_profile(_synthetic(vid, 0.5, 10.0, 0.95))
+            else:
+                world.store.put_profile(_synthetic(vid, 400.0, 1.0, 0.95))
+        world.runtime.refresh_candidates()
+        loose = world.request("acme", world.x[:1], latency_ms=2000.0)
+        tight = world.request("acme", world.x[:1], latency_ms=20.0)
+        assert world.infer("acme", loose).variant_id == cheap
+        assert world.infer("acme", tight).variant_id == fast
+    finally:
+        for p in saved.values():
+            assert p is not None
+            world.store.put_profile(p)
+        world.runtime.refresh_candidates()
+
+
+def _refused(world: World, tenant: str, req: InferRequest, token: str | None = None) -> InfaasError:
+    with pytest.raises(InfaasError) as info:
+        world.infer(tenant, req, token)
+    return info.value
+
+
+def test_min_accuracy_above_every_variant_is_422(world: World) -> None:
+    err = _refused(world, "acme", world.request("acme", world.x[:1], min_accuracy=0.999))
+    assert isinstance(err, NoFeasibleVariant) and err.status_code == 422
+    world.good()
+
+
+def test_replay_is_409(world: World) -> None:
+    req = world.request("acme", world.x[:1])
+    world.infer("acme", req)
+    err = _refused(world, "acme", req)
+    assert isinstance(err, ReplayedRequest) and err.status_code == 409
+    world.good()
+
+
+def test_replay_at_another_replica_is_409(world: World) -> None:
+    """A second runtime on the same store (another replica) refuses the replay too."""
+    req = world.request("acme", world.x[:1])
+    world.infer("acme", req)
+    world.runtime._memory_replay = type(world.runtime._memory_replay)(300.0)  # fresh process
+    err = _refused(world, "acme", req)
+    assert isinstance(err, ReplayedRequest)
+    world.good()
+
+
+def test_tampered_ciphertext_is_400(world: World) -> None:
+    req = world.request("acme", world.x[:1])
+    ct = bytearray(req.envelope.ciphertext)
+    ct[5] ^= 1
+    env = Envelope.model_validate(req.envelope.model_dump() | {"ciphertext": bytes(ct)})
+    err = _refused(world, "acme", InferRequest(envelope=env))
+    assert isinstance(err, DecryptionFailed) and err.status_code == 400
+    world.good()
+
+
+def test_tampered_slo_is_400_not_a_downgrade(world: World) -> None:
+    req = world.request("acme", world.x[:1], min_accuracy=0.9)
+    env = Envelope.model_validate(req.envelope.model_dump() | {"min_accuracy": 0.0})
+    err = _refused(world, "acme", InferRequest(envelope=env))
+    assert isinstance(err, DecryptionFailed)
+    world.good()
+
+
+def test_tokens(world: World) -> None:
+    req = world.request("acme", world.x[:1])
+    err = _refused(world, "acme", req, token="acme.not-the-secret")
+    assert isinstance(err, AuthenticationFailed) and err.status_code == 401
+    err = _refused(world, "acme", req, token=world.api_tokens["globex"])
+    assert isinstance(err, PermissionDenied) and err.status_code == 403
+    world.good()
+
+
+def test_request_sealed_with_another_tenants_key_is_400(world: World) -> None:
+    err = _refused(world, "acme", world.request("acme", world.x[:1], key_tenant="globex"))
+    assert isinstance(err, DecryptionFailed)
+    world.good()
+
+
+def test_tenant_without_grant_is_403(world: World) -> None:
+    err = _refused(world, "initech", world.request("initech", world.x[:1]))
+    assert isinstance(err, PermissionDenied) and err.status_code == 403
+    world.good()
+
+
+def test_wrong_shape_or_dtype_is_400(world: World) -> None:
+    bad_shape = world.request("acme", np.zeros((2, 63), np.float32))
+    err = _refused(world, "acme", bad_shape)
+    assert isinstance(err, InvalidInput) and err.status_code == 400
+    bad_dtype = world.request("acme", np.zeros((2, 64), np.float64))
+    err = _refused(world, "acme", bad_dtype)
+    assert isinstance(err, InvalidInput) and err.status_code == 400
+    too_big = world.request("acme", np.zeros((9, 64), np.float32))
+    assert isinstance(_refused(world, "acme", too_big), InvalidInput)
+    world.good()
+
+
+def test_status_names_the_tee_and_counts(world: World) -> None:
+    world.good()
+    status = world.runtime.status()
+    assert status["measurement"] == WORKER_MEASUREMENT.hex()
+    assert status["simulated"] is True and "not confidential" in status["warning"]
+    assert status["attested_at"] is not None and status["requests_served"] >= 1
+    assert status["loaded_variants"] and status["queues"]
+    text = repr(status)
+    for key in world.tenant_keys.values():
+        assert key.hex() not in text
+
+
+def test_http_endpoint(world: World) -> None:
+    app = create_worker_app(world.runtime, max_request_bytes=64 * 1024)
+    with TestClient(app) as http:
+        req = world.request("acme", world.x[:2])
+        ok = http.post(
+            "/",
+            content=req.model_dump_json(),
+            headers={"Authorization": f"Bearer {world.api_tokens['acme']}"},
+        )
+        assert ok.status_code == 200, ok.text
+        resp = InferResponse.model_validate_json(ok.content)
+        assert world.outputs("acme", req, resp).shape == (2, 10)
+        replay = http.post(
+            "/",
+            content=req.model_dump_json(),
+            headers={"Authorization": f"Bearer {world.api_tokens['acme']}"},
+        )
+        assert replay.status_code == 409 and replay.json()["code"] == "replayed_request"
+        missing = http.post("/", content=req.model_dump_json())
+        assert missing.status_code == 401
+        huge = http.post(
+            "/", content=b"x" * (65 * 1024), headers={"Authorization": "Bearer acme.x"}
+        )
+        assert huge.status_code == 413
+        garbage = http.post(
+            "/", content=b"{not json", headers={"Authorization": f"Bearer {world.api_tokens['acme']}"}
+        )
+        assert garbage.status_code == 400 and garbage.json()["code"] == "invalid_input"
