@@ -88,6 +88,12 @@ def _tenant(settings: Settings, admin: Client, tenant: str) -> Client:
     return client
 
 
+def bootstrap_admin(settings: Settings, base_url: str) -> Path:
+    """Only the administrator's credentials (``serve --no-zoo``); their path."""
+    _admin(settings, base_url, keyservice_trust(settings))
+    return credentials_dir(settings) / f"{ADMIN}.json"
+
+
 def bootstrap(
     settings: Settings,
     base_url: str,

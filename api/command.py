@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import time
 from types import FrameType
@@ -29,7 +28,7 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     import ray
     from ray import serve
 
-    from api.bootstrap import DEMO, bootstrap
+    from api.bootstrap import DEMO, bootstrap, bootstrap_admin
     from api.serve import deploy, local_url
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -37,9 +36,6 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
 
     if settings.tee_backend == "simulated":
         print(BANNER, flush=True)
@@ -51,9 +47,10 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
         init["num_cpus"] = settings.num_cpus
         if args.ray_temp_dir:
             init["_temp_dir"] = str(args.ray_temp_dir)
-    # workers inherit this: runtimes must not write telemetry about the models they run
-    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     ray.init(**init)  # type: ignore[arg-type]
+    # after ray.init: Ray installs its own fatal-signal handler for SIGTERM in the driver
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         serve.start(
             http_options={"host": settings.http_host, "port": settings.http_port},
@@ -62,7 +59,10 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
         apps = deploy(settings)
         url = local_url(settings)
         print(f"infaas is up at {url} (applications: {', '.join(apps)}); docs at {url}/docs")
-        if not args.no_bootstrap:
+        if args.no_zoo:
+            path = bootstrap_admin(settings, url)
+            print(f"credentials of admin: {path} (mode 0600)")
+        else:
             result = bootstrap(settings, url, small=bool(args.small), progress=not args.no_progress)
             print(f"models ready: {', '.join(result.models)}")
             for name, path in result.credentials.items():

@@ -78,6 +78,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc, _BodyTooLarge):
+            return problem_response(_too_large(exc.seen, exc.limit))
         codes = {404: "not_found", 405: "method_not_allowed", 401: "authentication_failed"}
         body = {
             "code": codes.get(exc.status_code, "http_error"),
@@ -146,9 +148,11 @@ class BodyLimit:
                 await _send_problem(send, _too_large(e.seen, e.limit))
 
 
-class _BodyTooLarge(Exception):
+class _BodyTooLarge(StarletteHTTPException):
+    # an HTTPException, because FastAPI turns any other error raised while it reads
+    # the body into a generic 400
     def __init__(self, seen: int, limit: int) -> None:
-        super().__init__(f"{seen} > {limit}")
+        super().__init__(413, f"request body exceeds the limit of {limit} bytes")
         self.seen = seen
         self.limit = limit
 

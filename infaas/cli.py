@@ -288,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--ray-address", help="join this Ray cluster instead of starting one")
     sv.add_argument("--ray-temp-dir", type=Path, help="Ray session directory root (local Ray)")
     sv.add_argument("--small", action="store_true", help="small image models (fast, for tests)")
-    sv.add_argument("--no-bootstrap", action="store_true", help="skip the zoo and demo tenant")
+    sv.add_argument(
+        "--no-zoo", action="store_true", help="no example zoo, no demo tenant (admin only)"
+    )
     sv.add_argument("--no-progress", action="store_true", help="no progress bars")
     sv.set_defaults(func=_cmd_serve)
 

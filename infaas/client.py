@@ -130,6 +130,8 @@ class InferResult:
 class Client:
     """A synchronous infaas client (httpx). Use as a context manager or call `close()`."""
 
+    infer_path = "/v1/infer"
+
     def __init__(
         self,
         base_url: str = DEFAULT_URL,
@@ -254,7 +256,8 @@ class Client:
             raise InfaasError(
                 f"cannot reach infaas at {self.base_url}: {type(e).__name__}: {e}"
             ) from e
-        if r.status_code >= 400:
+        if r.status_code >= 300:
+            # redirects are not followed: a POST body must not be re-sent elsewhere silently
             raise problem_error(r)
         return r
 
@@ -568,7 +571,7 @@ class Client:
     def send_infer(self, request: InferRequest | bytes) -> InferResponse:
         """POST a sealed request (or raw body bytes) to /v1/infer; the sealed answer."""
         raw = request if isinstance(request, bytes) else request.model_dump_json().encode()
-        r = self._request("POST", "/v1/infer", content=raw)
+        r = self._request("POST", self.infer_path, content=raw)
         return InferResponse.model_validate_json(r.content)
 
     def open_infer(self, request: InferRequest, response: InferResponse) -> InferResult:
