@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
+from starlette.types import Receive, Scope, Send
 
+from enclave_workers.runtime import WorkerRuntime
 from infaas.errors import (
     AuthenticationFailed,
     InfaasError,
@@ -26,8 +29,6 @@ from infaas.errors import (
     PayloadTooLarge,
 )
 from infaas.wire import InferRequest
-
-from enclave_workers.runtime import WorkerRuntime
 
 log = logging.getLogger("infaas.enclave_workers.endpoint")
 
@@ -80,6 +81,28 @@ def parse_infer_request(body: bytes) -> InferRequest:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise InvalidInput(f"invalid InferRequest at {where}: {first['msg']}") from None
+
+
+class PrefixRoot:
+    """ASGI shim: the route prefix itself (``/v1/infer``) is the app's ``/``.
+
+    Serve sets ``root_path`` to the route prefix; a request for exactly the prefix
+    would otherwise reach Starlette as an empty path and be redirected (307) to
+    the prefix plus a slash, an extra round trip on every inference.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def add_exception_handler(self, *args: Any, **kwargs: Any) -> None:
+        self.app.add_exception_handler(*args, **kwargs)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            root = scope.get("root_path", "")
+            if root and scope["path"] == root:
+                scope = dict(scope, path=root + "/", raw_path=(root + "/").encode())
+        await self.app(scope, receive, send)
 
 
 def create_worker_app(runtime: WorkerRuntime, *, max_request_bytes: int) -> FastAPI:

@@ -42,11 +42,15 @@ from collections import Counter
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from pydantic import ValidationError
 
+from enclave_workers.batcher import DynamicBatcher, batch_limit
+from enclave_workers.keycache import KeyCache
+from enclave_workers.packer import ModelPacker
+from enclave_workers.preparation import PreparationOptions, prepare_model, read_job, wipe
 from infaas.artifacts import ArtifactStore
 from infaas.attestation import SIMULATED_LABEL
 from infaas.attestation.backends import EvidenceGenerator
@@ -76,17 +80,12 @@ from scheduler.load import LoadSnapshot, VariantLoad
 from scheduler.policy import Candidate, CandidateSet, Query, QueryKind, Selection, select
 from variants.runtime import LoadedVariant, load_variant
 
-from enclave_workers.batcher import DynamicBatcher, batch_limit
-from enclave_workers.keycache import KeyCache
-from enclave_workers.packer import ModelPacker
-from enclave_workers.preparation import PreparationOptions, prepare_model, read_job, wipe
-
 log = logging.getLogger("infaas.enclave_workers")
 
 DEFAULT_MEMORY_BUDGET_BYTES = 4 * 1024**3
 
 
-class _BatchOutput(np.ndarray):  # type: ignore[type-arg]
+class _BatchOutput(np.ndarray):
     """Outputs of one batch, remembering its size and start; slices keep both."""
 
     batch_size: int
@@ -478,7 +477,8 @@ class WorkerRuntime:
             if task is None:
                 raise InvalidInput(f"task {cand.spec.task!r} is not registered")
             binary = bytes(plaintext[: len(BINARY_MAGIC)]) == BINARY_MAGIC
-            oip, x = decode_request(plaintext, task.input, cand.max_batch)
+            # decode reads the wipeable buffer in place (bytes-typed, bytearray-safe)
+            oip, x = decode_request(cast(bytes, plaintext), task.input, cand.max_batch)
             limit = batch_limit(cand.profile.latency_model, env.latency_ms / 2, cand.max_batch)
             out, batch, queue_ms = await self._execute(cand, x, limit)
             body = encode_response(
@@ -543,4 +543,3 @@ class WorkerRuntime:
             "requests_served": self.requests_served,
             "errors": dict(self.errors),
         }
-

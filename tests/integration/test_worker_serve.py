@@ -1,0 +1,170 @@
+"""The worker as a Ray Serve application: key service + infer app, one real HTTP request.
+
+One module-scoped Ray (2 CPUs, no dashboard) and Serve instance. The model is
+registered the way the control plane does it (sealed artifacts, metadata,
+keys uploaded to the attested key service over HTTP), prepared through the
+worker's handle, then served over HTTP through the Serve proxy.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from enclave_workers.deployment import APP_NAME, ROUTE_PREFIX, build_infer_app
+from enclave_workers.preparation import validation_artifact
+from infaas.artifacts import ArtifactStore
+from infaas.attestation.deployment import create_verifier
+from infaas.auth import TokenRegistry
+from infaas.envelope import new_key, open_response, seal_artifact, seal_request
+from infaas.keyservice import HttpKeyService, KeyServiceClient
+from infaas.keyservice.http import PREFIX as KEYSERVICE_PREFIX
+from infaas.protocol import decode_response, encode_request
+from infaas.settings import Pool, ProfilerSettings, Settings
+from infaas.store import open_store
+from infaas.wire import InferRequest, InferResponse, JobStatus
+from infaas.zoo import Manifest, load_model_bytes, load_validation
+from tests.conftest import free_port
+from tests.zoo_fixtures import entry, small_manifest, small_zoo
+from variants.runtime import load_variant
+
+__all__ = ["small_manifest", "small_zoo"]
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+
+MODEL = "digits-mlp-small"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Served:
+    url: str
+    settings: Settings
+    tenant_key: bytes
+    api_token: str
+    x: np.ndarray
+    onnx: bytes
+    job: JobStatus
+    handle: Any
+
+
+@pytest.fixture(scope="module")
+def served(
+    small_zoo: Path, small_manifest: Manifest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    from api.serve import build_keyservice_app, keyservice_measurement
+
+    tmp = tmp_path_factory.mktemp("serve")
+    port = free_port()
+    settings = Settings(
+        data_dir=tmp,
+        store_url=f"sqlite:///{tmp / 'infaas.db'}",
+        http_port=port,
+        num_cpus=2,
+        pools=(Pool(name="cpu", num_cpus=1.0, cost_per_replica_s=1.0),),
+        profiler=ProfilerSettings(
+            batch_sizes=(1, 2, 4, 8), warmup_runs=1, min_runs=3, min_time_s=0.02,
+            validation_samples=64, calibration_samples=16,
+        ),
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "ORT_DISABLE_TELEMETRY": "1"}},
+    )
+    try:
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": port},
+            logging_config={"enable_access_log": False},
+        )
+        serve.run(build_keyservice_app(settings), name="keyservice", route_prefix=KEYSERVICE_PREFIX)
+        # register the model as the control plane does: keys to the attested key service,
+        # sealed blobs beside the store, metadata in it
+        zoo_entry = entry(small_manifest, MODEL)
+        onnx = load_model_bytes(small_zoo, zoo_entry)
+        x, y = load_validation(small_zoo, zoo_entry)
+        store = open_store(settings.resolved_store_url)
+        http = httpx.Client(base_url=url, timeout=30.0)
+        client = KeyServiceClient(
+            HttpKeyService(http),
+            create_verifier(settings, measurements=[keyservice_measurement()]),
+        )
+        client.attest()
+        owner = client.register("owner1", "owner")
+        data_key = new_key()
+        client.upload_model_key(owner, MODEL, "m1", data_key)
+        artifacts = ArtifactStore(settings.data_dir / "artifacts")
+        artifacts.put(MODEL, seal_artifact(data_key, "m1", MODEL, onnx))
+        buf = io.BytesIO()
+        np.savez(buf, x=x, y=y)
+        name = validation_artifact(MODEL)
+        artifacts.put(name, seal_artifact(data_key, "m1", name, buf.getvalue()))
+        store.put_task(small_manifest.tasks["digits"])
+        store.put_model(zoo_entry.to_model_record())
+        ks_token = client.register("acme", "tenant")
+        tenant_key = new_key()
+        client.upload_tenant_key(ks_token, "acme-k1", tenant_key)
+        client.grant(owner, MODEL, "acme")
+        api_token = TokenRegistry(store).issue("acme", "tenant")
+
+        serve.run(build_infer_app(settings, url), name=APP_NAME, route_prefix=ROUTE_PREFIX)
+        handle = serve.get_app_handle(APP_NAME)
+        job = handle.prepare_model.remote(MODEL).result(timeout_s=240)
+        yield Served(url, settings, tenant_key, api_token, x, onnx, job, handle)
+        http.close()
+        store.close()
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def test_prepare_through_the_handle(served: Served) -> None:
+    assert served.job.state == "ready", served.job.message
+    assert served.job.done == served.job.total > 0
+
+
+def test_one_sealed_request_over_http(served: Served) -> None:
+    fp32 = f"{MODEL}.fp32.onnxruntime"
+    rid = uuid.uuid4().hex
+    x = served.x[:4]
+    env = seal_request(
+        {"acme-k1": served.tenant_key},
+        encode_request({"x": x}, request_id=rid),
+        tenant="acme",
+        task="digits",
+        latency_ms=500.0,
+        min_accuracy=0.5,
+        request_id=rid,
+    )
+    body = InferRequest(envelope=env, variant_id=fp32).model_dump_json()
+    headers = {"Authorization": f"Bearer {served.api_token}", "Content-Type": "application/json"}
+    r = httpx.post(served.url + ROUTE_PREFIX, content=body, headers=headers, timeout=60.0)
+    assert r.status_code == 200, r.text
+    resp = InferResponse.model_validate_json(r.content)
+    assert resp.variant_id == fp32 and resp.simulated_tee
+    plain = open_response(
+        resp.envelope, {"acme-k1": served.tenant_key}, request_id=rid, tenant="acme"
+    )
+    _, outputs = decode_response(bytes(plain))
+    spec = next(
+        v for v in open_store(served.settings.resolved_store_url).list_variants()
+        if v.variant_id == fp32
+    )  # fmt: skip
+    np.testing.assert_allclose(outputs["logits"], load_variant(spec, served.onnx).run(x), rtol=1e-5)
+    # a replay through the proxy is refused with the problem body
+    again = httpx.post(served.url + ROUTE_PREFIX, content=body, headers=headers, timeout=60.0)
+    assert again.status_code == 409 and again.json()["code"] == "replayed_request"
+
+    status = served.handle.status.remote().result(timeout_s=30)
+    assert status["simulated"] and status["requests_served"] >= 1
+    assert fp32 in status["loaded_variants"]
