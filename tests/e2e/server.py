@@ -1,0 +1,104 @@
+"""Start `infaas serve` as a subprocess for end-to-end tests, and stop it with SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from infaas import Client
+
+REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = float(os.environ.get("INFAAS_E2E_START_TIMEOUT_S", "900"))
+STOP_TIMEOUT_S = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Served:
+    """A running `infaas serve`: where it listens and where it writes."""
+
+    url: str
+    data_dir: Path
+    ray_dir: Path
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    def credentials(self, name: str) -> Path:
+        return self.data_dir / "credentials" / f"{name}.json"
+
+    def client(self, name: str) -> Client:
+        return Client.from_credentials(self.credentials(name), base_url=self.url)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_serve(root: Path, *extra: str, env: dict[str, str] | None = None) -> Served:
+    """Run ``infaas serve`` with its own data dir, Ray session dir and port; wait for READY."""
+    port = free_port()
+    data_dir = root / "data"
+    # Ray's unix sockets live under the session dir: keep the path short
+    ray_dir = Path(tempfile.mkdtemp(prefix="infaas-e2e-ray-", dir="/tmp"))
+    log = root / "serve.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "infaas.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--ray-temp-dir",
+        str(ray_dir),
+        "--no-progress",
+        *extra,
+    ]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            start_new_session=True,
+        )
+    served = Served(f"http://127.0.0.1:{port}", data_dir, ray_dir, log, proc)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if "\nREADY" in served.log_text():
+            return served
+        if proc.poll() is not None:
+            break
+        time.sleep(1.0)
+    tail = served.log_text()[-6000:]
+    stop_serve(served)
+    raise RuntimeError(f"infaas serve did not become ready (exit {proc.poll()}):\n{tail}")
+
+
+def stop_serve(served: Served, *, remove_ray_dir: bool = True) -> int | None:
+    """SIGTERM, wait for Serve's shutdown (tens of seconds), then kill what remains."""
+    proc = served.proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    if remove_ray_dir:
+        shutil.rmtree(served.ray_dir, ignore_errors=True)
+    return proc.returncode

@@ -1,0 +1,274 @@
+"""`infaas serve --small` end to end, driven by `infaas.Client` as tenants and the owner would.
+
+One server for the module (Ray, the key service, the workers, the control
+plane; the small zoo registered and profiled by the bootstrap). Two tenants,
+two tasks, different SLOs; bad requests each get a precise 4xx and the service
+keeps serving; tenants cannot use what they were not granted or read another's
+answers.
+"""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from infaas import Client
+from infaas.envelope import open_response
+from infaas.errors import (
+    AuthenticationFailed,
+    DecryptionFailed,
+    InfaasError,
+    InvalidInput,
+    NoFeasibleVariant,
+    PayloadTooLarge,
+    PermissionDenied,
+    ReplayedRequest,
+    UnknownKey,
+)
+from infaas.types import Profile
+from infaas.zoo import ZooEntry, load_manifest, load_validation
+from tests.e2e.conftest import MAX_REQUEST_BYTES
+from tests.e2e.server import Served
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+
+
+@pytest.fixture(scope="module")
+def demo(served: Served) -> Iterator[Client]:
+    with served.client("demo") as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def owner(served: Served) -> Iterator[Client]:
+    with served.client("zoo-owner") as c:
+        c.attest_keyservice()
+        yield c
+
+
+@pytest.fixture(scope="module")
+def beta(served: Served, owner: Client) -> Iterator[Client]:
+    """A second tenant with its own request key, granted only the digits models."""
+    with served.client("admin") as admin:
+        creds = admin.create_tenant("beta", "second tenant")
+    with Client(served.url, api_token=creds.token, keyservice=owner.keyservice) as c:
+        c.attest_keyservice()
+        c.register_tenant()
+        for m in c.models(task="digits"):
+            owner.grant(m.model.model_id, "beta")
+        yield c
+
+
+def _entries(served: Served, task: str) -> list[ZooEntry]:
+    return [m for m in load_manifest(served.data_dir / "zoo").models if m.task == task]
+
+
+def _samples(served: Served, task: str, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    x, y = load_validation(served.data_dir / "zoo", _entries(served, task)[0])
+    return x[:n], None if y is None else y[:n]
+
+
+def _fp32(served: Served, entry: ZooEntry, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(served.data_dir / "zoo" / entry.file))
+    return np.asarray(sess.run(None, {entry.input.name: x})[0])
+
+
+def _profiles(client: Client, task: str) -> dict[str, Profile]:
+    return {p.variant_id: p for m in client.models(task=task) for p in m.profiles}
+
+
+def test_the_service_is_up_and_says_it_is_simulated(served: Served) -> None:
+    assert "SIMULATED TEE — NOT CONFIDENTIAL" in served.log_text()
+    health = httpx.get(f"{served.url}/readyz").json()
+    assert health["status"] == "ok" and health["simulated_tee"] is True
+    assert "NOT CONFIDENTIAL" in health["detail"]["warning"]
+    for name in ("admin", "zoo-owner", "demo"):
+        assert stat.S_IMODE(served.credentials(name).stat().st_mode) == 0o600
+    assert httpx.get(f"{served.url}/docs").status_code == 200
+
+
+def test_every_zoo_model_is_prepared_and_profiled(demo: Client) -> None:
+    infos = demo.models()
+    assert {m.model.task for m in infos} == {"digits", "images"}
+    for info in infos:
+        assert info.job is not None and info.job.state == "ready"
+        assert info.variants and len(info.profiles) == len(info.variants)
+
+
+def test_outputs_equal_the_fp32_model_run_directly(served: Served, demo: Client) -> None:
+    for task, n in (("digits", 8), ("images", 2)):
+        x, _ = _samples(served, task, n)
+        for entry in _entries(served, task):
+            want = _fp32(served, entry, x)
+            got = demo.infer(
+                task=task,
+                inputs=x,
+                latency_ms=10_000,
+                variant_id=f"{entry.model_id}.fp32.onnxruntime",
+            )
+            assert got.variant_id == f"{entry.model_id}.fp32.onnxruntime"
+            np.testing.assert_allclose(got.outputs, want, rtol=1e-4, atol=1e-4)
+            assert got.simulated_tee and len(got.measurement) == 64
+
+
+def test_two_tenants_two_tasks_different_slos(served: Served, demo: Client, beta: Client) -> None:
+    xd, yd = _samples(served, "digits", 16)
+    xi, _ = _samples(served, "images", 2)
+    a = demo.infer(task="digits", inputs=xd, latency_ms=50, min_accuracy=0.9)
+    b = beta.infer(task="digits", inputs=xd, latency_ms=200, min_accuracy=0.5)
+    i = demo.infer(task="images", inputs=xi, latency_ms=5_000, min_accuracy=0.0)
+    assert a.outputs.shape == b.outputs.shape == (16, 10) and i.outputs.shape == (2, 1000)
+    assert yd is not None
+    assert np.mean(np.argmax(a.outputs, 1) == yd) >= 0.8
+    # an FP32 variant answers exactly as its parent does
+    parent = next(
+        e for e in _entries(served, "images") if i.variant_id.startswith(e.model_id + ".")
+    )
+    if ".fp32." in i.variant_id:
+        np.testing.assert_allclose(i.outputs, _fp32(served, parent, xi), rtol=1e-3, atol=1e-3)
+    # beta was not granted the image models
+    with pytest.raises(PermissionDenied):
+        beta.infer(task="images", inputs=xi, latency_ms=5_000)
+
+
+def _predicted_p99_ms(p: Profile) -> float:
+    """The scheduler's idle estimate: tail ratio times the latency model at batch 1."""
+    b = p.batches[0]
+    return (b.p99_ms / max(b.p50_ms, 1e-9)) * p.latency_model.predict_ms(1)
+
+
+def test_tight_latency_picks_a_faster_variant_than_a_loose_accurate_one(demo: Client) -> None:
+    profiles = _profiles(demo, "images")
+    x = np.asarray(np.random.default_rng(0).normal(size=(1, 3, 32, 32)), dtype=np.float32)
+    best = max(p.accuracy for p in profiles.values())
+    loose = demo.infer(task="images", inputs=x, latency_ms=60_000, min_accuracy=best - 1e-9)
+    slow = _predicted_p99_ms(profiles[loose.variant_id])
+    faster = [p for p in profiles.values() if _predicted_p99_ms(p) * 1.5 < slow]
+    if not faster:
+        pytest.skip(f"no variant is 1.5x faster than {loose.variant_id} ({slow:.2f} ms) here")
+    fast = min(faster, key=_predicted_p99_ms)
+    # warm it: a cold variant's load time counts against a tight SLO
+    demo.infer(task="images", inputs=x, latency_ms=60_000, variant_id=fast.variant_id)
+    target = (slow * _predicted_p99_ms(fast)) ** 0.5
+    tight = demo.infer(task="images", inputs=x, latency_ms=target)
+    assert profiles[tight.variant_id].p50_batch1_ms < profiles[loose.variant_id].p50_batch1_ms
+    assert _predicted_p99_ms(profiles[tight.variant_id]) <= target
+    assert profiles[loose.variant_id].accuracy >= best - 1e-9
+
+
+@pytest.mark.parametrize("min_accuracy", [0.5, 0.9, 0.95, 0.97])
+def test_min_accuracy_is_never_undercut(served: Served, demo: Client, min_accuracy: float) -> None:
+    profiles = _profiles(demo, "digits")
+    x, _ = _samples(served, "digits", 4)
+    if max(p.accuracy for p in profiles.values()) < min_accuracy:
+        with pytest.raises(NoFeasibleVariant):
+            demo.infer(task="digits", inputs=x, latency_ms=1_000, min_accuracy=min_accuracy)
+        return
+    for latency_ms in (5, 50, 1_000):
+        try:
+            got = demo.infer(
+                task="digits", inputs=x, latency_ms=latency_ms, min_accuracy=min_accuracy
+            )
+        except NoFeasibleVariant:
+            continue
+        assert profiles[got.variant_id].accuracy >= min_accuracy
+
+
+def test_an_infeasible_slo_is_a_clear_422(served: Served, demo: Client) -> None:
+    x, _ = _samples(served, "digits", 1)
+    with pytest.raises(NoFeasibleVariant) as e:
+        demo.infer(task="digits", inputs=x, latency_ms=50, min_accuracy=0.9999)
+    assert e.value.status_code == 422 and e.value.message
+    with pytest.raises(NoFeasibleVariant):
+        demo.infer(task="digits", inputs=x, latency_ms=0.001)
+
+
+def _post(served: Served, client: Client, body: bytes) -> httpx.Response:
+    return httpx.post(
+        f"{served.url}/v1/infer",
+        content=body,
+        headers={"Authorization": f"Bearer {client.api_token}", "Content-Type": "application/json"},
+        timeout=60,
+    )
+
+
+def test_bad_requests_get_precise_4xx_and_the_service_keeps_serving(
+    served: Served, demo: Client
+) -> None:
+    x, _ = _samples(served, "digits", 2)
+    ok: dict[str, Any] = {"task": "digits", "latency_ms": 1_000, "min_accuracy": 0.0}
+
+    r = _post(served, demo, b'{"envelope": {')
+    assert r.status_code == 400 and r.json()["code"] == "invalid_input"
+    r = _post(served, demo, b'{"envelope": {"v": 1}}')
+    assert r.status_code == 400 and "envelope" in r.json()["message"]
+
+    with pytest.raises(InvalidInput, match="JSON"):  # malformed JSON inside the envelope
+        demo.send_infer(demo.seal_infer(inputs=x, plaintext=b'{"inputs": [', **ok))
+    with pytest.raises(InvalidInput, match="shape"):
+        demo.infer(inputs=x[:, :63], **ok)
+    with pytest.raises(InvalidInput, match=r"FP32|INT64"):
+        demo.send_infer(demo.seal_infer(inputs=x.astype(np.int64), cast=False, **ok))
+
+    big = np.zeros((MAX_REQUEST_BYTES // 256 + 1, 64), np.float32)
+    with pytest.raises(PayloadTooLarge):
+        demo.infer(inputs=big, **ok)
+
+    req = demo.seal_infer(inputs=x, **ok)
+    ct = bytearray(req.envelope.ciphertext)
+    ct[5] ^= 1
+    tampered = req.model_copy(
+        update={"envelope": req.envelope.model_copy(update={"ciphertext": bytes(ct)})}
+    )
+    with pytest.raises(DecryptionFailed):
+        demo.send_infer(tampered)
+    # the accuracy floor is authenticated: lowering it in transit breaks decryption
+    downgraded = req.model_copy(
+        update={
+            "envelope": req.envelope.model_copy(update={"min_accuracy": 0.0, "latency_ms": 9e4})
+        }
+    )
+    with pytest.raises(DecryptionFailed):
+        demo.send_infer(downgraded)
+
+    demo.send_infer(req)
+    with pytest.raises(ReplayedRequest):
+        demo.send_infer(req)
+
+    with pytest.raises(InfaasError) as e:
+        demo.infer(task="no-such-task", inputs=x, latency_ms=100)
+    assert 400 <= e.value.status_code < 500
+
+    with pytest.raises(AuthenticationFailed):
+        Client(served.url, api_token="demo.not-the-secret").send_infer(
+            demo.seal_infer(inputs=x, **ok)
+        )
+
+    assert demo.infer(inputs=x, **ok).outputs.shape == (2, 10)
+    assert httpx.get(f"{served.url}/readyz").status_code == 200
+
+
+def test_a_tenant_cannot_use_or_read_another_tenants_requests(
+    served: Served, demo: Client, beta: Client
+) -> None:
+    x, _ = _samples(served, "digits", 2)
+    req = demo.seal_infer(task="digits", inputs=x, latency_ms=1_000)
+    # beta's token with demo's sealed request: refused, nothing decrypted for beta
+    with pytest.raises(PermissionDenied):
+        beta.send_infer(req)
+    answer = demo.send_infer(req)
+    # demo's answer is sealed under demo's key: beta's key does not open it
+    assert beta.key_id is not None and beta._request_key is not None
+    with pytest.raises((DecryptionFailed, UnknownKey)):
+        open_response(
+            answer.envelope,
+            {answer.envelope.key_id: beta._request_key},
+            request_id=req.envelope.request_id,
+        )
+    assert demo.open_infer(req, answer).outputs.shape == (2, 10)
