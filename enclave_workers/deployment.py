@@ -58,6 +58,7 @@ class EnclaveWorker:
         pool_name: str | None = None,
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
         batch_wait_ms: float = 0.0,
+        shared_replay_guard: bool = True,
     ) -> None:
         pool = settings.pool(pool_name) if pool_name else settings.pools[0]
         store = open_store(settings.resolved_store_url)
@@ -74,6 +75,7 @@ class EnclaveWorker:
             pool=pool,
             memory_budget_bytes=memory_budget_bytes,
             batch_wait_ms=batch_wait_ms,
+            shared_replay_guard=shared_replay_guard,
         )
         self._runtime.start()
 
@@ -117,15 +119,23 @@ def build_infer_app(
     num_replicas: int = 1,
     memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
     batch_wait_ms: float = 0.0,
+    shared_replay_guard: bool = True,
 ) -> Application:
     """The "infer" application; run it with ``serve.run(app, name=APP_NAME,
-    route_prefix=ROUTE_PREFIX)``. `keyservice_url` is the HTTP base URL of the
-    key service (e.g. ``http://127.0.0.1:8000``)."""
+    route_prefix=ROUTE_PREFIX)``.
+
+    `keyservice_url` is the HTTP base URL of the key service (e.g.
+    ``http://127.0.0.1:8000``). `batch_wait_ms` is how long a batch waits for
+    more requests once one is there (0: batches form from what queued while
+    the previous one ran). `shared_replay_guard=False` keeps replay records in
+    each replica's memory only: faster on a SQLite store, but sound only for a
+    single replica that is not restarted within the request window.
+    """
     pool = settings.pool(pool_name) if pool_name else settings.pools[0]
     max_batch = max(settings.profiler.batch_sizes)
     ingress = serve.ingress()(EnclaveWorker)
     deployment = serve.deployment(**deployment_options(pool, max_batch, num_replicas))(ingress)
     app: Application = deployment.bind(
-        settings, keyservice_url, pool.name, memory_budget_bytes, batch_wait_ms
+        settings, keyservice_url, pool.name, memory_budget_bytes, batch_wait_ms, shared_replay_guard
     )
     return app

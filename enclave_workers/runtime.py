@@ -39,10 +39,10 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 from pydantic import ValidationError
@@ -84,6 +84,8 @@ log = logging.getLogger("infaas.enclave_workers")
 
 DEFAULT_MEMORY_BUDGET_BYTES = 4 * 1024**3
 
+T = TypeVar("T")
+
 
 class _BatchOutput(np.ndarray):
     """Outputs of one batch, remembering its size and start; slices keep both."""
@@ -106,6 +108,23 @@ def _scrub_bytes(data: bytes) -> None:
         return
     offset = sys.getsizeof(b"") - 1  # ob_sval within a PyBytesObject
     ctypes.memset(id(data) + offset, 0, len(data))
+
+
+class InlineExecutor(Executor):
+    """Runs a batch on the calling (event loop) thread.
+
+    For variants whose whole batch takes about as long as handing it to a thread
+    and waking the loop again, as plain Ray Serve's batch handlers do; slower
+    variants run in the bounded pool so the loop keeps accepting requests.
+    """
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        future: Future[T] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as e:
+            future.set_exception(e)
+        return future
 
 
 @dataclass
@@ -154,6 +173,7 @@ class WorkerRuntime:
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
         inference_threads: int | None = None,
         batch_wait_ms: float = 0.0,
+        inline_batch_ms: float = 3.0,
         refresh_s: float = 2.0,
         tenant_key_ttl_s: float = 60.0,
         token_cache_s: float = 5.0,
@@ -176,6 +196,8 @@ class WorkerRuntime:
         )
         threads = inference_threads or max(1, math.ceil(self.pool.num_cpus))
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="infaas-infer")
+        self._inline = InlineExecutor()
+        self._inline_batch_ms = inline_batch_ms
         self._packer: ModelPacker[LoadedVariant] = ModelPacker(memory_budget_bytes, self._load)
         self._states: dict[str, _VariantState] = {}
         self._loads = _LiveLoads(self)
@@ -326,9 +348,10 @@ class WorkerRuntime:
                 out.started = started
                 return out
 
+            inline = cand.full_batch_ms * cand.tail <= self._inline_batch_ms
             batcher = DynamicBatcher(
                 run=run,
-                executor=self._executor,
+                executor=self._inline if inline else self._executor,
                 max_batch=cand.max_batch,
                 max_wait_ms=self._batch_wait_ms,
             )

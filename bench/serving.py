@@ -1,0 +1,501 @@
+"""Serving benchmark: the confidential path vs plain Ray Serve vs in-process onnxruntime.
+
+Prints ONE JSON line. For each model (default: the digits MLP and a small-zoo
+ResNet-18 at 32x32), in the same run on the same machine:
+
+(a) ``confidential``: the full path over HTTP through the Ray Serve proxy to an
+    EnclaveWorker replica — client-side AES-GCM envelope, API token auth,
+    scheduler (`select` by architecture), tenant key (cached), replay guard
+    (memory + shared SQLite store), OIP v2 decode, cross-tenant dynamic batching,
+    sealed response, client-side open;
+(b) ``plain``: plain Ray Serve on the SAME variant bytes, batch size, replica
+    count and replica resources — a deployment whose ``__call__`` decodes the
+    same OIP v2 body, runs the variant in an ``@serve.batch`` handler, encodes
+    the answer; no encryption, no auth, no scheduler;
+(c) ``inprocess``: the same variant loaded in this process with the same
+    threads — batch-1 latency and saturated throughput at the largest batch.
+
+Load is closed-loop: `--concurrency` clients (threads, one keep-alive HTTP
+connection each) send one sample per request, back to back, for `--duration-s`
+after `--warmup-s`, at concurrency 1 (latency) and `--concurrency` (throughput).
+Ratios: throughput a/b, a/c, b/c (c = in-process samples/s at the largest batch)
+and p50/p99 latency a/b at concurrency 1 (and a/c, b/c against c's batch-1 run).
+
+The model is registered like the control plane does it (data key to the attested
+key service, sealed artifact + validation set, metadata) and prepared by the
+worker through its Serve handle, so the variant (a) serves is the one the
+scheduler picks from real profiles; (b) and (c) load that variant's bytes.
+
+Run: python bench/serving.py [--duration-s 6] [--concurrency 8] [--models a,b] [--haproxy]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.client import HTTPConnection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ray import serve
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+log = logging.getLogger("infaas.bench.serving")
+
+DEFAULT_MODELS = ("digits-mlp-large", "images-resnet18")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="Confidential serving vs plain Ray Serve vs in-process onnxruntime "
+        "(one JSON line on stdout).",
+    )
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated zoo ids")
+    p.add_argument("--zoo-dir", type=Path, default=None, help="small zoo (built if missing)")
+    p.add_argument("--duration-s", type=float, default=6.0, help="measured seconds per phase")
+    p.add_argument("--warmup-s", type=float, default=1.5, help="unmeasured seconds per phase")
+    p.add_argument("--concurrency", type=int, default=8, help="closed-loop clients (throughput)")
+    p.add_argument("--max-batch", type=int, default=8, help="largest batch, both servers")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads per session")
+    p.add_argument("--replicas", type=int, default=1, help="replicas, both servers")
+    p.add_argument(
+        "--haproxy",
+        action="store_true",
+        help="Ray Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1, throughput-optimized)",
+    )
+    p.add_argument(
+        "--memory-replay-only",
+        action="store_true",
+        help="worker keeps replay records in memory only (no shared-store write per request)",
+    )
+    args = p.parse_args(argv)
+    if args.concurrency < 1 or args.duration_s <= 0 or args.max_batch < 1:
+        p.error("--concurrency, --duration-s and --max-batch must be positive")
+    return args
+
+
+# --------------------------------------------------------------------------- plain Serve
+
+
+class PlainServe:
+    """Plain Ray Serve: decode OIP v2, run the variant in a `@serve.batch` handler, encode."""
+
+    def __init__(self, spec_json: str, onnx: bytes, threads: int, max_batch: int) -> None:
+        from infaas.types import TensorSpec, VariantSpec
+        from variants.runtime import load_variant
+
+        spec = VariantSpec.model_validate_json(spec_json)
+        self.variant = load_variant(spec, onnx, threads)
+        self.name = spec.variant_id
+        self.input = TensorSpec(name="x", shape=self.variant.input_shape)
+        self.max_batch = max_batch
+        self.batched.set_max_batch_size(max_batch)  # type: ignore[attr-defined]
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
+    async def batched(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        sizes = [len(x) for x in xs]
+        ys = self.variant.run(np.concatenate(xs) if len(xs) > 1 else xs[0])
+        return list(np.split(ys, np.cumsum(sizes)[:-1]))
+
+    async def __call__(self, request: Any) -> Any:
+        from starlette.responses import Response
+
+        from infaas.protocol import decode_request, encode_response
+
+        oip, x = decode_request(await request.body(), self.input, self.max_batch)
+        y = await self.batched(x)
+        body = encode_response({"logits": y}, self.name, oip.id, binary=True)
+        return Response(body, media_type="application/octet-stream")
+
+
+# --------------------------------------------------------------------------- load generation
+
+
+@dataclass
+class Phase:
+    requests: int
+    seconds: float
+    latencies_ms: list[float]
+    errors: int
+
+    def summary(self) -> dict[str, float]:
+        lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
+        return {
+            "rps": round(self.requests / self.seconds, 2),
+            "p50_ms": round(float(np.percentile(lat, 50)), 3),
+            "p99_ms": round(float(np.percentile(lat, 99)), 3),
+            "requests": self.requests,
+            "errors": self.errors,
+        }
+
+
+Maker = Callable[[], tuple[bytes, dict[str, str], Callable[[bytes], None]]]
+
+
+def closed_loop(
+    port: int, path: str, make: Maker, clients: int, warmup_s: float, duration_s: float
+) -> Phase:
+    """`clients` threads, each sending back-to-back requests on one keep-alive connection."""
+    start = time.perf_counter() + 0.2
+    measure_from = start + warmup_s
+    stop = measure_from + duration_s
+    lock = threading.Lock()
+    latencies: list[float] = []
+    counts = [0, 0]
+
+    def client() -> None:
+        conn = HTTPConnection("127.0.0.1", port, timeout=60)
+        mine: list[float] = []
+        n = errors = 0
+        while time.perf_counter() < start:
+            time.sleep(0.001)
+        while (now := time.perf_counter()) < stop:
+            body, headers, check = make()
+            t0 = time.perf_counter()
+            conn.request("POST", path, body, headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            t1 = time.perf_counter()
+            ok = resp.status == 200
+            if ok:
+                check(data)
+            if now >= measure_from and t1 <= stop:
+                if ok:
+                    mine.append((t1 - t0) * 1e3)
+                    n += 1
+                else:
+                    errors += 1
+        conn.close()
+        with lock:
+            latencies.extend(mine)
+            counts[0] += n
+            counts[1] += errors
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return Phase(counts[0], duration_s, latencies, counts[1])
+
+
+def inprocess(variant: Any, x1: np.ndarray, max_batch: int, seconds: float) -> dict[str, float]:
+    """Batch-1 latency and saturated throughput at `max_batch`, in this process."""
+    for _ in range(20):
+        variant.run(x1)
+    lat: list[float] = []
+    end = time.perf_counter() + seconds / 2
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        variant.run(x1)
+        lat.append((time.perf_counter() - t0) * 1e3)
+    big = np.ascontiguousarray(np.repeat(x1, max_batch, axis=0))
+    for _ in range(5):
+        variant.run(big)
+    n = 0
+    t0 = time.perf_counter()
+    end = t0 + seconds / 2
+    while time.perf_counter() < end:
+        variant.run(big)
+        n += max_batch
+    elapsed = time.perf_counter() - t0
+    arr = np.asarray(lat)
+    return {
+        "p50_ms": round(float(np.percentile(arr, 50)), 4),
+        "p99_ms": round(float(np.percentile(arr, 99)), 4),
+        "rps": round(n / elapsed, 2),
+        "batch": max_batch,
+    }
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b > 0 else None
+
+
+# --------------------------------------------------------------------------- setup
+
+
+@dataclass
+class Registered:
+    model_id: str
+    architecture: str
+    task: str
+    x1: np.ndarray
+    data_key: bytes
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if args.haproxy:
+        # read by Ray Serve when it starts its proxies; the bench is an entry point
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
+        os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+    import httpx
+    import ray
+
+    from api.serve import build_keyservice_app, keyservice_measurement
+    from enclave_workers.deployment import APP_NAME, ROUTE_PREFIX, build_infer_app
+    from enclave_workers.preparation import validation_artifact
+    from infaas.artifacts import ArtifactStore
+    from infaas.attestation.deployment import create_verifier
+    from infaas.auth import TokenRegistry
+    from infaas.envelope import new_key, seal_artifact
+    from infaas.keyservice import HttpKeyService, KeyServiceClient
+    from infaas.keyservice.http import PREFIX as KEYSERVICE_PREFIX
+    from infaas.settings import Pool, ProfilerSettings, Settings
+    from infaas.store import open_store
+    from infaas.zoo import build_zoo, load_manifest, load_model_bytes, load_validation
+    from tests.conftest import free_port
+
+    models = [m for m in args.models.split(",") if m]
+    zoo_dir = args.zoo_dir or Path(tempfile.gettempdir()) / "infaas-bench" / "zoo-small"
+    build_zoo(zoo_dir, small=True)
+    manifest = load_manifest(zoo_dir)
+    entries = {e.model_id: e for e in manifest.models}
+    unknown = [m for m in models if m not in entries]
+    if unknown:
+        raise SystemExit(f"unknown models {unknown}; the small zoo has {sorted(entries)}")
+
+    work = Path(tempfile.mkdtemp(prefix="infaas-bench-serving-"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    pool = Pool(name="cpu", num_cpus=1.0, cost_per_replica_s=1.0, threads_per_replica=args.threads)
+    settings = Settings(
+        data_dir=work,
+        store_url=f"sqlite:///{work / 'infaas.db'}",
+        http_port=port,
+        pools=(pool,),
+        profiler=ProfilerSettings(
+            batch_sizes=tuple(sorted({1, 2, 4, args.max_batch})),
+            warmup_runs=2,
+            min_runs=5,
+            min_time_s=0.1,
+            threads=args.threads,
+            validation_samples=64,
+            calibration_samples=16,
+        ),
+    )
+    t_start = time.perf_counter()
+    ray.init(
+        num_cpus=max(2, args.replicas * 2),
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level=logging.WARNING,
+        runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "ORT_DISABLE_TELEMETRY": "1"}},
+    )
+    result: dict[str, Any] = {}
+    try:
+        serve.start(
+            http_options={"host": "127.0.0.1", "port": port},
+            logging_config={"enable_access_log": False},
+        )
+        serve.run(build_keyservice_app(settings), name="keyservice", route_prefix=KEYSERVICE_PREFIX)
+        store = open_store(settings.resolved_store_url)
+        artifacts = ArtifactStore(work / "artifacts")
+        http = httpx.Client(base_url=url, timeout=60.0)
+        ks = KeyServiceClient(
+            HttpKeyService(http), create_verifier(settings, measurements=[keyservice_measurement()])
+        )
+        ks.attest()
+        owner = ks.register("bench-owner", "owner")
+        ks_tenant = ks.register("bench", "tenant")
+        tenant_key = new_key()
+        ks.upload_tenant_key(ks_tenant, "b1", tenant_key)
+        api_token = TokenRegistry(store).issue("bench", "tenant")
+        registered: list[Registered] = []
+        for model_id in models:
+            e = entries[model_id]
+            onnx = load_model_bytes(zoo_dir, e)
+            x, y = load_validation(zoo_dir, e)
+            data_key = new_key()
+            ks.upload_model_key(owner, model_id, "m1", data_key)
+            artifacts.put(model_id, seal_artifact(data_key, "m1", model_id, onnx))
+            buf = io.BytesIO()
+            if y is None:
+                np.savez(buf, x=x)
+            else:
+                np.savez(buf, x=x, y=y)
+            name = validation_artifact(model_id)
+            artifacts.put(name, seal_artifact(data_key, "m1", name, buf.getvalue()))
+            store.put_task(manifest.tasks[e.task])
+            store.put_model(e.to_model_record())
+            ks.grant(owner, model_id, "bench")
+            registered.append(Registered(model_id, e.architecture, e.task, x[:1].copy(), data_key))
+
+        serve.run(
+            build_infer_app(
+                settings,
+                url,
+                num_replicas=args.replicas,
+                shared_replay_guard=not args.memory_replay_only,
+            ),
+            name=APP_NAME,
+            route_prefix=ROUTE_PREFIX,
+        )
+        handle = serve.get_app_handle(APP_NAME)
+        for r in registered:
+            job = handle.prepare_model.remote(r.model_id).result(timeout_s=600)
+            if job.state != "ready":
+                raise SystemExit(f"preparing {r.model_id} failed: {job.message}")
+        setup_s = time.perf_counter() - t_start
+
+        for r in registered:
+            result[r.model_id] = bench_model(
+                r, args, port, store, artifacts, tenant_key, api_token, settings
+            )
+        http.close()
+    finally:
+        t0 = time.perf_counter()
+        serve.shutdown()
+        ray.shutdown()
+        shutdown_s = time.perf_counter() - t0
+
+    line = {
+        "bench": "serving",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "ray": ray.__version__,
+        },
+        "config": {
+            "concurrency": args.concurrency,
+            "duration_s": args.duration_s,
+            "warmup_s": args.warmup_s,
+            "max_batch": args.max_batch,
+            "threads": args.threads,
+            "replicas": args.replicas,
+            "proxy": "haproxy" if args.haproxy else "default",
+            "zoo": "small (images 32x32)",
+            "replay_guard": "memory" if args.memory_replay_only else "memory+store (sqlite)",
+        },
+        "setup_s": round(setup_s, 1),
+        "shutdown_s": round(shutdown_s, 1),
+        "models": result,
+    }
+    sys.stdout.write(json.dumps(line) + "\n")
+    return 0
+
+
+def bench_model(
+    r: Registered,
+    args: argparse.Namespace,
+    port: int,
+    store: Any,
+    artifacts: Any,
+    tenant_key: bytes,
+    api_token: str,
+    settings: Any,
+) -> dict[str, Any]:
+    from enclave_workers.deployment import ROUTE_PREFIX, deployment_options
+    from infaas.envelope import open_artifact, open_response, seal_request
+    from infaas.protocol import decode_response, encode_request
+    from infaas.wire import InferRequest, InferResponse
+    from variants.runtime import load_variant
+
+    x1 = np.ascontiguousarray(r.x1, dtype=np.float32)
+    oip = encode_request({"x": x1})
+    keys = {"b1": tenant_key}
+    auth = {"Authorization": f"Bearer {api_token}", "Content-Type": "application/json"}
+    served: dict[str, int] = {}
+
+    def confidential() -> tuple[bytes, dict[str, str], Callable[[bytes], None]]:
+        rid = uuid.uuid4().hex
+        env = seal_request(
+            keys, oip, tenant="bench", task=r.task, latency_ms=10_000.0, min_accuracy=0.0,
+            request_id=rid,
+        )  # fmt: skip
+        body = InferRequest(envelope=env, architecture=r.architecture).model_dump_json().encode()
+
+        def check(data: bytes) -> None:
+            resp = InferResponse.model_validate_json(data)
+            plain = open_response(resp.envelope, keys, request_id=rid, tenant="bench")
+            _, out = decode_response(bytes(plain))
+            assert out["logits"].shape[0] == 1
+            served[resp.variant_id] = served.get(resp.variant_id, 0) + 1
+
+        return body, auth, check
+
+    # warm up (cold start, key release) and learn which variant the scheduler picks
+    probe = closed_loop(port, ROUTE_PREFIX, confidential, 1, 0.0, 0.5)
+    if probe.requests == 0:
+        raise SystemExit(f"{r.model_id}: the confidential path answered no request")
+    variant_id = max(served, key=lambda v: served[v])
+    spec = store.get_variant(variant_id)
+    onnx = bytes(open_artifact({"m1": r.data_key}, variant_id, artifacts.get(variant_id)))
+
+    plain_app = f"plain-{r.model_id}"
+    plain_prefix = f"/plain/{r.model_id}"
+    opts = deployment_options(settings.pools[0], args.max_batch, args.replicas)
+    opts["name"] = "PlainServe"
+    serve.run(
+        serve.deployment(**opts)(PlainServe).bind(
+            spec.model_dump_json(), onnx, args.threads, args.max_batch
+        ),
+        name=plain_app,
+        route_prefix=plain_prefix,
+    )
+    plain_headers = {"Content-Type": "application/octet-stream"}
+
+    def plain() -> tuple[bytes, dict[str, str], Callable[[bytes], None]]:
+        def check(data: bytes) -> None:
+            _, out = decode_response(data)
+            assert out["logits"].shape[0] == 1
+
+        return oip, plain_headers, check
+
+    closed_loop(port, plain_prefix, plain, 1, 0.0, 0.5)  # warm up
+
+    served.clear()
+    out: dict[str, Any] = {"variant": variant_id}
+    phases: dict[str, dict[str, dict[str, float]]] = {"confidential": {}, "plain": {}}
+    for c in sorted({1, args.concurrency}):
+        for name, maker, path in (
+            ("confidential", confidential, ROUTE_PREFIX),
+            ("plain", plain, plain_prefix),
+        ):
+            ph = closed_loop(port, path, maker, c, args.warmup_s, args.duration_s)
+            phases[name][f"c{c}"] = ph.summary()
+    serve.delete(plain_app)
+    variant = load_variant(spec, onnx, args.threads)
+    local = inprocess(variant, x1, args.max_batch, args.duration_s)
+    variant.close()
+    a_c1, b_c1 = phases["confidential"]["c1"], phases["plain"]["c1"]
+    a_cn = phases["confidential"][f"c{args.concurrency}"]
+    b_cn = phases["plain"][f"c{args.concurrency}"]
+    out.update(phases)
+    out["inprocess"] = local
+    out["variants_served_by_confidential"] = dict(served)
+    out["ratios"] = {
+        "throughput_a_over_b": _ratio(a_cn["rps"], b_cn["rps"]),
+        "throughput_a_over_c": _ratio(a_cn["rps"], local["rps"]),
+        "throughput_b_over_c": _ratio(b_cn["rps"], local["rps"]),
+        "p50_c1_a_over_b": _ratio(a_c1["p50_ms"], b_c1["p50_ms"]),
+        "p99_c1_a_over_b": _ratio(a_c1["p99_ms"], b_c1["p99_ms"]),
+        "p50_c1_a_over_c": _ratio(a_c1["p50_ms"], local["p50_ms"]),
+        "p50_c1_b_over_c": _ratio(b_c1["p50_ms"], local["p50_ms"]),
+        f"p50_c{args.concurrency}_a_over_b": _ratio(a_cn["p50_ms"], b_cn["p50_ms"]),
+    }
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
