@@ -14,6 +14,7 @@ them where they are.
 from __future__ import annotations
 
 import base64
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from infaas import Client
 from infaas.zoo import IR_VERSION, OPSET
 from tests.e2e.server import Served, start_serve, stop_serve
 
@@ -94,6 +96,11 @@ def scan(roots: list[Path]) -> dict[str, list[str]]:
     return found
 
 
+def _wal(db: Path) -> bytes:
+    wal = db.with_name(db.name + "-wal")
+    return wal.read_bytes() if wal.exists() else b""
+
+
 def test_the_scan_finds_markers_where_they_are(tmp_path: Path) -> None:
     (tmp_path / "a.bin").write_bytes(b"..." + marker_model() + b"...")
     (tmp_path / "b.log").write_text(
@@ -119,10 +126,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         stop_serve(s, remove_ray_dir=False)
 
 
-def test_no_plaintext_marker_on_the_untrusted_side(served: Served) -> None:
-    with served.client("admin") as admin:
-        owner = admin.with_credentials(admin.create_owner("marker-owner"))
-        tenant = admin.with_credentials(admin.create_tenant("marker-tenant"))
+def _serve_the_marker_model(owner: Client, tenant: Client) -> None:
     owner.attest_keyservice()
     owner.register_owner()
     tenant.attest_keyservice()
@@ -145,8 +149,17 @@ def test_no_plaintext_marker_on_the_untrusted_side(served: Served) -> None:
     np.testing.assert_allclose(result.outputs, INPUT @ WEIGHTS, rtol=1e-5)
     # and once more wherever the scheduler likes
     tenant.infer(task="marker", inputs=INPUT, latency_ms=10_000)
-    owner.close()
-    tenant.close()
+
+
+def test_no_plaintext_marker_on_the_untrusted_side(served: Served) -> None:
+    with served.client("admin") as admin:
+        owner_creds = admin.create_owner("marker-owner")
+        tenant_creds = admin.create_tenant("marker-tenant")
+        with (
+            admin.with_credentials(owner_creds) as owner,
+            admin.with_credentials(tenant_creds) as tenant,
+        ):
+            _serve_the_marker_model(owner, tenant)
 
     code = stop_serve(served, remove_ray_dir=False)
     assert code == 0, served.log_text()[-3000:]
@@ -156,7 +169,8 @@ def test_no_plaintext_marker_on_the_untrusted_side(served: Served) -> None:
         assert (served.data_dir / "artifacts" / "marker-model.sealed").is_file()
         found = scan(roots)
         assert found == {}, f"plaintext markers on the untrusted side: {found}"
+        # control: the scan did read the store, where metadata is in the clear by design
+        store = served.data_dir / "infaas.db"
+        assert b"marker-tenant" in store.read_bytes() + _wal(store)
     finally:
-        import shutil
-
         shutil.rmtree(served.ray_dir, ignore_errors=True)

@@ -296,3 +296,37 @@ def test_credentials_file_is_private_and_round_trips(world: World, tmp_path: Pat
     path.chmod(0o644)
     with pytest.raises(AuthenticationFailed, match="readable by others"):
         Client.from_credentials(path)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["serve"],
+        ["infer"],
+        ["models"],
+        ["register"],
+        ["tenant"],
+        ["tenant", "create"],
+        ["zoo", "build"],
+        ["profile"],
+        ["evidence", "verify"],
+    ],
+    ids=lambda a: " ".join(a) or "infaas",
+)
+def test_every_cli_command_has_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from infaas.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--help"])
+    assert e.value.code == 0
+    assert "usage: infaas" in capsys.readouterr().out
+
+
+def test_cli_without_credentials_says_where_they_come_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from infaas.cli import main
+
+    assert main(["models", "--data-dir", str(tmp_path)]) == 2
+    assert "infaas serve" in capsys.readouterr().err
