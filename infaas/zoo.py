@@ -620,6 +620,8 @@ def zoo_build_command(args: argparse.Namespace, settings: Settings) -> int:
     from rich.table import Table
 
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=150)  # piped: rich would fold the table into 80 columns
     n_models = 6
     with Progress(
         TextColumn("[bold]zoo[/bold] {task.description}"),

@@ -330,7 +330,10 @@ def _in_memory_reload() -> Iterator[None]:
     """
     from onnxruntime.quantization import base_quantizer, onnx_quantizer
 
+    root = logging.getLogger()
     with _patch_lock:
+        # onnxruntime's quantizers log per-tensor chatter at INFO on the root logger
+        root.addFilter(_quiet_quantizer)
         saved = (
             onnx_quantizer.save_and_reload_model_with_shape_infer,
             base_quantizer.save_and_reload_model_with_shape_infer,
@@ -344,6 +347,11 @@ def _in_memory_reload() -> Iterator[None]:
                 onnx_quantizer.save_and_reload_model_with_shape_infer,
                 base_quantizer.save_and_reload_model_with_shape_infer,
             ) = saved
+            root.removeFilter(_quiet_quantizer)
+
+
+def _quiet_quantizer(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or "quantization" not in record.pathname
 
 
 def generate_variants(
