@@ -31,7 +31,7 @@ import httpx
 from ray import serve
 from ray.serve import Application
 
-from enclave_workers.endpoint import PrefixRoot, create_worker_app
+from enclave_workers.endpoint import WorkerASGI, serve_app
 from enclave_workers.measurement import worker_measurement
 from enclave_workers.runtime import DEFAULT_MEMORY_BUDGET_BYTES, WorkerRuntime
 from infaas.artifacts import ArtifactStore
@@ -79,9 +79,8 @@ class EnclaveWorker:
         )
         self._runtime.start()
 
-    def __serve_build_asgi_app__(self) -> PrefixRoot:
-        app = create_worker_app(self._runtime, max_request_bytes=self._settings.max_request_bytes)
-        return PrefixRoot(app)
+    def __serve_build_asgi_app__(self) -> WorkerASGI:
+        return serve_app(self._runtime, max_request_bytes=self._settings.max_request_bytes)
 
     async def prepare_model(self, model_id: str) -> JobStatus:
         """Generate, profile and register a stored model's variants (in a thread)."""

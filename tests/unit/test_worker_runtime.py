@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from enclave_workers.endpoint import create_worker_app
+from enclave_workers.endpoint import create_worker_app, serve_app
 from enclave_workers.preparation import PreparationOptions, read_job, validation_artifact
 from enclave_workers.runtime import WorkerRuntime
 from infaas.artifacts import ArtifactStore
@@ -182,7 +182,9 @@ def world(
     prep = PreparationOptions(
         pool="cpu",
         max_batch=8,
-        profile=ProfileOptions(batch_sizes=(1, 2, 4, 8), warmup_runs=1, min_runs=3, min_time_s=0.01),
+        profile=ProfileOptions(
+            batch_sizes=(1, 2, 4, 8), warmup_runs=1, min_runs=3, min_time_s=0.01
+        ),
         validation_samples=128,
         calibration_samples=32,
     )
@@ -254,9 +256,9 @@ def test_int8_variant_is_close_to_fp32_and_json_bodies_work(world: World) -> Non
     int8 = f"{MODEL}.int8.onnxruntime"
     if int8 not in world.variants:
         pytest.skip("no static INT8 variant on this machine")
-    reference = load_variant(
-        world.store.get_variant(f"{MODEL}.fp32.onnxruntime"), world.onnx
-    ).run(world.x[:4])
+    reference = load_variant(world.store.get_variant(f"{MODEL}.fp32.onnxruntime"), world.onnx).run(
+        world.x[:4]
+    )
     req = world.request("acme", world.x[:4], variant_id=int8, binary=False)
     resp = world.infer("acme", req)
     assert resp.variant_id == int8
@@ -397,9 +399,10 @@ def test_status_names_the_tee_and_counts(world: World) -> None:
         assert key.hex() not in text
 
 
-def test_http_endpoint(world: World) -> None:
-    app = create_worker_app(world.runtime, max_request_bytes=64 * 1024)
-    with TestClient(app) as http:
+@pytest.mark.parametrize("app_kind", ["replica", "fastapi"])
+def test_http_endpoint(world: World, app_kind: str) -> None:
+    build = serve_app if app_kind == "replica" else create_worker_app
+    with TestClient(build(world.runtime, max_request_bytes=64 * 1024)) as http:
         req = world.request("acme", world.x[:2])
         ok = http.post(
             "/",
@@ -422,6 +425,10 @@ def test_http_endpoint(world: World) -> None:
         )
         assert huge.status_code == 413
         garbage = http.post(
-            "/", content=b"{not json", headers={"Authorization": f"Bearer {world.api_tokens['acme']}"}
+            "/",
+            content=b"{not json",
+            headers={"Authorization": f"Bearer {world.api_tokens['acme']}"},
         )
         assert garbage.status_code == 400 and garbage.json()["code"] == "invalid_input"
+        assert http.get("/").status_code == 405
+        assert http.post("/elsewhere", content=b"{}").status_code == 404
