@@ -49,9 +49,11 @@ from infaas.envelope import new_key, open_response, seal_artifact, seal_request
 from infaas.errors import (
     AttestationFailed,
     AuthenticationFailed,
+    Conflict,
     DecryptionFailed,
     InfaasError,
     InvalidInput,
+    ModelNotFound,
     PayloadTooLarge,
     error_from_code,
 )
@@ -440,6 +442,12 @@ class Client:
             )
         if validation_y is not None and len(validation_y) != len(x):
             raise InvalidInput(f"{len(x)} validation inputs but {len(validation_y)} labels")
+        try:
+            self.model(model_id)
+        except ModelNotFound:
+            pass
+        else:  # say so before a data key goes to the key service for nothing
+            raise Conflict(f"model {model_id!r} is already registered", model_id=model_id)
         buf = io.BytesIO()
         arrays = {"x": x.astype(DTYPES[spec.datatype], copy=False)}
         if validation_y is not None:
