@@ -1,1 +1,10 @@
-"""api package."""
+"""The REST control plane of infaas and its Ray Serve composition.
+
+- `api.app.create_app(settings, ...)`: the FastAPI control plane (models, jobs,
+  tasks, tenants, health), everything but inference;
+- `api.deps`: what routes depend on (`Annotated[..., Depends(...)]` aliases);
+- `api.problems`: errors as JSON problem bodies, the request-size limit;
+- `api.serve`: the Serve applications (key service, control, the workers' infer app);
+- `api.bootstrap`: the first start of `infaas serve` (zoo owner, demo tenant);
+- `api.command`: `infaas serve` itself.
+"""
