@@ -325,18 +325,26 @@ def template_classes(n_templates: int) -> np.ndarray:
 
 def image_sets(
     n_templates: int, n_validation: int, resolution: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(calibration, validation) synthetic image sets with class structure.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(templates, calibration, validation) synthetic image sets with class structure.
 
-    The calibration images are class templates; each validation image is one
-    template mixed with a distractor image (weight 0.5), so the validation set
-    is like a labelled dataset but harder than the templates themselves.
+    The templates stand for classes (they set the networks' normalisation
+    statistics and head); each validation image is one template mixed with a
+    distractor image (weight 0.3), so the validation set is like a labelled
+    dataset but harder than the templates. The calibration set is drawn the same
+    way with other distractors (plus the templates): representative of serving
+    inputs, disjoint from the validation set.
     """
     templates = synthetic_images(n_templates, resolution, IMAGES_SEED + 100)
-    distractors = synthetic_images(n_validation, resolution, IMAGES_SEED + 200)
-    which = np.arange(n_validation) % n_templates
-    val = (templates[which] + 0.5 * distractors) / np.float32(np.sqrt(1 + 0.5**2))
-    return templates, np.ascontiguousarray(val, dtype=np.float32)
+
+    def mixed(n: int, seed: int) -> np.ndarray:
+        distractors = synthetic_images(n, resolution, seed)
+        which = np.arange(n) % n_templates
+        out = (templates[which] + 0.3 * distractors) / np.float32(np.sqrt(1 + 0.3**2))
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    calibration = np.concatenate([templates, mixed(n_templates, IMAGES_SEED + 300)])
+    return templates, calibration, mixed(n_validation, IMAGES_SEED + 200)
 
 
 @dataclass(frozen=True)
@@ -405,7 +413,7 @@ def _np_conv(x: np.ndarray, w: np.ndarray, stride: int, pad: int) -> np.ndarray:
 def _resnet_onnx(
     arch: str, small: bool, resolution: int, calibration: np.ndarray
 ) -> tuple[bytes, int]:
-    """A ResNet-style CNN whose normalisation statistics come from `calibration`."""
+    """A ResNet-style CNN whose normalisation statistics and head come from templates."""
     shape = RESNETS[arch]
     rng = np.random.default_rng(IMAGES_SEED + sorted(RESNETS).index(arch))
     g = _Graph(acts={"x": calibration})
@@ -586,7 +594,7 @@ def build_zoo(
     res = SMALL_RESOLUTION if small else FULL_RESOLUTION
     n_val = 256 if small else 128
     n_cal = 32
-    calib, val = image_sets(n_cal, n_val, res)
+    templates, calib, val = image_sets(n_cal, n_val, res)
     np.savez(zoo_dir / "images.val.npz", x=val)
     np.savez(zoo_dir / "images.calib.npz", x=calib)
     for arch in RESNETS:
@@ -596,7 +604,7 @@ def build_zoo(
         if (e := reusable(model_id)) is not None:
             entries.append(e)
             continue
-        onnx_bytes, n_params = _resnet_onnx(arch, small, res, calib)
+        onnx_bytes, n_params = _resnet_onnx(arch, small, res, templates)
         write(
             model_id,
             "images",

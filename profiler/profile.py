@@ -52,7 +52,7 @@ class ProfileOptions:
     min_time_s: float = 0.5
     # A slow variant at a large batch (e.g. dynamic INT8 convolutions) stops after
     # this long once it has 3 runs: its p99 is then little more than its maximum.
-    max_time_s: float = 5.0
+    max_time_s: float = 2.0
     threads: int = 2
 
     @classmethod
@@ -70,7 +70,7 @@ class ProfileOptions:
             settings.warmup_runs,
             settings.min_runs,
             settings.min_time_s,
-            max(5.0, 4 * settings.min_time_s),
+            max(2.0, 2 * settings.min_time_s),
             settings.threads,
         )
 
