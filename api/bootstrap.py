@@ -55,10 +55,20 @@ def keyservice_trust(settings: Settings) -> KeyServiceTrust:
     )
 
 
+def _reload(path: Path, base_url: str) -> Client:
+    """Credentials from an earlier start, rewritten if the service moved (another port)."""
+    client = Client.from_credentials(path)
+    if client.base_url != base_url.rstrip("/"):
+        client.close()
+        client = Client.from_credentials(path, base_url=base_url)
+        client.save_credentials(path)
+    return client
+
+
 def _admin(settings: Settings, base_url: str, trust: KeyServiceTrust) -> Client:
     path = credentials_dir(settings) / f"{ADMIN}.json"
     if path.exists():
-        return Client.from_credentials(path, base_url=base_url)
+        return _reload(path, base_url)
     with open_store(settings.resolved_store_url) as store:
         token = TokenRegistry(store).issue(ADMIN, "admin", replace=True)
     admin = Client(base_url, api_token=token, principal=ADMIN, role="admin", keyservice=trust)
@@ -69,7 +79,7 @@ def _admin(settings: Settings, base_url: str, trust: KeyServiceTrust) -> Client:
 def _owner(settings: Settings, admin: Client) -> Client:
     path = credentials_dir(settings) / f"{ZOO_OWNER}.json"
     if path.exists():
-        return Client.from_credentials(path, base_url=admin.base_url)
+        return _reload(path, admin.base_url)
     owner = admin.with_credentials(admin.create_owner(ZOO_OWNER, "example model zoo"))
     owner.attest_keyservice()
     owner.register_owner()
@@ -80,7 +90,7 @@ def _owner(settings: Settings, admin: Client) -> Client:
 def _tenant(settings: Settings, admin: Client, tenant: str) -> Client:
     path = credentials_dir(settings) / f"{tenant}.json"
     if path.exists():
-        return Client.from_credentials(path, base_url=admin.base_url)
+        return _reload(path, admin.base_url)
     client = admin.with_credentials(admin.create_tenant(tenant, f"{tenant} tenant"))
     client.attest_keyservice()
     client.register_tenant()
@@ -90,7 +100,7 @@ def _tenant(settings: Settings, admin: Client, tenant: str) -> Client:
 
 def bootstrap_admin(settings: Settings, base_url: str) -> Path:
     """Only the administrator's credentials (``serve --no-zoo``); their path."""
-    _admin(settings, base_url, keyservice_trust(settings))
+    _admin(settings, base_url, keyservice_trust(settings)).close()
     return credentials_dir(settings) / f"{ADMIN}.json"
 
 
@@ -138,7 +148,8 @@ def bootstrap(
         registered.append(entry.model_id)
     wait_all(owner, registered, progress=progress, timeout_s=timeout_s)
     creds = {name: credentials_dir(settings) / f"{name}.json" for name in (ADMIN, ZOO_OWNER, DEMO)}
-    del demo
+    for client in (admin, owner, demo):
+        client.close()
     return BootstrapResult(credentials=creds, models=registered)
 
 
