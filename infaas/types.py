@@ -132,7 +132,7 @@ class VariantSpec(Frozen):
 class LatencyModel(Frozen):
     """Latency of one batch as a line in the batch size: intercept + slope * batch."""
 
-    intercept_ms: float
+    intercept_ms: float = Field(ge=0.0)
     slope_ms: float = Field(ge=0.0)
 
     def predict_ms(self, batch: int) -> float:

@@ -169,15 +169,20 @@ def time_batches(
 
 
 def fit_latency_model(batches: tuple[BatchLatency, ...]) -> LatencyModel:
-    """Least-squares line p50_ms = intercept + slope * batch (slope kept >= 0)."""
+    """Least-squares line p50_ms = intercept + slope * batch, both kept >= 0.
+
+    Non-negative least squares: a noisy small batch would otherwise fit a
+    negative intercept and predict ~0 ms for batch 1, which makes the scheduler
+    unable to tell variants apart.
+    """
+    from scipy.optimize import nnls
+
     if len(batches) == 1:
         b = batches[0]
         return LatencyModel(intercept_ms=0.0, slope_ms=b.p50_ms / b.batch)
     xs = np.array([b.batch for b in batches], dtype=np.float64)
     ys = np.array([b.p50_ms for b in batches], dtype=np.float64)
-    slope, intercept = np.polyfit(xs, ys, 1)
-    if slope < 0:
-        return LatencyModel(intercept_ms=float(ys.mean()), slope_ms=0.0)
+    (intercept, slope), _ = nnls(np.column_stack([np.ones_like(xs), xs]), ys)
     return LatencyModel(intercept_ms=float(intercept), slope_ms=float(slope))
 
 
