@@ -23,7 +23,6 @@ from infaas.auth import TokenRegistry
 from infaas.settings import Settings
 from infaas.store import MetadataStore, open_store
 
-MAX_MODEL_BYTES = 1 << 30
 """Largest sealed artifact (and model-registration body) accepted: ONNX protobufs stop at 2 GiB
 and the body is base64 in JSON. Every other request obeys `settings.max_request_bytes`."""
 
@@ -44,7 +43,6 @@ def create_app(
     tokens: TokenRegistry | None = None,
     prepare: PrepareFn | None = None,
     worker_status: WorkerStatusFn | None = None,
-    max_model_bytes: int = MAX_MODEL_BYTES,
 ) -> FastAPI:
     """A control-plane app over `settings`; parts not given are built from them."""
     store = store if store is not None else open_store(settings.resolved_store_url)
@@ -55,7 +53,7 @@ def create_app(
         tokens=tokens or TokenRegistry(store),
         prepare=prepare,
         worker_status=worker_status,
-        max_model_bytes=max_model_bytes,
+        max_model_bytes=settings.max_model_bytes,
     )
     simulated = settings.tee_backend == "simulated"
     app = FastAPI(
@@ -81,7 +79,7 @@ def create_app(
 
     def limit_for(scope: Scope) -> int:
         if scope.get("method") == "POST" and str(scope.get("path", "")).endswith("/v1/models"):
-            return max(max_model_bytes * 4 // 3 + 65536, settings.max_request_bytes)
+            return max(settings.max_model_bytes * 4 // 3 + 65536, settings.max_request_bytes)
         return settings.max_request_bytes
 
     app.add_middleware(BodyLimit, limit_for=limit_for)

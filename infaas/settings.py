@@ -86,7 +86,12 @@ class Settings(BaseSettings):
     num_cpus: int = Field(2, ge=1)
     http_host: str = "127.0.0.1"
     http_port: int = Field(8000, ge=0, le=65535)
-    max_request_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="largest inference request body"
+    )
+    max_model_bytes: int = Field(
+        1 << 30, ge=1024, description="largest sealed model (or validation set) to register"
+    )
     request_window_s: float = Field(300.0, gt=0, description="replay window for request ids")
     pools: tuple[Pool, ...] = Field(
         (Pool(name="cpu", num_cpus=1.0, cost_per_replica_s=1.0, threads_per_replica=1),),

@@ -72,7 +72,9 @@ class Api:
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[Api]:
-    settings = load_settings(data_dir=tmp_path, store_url="memory://", max_request_bytes=4096)
+    settings = load_settings(
+        data_dir=tmp_path, store_url="memory://", max_request_bytes=4096, max_model_bytes=64 * 1024
+    )
     store = open_store("memory://")
     artifacts = ArtifactStore(tmp_path / "artifacts")
     tokens = TokenRegistry(store)
@@ -84,7 +86,6 @@ def api(tmp_path: Path) -> Iterator[Api]:
         tokens=tokens,
         prepare=worker.prepare,
         worker_status=worker.status,
-        max_model_bytes=64 * 1024,
     )
     admin = {"Authorization": f"Bearer {tokens.issue('admin', 'admin')}"}
     with TestClient(app, raise_server_exceptions=False) as http:
