@@ -39,6 +39,7 @@ from infaas.attestation.deployment import create_tee
 from infaas.keyservice import HttpKeyService
 from infaas.settings import Pool, Settings
 from infaas.store import open_store
+from infaas.telemetry import Flusher, configure_logging
 from infaas.wire import JobStatus
 
 log = logging.getLogger("infaas.enclave_workers.deployment")
@@ -60,6 +61,7 @@ class EnclaveWorker:
         batch_wait_ms: float = 0.0,
         shared_replay_guard: bool = True,
     ) -> None:
+        configure_logging()  # JSON lines on stderr; Ray forwards them to the driver's output
         pool = settings.pool(pool_name) if pool_name else settings.pools[0]
         store = open_store(settings.resolved_store_url)
         artifacts = ArtifactStore(settings.data_dir / "artifacts")
@@ -78,6 +80,9 @@ class EnclaveWorker:
             shared_replay_guard=shared_replay_guard,
         )
         self._runtime.start()
+        # per-request aggregates and this replica's status -> the store, once a second
+        self._telemetry = Flusher(store, self._runtime.telemetry, status=self._runtime.status)
+        self._telemetry.start()
 
     def __serve_build_asgi_app__(self) -> WorkerASGI:
         return serve_app(self._runtime, max_request_bytes=self._settings.max_request_bytes)

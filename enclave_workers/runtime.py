@@ -74,6 +74,7 @@ from infaas.keyservice import KeyServiceTransport, WorkerKeyClient
 from infaas.protocol import BINARY_MAGIC, decode_request, encode_response
 from infaas.settings import Pool, Settings
 from infaas.store import MetadataStore
+from infaas.telemetry import Recorder
 from infaas.types import SLO, Task
 from infaas.wire import InferRequest, InferResponse, JobStatus
 from scheduler.load import LoadSnapshot, VariantLoad
@@ -217,6 +218,8 @@ class WorkerRuntime:
         self.started_at = time.time()
         self.requests_served = 0
         self.errors: Counter[str] = Counter()
+        # per-request metadata for the dashboard and /metrics (flushed by the deployment)
+        self.telemetry = Recorder("worker", pool=self.pool.name)
         if tee.simulated:
             log.warning("worker runs on %s", tee.status())
 
@@ -403,7 +406,9 @@ class WorkerRuntime:
         env = request.envelope
         cands = self._candidates
         load = LoadSnapshot(self._loads)
+        decision_started = time.perf_counter()
         first = select(cands, query, slo, load)
+        self.telemetry.decided(time.perf_counter() - decision_started)
         tried: set[str] = set()
         error: InfaasError = PermissionDenied(
             f"tenant {env.tenant!r} may use no model that serves {query}", tenant=env.tenant
@@ -450,8 +455,13 @@ class WorkerRuntime:
             response = await self._infer(request, token, t0)
         except InfaasError as e:
             self.errors[e.code] += 1
+            self.telemetry.request_failed(request.envelope, e.code, t0)
+            raise
+        except Exception:
+            self.telemetry.request_failed(request.envelope, "internal_error", t0)
             raise
         self.requests_served += 1
+        self.telemetry.request_served(request.envelope, response)
         return response
 
     async def _infer(self, request: InferRequest, token: str | None, t0: float) -> InferResponse:
