@@ -45,6 +45,7 @@ from infaas.keyservice import (
 from infaas.keyservice.http import PREFIX as KEYSERVICE_PREFIX
 from infaas.settings import Settings
 from infaas.store import open_store
+from infaas.telemetry import Flusher, KeyServiceTelemetry, Recorder, configure_logging
 
 log = logging.getLogger("infaas.api.serve")
 
@@ -103,6 +104,7 @@ class KeyServiceIngress:
     """The key service as a Serve replica; one replica owns its store namespace."""
 
     def __init__(self, settings: Settings, worker_measurements_hex: list[str]) -> None:
+        configure_logging()
         store = open_store(settings.resolved_store_url)
         tee = create_tee(settings, keyservice_measurement())
         verifier = create_verifier(
@@ -114,9 +116,16 @@ class KeyServiceIngress:
             else gramine_sealing_key()
         )
         self._service = KeyService(store, kek, tee, verifier)
+        # key releases and refusals (by code) -> the store, for the dashboard and /metrics
+        self._telemetry = Recorder("keyservice")
+        info: dict[str, Any] = {"measurement": tee.measurement.hex(), "tee_backend": tee.name}
+        info |= {"simulated": tee.simulated, "tee_status": tee.status()}
+        Flusher(store, self._telemetry, status=lambda: info).start()
 
     def __serve_build_asgi_app__(self) -> _UnprefixedRoot:
-        return _UnprefixedRoot(create_keyservice_app(self._service))
+        app = create_keyservice_app(self._service)
+        app.add_middleware(KeyServiceTelemetry, recorder=self._telemetry)
+        return _UnprefixedRoot(app)
 
 
 @serve.deployment(
@@ -131,6 +140,7 @@ class ControlIngress:
     """The control plane; it reaches the worker deployment through its app handle."""
 
     def __init__(self, settings: Settings, infer_app: str | None = INFER_APP) -> None:
+        configure_logging()
         self._settings = settings
         self._infer_app = infer_app
         self._handle: DeploymentHandle[Any] | None = None
