@@ -391,11 +391,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    from infaas.telemetry import configure_logging
+    if args.command == "serve":
+        from infaas.telemetry import configure_logging
 
-    # the service logs JSON lines (request id, tenant, task, variant: metadata only)
-    configure_logging(level, json_lines=args.command == "serve")
+        # the service logs JSON lines (request id, tenant, task, variant: metadata only)
+        configure_logging(level)
+    else:
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # one line per HTTP call drowns the output (and names every URL polled)
     logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
