@@ -64,6 +64,36 @@ class SLODefaults(BaseModel):
     min_accuracy: float = Field(0.0, ge=0.0, le=1.0)
 
 
+class AutoscalerSettings(BaseModel):
+    """The autoscaler control loop (`scheduler.controller`) and how Serve applies it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    policy: Literal["off", "infaas", "static", "queue", "infaas-style"] = Field(
+        "off",
+        description="off: fixed replicas, per-request selection only; infaas: SLO-aware "
+        "policy; static: FP32, static_replicas; queue: FP32, Ray Serve's queue-length "
+        "autoscaler; infaas-style: least-slack variant, utilisation thresholds",
+    )
+    tick_s: float = Field(1.0, gt=0, description="control loop period")
+    min_replicas: int = Field(1, ge=0, description="worker replicas, at least")
+    max_replicas: int = Field(8, ge=1, description="worker replicas, at most")
+    static_replicas: int = Field(2, ge=1, description="static: worker replicas, fixed")
+    target_ongoing_requests: float = Field(2.0, gt=0, description="queue: per replica")
+    upscale_delay_s: float = Field(30.0, ge=0, description="queue: Ray Serve's default")
+    downscale_delay_s: float = Field(600.0, ge=0, description="queue: Ray Serve's default")
+    policy_config: dict[str, float | int | str] = Field(
+        default_factory=dict,
+        description="overrides of scheduler.autoscaler.AutoscalerConfig (e.g. burst_window_s)",
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalerSettings:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaler min_replicas must not exceed max_replicas")
+        return self
+
+
 class Settings(BaseSettings):
     """Everything a deployment of infaas is configured by."""
 
@@ -99,6 +129,7 @@ class Settings(BaseSettings):
     )
     profiler: ProfilerSettings = ProfilerSettings()
     slo_defaults: SLODefaults = SLODefaults()
+    autoscaler: AutoscalerSettings = AutoscalerSettings()
 
     @model_validator(mode="after")
     def _safe(self) -> Settings:
