@@ -79,6 +79,7 @@ from infaas.types import SLO, Task
 from infaas.wire import InferRequest, InferResponse, JobStatus
 from scheduler.load import LoadSnapshot, VariantLoad
 from scheduler.policy import Candidate, CandidateSet, Query, QueryKind, Selection, select
+from scheduler.routing import LoadReport, RoutingHints, demand_key, route_select
 from variants.runtime import LoadedVariant, load_variant
 
 log = logging.getLogger("infaas.enclave_workers")
@@ -218,6 +219,9 @@ class WorkerRuntime:
         self.started_at = time.time()
         self.requests_served = 0
         self.errors: Counter[str] = Counter()
+        # autoscaler: arrivals per demand class (metadata), and its routing hints
+        self.arrivals: Counter[str] = Counter()
+        self.routing: RoutingHints | None = None
         # per-request metadata for the dashboard and /metrics (flushed by the deployment)
         self.telemetry = Recorder("worker", pool=self.pool.name)
         if tee.simulated:
@@ -407,7 +411,7 @@ class WorkerRuntime:
         cands = self._candidates
         load = LoadSnapshot(self._loads)
         decision_started = time.perf_counter()
-        first = select(cands, query, slo, load)
+        first = route_select(cands, query, slo, load, self.routing)
         self.telemetry.decided(time.perf_counter() - decision_started)
         tried: set[str] = set()
         error: InfaasError = PermissionDenied(
@@ -474,6 +478,7 @@ class WorkerRuntime:
             slo = SLO(latency_ms=env.latency_ms, min_accuracy=env.min_accuracy)
         except ValidationError as e:
             raise InvalidInput(f"bad SLO in the envelope: {e.errors()[0]['msg']}") from None
+        self.arrivals[demand_key(env.task, slo.latency_ms, slo.min_accuracy)] += 1
         query = self._query(request)
         selection, key = await self._choose(request, query, slo)
         cand = selection.candidate
@@ -542,6 +547,16 @@ class WorkerRuntime:
         )
 
     # --- status -------------------------------------------------------------------------
+
+    def load_report(self, replica: str) -> LoadReport:
+        """This replica's traffic for the autoscaler: arrivals per class, queues, loaded."""
+        return LoadReport(
+            replica=replica,
+            ts=time.time(),
+            arrivals=dict(self.arrivals),
+            outstanding={v: st.outstanding for v, st in list(self._states.items())},
+            loaded=list(self._packer.stats().loaded),
+        )
 
     def status(self) -> dict[str, Any]:
         """Health and dashboard view: no keys, no plaintext, only metadata."""
