@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
 
         for r in registered:
             result[r.model_id] = bench_model(
-                r, args, port, store, artifacts, tenant_key, api_token, settings
+                r, handle, args, port, store, artifacts, tenant_key, api_token, settings
             )
         http.close()
     finally:
@@ -395,8 +395,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def worker_batches(handle: Any, variant_id: str) -> tuple[int, int]:
+    """(batches, samples) the worker replica has run for a variant so far."""
+    status = handle.status.remote().result(timeout_s=30)
+    q = status["queues"].get(variant_id, {})
+    return int(q.get("batches", 0)), int(q.get("samples", 0))
+
+
 def bench_model(
     r: Registered,
+    handle: Any,
     args: argparse.Namespace,
     port: int,
     store: Any,
@@ -435,7 +443,7 @@ def bench_model(
         return body, auth, check
 
     # warm up (cold start, key release) and learn which variant the scheduler picks
-    probe = closed_loop(port, ROUTE_PREFIX, confidential, 1, 0.0, 0.5)
+    probe = closed_loop(port, ROUTE_PREFIX, confidential, 1, 0.0, 3.0)
     if probe.requests == 0:
         raise SystemExit(f"{r.model_id}: the confidential path answered no request")
     variant_id = max(served, key=lambda v: served[v])
@@ -462,7 +470,7 @@ def bench_model(
 
         return oip, plain_headers, check
 
-    closed_loop(port, plain_prefix, plain, 1, 0.0, 0.5)  # warm up
+    closed_loop(port, plain_prefix, plain, 1, 0.0, 2.0)  # warm up
 
     served.clear()
     out: dict[str, Any] = {"variant": variant_id}
@@ -472,8 +480,15 @@ def bench_model(
             ("confidential", confidential, ROUTE_PREFIX),
             ("plain", plain, plain_prefix),
         ):
+            before = worker_batches(handle, variant_id) if name == "confidential" else None
             ph = closed_loop(port, path, maker, c, args.warmup_s, args.duration_s)
             phases[name][f"c{c}"] = ph.summary()
+            if before is not None:
+                after = worker_batches(handle, variant_id)
+                batches = after[0] - before[0]
+                phases[name][f"c{c}"]["mean_batch"] = round(
+                    (after[1] - before[1]) / batches if batches else 0.0, 2
+                )
     serve.delete(plain_app)
     variant = load_variant(spec, onnx, args.threads)
     local = inprocess(variant, x1, args.max_batch, args.duration_s)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from infaas.envelope import Keyring
 from infaas.keyservice import KeyRequest, ReleasedKey, WorkerKeyClient
 
 log = logging.getLogger("infaas.enclave_workers.keys")
@@ -29,8 +30,7 @@ _TenantKeyId = tuple[str, str, str | None]  # (tenant, model id, key id or curre
 
 @dataclass
 class _Cached:
-    key: bytes
-    key_id: str
+    keyring: Keyring
     expires_at: float
 
 
@@ -108,14 +108,15 @@ class KeyCache:
 
     # --- tenant request keys ------------------------------------------------------------
 
-    def _tenant_hit(self, ident: _TenantKeyId) -> bytes | None:
+    def _tenant_hit(self, ident: _TenantKeyId) -> Keyring | None:
         hit = self._tenants.get(ident)
         if hit is not None and hit.expires_at > self._clock():
-            return hit.key
+            return hit.keyring
         return None
 
-    def tenant_key(self, tenant: str, model_id: str, key_id: str | None) -> bytes:
-        """The tenant's request key `key_id`, released only if the tenant may use the model."""
+    def tenant_key(self, tenant: str, model_id: str, key_id: str | None) -> Keyring:
+        """The tenant's request key `key_id` (as a one-key keyring, its AES context built
+        once), released only if the tenant may use the model."""
         ident = (tenant, model_id, key_id)
         if (hit := self._tenant_hit(ident)) is not None:
             return hit
@@ -124,10 +125,11 @@ class KeyCache:
                 return hit
             req = KeyRequest(kind="tenant", tenant=tenant, model_id=model_id, key_id=key_id)
             (rk,) = self._fetch([req])
-            self._tenants[ident] = _Cached(rk.key, rk.key_id, self._clock() + self._ttl)
-            return rk.key
+            ring = Keyring({rk.key_id: rk.key})
+            self._tenants[ident] = _Cached(ring, self._clock() + self._ttl)
+            return ring
 
-    async def tenant_key_async(self, tenant: str, model_id: str, key_id: str | None) -> bytes:
+    async def tenant_key_async(self, tenant: str, model_id: str, key_id: str | None) -> Keyring:
         """`tenant_key` without blocking the event loop on a miss."""
         hit = self._tenant_hit((tenant, model_id, key_id))
         if hit is not None:

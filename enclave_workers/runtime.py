@@ -56,6 +56,7 @@ from infaas.attestation import SIMULATED_LABEL
 from infaas.attestation.backends import EvidenceGenerator
 from infaas.auth import TokenRegistry
 from infaas.envelope import (
+    Keyring,
     MemoryReplayGuard,
     StoreReplayGuard,
     artifact_key_id,
@@ -405,7 +406,7 @@ class WorkerRuntime:
 
     async def _choose(
         self, request: InferRequest, query: Query, slo: SLO
-    ) -> tuple[Selection, bytes]:
+    ) -> tuple[Selection, Keyring]:
         """The cheapest feasible variant of a model the tenant may use, and the tenant's key."""
         env = request.envelope
         cands = self._candidates
@@ -480,11 +481,10 @@ class WorkerRuntime:
             raise InvalidInput(f"bad SLO in the envelope: {e.errors()[0]['msg']}") from None
         self.arrivals[demand_key(env.task, slo.latency_ms, slo.min_accuracy)] += 1
         query = self._query(request)
-        selection, key = await self._choose(request, query, slo)
+        selection, keys = await self._choose(request, query, slo)
         cand = selection.candidate
         if cand.spec.task != env.task:
             raise InvalidInput(f"variant {cand.variant_id} serves task {cand.spec.task!r}")
-        keys = {env.key_id: key}
         now = time.time()
         plaintext = open_request(
             env,
@@ -584,6 +584,7 @@ class WorkerRuntime:
                     "outstanding": st.outstanding,
                     "served": st.served,
                     "batches": st.batcher.stats.batches,
+                    "samples": st.batcher.stats.samples,
                     "largest_batch": st.batcher.stats.largest,
                 }
                 for vid, st in self._states.items()
