@@ -65,6 +65,7 @@ from scheduler.routing import (
 
 __all__ = [
     "POLICY_NAMES",
+    "CandidateCache",
     "ControlLoop",
     "Measurement",
     "Plan",
@@ -297,6 +298,28 @@ def event_records(p: Plan, replicas: Mapping[str, int], now_s: float) -> list[di
 
 
 # ------------------------------------------------------------------ the loop (shell)
+
+
+class CandidateCache:
+    """The candidate set from the store's variants and profiles, rebuilt every `refresh_s`."""
+
+    def __init__(
+        self, store: MetadataStore, pools: tuple[Pool, ...], refresh_s: float = 10.0
+    ) -> None:
+        self.store = store
+        self.pools = pools
+        self.refresh_s = refresh_s
+        self._at = -math.inf
+        self._set = CandidateSet([])
+
+    def __call__(self) -> CandidateSet:
+        now = time.monotonic()
+        if now - self._at >= self.refresh_s or not len(self._set):
+            self._set = CandidateSet.build(
+                self.store.list_variants(), self.store.list_profiles(), self.pools
+            )
+            self._at = now
+        return self._set
 
 
 @dataclass

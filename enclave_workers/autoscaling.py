@@ -1,0 +1,221 @@
+"""Ray-side wiring of the autoscaler: who measures, who decides, who applies.
+
+::
+
+    EnclaveWorker replica --LoadAgent (thread, 2 Hz)--> store LOAD_NS   (arrivals, queues)
+                          <------------------------- store "routes"     (RoutingHints)
+    application "autoscaler": AutoscalerLoop replica (no CPU) runs scheduler.controller.ControlLoop
+                          ---> store "target", "routes", autoscaler events
+    ServeController: the worker deployment's custom autoscaling policy `FollowTarget`
+                          <--- store "target"   ->  replica count of EnclaveWorker
+
+Per `settings.autoscaler.policy`:
+
+=============  ============================================  =========================
+policy         worker replicas                               variant routing
+=============  ============================================  =========================
+off            fixed (``num_replicas``)                      `select` per request
+static         fixed ``static_replicas``                     FP32 pinned
+queue          Ray Serve's own autoscaler                    FP32 pinned
+               (``target_ongoing_requests``, its delays)
+infaas-style   `FollowTarget` <- `infaas_policy`             least-slack variant, +1/-1
+infaas         `FollowTarget` <- `decide`                    planned variants, upgrades
+=============  ============================================  =========================
+
+Serve's own upscale/downscale delays are set to zero for `FollowTarget`: the
+policies carry their own hysteresis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import threading
+import time
+from typing import Any
+
+from ray import serve
+from ray.serve.config import AutoscalingContext, AutoscalingPolicy
+
+from infaas.settings import Settings
+from infaas.store import MetadataStore, open_store
+from scheduler.routing import LOAD_NS, read_hints, read_target
+
+log = logging.getLogger("infaas.enclave_workers.autoscaling")
+
+AUTOSCALER_APP = "autoscaler"
+TARGET_MAX_AGE_S = 30.0
+"""A target older than this is stale (the loop is gone): keep the replicas Serve has."""
+
+
+class FollowTarget:
+    """Ray Serve custom autoscaling policy: the replica count the control loop last wrote.
+
+    Runs in the Serve controller on every autoscaling tick; reads the store at
+    most every `read_every_s`. Without a fresh target it keeps the current one.
+    """
+
+    def __init__(self, store_url: str, read_every_s: float = 0.5) -> None:
+        self.store_url = store_url
+        self.read_every_s = read_every_s
+        self._store: MetadataStore | None = None
+        self._read_at = -1e18
+        self._target: int | None = None
+
+    def __call__(self, ctx: AutoscalingContext) -> tuple[int, dict[str, Any]]:
+        now = time.monotonic()
+        if now - self._read_at >= self.read_every_s:
+            self._read_at = now
+            try:
+                if self._store is None:
+                    self._store = open_store(self.store_url)
+                t = read_target(self._store)
+                fresh = t is not None and time.time() - t.ts <= TARGET_MAX_AGE_S
+                self._target = t.num_replicas if t is not None and fresh else None
+            except Exception as e:  # never take the Serve controller down
+                log.warning("autoscaler target unreadable: %s", e)
+                self._target = None
+        n = self._target if self._target is not None else ctx.target_num_replicas
+        return n, dict(ctx.policy_state)
+
+
+def scaled_options(settings: Settings, options: dict[str, Any]) -> dict[str, Any]:
+    """The worker deployment's Serve options under `settings.autoscaler` (see module doc)."""
+    a = settings.autoscaler
+    out = dict(options)
+    if a.policy == "off":
+        return out
+    if a.policy == "static":
+        out["num_replicas"] = a.static_replicas
+        return out
+    out.pop("num_replicas", None)
+    config: dict[str, Any] = {
+        "min_replicas": a.min_replicas,
+        "initial_replicas": max(a.min_replicas, 1),
+        "max_replicas": a.max_replicas,
+    }
+    if a.policy == "queue":
+        config.update(
+            target_ongoing_requests=a.target_ongoing_requests,
+            upscale_delay_s=a.upscale_delay_s,
+            downscale_delay_s=a.downscale_delay_s,
+        )
+    else:
+        config.update(
+            upscale_delay_s=0.0,
+            downscale_delay_s=0.0,
+            policy=AutoscalingPolicy(  # type: ignore[no-untyped-call]
+                policy_function=f"{__name__}:FollowTarget",
+                policy_kwargs={"store_url": settings.resolved_store_url},
+            ),
+        )
+    out["autoscaling_config"] = config
+    return out
+
+
+class LoadAgent:
+    """A worker replica's side of the loop: publish its load, pick up the routing hints."""
+
+    def __init__(self, runtime: Any, store: MetadataStore, period_s: float = 0.5) -> None:
+        self.runtime = runtime
+        self.store = store
+        self.period_s = period_s
+        self.replica = f"worker-{os.getpid()}-{secrets.token_hex(3)}"
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="infaas-load-agent", daemon=True)
+
+    def start(self) -> LoadAgent:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        # a store gone at shutdown: the loop ages the report out
+        with contextlib.suppress(Exception):
+            self.store.delete_record(LOAD_NS, self.replica)
+
+    def step(self) -> None:
+        report = self.runtime.load_report(self.replica)
+        self.store.put_record(LOAD_NS, self.replica, report.model_dump_json().encode())
+        hints = read_hints(self.store)
+        if hints is not None:
+            self.runtime.routing = hints
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            try:
+                self.step()
+            except Exception as e:  # a store hiccup must not stop serving
+                log.warning("load report failed: %s", e)
+
+
+class AutoscalerLoop:
+    """The control loop as a Serve replica (no CPU reserved); `status()` for the dashboard."""
+
+    def __init__(self, settings: Settings) -> None:
+        from infaas.telemetry import AutoscalerEvent, record_autoscaler_event
+        from scheduler.autoscaler import AutoscalerConfig
+        from scheduler.controller import CandidateCache, ControlLoop
+
+        a = settings.autoscaler
+        pool = settings.pools[0]
+        store = open_store(settings.resolved_store_url)
+        overrides: dict[str, Any] = {
+            "cpu_budget": a.max_replicas * pool.num_cpus if pool.num_cpus > 0 else 1.0,
+            "static_replicas": a.static_replicas,
+            "max_replicas_per_variant": a.max_replicas,
+            "max_replicas_per_pool": a.max_replicas,
+            "target_ongoing_requests": a.target_ongoing_requests,
+            "upscale_delay_s": a.upscale_delay_s,
+            "queue_downscale_delay_s": a.downscale_delay_s,
+        }
+        overrides.update(a.policy_config)
+        config = AutoscalerConfig(**overrides)
+
+        def record(rec: dict[str, object]) -> None:
+            record_autoscaler_event(store, AutoscalerEvent.model_validate(rec))
+
+        self._loop = ControlLoop(
+            store=store,
+            policy_name=a.policy,
+            config=config,
+            pool=pool,
+            candidates=CandidateCache(store, settings.pools),
+            min_replicas=a.min_replicas,
+            max_replicas=a.max_replicas,
+            tick_s=a.tick_s,
+            static_replicas=a.static_replicas if a.policy == "static" else None,
+            record_event=record,
+        ).start()
+        log.info("autoscaler control loop started (policy %s)", a.policy)
+
+    async def status(self) -> dict[str, Any]:
+        p = self._loop.last_plan
+        d = self._loop.last
+        return {
+            "policy": self._loop.policy_name,
+            "target": None if p is None else p.target.model_dump(),
+            "routes": None if p is None else p.hints.model_dump(),
+            "replicas": {} if d is None else dict(d.replicas),
+            "unserved_rps": {} if d is None else dict(d.unserved_rps),
+        }
+
+    def __del__(self) -> None:
+        loop = getattr(self, "_loop", None)
+        if loop is not None:
+            loop.stop()
+
+
+def build_autoscaler_app(settings: Settings) -> serve.Application:
+    """The "autoscaler" application (no route): one replica running the control loop."""
+    deployment = serve.deployment(
+        name="Autoscaler",
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0},
+        logging_config={"enable_access_log": False},
+    )(AutoscalerLoop)
+    app: serve.Application = deployment.bind(settings)
+    return app
