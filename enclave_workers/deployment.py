@@ -31,6 +31,7 @@ import httpx
 from ray import serve
 from ray.serve import Application
 
+from enclave_workers.autoscaling import LoadAgent, scaled_options
 from enclave_workers.endpoint import WorkerASGI, serve_app
 from enclave_workers.measurement import worker_measurement
 from enclave_workers.runtime import DEFAULT_MEMORY_BUDGET_BYTES, WorkerRuntime
@@ -83,6 +84,10 @@ class EnclaveWorker:
         # per-request aggregates and this replica's status -> the store, once a second
         self._telemetry = Flusher(store, self._runtime.telemetry, status=self._runtime.status)
         self._telemetry.start()
+        # the autoscaler's measurements and routing hints (settings.autoscaler.policy)
+        self._load_agent = (
+            LoadAgent(self._runtime, store).start() if settings.autoscaler.policy != "off" else None
+        )
 
     def __serve_build_asgi_app__(self) -> WorkerASGI:
         return serve_app(self._runtime, max_request_bytes=self._settings.max_request_bytes)
@@ -138,7 +143,8 @@ def build_infer_app(
     pool = settings.pool(pool_name) if pool_name else settings.pools[0]
     max_batch = max(settings.profiler.batch_sizes)
     ingress = serve.ingress()(EnclaveWorker)
-    deployment = serve.deployment(**deployment_options(pool, max_batch, num_replicas))(ingress)
+    options = scaled_options(settings, deployment_options(pool, max_batch, num_replicas))
+    deployment = serve.deployment(**options)(ingress)
     app: Application = deployment.bind(
         settings, keyservice_url, pool.name, memory_budget_bytes, batch_wait_ms, shared_replay_guard
     )
