@@ -213,6 +213,14 @@ def deploy(settings: Settings) -> list[str]:
             route_prefix=INFER_PREFIX,
         )
         apps.append(INFER_APP)
+        if settings.autoscaler.policy != "off":
+            autoscaling = importlib.import_module("enclave_workers.autoscaling")
+            serve.run(
+                autoscaling.build_autoscaler_app(settings),
+                name=autoscaling.AUTOSCALER_APP,
+                route_prefix=None,
+            )
+            apps.append(autoscaling.AUTOSCALER_APP)
     serve.run(
         build_control_app(settings, with_workers=build_infer_app is not None),
         name=CONTROL_APP,
