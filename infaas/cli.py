@@ -32,6 +32,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["http_port"] = args.port
     if getattr(args, "host", None):
         overrides["http_host"] = args.host
+    if getattr(args, "autoscaler", None):
+        overrides["autoscaler"] = {"policy": args.autoscaler}
     return load_settings(args.config, **overrides)
 
 
@@ -292,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-zoo", action="store_true", help="no example zoo, no demo tenant (admin only)"
     )
     sv.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sv.add_argument(
+        "--autoscaler",
+        choices=("off", "infaas", "static", "queue", "infaas-style"),
+        help="autoscaling policy (default from settings: off); static, queue and "
+        "infaas-style are the baselines of bench/slo.py",
+    )
     sv.set_defaults(func=_cmd_serve)
 
     def client_opts(p: argparse.ArgumentParser, who: str) -> None:
