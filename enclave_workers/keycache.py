@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from infaas.envelope import Keyring
+from infaas.errors import InfaasError
 from infaas.keyservice import KeyRequest, ReleasedKey, WorkerKeyClient
 
 log = logging.getLogger("infaas.enclave_workers.keys")
@@ -52,6 +53,7 @@ class KeyCache:
         self._tenants: dict[_TenantKeyId, _Cached] = {}
         self._locks: dict[object, threading.Lock] = {}
         self._guard = threading.Lock()
+        self._retry_at: dict[str, float] = {}
         self.releases = 0
         self.last_release_at: float | None = None
 
@@ -96,15 +98,38 @@ class KeyCache:
             return rk.key_id, rk.key
 
     def prefetch_models(self, model_ids: list[str]) -> int:
-        """Fetch the current data keys of these models in one release; returns how many."""
-        wanted = [m for m in dict.fromkeys(model_ids) if m not in self._current_model_key]
-        if not wanted:
-            return 0
+        """Fetch the current data keys of these models, in one release where possible.
+
+        A release is all or nothing: if the batch is refused, each model is
+        tried alone, and one that fails is not asked for again for a minute.
+        Returns how many keys were released.
+        """
+        now = self._clock()
+        wanted = [
+            m
+            for m in dict.fromkeys(model_ids)
+            if m not in self._current_model_key and self._retry_at.get(m, 0.0) <= now
+        ]
+        released = 0
         for start in range(0, len(wanted), 64):  # a release carries at most 64 keys
             chunk = wanted[start : start + 64]
-            for rk in self._fetch([KeyRequest(kind="model", model_id=m) for m in chunk]):
+            try:
+                keys = self._fetch([KeyRequest(kind="model", model_id=m) for m in chunk])
+            except InfaasError:
+                if len(chunk) == 1:
+                    self._retry_at[chunk[0]] = now + 60.0
+                    raise
+                keys = []
+                for m in chunk:
+                    try:
+                        keys += self._fetch([KeyRequest(kind="model", model_id=m)])
+                    except InfaasError as e:
+                        self._retry_at[m] = now + 60.0
+                        log.warning("no data key released for model %s: %s", m, e.message)
+            for rk in keys:
                 self._remember_model(rk, current=True)
-        return len(wanted)
+                released += 1
+        return released
 
     # --- tenant request keys ------------------------------------------------------------
 

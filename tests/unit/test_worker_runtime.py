@@ -432,3 +432,14 @@ def test_http_endpoint(world: World, app_kind: str) -> None:
         assert garbage.status_code == 400 and garbage.json()["code"] == "invalid_input"
         assert http.get("/").status_code == 405
         assert http.post("/elsewhere", content=b"{}").status_code == 404
+
+
+def test_worker_imports_runtimes_only_through_the_telemetry_switch() -> None:
+    """onnxruntime / OpenVINO write telemetry unless `variants._telemetry` switched it off
+    first, so no worker module may import them directly."""
+    root = Path(__file__).resolve().parents[2] / "enclave_workers"
+    for path in root.glob("*.py"):
+        text = path.read_text()
+        for runtime in ("onnxruntime", "openvino"):
+            assert f"import {runtime}" not in text, path
+            assert f"from {runtime}" not in text, path
