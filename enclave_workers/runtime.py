@@ -223,6 +223,7 @@ class WorkerRuntime:
         # autoscaler: arrivals per demand class (metadata), and its routing hints
         self.arrivals: Counter[str] = Counter()
         self.routing: RoutingHints | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         # per-request metadata for the dashboard and /metrics (flushed by the deployment)
         self.telemetry = Recorder("worker", pool=self.pool.name)
         if tee.simulated:
@@ -463,6 +464,7 @@ class WorkerRuntime:
     async def infer(self, request: InferRequest, token: str | None) -> InferResponse:
         """Serve one sealed request (see the module docstring); InfaasError on refusal."""
         t0 = time.perf_counter()
+        self.loop = asyncio.get_running_loop()
         self._maybe_refresh()
         try:
             response = await self._infer(request, token, t0)
@@ -555,6 +557,11 @@ class WorkerRuntime:
         )
 
     # --- status -------------------------------------------------------------------------
+
+    async def warm(self, variant_id: str) -> None:
+        """Load a variant ahead of its traffic (the autoscaler's placement)."""
+        async with self._packer.use(variant_id):
+            pass
 
     def load_report(self, replica: str) -> LoadReport:
         """This replica's traffic for the autoscaler: arrivals per class, queues, loaded."""
