@@ -28,6 +28,8 @@ policies carry their own hysteresis.
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -125,6 +127,7 @@ class LoadAgent:
         self.replica = f"worker-{os.getpid()}-{secrets.token_hex(3)}"
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="infaas-load-agent", daemon=True)
+        self._warming: concurrent.futures.Future[None] | None = None
 
     def start(self) -> LoadAgent:
         self._thread.start()
@@ -141,8 +144,25 @@ class LoadAgent:
         report = self.runtime.load_report(self.replica)
         self.store.put_record(LOAD_NS, self.replica, report.model_dump_json().encode())
         hints = read_hints(self.store)
-        if hints is not None:
-            self.runtime.routing = hints
+        if hints is None:
+            return
+        self.runtime.routing = hints
+        # pre-load the variants the plan hosts, one at a time (loads take CPU from serving)
+        loop = self.runtime.loop
+        if loop is None or self._warming is not None:
+            return
+        loaded = set(report.loaded)
+        for vid in hints.keep:
+            if vid not in loaded and self.runtime.candidates.get(vid) is not None:
+                self._warming = asyncio.run_coroutine_threadsafe(self.runtime.warm(vid), loop)
+                self._warming.add_done_callback(self._warmed)
+                log.info("pre-loading variant %s (autoscaler placement)", vid)
+                return
+
+    def _warmed(self, f: concurrent.futures.Future[None]) -> None:
+        self._warming = None
+        if not f.cancelled() and f.exception() is not None:
+            log.warning("pre-loading failed: %s", f.exception())
 
     def _run(self) -> None:
         while not self._stop.wait(self.period_s):

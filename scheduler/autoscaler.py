@@ -47,7 +47,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from infaas.types import Precision
+from infaas.types import Backend, Precision
 from scheduler.allocation import (
     AllocationProblem,
     Demand,
@@ -399,13 +399,19 @@ def _single_variant_decision(
 
 
 def _fp32(ctx: AutoscalingContext, d: DemandSignal) -> Candidate | None:
-    """Plain serving's variant: the task's most accurate FP32 model (cheapest on ties)."""
+    """Plain serving's variant: the task's most accurate model as registered (FP32 ONNX).
+
+    On onnxruntime when there is such a variant (the registered model, served
+    as is), cheapest on ties.
+    """
     best: Candidate | None = None
     for c in ctx.candidates.of_task(d.task):
         if c.spec.precision is not Precision.FP32 or c.accuracy < d.min_accuracy:
             continue
-        if best is None or (c.accuracy, -c.cost_per_request) > (
+        key = (c.accuracy, c.spec.backend is Backend.ONNXRUNTIME, -c.cost_per_request)
+        if best is None or key > (
             best.accuracy,
+            best.spec.backend is Backend.ONNXRUNTIME,
             -best.cost_per_request,
         ):
             best = c

@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from infaas.errors import NoFeasibleVariant
 from infaas.store import MetadataStore
 from infaas.types import SLO
 from scheduler.load import IDLE, LoadSnapshot
@@ -156,18 +157,30 @@ def route_select(
       cheapest feasible one (`select`);
     * ``least_slack`` (INFaaS-style): as ``prefer``, falling back to
       `select_least_slack`.
+
+    When neither a hinted variant nor the fallback is predicted to meet the
+    target, the first hinted variant that meets the floor serves anyway: a
+    late answer from the planned variant beats a refusal (and warms it).
     """
     fallback = select_least_slack if hints and hints.mode == "least_slack" else select
     if hints is None or query.kind is not QueryKind.TASK:
         return fallback(candidates, query, slo, load)
     key = demand_key(query.name, slo.latency_ms, slo.min_accuracy)
     hinted = hints.routes.get(key) or hints.by_task.get(query.name) or []
+    best_effort: Selection | None = None
     for vid in hinted:
         c = candidates.get(vid)
         if c is None or c.spec.task != query.name or c.accuracy < slo.min_accuracy:
             continue
         vl = load.by_variant.get(vid, IDLE)
         p99 = predict_p99_ms(c, vl)
+        chosen = Selection(c, p99, vl.loaded_replicas == 0, query, slo)
         if hints.mode == "pin" or p99 <= slo.latency_ms:
-            return Selection(c, p99, vl.loaded_replicas == 0, query, slo)
-    return fallback(candidates, query, slo, load)
+            return chosen
+        best_effort = best_effort or chosen
+    try:
+        return fallback(candidates, query, slo, load)
+    except NoFeasibleVariant:
+        if best_effort is None:
+            raise
+        return best_effort
