@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI
 from starlette.types import Scope
 
+from api.dashboard import install_dashboard
 from api.deps import ControlPlane, PrepareFn, WorkerStatusFn
 from api.problems import BodyLimit, install_error_handlers
 from api.routes.health import SIMULATED_WARNING, create_health_router
@@ -66,6 +67,7 @@ def create_app(
     app.include_router(create_health_router())
     app.include_router(create_models_router())
     app.include_router(create_tenants_router())
+    install_dashboard(app)  # /dashboard (admin) and /metrics
 
     @app.get("/", include_in_schema=False)
     def index() -> dict[str, Any]:

@@ -461,6 +461,10 @@ class Recorder:
         """The replica record, the windows changed since the last snapshot, expired windows."""
         now = time.time()
         with self._lock:
+            # the current window is written even when idle: it carries the loaded variants
+            current = int(now // INTERVAL_S) * INTERVAL_S
+            self._intervals.setdefault(current, {})
+            self._dirty.add(current)
             totals = [c.series(k) for k, c in self._totals.items()]
             loaded = [str(v) for v in (status or {}).get("loaded_variants", [])]
             windows = [
@@ -804,20 +808,18 @@ class _InfaasHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def configure_logging(
     level: int = logging.INFO, *, json_lines: bool = True, stream: Any = None
 ) -> None:
-    """Log the ``infaas`` loggers (and the root's warnings) as JSON lines or text.
+    """One handler on the root logger: JSON lines (or text); ``infaas`` loggers at `level`.
 
-    For entry points only (the CLI, a Serve replica's constructor); idempotent.
+    For entry points only (the CLI's ``serve``, a Serve replica's constructor);
+    idempotent. Other libraries' loggers pass warnings and above.
     """
     handler = _InfaasHandler(stream or sys.stderr)
-    handler.setFormatter(
-        JsonFormatter()
-        if json_lines
-        else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
-    )
-    infaas = logging.getLogger("infaas")
-    for h in list(infaas.handlers):
+    text = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    handler.setFormatter(JsonFormatter() if json_lines else text)
+    root = logging.getLogger()
+    for h in list(root.handlers):
         if isinstance(h, _InfaasHandler):
-            infaas.removeHandler(h)
-    infaas.addHandler(handler)
-    infaas.setLevel(level)
-    infaas.propagate = False
+            root.removeHandler(h)
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    logging.getLogger("infaas").setLevel(level)
