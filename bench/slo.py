@@ -1,0 +1,435 @@
+"""SLO benchmark: autoscaling policies on a request-rate trace, each against a real `infaas serve`.
+
+For each policy (``--policies``, default ``static,queue,infaas-style,infaas``):
+
+1. start ``infaas serve --small`` with ``autoscaler.policy`` set to it (one
+   data dir for all: the small zoo is built and profiled on the first start
+   only), worker pool of fractional CPUs (``--replica-cpus``) with one
+   inference thread, so up to ``--max-replicas`` workers fit Ray's 2 CPUs;
+2. warm up (a few requests per class), then replay the trace open-loop
+   (`bench.loadgen`: sealed requests from two tenants through the real
+   client path, Poisson arrivals per class within each trace step);
+3. sample the worker replicas once a second from the workers' own load
+   reports (the same for every policy, Serve's own autoscaler included);
+4. stop the service.
+
+Prints ONE JSON line per policy: SLO attainment (answered within the class's
+latency target by a variant at least as accurate as its floor), violations,
+cost (worker replica-seconds over the trace), p50/p99 latency, mean served
+accuracy, and ratios to the static baseline (violations static/policy: higher
+is better; cost policy/static). Writes a PNG (load, replicas and latency over
+time per policy) to ``--plot``.
+
+Policies: ``static`` — the registered FP32 model on onnxruntime, ``static_replicas``
+replicas sized for the average load; ``queue`` — the same variant under Ray
+Serve's own autoscaler (``target_ongoing_requests``, its default delays);
+``infaas-style`` — least-slack variant, +/-1 replica on utilisation thresholds,
+upgrade when out of replicas; ``infaas`` — `scheduler.autoscaler.decide`.
+
+Run: python bench/slo.py [--trace bursty] [--quick] [--plot docs/slo_bursty.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.loadgen import Result, run_trace, slo_met  # noqa: E402
+from bench.traces import TRACES_DIR, Trace, make_trace, read_trace, write_trace  # noqa: E402
+
+POLICIES = ("static", "queue", "infaas-style", "infaas")
+EXTRA_TENANT = "bench-b"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Autoscaling policies on a trace (JSON lines).")
+    p.add_argument("--trace", default="bursty", help="name under bench/traces/ or a CSV path")
+    p.add_argument("--policies", default=",".join(POLICIES))
+    p.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "infaas-slo")
+    p.add_argument("--plot", type=Path, default=None, help="PNG (default docs/slo_<trace>.png)")
+    p.add_argument("--quick", action="store_true", help="~3 min: static and infaas, 45 s trace")
+    p.add_argument("--time-scale", type=float, default=1.0, help="stretch the trace in time")
+    p.add_argument("--rate-scale", type=float, default=1.0, help="scale every rate")
+    p.add_argument("--max-requests", type=int, default=20000)
+    p.add_argument("--replica-cpus", type=float, default=0.5, help="Ray CPUs per worker")
+    p.add_argument("--max-replicas", type=int, default=4)
+    p.add_argument("--static-replicas", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep-going", action="store_true", help="a failed policy does not stop")
+    args = p.parse_args(argv)
+    if args.quick:
+        if args.policies == ",".join(POLICIES):
+            args.policies = "static,infaas"
+        args.time_scale = min(args.time_scale, 0.3)
+    return args
+
+
+# --------------------------------------------------------------------------- the service
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Served:
+    url: str
+    data_dir: Path
+    ray_dir: Path
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+
+def write_config(path: Path, args: argparse.Namespace) -> Path:
+    text = (REPO / "configs" / "default.yaml").read_text()
+    text = text.replace(
+        "  - name: cpu\n    num_cpus: 1\n", f"  - name: cpu\n    num_cpus: {args.replica_cpus}\n"
+    )
+    text += (
+        "autoscaler:\n"
+        f"  max_replicas: {args.max_replicas}\n"
+        f"  static_replicas: {args.static_replicas}\n"
+        "  min_replicas: 1\n"
+    )
+    path.write_text(text)
+    return path
+
+
+def start_serve(data_dir: Path, config: Path, policy: str, log: Path) -> Served:
+    port = free_port()
+    ray_dir = Path(tempfile.mkdtemp(prefix="infaas-slo-ray-", dir="/tmp"))
+    cmd = [
+        sys.executable,
+        "-m",
+        "infaas.cli",
+        "serve",
+        "--small",
+        "--no-progress",
+        "--port",
+        str(port),
+        "--data-dir",
+        str(data_dir),
+        "--ray-temp-dir",
+        str(ray_dir),
+        "--autoscaler",
+        policy,
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "INFAAS_CONFIG": str(config)}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    served = Served(f"http://127.0.0.1:{port}", data_dir, ray_dir, log, proc)
+    deadline = time.monotonic() + 1800
+    while time.monotonic() < deadline:
+        if "\nREADY" in log.read_text(errors="replace"):
+            return served
+        if proc.poll() is not None:
+            break
+        time.sleep(1.0)
+    tail = log.read_text(errors="replace")[-4000:]
+    stop_serve(served)
+    raise RuntimeError(f"infaas serve did not become ready:\n{tail}")
+
+
+def stop_serve(served: Served) -> None:
+    proc = served.proc
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    shutil.rmtree(served.ray_dir, ignore_errors=True)
+
+
+def ensure_tenant(data_dir: Path, url: str, tenant: str) -> None:
+    """A second tenant with its own request key, granted every zoo model (once)."""
+    from infaas.client import Client
+
+    creds = data_dir / "credentials"
+    path = creds / f"{tenant}.json"
+    if path.exists():
+        return
+    with Client.from_credentials(creds / "admin.json", base_url=url) as admin:
+        client = admin.with_credentials(admin.create_tenant(tenant, "SLO benchmark tenant"))
+        client.attest_keyservice()
+        client.register_tenant()
+        client.save_credentials(path)
+        client.close()
+    with Client.from_credentials(creds / "zoo-owner.json", base_url=url) as owner:
+        for info in owner.models():
+            owner.grant(info.model.model_id, tenant)
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@dataclass
+class Run:
+    policy: str
+    results: list[Result]
+    samples: list[tuple[float, int, int | None, dict[str, int]]] = field(default_factory=list)
+    """(t, worker replicas reporting, target, replicas per loaded variant)."""
+
+
+def sample(store: Any, t: float) -> tuple[float, int, int | None, dict[str, int]]:
+    from scheduler.routing import read_reports, read_target
+
+    now = time.time()
+    reports = read_reports(store, now, max_age_s=2.0)
+    loaded: dict[str, int] = {}
+    for r in reports.values():
+        for v in r.loaded:
+            loaded[v] = loaded.get(v, 0) + 1
+    target = read_target(store)
+    return (t, len(reports), target.num_replicas if target is not None else None, loaded)
+
+
+def run_policy(policy: str, trace: Trace, args: argparse.Namespace, config: Path) -> Run:
+    from infaas.client import Client
+    from infaas.store import open_store
+    from infaas.zoo import load_manifest, load_validation
+
+    data_dir = args.data_dir / "data"
+    log = args.data_dir / f"serve-{policy}.log"
+    print(f"[slo] {policy}: starting infaas serve", file=sys.stderr, flush=True)
+    served = start_serve(data_dir, config, policy, log)
+    try:
+        ensure_tenant(data_dir, served.url, EXTRA_TENANT)
+        tenants = {c.tenant for c in trace.classes}
+        clients = {
+            t: Client.from_credentials(data_dir / "credentials" / f"{t}.json", base_url=served.url)
+            for t in tenants
+        }
+        manifest = load_manifest(data_dir / "zoo")
+        inputs: dict[str, np.ndarray] = {}
+        for m in manifest.models:
+            if m.task not in inputs:
+                inputs[m.task] = load_validation(data_dir / "zoo", m)[0][:64]
+        any_client = next(iter(clients.values()))
+        accuracy = {p.variant_id: p.accuracy for i in any_client.models() for p in i.profiles}
+        # warm-up: every class a few times at a low rate, then let the loop settle
+        warm = Trace("warm", trace.classes, (0.0, 6.0), (tuple(2.0 for _ in trace.classes),))
+        asyncio.run(run_trace(warm, clients, inputs, accuracy, seed=args.seed + 1))
+        time.sleep(2.0)
+        store = open_store(f"sqlite:///{data_dir / 'infaas.db'}")
+        run = Run(policy, [])
+
+        def on_tick(t: float) -> None:
+            run.samples.append(sample(store, t))
+
+        print(f"[slo] {policy}: replaying {trace.name}", file=sys.stderr, flush=True)
+        run.results = asyncio.run(
+            run_trace(
+                trace,
+                clients,
+                inputs,
+                accuracy,
+                seed=args.seed,
+                max_requests=args.max_requests,
+                on_tick=on_tick,
+            )
+        )
+        for c in clients.values():
+            c.close()
+        store.close()
+        return run
+    finally:
+        stop_serve(served)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def summarise(run: Run, trace: Trace) -> dict[str, Any]:
+    res = run.results
+    met = [slo_met(r, trace.classes[r.cls]) for r in res]
+    lat = np.array([r.latency_ms for r in res if r.ok]) if any(r.ok for r in res) else np.zeros(1)
+    acc = [r.accuracy for r in res if r.ok and not np.isnan(r.accuracy)]
+    ts = [s[0] for s in run.samples]
+    reps = [s[1] for s in run.samples]
+    cost = float(np.trapezoid(reps, ts)) if len(ts) > 1 else 0.0
+    per_class = {}
+    for j, c in enumerate(trace.classes):
+        mine = [m for r, m in zip(res, met, strict=True) if r.cls == j]
+        per_class[c.name] = round(sum(mine) / len(mine), 4) if mine else None
+    variants: dict[str, int] = {}
+    for r in res:
+        if r.ok:
+            variants[r.variant] = variants.get(r.variant, 0) + 1
+    errors: dict[str, int] = {}
+    for r in res:
+        if not r.ok:
+            errors[r.error] = errors.get(r.error, 0) + 1
+    return {
+        "policy": run.policy,
+        "trace": trace.name,
+        "requests": len(res),
+        "slo_attainment": round(sum(met) / len(res), 4) if res else None,
+        "violations": len(res) - sum(met),
+        "cost_replica_s": round(cost, 1),
+        "mean_replicas": round(float(np.mean(reps)), 2) if reps else None,
+        "max_replicas": max(reps) if reps else None,
+        "p50_ms": round(float(np.percentile(lat, 50)), 1),
+        "p99_ms": round(float(np.percentile(lat, 99)), 1),
+        "mean_accuracy": round(float(np.mean(acc)), 4) if acc else None,
+        "attainment_by_class": per_class,
+        "served_by": dict(sorted(variants.items(), key=lambda kv: -kv[1])[:6]),
+        "errors": errors,
+    }
+
+
+def with_ratios(row: dict[str, Any], static: dict[str, Any] | None) -> dict[str, Any]:
+    if static is None:
+        return row
+    v, sv = row["violations"], static["violations"]
+    row["violations_static_over_policy"] = round(sv / v, 2) if v else None
+    row["cost_over_static"] = (
+        round(row["cost_replica_s"] / static["cost_replica_s"], 3)
+        if static["cost_replica_s"]
+        else None
+    )
+    return row
+
+
+def plot(runs: list[Run], trace: Trace, path: Path, window_s: float = 5.0) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(10, 9), sharex=True)
+    t = np.arange(0, trace.duration_s, 0.5)
+    total = [sum(trace.rate_at(x)) for x in t]
+    axes[0].plot(t, total, color="black", label="offered load (all classes)")
+    for j, c in enumerate(trace.classes):
+        axes[0].plot(t, [trace.rate_at(x)[j] for x in t], lw=0.8, label=c.name)
+    axes[0].set_ylabel("requests/s")
+    axes[0].legend(fontsize=7, loc="upper left")
+    for run in runs:
+        axes[1].step(
+            [s[0] for s in run.samples], [s[1] for s in run.samples], where="post", label=run.policy
+        )
+        edges = np.arange(0, trace.duration_s + window_s, window_s)
+        mids, viol = [], []
+        for a, b in zip(edges[:-1], edges[1:], strict=True):
+            rs = [r for r in run.results if a <= r.sent_s < b]
+            if rs:
+                mids.append((a + b) / 2)
+                viol.append(
+                    100.0 * sum(not slo_met(r, trace.classes[r.cls]) for r in rs) / len(rs)
+                )
+        axes[2].plot(mids, viol, marker=".", label=run.policy)
+    axes[1].set_ylabel("worker replicas")
+    axes[1].legend(fontsize=8)
+    axes[2].set_ylabel(f"SLO violations, % per {window_s:g} s")
+    axes[2].set_xlabel("trace time, s")
+    axes[2].legend(fontsize=8)
+    fig.suptitle(f"infaas autoscaling on the {trace.name} trace")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def load_trace(args: argparse.Namespace) -> Trace:
+    path = Path(args.trace)
+    if not path.is_file():
+        path = TRACES_DIR / f"{args.trace}.csv"
+        if not path.is_file():
+            write_trace(make_trace(args.trace), path)
+    trace = read_trace(path)
+    if args.time_scale != 1.0 or args.rate_scale != 1.0:
+        trace = trace.scaled(args.rate_scale, args.time_scale)
+    return trace
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    trace = load_trace(args)
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    config = write_config(args.data_dir / "slo-config.yaml", args)
+    policies = [p for p in args.policies.split(",") if p]
+    if "static" in policies:  # ratios are to static: run it first
+        policies.remove("static")
+        policies.insert(0, "static")
+    runs: list[Run] = []
+    static_row: dict[str, Any] | None = None
+    meta = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "duration_s": trace.duration_s,
+        "replica_cpus": args.replica_cpus,
+        "max_replicas": args.max_replicas,
+        "static_replicas": args.static_replicas,
+    }
+    for policy in policies:
+        try:
+            run = run_policy(policy, trace, args, config)
+        except Exception as e:
+            print(f"[slo] {policy} failed: {e}", file=sys.stderr, flush=True)
+            if not args.keep_going:
+                raise
+            continue
+        runs.append(run)
+        row = summarise(run, trace)
+        if policy == "static":
+            static_row = row
+        row = with_ratios(row, static_row)
+        row.update(meta, load_avg_1m=round(os.getloadavg()[0], 2))
+        print(json.dumps(row), flush=True)
+        (args.data_dir / f"run-{trace.name}-{policy}.json").write_text(
+            json.dumps(
+                {
+                    "row": row,
+                    "samples": run.samples,
+                    "results": [_res(r) for r in run.results],
+                }
+            )
+        )
+    if runs:
+        out = args.plot or REPO / "docs" / f"slo_{trace.name}.png"
+        plot(runs, trace, out)
+        print(f"[slo] plot: {out}", file=sys.stderr)
+    return 0
+
+
+def _res(r: Result) -> dict[str, Any]:
+    return {
+        "cls": r.cls,
+        "sent_s": r.sent_s,
+        "latency_ms": r.latency_ms,
+        "ok": r.ok,
+        "variant": r.variant,
+        "accuracy": r.accuracy,
+        "error": r.error,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())
