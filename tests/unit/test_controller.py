@@ -181,7 +181,7 @@ def test_infaas_style_plan_routes_least_slack() -> None:
 
 
 def test_events_become_dashboard_records() -> None:
-    decision, state = decide(ctx_at(20.0))  # type: ignore[arg-type]
+    _, state = decide(ctx_at(20.0))  # type: ignore[arg-type]
     decision2, _ = decide(ctx_at(3000.0, state))  # type: ignore[arg-type]
     p = plan(decision2, "infaas", zoo(), now_s=11, min_replicas=1, max_replicas=8, pool=POOL)
     recs = event_records(p, decision2.replicas, 11.0)
