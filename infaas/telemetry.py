@@ -224,17 +224,22 @@ def record_autoscaler_event(
 def read_autoscaler_events(
     store: MetadataStore, *, since: float = 0.0, limit: int = 500
 ) -> list[AutoscalerEvent]:
-    """The latest `limit` events at or after `since`, oldest first (malformed ones skipped)."""
+    """The latest `limit` events at or after `since`, oldest first (malformed ones skipped).
+
+    Keys sort by time, so only the records asked for are parsed.
+    """
+    floor = f"{max(since, 0.0):017.6f}"
+    keys = sorted((k for k in store.list_records(AUTOSCALER_EVENTS_NS).items()), reverse=True)
     out: list[AutoscalerEvent] = []
-    for key, raw in sorted(store.list_records(AUTOSCALER_EVENTS_NS).items()):
+    for key, raw in keys:
+        if key < floor or (limit and len(out) >= limit):
+            break
         try:
-            ev = AutoscalerEvent.model_validate_json(raw)
+            out.append(AutoscalerEvent.model_validate_json(raw))
         except ValidationError:
             log.warning("skipping a malformed autoscaler event %s", key[:40])
-            continue
-        if ev.ts >= since:
-            out.append(ev)
-    return out[-limit:] if limit else out
+    out.reverse()
+    return [e for e in out if e.ts >= since]
 
 
 # --- recording (request path) ----------------------------------------------------------
@@ -696,14 +701,14 @@ class TelemetryReader:
 
     def __init__(self, store: MetadataStore, *, max_age_s: float = 1.0) -> None:
         self.store = store
-        self._max_age_s = max_age_s
+        self.max_age_s = max_age_s
         self._lock = threading.Lock()
         self._cached: TelemetryView | None = None
         self._cached_at = -math.inf
 
     def read(self) -> TelemetryView:
         with self._lock:
-            if self._cached is not None and time.monotonic() - self._cached_at < self._max_age_s:
+            if self._cached is not None and time.monotonic() - self._cached_at < self.max_age_s:
                 return self._cached
             view = self._read()
             self._cached, self._cached_at = view, time.monotonic()

@@ -198,7 +198,8 @@ class Dashboard:
         if name == "traffic":
             return views.traffic(view, window_s=window_s)
         if name == "autoscaler":
-            return views.autoscaler(view, read_autoscaler_events(store), window_s=window_s)
+            events = read_autoscaler_events(store, since=view.at - window_s, limit=5000)
+            return views.autoscaler(view, events, window_s=window_s)
         if name == "tenants":
             return views.tenants(store, view)
         raise KeyError(name)

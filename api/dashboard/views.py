@@ -12,6 +12,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from pydantic import ValidationError
+
 from infaas.settings import Settings
 from infaas.store import MetadataStore
 from infaas.telemetry import (
@@ -24,7 +26,7 @@ from infaas.telemetry import (
     merge_series,
     quantile_ms,
 )
-from infaas.types import Profile, VariantSpec
+from infaas.types import Profile, Tenant, VariantSpec
 from profiler.report import pareto_front
 
 Json = dict[str, Any]
@@ -304,14 +306,17 @@ def autoscaler(
     Replica counts come from the autoscaler's events when it has written any;
     until then, from the workers' own records (replicas holding each variant).
     """
-    sampled = [e for e in events if e.replicas]
+    sampled = [e for e in events if e.kind == "replicas" or e.replicas]
     if sampled:
         variants = sorted({v for e in sampled for v in e.replicas})
-        replicas = {
-            "source": "autoscaler",
-            "t": [e.ts for e in sampled],
-            "series": {v: [e.replicas.get(v, 0) for e in sampled] for v in variants},
+        series: dict[str, list[int | None]] = {
+            v: [e.replicas.get(v, 0) for e in sampled] for v in variants
         }
+        if any(e.to_replicas is not None for e in sampled if e.kind == "replicas"):
+            series["worker replicas (target)"] = [
+                e.to_replicas if e.kind == "replicas" else None for e in sampled
+            ]
+        replicas = {"source": "autoscaler", "t": [e.ts for e in sampled], "series": series}
     else:
         loaded = view.loaded_over_time(view.at - window_s)
         variants = sorted({v for row in loaded.values() for v in row})
@@ -338,6 +343,15 @@ def tenants(store: MetadataStore, view: TelemetryView) -> Json:
     totals = view.totals()
     out = []
     known = store.list_tenants()
+    # principals served without a tenant record (tokens issued directly); answered requests
+    # only: a refused request's tenant id is unauthenticated
+    recorded = {t.tenant_id for t in known}
+    served = sorted({s.tenant for s in totals if s.requests and s.tenant not in recorded})
+    for tenant_id in served:
+        try:
+            known.append(Tenant(tenant_id=tenant_id, name="(no tenant record)", created_at=0.0))
+        except ValidationError:  # "_other", the overflow series
+            continue
     for t in known:
         mine = [s for s in totals if s.tenant == t.tenant_id]
         variants = sorted({s.variant for s in mine if s.variant and s.requests})

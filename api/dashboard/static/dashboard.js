@@ -315,7 +315,7 @@
     setRows(
       "tenants",
       d.tenants.map((t) => [
-        el("td", { class: "mono" }, t.tenant_id), t.name, when(t.created_at), pills(t.tasks), pills(t.models_served),
+        el("td", { class: "mono" }, t.tenant_id), t.name, t.created_at ? when(t.created_at) : "–", pills(t.tasks), pills(t.models_served),
         num(t.requests), num(t.errors),
       ]),
       "No tenant yet.",
