@@ -106,6 +106,9 @@ class PlainServe:
         self.max_batch = max_batch
         self.batched.set_max_batch_size(max_batch)  # type: ignore[attr-defined]
 
+    def pid(self) -> int:
+        return os.getpid()
+
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.0)
     async def batched(self, xs: list[np.ndarray]) -> list[np.ndarray]:
         sizes = [len(x) for x in xs]
@@ -241,6 +244,11 @@ class Registered:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # stdout carries the one JSON line; Ray's driver threads print there too, so
+    # everything else goes to stderr
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if args.haproxy:
         # read by Ray Serve when it starts its proxies; the bench is an entry point
@@ -391,8 +399,18 @@ def main(argv: list[str] | None = None) -> int:
         "shutdown_s": round(shutdown_s, 1),
         "models": result,
     }
-    sys.stdout.write(json.dumps(line) + "\n")
+    out.write(json.dumps(line) + "\n")
+    out.flush()
     return 0
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def worker_batches(handle: Any, variant_id: str) -> tuple[int, int]:
@@ -471,6 +489,8 @@ def bench_model(
         return oip, plain_headers, check
 
     closed_loop(port, plain_prefix, plain, 1, 0.0, 2.0)  # warm up
+    worker_pid = int(handle.status.remote().result(timeout_s=30)["pid"])
+    plain_pid = int(serve.get_app_handle(plain_app).pid.remote().result(timeout_s=30))
 
     served.clear()
     out: dict[str, Any] = {"variant": variant_id}
@@ -481,8 +501,15 @@ def bench_model(
             ("plain", plain, plain_prefix),
         ):
             before = worker_batches(handle, variant_id) if name == "confidential" else None
+            pid = worker_pid if name == "confidential" else plain_pid
+            cpu0 = cpu_s(pid)
             ph = closed_loop(port, path, maker, c, args.warmup_s, args.duration_s)
-            phases[name][f"c{c}"] = ph.summary()
+            summary = phases[name][f"c{c}"] = ph.summary()
+            # whole phase (warm-up included) over every request answered in it
+            answered = ph.requests * (args.warmup_s + args.duration_s) / args.duration_s
+            summary["replica_cpu_ms_per_request"] = round(
+                (cpu_s(pid) - cpu0) * 1e3 / max(answered, 1.0), 3
+            )
             if before is not None:
                 after = worker_batches(handle, variant_id)
                 batches = after[0] - before[0]

@@ -123,7 +123,7 @@ CLASSES: tuple[DemandClass, ...] = (
     DemandClass("bench-b", "images", 100, 0.6),
     DemandClass("bench-b", "digits", 50, 0.95),
 )
-BASE_RPS: tuple[float, ...] = (10.0, 6.0, 4.0)
+BASE_RPS: tuple[float, ...] = (6.0, 4.0, 2.0)
 """Per-class base rates; the images classes carry the bursts."""
 
 

@@ -203,7 +203,9 @@ class AutoscalerLoop:
             policy_name=a.policy,
             config=config,
             pool=pool,
-            candidates=CandidateCache(store, settings.pools),
+            candidates=CandidateCache(
+                store, settings.pools, overhead_ms=config.request_overhead_ms
+            ),
             min_replicas=a.min_replicas,
             max_replicas=a.max_replicas,
             tick_s=a.tick_s,

@@ -94,6 +94,18 @@ class AutoscalerConfig(BaseModel):
         0.1, ge=0, description="allocation cost of loading a variant on a new replica"
     )
     unserved_penalty_per_rps: float = Field(1000.0, gt=0)
+    request_overhead_ms: float = Field(
+        0.0,
+        ge=0,
+        description="replica time one request costs outside the model (HTTP, envelope, "
+        "scheduling): profiles measure the model alone; the control loop adds it",
+    )
+    queue_guard_ongoing_requests: float = Field(
+        8.0,
+        gt=0,
+        description="infaas: at least outstanding / this many worker replicas, a reactive "
+        "floor under the model-based plan when the measured queue says it is too optimistic",
+    )
     solver: Literal["milp", "greedy"] = "milp"
     solver_time_limit_s: float = Field(
         1.0, gt=0, description="MILP time limit; past it the better of incumbent and greedy"

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 from infaas.settings import Pool
 from infaas.store import MetadataStore
-from infaas.types import Precision
+from infaas.types import Precision, Profile
 from scheduler.autoscaler import (
     POLICIES,
     AutoscalerConfig,
@@ -73,6 +73,7 @@ __all__ = [
     "event_records",
     "measure",
     "plan",
+    "with_overhead",
 ]
 
 log = logging.getLogger("infaas.scheduler.controller")
@@ -209,18 +210,24 @@ def plan(
     max_replicas: int,
     pool: Pool,
     static_replicas: int | None = None,
+    outstanding: int = 0,
+    queue_guard: float | None = None,
 ) -> Plan:
     """The replica target and routing hints a decision amounts to (pure).
 
     Replicas: the decision's worker plans on `pool` (every worker replica is
     one deployment replica hosting its variants); baselines that size per
     variant (one variant per replica) sum their variants' counts. Clamped to
-    [min_replicas, max_replicas]. `static_replicas` overrides the count.
+    [min_replicas, max_replicas]. `static_replicas` overrides the count;
+    `queue_guard` (infaas) raises it to at least ``outstanding / queue_guard``
+    when the measured queue says the model-based plan is too optimistic.
     """
     if decision.workers:
         want = sum(1 for w in decision.workers if w.pool == pool.name)
     else:
         want = sum(decision.replicas.values())
+    if queue_guard is not None and outstanding > 0:
+        want = max(want, math.ceil(outstanding / queue_guard))
     if static_replicas is not None:
         want = static_replicas
     n = max(min_replicas, min(max_replicas, want))
@@ -300,24 +307,56 @@ def event_records(p: Plan, replicas: Mapping[str, int], now_s: float) -> list[di
 # ------------------------------------------------------------------ the loop (shell)
 
 
+def with_overhead(profile: Profile, overhead_ms: float) -> Profile:
+    """`profile` as a serving replica sees it: `overhead_ms` of request path per request.
+
+    A batch of b requests costs the replica its model time plus b times the
+    overhead, so throughput falls to ``b / (b / throughput + b * overhead)``;
+    a request's own latency grows by one overhead.
+    """
+    if overhead_ms <= 0:
+        return profile
+    batches = []
+    for b in profile.batches:
+        per_req_ms = 1000.0 / b.throughput_rps if b.throughput_rps > 0 else b.p50_ms / b.batch
+        batches.append(
+            b.model_copy(
+                update={
+                    "p50_ms": b.p50_ms + overhead_ms,
+                    "p99_ms": b.p99_ms + overhead_ms,
+                    "throughput_rps": 1000.0 / (per_req_ms + overhead_ms),
+                }
+            )
+        )
+    return profile.model_copy(update={"batches": tuple(batches)})
+
+
 class CandidateCache:
-    """The candidate set from the store's variants and profiles, rebuilt every `refresh_s`."""
+    """The candidate set from the store's variants and profiles, rebuilt every `refresh_s`.
+
+    Profiles get the request path's `overhead_ms` added (`with_overhead`), so
+    replica capacities are those of a serving replica, not of the bare model.
+    """
 
     def __init__(
-        self, store: MetadataStore, pools: tuple[Pool, ...], refresh_s: float = 10.0
+        self,
+        store: MetadataStore,
+        pools: tuple[Pool, ...],
+        refresh_s: float = 10.0,
+        overhead_ms: float = 0.0,
     ) -> None:
         self.store = store
         self.pools = pools
         self.refresh_s = refresh_s
+        self.overhead_ms = overhead_ms
         self._at = -math.inf
         self._set = CandidateSet([])
 
     def __call__(self) -> CandidateSet:
         now = time.monotonic()
         if now - self._at >= self.refresh_s or not len(self._set):
-            self._set = CandidateSet.build(
-                self.store.list_variants(), self.store.list_profiles(), self.pools
-            )
+            profiles = [with_overhead(p, self.overhead_ms) for p in self.store.list_profiles()]
+            self._set = CandidateSet.build(self.store.list_variants(), profiles, self.pools)
             self._at = now
         return self._set
 
@@ -349,6 +388,8 @@ class ControlLoop:
     _known: dict[str, float] = field(default_factory=dict, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
+    _last_sample: object = field(default=None, init=False)
+    _last_sample_at: float = field(default=-math.inf, init=False)
     last: ScalingDecision | None = field(default=None, init=False)
     last_plan: Plan | None = field(default=None, init=False)
 
@@ -385,13 +426,23 @@ class ControlLoop:
             max_replicas=self.max_replicas,
             pool=self.pool,
             static_replicas=self.static_replicas,
+            outstanding=sum(vl.outstanding for vl in m.load.by_variant.values()),
+            queue_guard=(
+                self.config.queue_guard_ongoing_requests if self.policy_name == "infaas" else None
+            ),
         )
         self.store.put_record(CONTROL_NS, "target", p.target.model_dump_json().encode())
         self.store.put_record(CONTROL_NS, "routes", p.hints.model_dump_json().encode())
         if self.record_event is not None:
+            # the replicas sample when it changes, else every 5 s (the dashboard's chart)
+            sample = (p.target.num_replicas, tuple(sorted(decision.replicas.items())))
+            due = sample != self._last_sample or now - self._last_sample_at >= 5.0
+            if due:
+                self._last_sample, self._last_sample_at = sample, now
             for rec in event_records(p, decision.replicas, now):
-                if rec["kind"] == "replicas" or rec["kind"] != "note":
-                    self.record_event(rec)
+                if rec["kind"] == "note" or (rec["kind"] == "replicas" and not due):
+                    continue
+                self.record_event(rec)
         self.last, self.last_plan = decision, p
         return p
 
