@@ -35,6 +35,7 @@ import ctypes
 import hashlib
 import logging
 import math
+import os
 import sys
 import threading
 import time
@@ -162,7 +163,17 @@ class _LiveLoads(Mapping[str, VariantLoad]):
 
 
 class WorkerRuntime:
-    """Serves sealed inference requests and prepares registered models, inside a TEE."""
+    """Serves sealed inference requests and prepares registered models, inside a TEE.
+
+    Knobs beyond the injected collaborators: `pool` (default the first of the
+    settings), `memory_budget_bytes` of the packer, `inference_threads` of the
+    bounded pool (default: the pool's CPUs), `batch_wait_ms` a batch waits for
+    company (0: batches form from what queued meanwhile), `inline_batch_ms`
+    (variants whose full batch is predicted faster run on the event loop, as
+    plain Serve's batch handler does), `refresh_s` between candidate-set
+    rebuilds, `tenant_key_ttl_s`, `token_cache_s`, `shared_replay_guard`
+    (replay records in the store as well as in memory), `preparation` options.
+    """
 
     def __init__(
         self,
@@ -176,7 +187,7 @@ class WorkerRuntime:
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
         inference_threads: int | None = None,
         batch_wait_ms: float = 0.0,
-        inline_batch_ms: float = 3.0,
+        inline_batch_ms: float = 5.0,
         refresh_s: float = 2.0,
         tenant_key_ttl_s: float = 60.0,
         token_cache_s: float = 5.0,
@@ -365,7 +376,8 @@ class WorkerRuntime:
                 out.started = started
                 return out
 
-            inline = cand.full_batch_ms * cand.tail <= self._inline_batch_ms
+            # p50 line, not the tail: profiles taken on a busy host have fat tails
+            inline = cand.full_batch_ms <= self._inline_batch_ms
             batcher = DynamicBatcher(
                 run=run,
                 executor=self._inline if inline else self._executor,
@@ -585,6 +597,7 @@ class WorkerRuntime:
             "attested_at": self._keys.last_release_at,
             "key_releases": self._keys.releases,
             "started_at": self.started_at,
+            "pid": os.getpid(),
             "pool": self.pool.name,
             "candidates": len(self._candidates),
             "loaded_variants": list(stats.loaded),
