@@ -443,3 +443,17 @@ def test_worker_imports_runtimes_only_through_the_telemetry_switch() -> None:
         for runtime in ("onnxruntime", "openvino"):
             assert f"import {runtime}" not in text, path
             assert f"from {runtime}" not in text, path
+
+
+def test_preparation_failure_is_a_failed_job_not_a_broken_worker(world: World) -> None:
+    """A registered model the worker cannot open (no data key, a blob sealed for another
+    model, no validation set) fails its job; serving goes on."""
+    record = world.store.get_model(MODEL).model_copy(update={"model_id": "digits-broken"})
+    world.store.put_model(record)
+    world.runtime.artifacts.put("digits-broken", world.runtime.artifacts.get(MODEL))
+    job = world.runtime.prepare_model("digits-broken")
+    assert job.state == "failed" and job.message
+    stored = read_job(world.store, "digits-broken")
+    assert stored is not None and stored.state == "failed"
+    assert not world.store.list_variants(model_id="digits-broken")
+    world.good()
