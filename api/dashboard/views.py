@@ -325,11 +325,24 @@ def autoscaler(
             "t": list(loaded),
             "series": {v: [row.get(v, 0) for row in loaded.values()] for v in variants},
         }
-    decisions = [e.model_dump(mode="json") for e in reversed(events) if e.kind != "replicas"]
+    # newest first; a decision repeated tick after tick (e.g. "unserved ...") is one row
+    decisions: list[Json] = []
+    seen: dict[tuple[str, str], Json] = {}
+    for e in reversed(events):
+        if e.kind == "replicas":
+            continue
+        row = seen.get((e.kind, e.reason))
+        if row is not None:
+            row["count"] += 1
+            row["first_ts"] = e.ts
+            continue
+        row = seen[(e.kind, e.reason)] = e.model_dump(mode="json") | {"count": 1, "first_ts": e.ts}
+        decisions.append(row)
     return {
         "at": view.at,
         "events": decisions[:200],
         "event_count": len(events),
+        "decision_count": sum(d["count"] for d in decisions),
         "replicas": replicas,
     }
 

@@ -302,7 +302,8 @@
     setRows(
       "events",
       d.events.map((e) => [
-        when(e.ts), e.kind, e.task || "–", el("td", { class: "mono" }, e.variant_id || "–"),
+        el("td", { class: "nowrap" }, when(e.ts), e.count > 1 ? el("div", { class: "note" }, `×${e.count} since ${when(e.first_ts)}`) : ""),
+        e.kind, e.task || "–", el("td", { class: "mono" }, e.variant_id || "–"),
         num(e.from_replicas === null && e.to_replicas === null ? "–" : `${e.from_replicas ?? "?"} → ${e.to_replicas ?? "?"}`),
         e.reason,
       ]),
