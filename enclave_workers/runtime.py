@@ -43,7 +43,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import ValidationError
@@ -538,7 +538,7 @@ class WorkerRuntime:
                 raise InvalidInput(f"task {cand.spec.task!r} is not registered")
             binary = bytes(plaintext[: len(BINARY_MAGIC)]) == BINARY_MAGIC
             # decode reads the wipeable buffer in place (bytes-typed, bytearray-safe)
-            oip, x = decode_request(cast(bytes, plaintext), task.input, cand.max_batch)
+            oip, x = decode_request(plaintext, task.input, cand.max_batch)
             limit = batch_limit(cand.profile.latency_model, env.latency_ms / 2, cand.max_batch)
             out, batch, queue_ms = await self._execute(cand, x, limit)
             body = encode_response(

@@ -27,6 +27,7 @@ what was expected and what came.
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any, Literal, TypeVar
 
@@ -163,7 +164,7 @@ def encode_response(
     return _frame(body, blobs, binary)
 
 
-def _unframe(body: bytes) -> tuple[bytes, memoryview, bool]:
+def _unframe(body: bytes | bytearray) -> tuple[bytes | bytearray, memoryview, bool]:
     if body[: len(BINARY_MAGIC)] == BINARY_MAGIC:
         if len(body) < len(BINARY_MAGIC) + 4:
             raise InvalidInput("binary tensor body is truncated before its header length")
@@ -175,7 +176,7 @@ def _unframe(body: bytes) -> tuple[bytes, memoryview, bool]:
     return body, memoryview(b""), False
 
 
-def _parse(cls: type[_M], head: bytes) -> _M:
+def _parse(cls: type[_M], head: bytes | bytearray) -> _M:
     try:
         return cls.model_validate_json(head)
     except ValidationError as e:
@@ -193,7 +194,7 @@ def _arrays(tensors: list[Tensor], rest: memoryview, binary: bool) -> dict[str, 
         if any(d < 0 for d in t.shape):
             raise InvalidInput(f"tensor {t.name!r} has a negative dimension in {t.shape}")
         dtype = DTYPES[t.datatype]
-        count = int(np.prod(t.shape, dtype=np.int64))
+        count = math.prod(t.shape)
         size = t.parameters.binary_data_size if t.parameters else None
         if size is not None:
             if not binary:
@@ -227,7 +228,7 @@ def _arrays(tensors: list[Tensor], rest: memoryview, binary: bool) -> dict[str, 
 
 
 def decode_request(
-    body: bytes, spec: TensorSpec, max_batch: int
+    body: bytes | bytearray, spec: TensorSpec, max_batch: int
 ) -> tuple[InferenceRequest, np.ndarray]:
     """Parse a request and return its one input as a batch shaped ``(n, *spec.shape)``."""
     head, rest, binary = _unframe(body)
@@ -251,7 +252,7 @@ def decode_request(
     return request, arr
 
 
-def decode_response(body: bytes) -> tuple[InferenceResponse, dict[str, np.ndarray]]:
+def decode_response(body: bytes | bytearray) -> tuple[InferenceResponse, dict[str, np.ndarray]]:
     """Parse a response into its metadata and named numpy outputs."""
     head, rest, binary = _unframe(body)
     response = _parse(InferenceResponse, head)

@@ -86,7 +86,7 @@ class RegisterModelRequest(_Wire):
           "input": {"name": "input", "shape": [1, 8, 8], "datatype": "FP32"},
           "num_classes": 10, "declared_accuracy": null, "key_id": "k1",
           "artifact": "<b64 seal_artifact(data_key, model_id, onnx bytes)>",
-          "validation": "<b64 seal_artifact(data_key, model_id + '/validation', npz bytes)>"
+          "validation": "<b64 seal_artifact(data_key, model_id + '.validation', npz bytes)>"
         }
 
     The data key was uploaded to the attested key service beforehand. The first
