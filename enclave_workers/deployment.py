@@ -126,7 +126,7 @@ def build_infer_app(
     *,
     pool_name: str | None = None,
     num_replicas: int = 1,
-    memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
+    memory_budget_bytes: int | None = None,
     batch_wait_ms: float = 0.0,
     shared_replay_guard: bool = True,
 ) -> Application:
@@ -138,14 +138,16 @@ def build_infer_app(
     more requests once one is there (0: batches form from what queued while
     the previous one ran). `shared_replay_guard=False` keeps replay records in
     each replica's memory only: faster on a SQLite store, but sound only for a
-    single replica that is not restarted within the request window.
+    single replica that is not restarted within the request window. The packer's
+    memory budget is the pool's `memory_bytes` unless `memory_budget_bytes` says.
     """
     pool = settings.pool(pool_name) if pool_name else settings.pools[0]
     max_batch = max(settings.profiler.batch_sizes)
     ingress = serve.ingress()(EnclaveWorker)
     options = scaled_options(settings, deployment_options(pool, max_batch, num_replicas))
     deployment = serve.deployment(**options)(ingress)
+    budget = pool.memory_bytes if memory_budget_bytes is None else memory_budget_bytes
     app: Application = deployment.bind(
-        settings, keyservice_url, pool.name, memory_budget_bytes, batch_wait_ms, shared_replay_guard
+        settings, keyservice_url, pool.name, budget, batch_wait_ms, shared_replay_guard
     )
     return app

@@ -37,6 +37,9 @@ class Pool(BaseModel):
     )
     cost_per_replica_s: float = Field(gt=0.0, description="price of one replica for one second")
     threads_per_replica: int = Field(1, ge=1, le=64, description="intra-op threads per session")
+    memory_bytes: int = Field(
+        4 * 1024**3, gt=0, description="model packer budget of one replica: loaded variants fit it"
+    )
 
 
 class ProfilerSettings(BaseModel):
