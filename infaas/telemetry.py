@@ -769,7 +769,7 @@ _SECRETISH = re.compile(r"(?=[A-Za-z0-9_+/-]*[a-z])(?=[A-Za-z0-9_+/-]*[A-Z])[A-Z
 
 def redact(text: str) -> str:
     """`text` with long mixed-case base64-like runs replaced by ``[redacted]``."""
-    return _SECRETISH.sub("[redacted]", text)
+    return _SECRETISH.sub("[redacted]", text) if len(text) >= 32 else text
 
 
 class JsonFormatter(logging.Formatter):
@@ -786,12 +786,13 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": redact(msg)[:2000],
         }
+        fields = record.__dict__
         for name in LOG_FIELDS:
-            value = record.__dict__.get(name)
+            value = fields.get(name)
             if value is None:
                 continue
-            if isinstance(value, bool | int | float):
-                doc[name] = value
+            if type(value) in (str, bool, int, float):
+                doc[name] = redact(value)[:200] if type(value) is str else value
             else:
                 doc[name] = redact(str(value))[:200]
         if record.exc_info and record.exc_info[0] is not None:
