@@ -27,6 +27,8 @@ import asyncio
 import html
 import inspect
 import logging
+import math
+import time
 from collections.abc import Mapping
 from functools import cache
 from importlib.resources import files
@@ -108,6 +110,7 @@ class Dashboard:
         self.sessions = Sessions(plane.store, plane.tokens)
         self.reader = TelemetryReader(plane.store)
         self.registry = create_registry(self.reader)
+        self._health: tuple[float, str] = (-math.inf, "")
 
     # --- who is asking -----------------------------------------------------------------
 
@@ -179,16 +182,24 @@ class Dashboard:
     # --- data --------------------------------------------------------------------------
 
     async def workers_health(self) -> str:
+        """Whether the worker deployment answers through its handle (asked at most every 2 s,
+        however many dashboards poll)."""
+        now = time.monotonic()
+        if now - self._health[0] < 2.0:
+            return self._health[1]
         status_fn = self.plane.worker_status
         if status_fn is None:
-            return "not deployed"
-        try:
-            status = status_fn()
-            if inspect.isawaitable(status):
-                status = await asyncio.wait_for(status, timeout=3.0)
-        except Exception as e:
-            return f"unavailable ({type(e).__name__})"
-        return "ready" if isinstance(status, Mapping) else "unknown"
+            health = "not deployed"
+        else:
+            try:
+                status = status_fn()
+                if inspect.isawaitable(status):
+                    status = await asyncio.wait_for(status, timeout=3.0)
+                health = "ready" if isinstance(status, Mapping) else "unknown"
+            except Exception as e:
+                health = f"unavailable ({type(e).__name__})"
+        self._health = (time.monotonic(), health)
+        return health
 
     def data(self, name: str, window_s: float) -> dict[str, Any]:
         store = self.plane.store
@@ -258,7 +269,7 @@ def create_dashboard_router(dash: Dashboard) -> APIRouter:
 
     @router.get("/dashboard/api/overview")
     async def overview_data(request: Request) -> Response:
-        dash.require_admin(request)
+        await run_in_threadpool(dash.require_admin, request)  # reads the store
         health = await dash.workers_health()
         view = await run_in_threadpool(dash.reader.read)
         return _json(views.overview(dash.plane.settings, view, health))
