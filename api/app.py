@@ -77,6 +77,7 @@ def create_app(
             "simulated_tee": simulated,
             "warning": SIMULATED_WARNING if simulated else None,
             "docs": "/docs",
+            "dashboard": "/dashboard/",
         }
 
     def limit_for(scope: Scope) -> int:
