@@ -388,6 +388,7 @@ class ControlLoop:
     _known: dict[str, float] = field(default_factory=dict, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
+    _queues: list[tuple[float, int]] = field(default_factory=list, init=False)
     _last_sample: object = field(default=None, init=False)
     _last_sample_at: float = field(default=-math.inf, init=False)
     last: ScalingDecision | None = field(default=None, init=False)
@@ -426,7 +427,7 @@ class ControlLoop:
             max_replicas=self.max_replicas,
             pool=self.pool,
             static_replicas=self.static_replicas,
-            outstanding=sum(vl.outstanding for vl in m.load.by_variant.values()),
+            outstanding=self._held_outstanding(m, now),
             queue_guard=(
                 self.config.queue_guard_ongoing_requests if self.policy_name == "infaas" else None
             ),
@@ -445,6 +446,13 @@ class ControlLoop:
                 self.record_event(rec)
         self.last, self.last_plan = decision, p
         return p
+
+    def _held_outstanding(self, m: Measurement, now: float) -> int:
+        """The largest queue of the last ``downscale_delay_s``: the guard's hysteresis."""
+        q = sum(vl.outstanding for vl in m.load.by_variant.values())
+        keep = self.config.downscale_delay_s
+        self._queues = [(t, n) for t, n in self._queues if now - t <= keep] + [(now, q)]
+        return max(n for _, n in self._queues)
 
     def _run(self) -> None:
         while not self._stop.is_set():
