@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test lint typecheck unit bench clean
+.PHONY: serve profile test bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,8 +12,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-## serve: build the example zoo, generate and profile its variants, print the table, plot
+## serve: run infaas on the embedded defaults (first start builds, registers and profiles the zoo)
 serve: $(STAMP)
+	$(VENV)/bin/infaas serve
+
+## profile: build the example zoo, generate and profile every variant, print the table, plot
+profile: $(STAMP)
 	$(VENV)/bin/infaas zoo build
 	$(VENV)/bin/infaas profile
 
@@ -27,6 +31,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/variants.py
 	$(PY) bench/crypto.py
+	$(PY) bench/scheduler.py
+	$(PY) bench/serving.py
+	$(PY) bench/slo.py
 
 clean:
 	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache
