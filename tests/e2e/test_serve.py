@@ -385,3 +385,13 @@ def test_an_owner_registers_a_model_from_the_command_line(
         str(tmp_path / "val.npz"),
     )
     assert r.returncode == 2 and "already" in r.stderr, r.stderr
+
+
+def test_the_readme_python_example_runs(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "data/credentials/demo.json" in block
+    code = block.replace("data/credentials/demo.json", str(served.credentials("demo")))
+    exec(compile(code, "README.md", "exec"), {})  # the README's own example, as FastAPI does
+    printed = capsys.readouterr().out
+    assert ".onnxruntime" in printed or ".openvino" in printed
