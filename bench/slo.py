@@ -69,7 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plot", type=Path, default=None, help="PNG (default docs/slo_<trace>.png)")
     p.add_argument("--quick", action="store_true", help="~3 min: static and infaas, 45 s trace")
     p.add_argument("--time-scale", type=float, default=1.0, help="stretch the trace in time")
-    p.add_argument("--rate-scale", type=float, default=1.0, help="scale every rate")
+    p.add_argument(
+        "--rate-scale",
+        type=float,
+        default=0.8,
+        help="scale every rate (0.8: static's 2 replicas meet the base load, not the bursts)",
+    )
     p.add_argument("--max-requests", type=int, default=20000)
     p.add_argument("--replica-cpus", type=float, default=0.5, help="Ray CPUs per worker")
     p.add_argument("--max-replicas", type=int, default=4)
@@ -121,7 +126,7 @@ def write_config(path: Path, args: argparse.Namespace) -> Path:
         f"    request_overhead_ms: {args.overhead_ms}\n"
         "    burst_window_s: 6\n"
         "    trend_lookahead_s: 6\n"
-        "    downscale_delay_s: 10\n"
+        "    downscale_delay_s: 20\n"
         "    idle_to_zero_s: 60\n"
         "    queue_guard_ongoing_requests: 6\n"
     )
@@ -129,7 +134,27 @@ def write_config(path: Path, args: argparse.Namespace) -> Path:
     return path
 
 
-def start_serve(data_dir: Path, config: Path, policy: str, log: Path) -> Served:
+def snapshot(dest: Path) -> Path:
+    """The committed tree (``git archive HEAD``) under `dest`, where every policy's serve runs.
+
+    A worker's TEE measurement covers its code: a replica started mid-run from a
+    tree someone is editing measures differently and the key service rightly
+    refuses it keys. Autoscaling starts replicas mid-run; a frozen tree keeps
+    that from penalising it. Falls back to the working tree outside git.
+    """
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    try:
+        archive = subprocess.run(
+            ["git", "-C", str(REPO), "archive", "HEAD"], check=True, capture_output=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return REPO
+    return dest
+
+
+def start_serve(data_dir: Path, config: Path, policy: str, log: Path, code: Path) -> Served:
     port = free_port()
     ray_dir = Path(tempfile.mkdtemp(prefix="infaas-slo-ray-", dir="/tmp"))
     cmd = [
@@ -151,7 +176,7 @@ def start_serve(data_dir: Path, config: Path, policy: str, log: Path) -> Served:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "INFAAS_CONFIG": str(config)}
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            cmd, cwd=code, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
         )
     served = Served(f"http://127.0.0.1:{port}", data_dir, ray_dir, log, proc)
     deadline = time.monotonic() + 1800
@@ -236,7 +261,7 @@ def run_policy(policy: str, trace: Trace, args: argparse.Namespace, config: Path
             for ns in (LOAD_NS, CONTROL_NS):
                 for key in old.list_records(ns):
                     old.delete_record(ns, key)
-    served = start_serve(data_dir, config, policy, log)
+    served = start_serve(data_dir, config, policy, log, args.code)
     try:
         ensure_tenant(data_dir, served.url, EXTRA_TENANT)
         tenants = {c.tenant for c in trace.classes}
@@ -390,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     trace = load_trace(args)
     args.data_dir.mkdir(parents=True, exist_ok=True)
     config = write_config(args.data_dir / "slo-config.yaml", args)
+    args.code = snapshot(args.data_dir / "code")
     policies = [p for p in args.policies.split(",") if p]
     if "static" in policies:  # ratios are to static: run it first
         policies.remove("static")

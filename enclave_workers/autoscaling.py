@@ -130,6 +130,11 @@ class LoadAgent:
         self._warming: concurrent.futures.Future[None] | None = None
 
     def start(self) -> LoadAgent:
+        # report and pick up the routing hints before the first request
+        try:
+            self.step()
+        except Exception as e:
+            log.warning("first load report failed: %s", e)
         self._thread.start()
         return self
 
