@@ -37,7 +37,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MetadataSt
         url = base.rsplit("/", 1)[0] + f"/{db}"
         import redis
 
-        redis.Redis.from_url(url).flushdb()
+        with redis.Redis.from_url(url) as r:
+            r.flushdb()
     s = open_store(url)
     yield s
     s.close()

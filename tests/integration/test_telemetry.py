@@ -68,7 +68,9 @@ def _run(code: str, home: Path) -> str:
     env = {
         k: v
         for k, v in os.environ.items()
-        if k not in ("ORT_DISABLE_TELEMETRY", "HOME", "XDG_CACHE_HOME")
+        # onnxruntime also stays quiet where CI is set: drop it, so both runs see a
+        # user's environment and the control run can show what the defaults write.
+        if k not in ("ORT_DISABLE_TELEMETRY", "HOME", "XDG_CACHE_HOME", "CI")
     }
     env.update(HOME=str(home), PYTHONPATH=str(REPO))
     home.mkdir()
