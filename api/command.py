@@ -6,6 +6,7 @@ import argparse
 import logging
 import signal
 import time
+from pathlib import Path
 from types import FrameType
 
 from infaas.settings import Settings
@@ -40,7 +41,13 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     if settings.tee_backend == "simulated":
         print(BANNER, flush=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    init: dict[str, object] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    # Replicas log JSON lines to Ray's session directory; forwarding them to this
+    # terminal would bury the progress and the URL a person is waiting for.
+    init: dict[str, object] = {
+        "include_dashboard": False,
+        "logging_level": logging.WARNING,
+        "log_to_driver": False,
+    }
     if settings.ray_address:
         init["address"] = settings.ray_address
     else:
@@ -48,6 +55,9 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
         if args.ray_temp_dir:
             init["_temp_dir"] = str(args.ray_temp_dir)
     ray.init(**init)  # type: ignore[arg-type]
+    if not settings.ray_address:
+        logs = (args.ray_temp_dir or Path("/tmp/ray")) / "session_latest" / "logs"
+        print(f"replica logs (JSON lines): {logs}", flush=True)
     # after ray.init: Ray installs its own fatal-signal handler for SIGTERM in the driver
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
