@@ -429,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "duration_s": trace.duration_s,
         "replica_cpus": args.replica_cpus,
-        "max_replicas": args.max_replicas,
+        "replica_limit": args.max_replicas,
         "static_replicas": args.static_replicas,
     }
     for policy in policies:
