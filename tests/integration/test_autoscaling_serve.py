@@ -19,6 +19,7 @@ import pytest
 from enclave_workers.deployment import APP_NAME, ROUTE_PREFIX, build_infer_app
 from infaas.settings import AutoscalerSettings, Pool, Settings
 from infaas.store import MetadataStore, open_store
+from infaas.types import ModelRecord
 from scheduler.autoscaler import AutoscalerConfig
 from scheduler.controller import CandidateCache, ControlLoop
 from scheduler.routing import LOAD_NS, LoadReport, demand_key, read_target
@@ -73,7 +74,11 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
             http_options={"host": "127.0.0.1", "port": port},
             logging_config={"enable_access_log": False},
         )
-        # no key service: the worker has no model to prefetch keys for
+        from api.serve import build_keyservice_app
+        from infaas.keyservice.http import PREFIX as KEYSERVICE_PREFIX
+
+        # new replicas attest to the key service (no key of the synthetic model: a warning)
+        serve.run(build_keyservice_app(s), name="keyservice", route_prefix=KEYSERVICE_PREFIX)
         serve.run(
             build_infer_app(s, f"http://127.0.0.1:{port}"),
             name=APP_NAME,
@@ -90,6 +95,16 @@ def test_control_loop_scales_the_worker_deployment(settings: Settings) -> None:
     # one variant: ~300 requests/s per replica at a 200 ms target (batch 16)
     spec, profile = synthetic_variant(
         "slow-fp32", task="classify", pool="cpu", accuracy=0.8, intercept_ms=20, slope_ms=2
+    )
+    store.put_model(
+        ModelRecord(
+            model_id=spec.model_id,
+            task="classify",
+            architecture=spec.architecture,
+            artifact_sha256="0" * 64,
+            size_bytes=1,
+            num_parameters=0,
+        )
     )
     store.put_variant(spec)
     store.put_profile(profile)
