@@ -190,6 +190,7 @@ class AutoscalerLoop:
         store = open_store(settings.resolved_store_url)
         overrides: dict[str, Any] = {
             "cpu_budget": a.max_replicas * pool.num_cpus if pool.num_cpus > 0 else 1.0,
+            "replica_memory_bytes": pool.memory_bytes,  # the packer budget of one worker
             "static_replicas": a.static_replicas,
             "max_replicas_per_variant": a.max_replicas,
             "max_replicas_per_pool": a.max_replicas,
