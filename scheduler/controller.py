@@ -288,9 +288,9 @@ def event_records(p: Plan, replicas: Mapping[str, int], now_s: float) -> list[di
         m = re.search(r": (\d+) -> (\d+)$", reason)
         if m:
             rec["from_replicas"], rec["to_replicas"] = int(m.group(1)), int(m.group(2))
-        if "|" in reason:
-            task = reason.split(" ", 2)[-1].split("|", 1)[0].split()[-1]
-            rec["task"] = task
+        key = re.search(r"(\S+?)\|[\d.e+-]+\|[\d.e+-]+", reason)  # a demand_key in the reason
+        if key:
+            rec["task"] = key.group(1)
         out.append(rec)
     out.append(
         {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -339,3 +340,18 @@ def test_follow_target_reads_the_loop_target(tmp_path: Path) -> None:
         stale = ReplicaTarget(num_replicas=7, ts=time.time() - 3600, policy="infaas")
         store.put_record(CONTROL_NS, "target", stale.model_dump_json().encode())
     assert policy(ctx)[0] == 2  # type: ignore[arg-type]
+
+
+def test_event_records_name_the_task_of_the_demand() -> None:
+    _, state = decide(ctx_at(20.0))  # type: ignore[arg-type]
+    decision, _ = decide(ctx_at(3000.0, state))  # type: ignore[arg-type]
+    p = plan(decision, "infaas", zoo(), now_s=11, min_replicas=1, max_replicas=8, pool=POOL)
+    p = dataclasses.replace(
+        p,
+        events=(
+            ("unserved", "", "unserved images|50|0.7: 3.0 rps beyond budget or accuracy floor"),
+            ("upgrade", "v2", "upgrade digits|25|0.95: v1 -> v2"),
+        ),
+    )
+    recs = event_records(p, decision.replicas, 11.0)
+    assert [r.get("task") for r in recs[:2]] == ["images", "digits"]
