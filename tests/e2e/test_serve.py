@@ -153,9 +153,9 @@ def test_tight_latency_picks_a_faster_variant_than_a_loose_accurate_one(demo: Cl
     best = max(p.accuracy for p in profiles.values())
     loose = demo.infer(task="images", inputs=x, latency_ms=60_000, min_accuracy=best - 1e-9)
     slow = _predicted_p99_ms(profiles[loose.variant_id])
-    faster = [p for p in profiles.values() if _predicted_p99_ms(p) * 1.5 < slow]
+    faster = [p for p in profiles.values() if _predicted_p99_ms(p) * 1.1 < slow]
     if not faster:
-        pytest.skip(f"no variant is 1.5x faster than {loose.variant_id} ({slow:.2f} ms) here")
+        pytest.skip(f"no variant is 1.1x faster than {loose.variant_id} ({slow:.2f} ms) here")
     fast = min(faster, key=_predicted_p99_ms)
     # warm it: a cold variant's load time counts against a tight SLO
     demo.infer(task="images", inputs=x, latency_ms=60_000, variant_id=fast.variant_id)
