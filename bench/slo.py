@@ -39,7 +39,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +55,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.loadgen import Result, run_trace, slo_met  # noqa: E402
 from bench.traces import TRACES_DIR, Trace, make_trace, read_trace, write_trace  # noqa: E402
+from tests.e2e.server import Served, free_port  # noqa: E402
 
 POLICIES = ("static", "queue", "infaas-style", "infaas")
 EXTRA_TENANT = "bench-b"
@@ -93,21 +93,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # --------------------------------------------------------------------------- the service
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Served:
-    url: str
-    data_dir: Path
-    ray_dir: Path
-    log: Path
-    proc: subprocess.Popen[bytes]
 
 
 def write_config(path: Path, args: argparse.Namespace) -> Path:

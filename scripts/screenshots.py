@@ -15,11 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,64 +29,9 @@ sys.path.insert(0, str(REPO))
 
 from infaas import Client  # noqa: E402
 from infaas.errors import Conflict, InfaasError  # noqa: E402
+from tests.e2e.server import CHROMIUM_ARGS, Served, start_serve, stop_serve  # noqa: E402
 
 PAGES = ("overview", "models", "traffic", "autoscaler", "tenants")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_serve(root: Path, autoscaler: str) -> tuple[subprocess.Popen[bytes], str, Path]:
-    port = free_port()
-    data_dir = root / "data"
-    ray_dir = Path(tempfile.mkdtemp(prefix="infaas-shots-ray-", dir="/tmp"))
-    log = root / "serve.log"
-    cmd = [
-        sys.executable, "-m", "infaas.cli", "serve", "--small", "--no-progress",
-        "--port", str(port), "--data-dir", str(data_dir), "--ray-temp-dir", str(ray_dir),
-        "--autoscaler", autoscaler,
-    ]  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        text = log.read_text(errors="replace")
-        if "\nREADY" in text:
-            return proc, f"http://127.0.0.1:{port}", data_dir
-        if proc.poll() is not None:
-            break
-        time.sleep(1.0)
-    proc.kill()
-    raise RuntimeError(f"infaas serve did not start:\n{log.read_text(errors='replace')[-4000:]}")
-
-
-def stop_serve(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def second_tenant(url: str, data_dir: Path) -> Client:
@@ -183,12 +124,13 @@ def main() -> int:
     if bool(args.url) != bool(args.data_dir):
         ap.error("--url and --data-dir go together")
     root = Path(tempfile.mkdtemp(prefix="infaas-shots-"))
-    proc = None
+    served: Served | None = None
     try:
         if args.url:
             url, data_dir = args.url.rstrip("/"), args.data_dir
         else:
-            proc, url, data_dir = start_serve(root, args.autoscaler)
+            served = start_serve(root, "--small", "--autoscaler", args.autoscaler)
+            url, data_dir = served.url, served.data_dir
             print(f"infaas serve --small is up at {url} (log: {root / 'serve.log'})")
         stop = threading.Event()
         sender = threading.Thread(target=traffic, args=(url, data_dir, args.traffic_s, stop))
@@ -202,8 +144,8 @@ def main() -> int:
             print(f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}: "
                   f"{path.stat().st_size // 1024} KiB")  # fmt: skip
     finally:
-        if proc is not None:
-            stop_serve(proc)
+        if served is not None:
+            stop_serve(served)
             shutil.rmtree(root, ignore_errors=True)
     return 0
 

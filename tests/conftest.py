@@ -11,14 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.server import free_port
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ATTESTATION_DATA = SHARED / "testdata" / "attestation"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

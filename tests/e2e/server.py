@@ -46,6 +46,19 @@ class Served:
         return self.log.read_text(errors="replace")
 
 
+# Debian's chromium, headless, with nothing that reaches for the (closed) network
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
 def start_serve(root: Path, *extra: str, env: dict[str, str] | None = None) -> Served:
     """Run ``infaas serve`` with its own data dir, Ray session dir and port; wait for READY."""
     port = free_port()

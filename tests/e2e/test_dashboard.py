@@ -23,21 +23,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from infaas import Client
-from tests.e2e.server import Served
+from tests.e2e.server import CHROMIUM_ARGS, Served
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 BANNER = "SIMULATED TEE — NOT CONFIDENTIAL"
 
 if not CHROMIUM.is_file() and shutil.which("chromium") is None:
