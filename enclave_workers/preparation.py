@@ -25,7 +25,7 @@ import io
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -85,10 +85,17 @@ class PreparationOptions:
         cls, settings: Settings, pool: str | None = None, quick: bool = False
     ) -> PreparationOptions:
         p = settings.profiler
+        name = pool or settings.pools[0].name
+        serving = next((q for q in settings.pools if q.name == name), settings.pools[0])
+        # time variants as this pool's replicas run them: its intra-op threads, not the
+        # profiler's default (2-thread profiles over-promise a 1-thread replica)
+        profile = replace(
+            ProfileOptions.from_settings(p, quick=quick), threads=serving.threads_per_replica
+        )
         return cls(
-            pool=pool or settings.pools[0].name,
+            pool=name,
             max_batch=max(p.batch_sizes),
-            profile=ProfileOptions.from_settings(p, quick=quick),
+            profile=profile,
             validation_samples=p.validation_samples,
             calibration_samples=p.calibration_samples,
         )

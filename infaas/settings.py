@@ -49,7 +49,13 @@ class ProfilerSettings(BaseModel):
     warmup_runs: int = Field(3, ge=0)
     min_runs: int = Field(10, ge=2, description="timed runs per batch size, at least")
     min_time_s: float = Field(0.5, gt=0, description="time spent per batch size, at least")
-    threads: int = Field(2, ge=1, le=64)
+    threads: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="intra-op threads of `infaas profile` (workers profile "
+        "with their pool's threads_per_replica)",
+    )
     validation_samples: int = Field(256, ge=8)
     calibration_samples: int = Field(64, ge=1)
 
