@@ -2,10 +2,11 @@
 
 For each policy (``--policies``, default ``static,queue,infaas-style,infaas``):
 
-1. start ``infaas serve --small`` with ``autoscaler.policy`` set to it (one
-   data dir for all: the small zoo is built and profiled on the first start
-   only), worker pool of fractional CPUs (``--replica-cpus``) with one
-   inference thread, so up to ``--max-replicas`` workers fit Ray's 2 CPUs;
+1. start ``infaas serve`` with ``autoscaler.policy`` set to it (one data dir
+   for all: the zoo is built and profiled on the first start only; the full
+   224x224 zoo by default, where the model dominates a request's cost, or
+   ``--zoo small``), worker replicas of ``--replica-cpus`` Ray CPUs with one
+   inference thread, at most ``--max-replicas`` of them;
 2. warm up (a few requests per class), then replay the trace open-loop
    (`bench.loadgen`: sealed requests from two tenants through the real
    client path, Poisson arrivals per class within each trace step);
@@ -38,7 +39,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -55,7 +55,7 @@ sys.path.insert(0, str(REPO))
 
 from bench.loadgen import Result, run_trace, slo_met  # noqa: E402
 from bench.traces import TRACES_DIR, Trace, make_trace, read_trace, write_trace  # noqa: E402
-from tests.e2e.server import Served, free_port  # noqa: E402
+from tests.e2e.server import Served, start_serve, stop_serve  # noqa: E402
 
 POLICIES = ("static", "queue", "infaas-style", "infaas")
 EXTRA_TENANT = "bench-b"
@@ -67,17 +67,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--policies", default=",".join(POLICIES))
     p.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "infaas-slo")
     p.add_argument("--plot", type=Path, default=None, help="PNG (default docs/slo_<trace>.png)")
-    p.add_argument("--quick", action="store_true", help="~3 min: static and infaas, 45 s trace")
+    p.add_argument(
+        "--zoo",
+        choices=("full", "small"),
+        default="full",
+        help="full: 224x224 image models (first start ~10 min); small: 32x32 (fast, but the "
+        "request path then dominates and variants matter little)",
+    )
+    p.add_argument("--quick", action="store_true", help="static and infaas, 45 s trace")
     p.add_argument("--time-scale", type=float, default=1.0, help="stretch the trace in time")
     p.add_argument(
         "--rate-scale",
         type=float,
-        default=0.8,
-        help="scale every rate (0.8: static's 2 replicas meet the base load, not the bursts)",
+        default=1.0,
+        help="scale every rate (1.0: static FP32 on 2 replicas meets the base load, not the "
+        "bursts)",
     )
     p.add_argument("--max-requests", type=int, default=20000)
-    p.add_argument("--replica-cpus", type=float, default=0.5, help="Ray CPUs per worker")
-    p.add_argument("--max-replicas", type=int, default=4)
+    p.add_argument("--replica-cpus", type=float, default=1.0, help="Ray CPUs per worker")
+    p.add_argument("--max-replicas", type=int, default=2, help="2: one per core here")
     p.add_argument("--static-replicas", type=int, default=2)
     p.add_argument(
         "--overhead-ms", type=float, default=12.0, help="request path per request (autoscalers)"
@@ -139,53 +147,18 @@ def snapshot(dest: Path) -> Path:
     return dest
 
 
-def start_serve(data_dir: Path, config: Path, policy: str, log: Path, code: Path) -> Served:
-    port = free_port()
-    ray_dir = Path(tempfile.mkdtemp(prefix="infaas-slo-ray-", dir="/tmp"))
-    cmd = [
-        sys.executable,
-        "-m",
-        "infaas.cli",
-        "serve",
-        "--small",
-        "--no-progress",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(data_dir),
-        "--ray-temp-dir",
-        str(ray_dir),
+def start_policy(args: argparse.Namespace, config: Path, policy: str) -> Served:
+    """`infaas serve` under `policy`, from the frozen code copy, logging to serve-<policy>.log."""
+    return start_serve(
+        args.data_dir,
         "--autoscaler",
         policy,
-    ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "INFAAS_CONFIG": str(config)}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=code, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    served = Served(f"http://127.0.0.1:{port}", data_dir, ray_dir, log, proc)
-    deadline = time.monotonic() + 1800
-    while time.monotonic() < deadline:
-        if "\nREADY" in log.read_text(errors="replace"):
-            return served
-        if proc.poll() is not None:
-            break
-        time.sleep(1.0)
-    tail = log.read_text(errors="replace")[-4000:]
-    stop_serve(served)
-    raise RuntimeError(f"infaas serve did not become ready:\n{tail}")
-
-
-def stop_serve(served: Served) -> None:
-    proc = served.proc
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-    shutil.rmtree(served.ray_dir, ignore_errors=True)
+        *(["--small"] if args.zoo == "small" else []),
+        env={"INFAAS_CONFIG": str(config)},
+        cwd=args.code,
+        log_name=f"serve-{policy}.log",
+        timeout_s=1800,
+    )
 
 
 def ensure_tenant(data_dir: Path, url: str, tenant: str) -> None:
@@ -237,7 +210,6 @@ def run_policy(policy: str, trace: Trace, args: argparse.Namespace, config: Path
     from infaas.zoo import load_manifest, load_validation
 
     data_dir = args.data_dir / "data"
-    log = args.data_dir / f"serve-{policy}.log"
     print(f"[slo] {policy}: starting infaas serve", file=sys.stderr, flush=True)
     if (data_dir / "infaas.db").exists():  # no report or target of an earlier run
         from scheduler.routing import CONTROL_NS, LOAD_NS
@@ -246,7 +218,7 @@ def run_policy(policy: str, trace: Trace, args: argparse.Namespace, config: Path
             for ns in (LOAD_NS, CONTROL_NS):
                 for key in old.list_records(ns):
                     old.delete_record(ns, key)
-    served = start_serve(data_dir, config, policy, log, args.code)
+    served = start_policy(args, config, policy)
     try:
         ensure_tenant(data_dir, served.url, EXTRA_TENANT)
         tenants = {c.tenant for c in trace.classes}

@@ -59,13 +59,24 @@ CHROMIUM_ARGS = [
 ]
 
 
-def start_serve(root: Path, *extra: str, env: dict[str, str] | None = None) -> Served:
-    """Run ``infaas serve`` with its own data dir, Ray session dir and port; wait for READY."""
+def start_serve(
+    root: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    cwd: Path = REPO,
+    log_name: str = "serve.log",
+    timeout_s: float = START_TIMEOUT_S,
+) -> Served:
+    """Run ``infaas serve`` with data dir ``root/data``, its own Ray session dir and port.
+
+    Waits for READY (`timeout_s`); runs the code under `cwd` (the repository,
+    or a frozen copy of it) and logs to ``root/log_name``.
+    """
     port = free_port()
     data_dir = root / "data"
     # Ray's unix sockets live under the session dir: keep the path short
     ray_dir = Path(tempfile.mkdtemp(prefix="infaas-e2e-ray-", dir="/tmp"))
-    log = root / "serve.log"
+    log = root / log_name
     cmd = [
         sys.executable,
         "-m",
@@ -83,14 +94,14 @@ def start_serve(root: Path, *extra: str, env: dict[str, str] | None = None) -> S
     with log.open("wb") as out:
         proc = subprocess.Popen(
             cmd,
-            cwd=REPO,
+            cwd=cwd,
             stdout=out,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             start_new_session=True,
         )
     served = Served(f"http://127.0.0.1:{port}", data_dir, ray_dir, log, proc)
-    deadline = time.monotonic() + START_TIMEOUT_S
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if "\nREADY" in served.log_text():
             return served
