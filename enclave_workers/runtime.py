@@ -137,6 +137,8 @@ class _VariantState:
 
     batcher: DynamicBatcher
     loop: asyncio.AbstractEventLoop
+    threaded: bool = True
+    """Runs on the shared inference threads (not inline on the event loop)."""
     live: LoadedVariant | None = None
     outstanding: int = 0
     served: int = 0
@@ -149,10 +151,21 @@ class _LiveLoads(Mapping[str, VariantLoad]):
         self._rt = runtime
 
     def __getitem__(self, variant_id: str) -> VariantLoad:
-        st = self._rt._states.get(variant_id)
-        loaded = 1 if self._rt._packer.is_loaded(variant_id) else 0
+        rt = self._rt
+        st = rt._states.get(variant_id)
+        loaded = 1 if rt._packer.is_loaded(variant_id) else 0
+        # the other variants' queued requests run on the same threads first (FIFO)
+        ahead = 0.0
+        for vid, other in rt._states.items():
+            if vid != variant_id and other.outstanding and other.threaded:
+                c = rt._candidates.get(vid)
+                if c is not None:
+                    ahead += c.drain_ms(other.outstanding)
         return VariantLoad(
-            replicas=1, loaded_replicas=loaded, outstanding=st.outstanding if st else 0
+            replicas=1,
+            loaded_replicas=loaded,
+            outstanding=st.outstanding if st else 0,
+            ahead_ms=ahead / rt._threads,
         )
 
     def __iter__(self) -> Iterator[str]:
@@ -209,6 +222,7 @@ class WorkerRuntime:
             StoreReplayGuard(store, settings.request_window_s) if shared_replay_guard else None
         )
         threads = inference_threads or max(1, math.ceil(self.pool.num_cpus))
+        self._threads = threads
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="infaas-infer")
         self._inline = InlineExecutor()
         self._inline_batch_ms = inline_batch_ms
@@ -385,7 +399,7 @@ class WorkerRuntime:
                 max_wait_ms=self._batch_wait_ms,
             )
             old = st
-            st = _VariantState(batcher=batcher, loop=loop)
+            st = _VariantState(batcher=batcher, loop=loop, threaded=not inline)
             if old is not None:
                 st.served = old.served
             holder.append(st)

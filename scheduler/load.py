@@ -25,14 +25,17 @@ class VariantLoad:
     """Requests queued or in flight on the variant, over all its replicas."""
     arrival_rps: float = 0.0
     """Measured arrival rate routed to the variant, requests per second."""
+    ahead_ms: float = 0.0
+    """Work of *other* variants queued on the same replica's inference threads (ms per
+    thread): variants packed on one replica share them, so it delays this one too."""
 
     def __post_init__(self) -> None:
         if self.replicas < 0 or self.loaded_replicas < 0 or self.outstanding < 0:
             raise ValueError("replica and request counts must be non-negative")
         if self.loaded_replicas > self.replicas:
             raise ValueError("loaded_replicas cannot exceed replicas")
-        if self.arrival_rps < 0:
-            raise ValueError("arrival_rps must be non-negative")
+        if self.arrival_rps < 0 or self.ahead_ms < 0:
+            raise ValueError("arrival_rps and ahead_ms must be non-negative")
 
 
 IDLE = VariantLoad()

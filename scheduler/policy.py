@@ -21,7 +21,8 @@ Latency under load (documented estimate, cheap enough for the request path)::
     p99    = tail * t  (+ load_ms when no replica has the variant loaded)
 
 where ``L(b) = intercept + slope * b`` is the profile's latency model and
-``tail = p99 / p50`` at the smallest measured batch. The queue is served
+``tail = p99 / p50`` at the smallest measured batch; a worker adds the work
+other variants have queued on its shared inference threads (``ahead_ms``). The queue is served
 FIFO in full batches, the batch in flight counted as a whole batch ahead,
 which is conservative. Measured arrival rate is the autoscaler's input; the
 instantaneous queue (``outstanding``) already reflects it here.
@@ -156,6 +157,16 @@ class Candidate:
         """L(batch) from the profile's latency model."""
         return max(0.0, self.intercept_ms + self.slope_ms * batch)
 
+    def drain_ms(self, requests: float) -> float:
+        """Time to run `requests` queued on one replica, in full batches of `max_batch`."""
+        if requests <= 0:
+            return 0.0
+        big = self.max_batch
+        if requests <= big:
+            return self.batch_ms(requests)
+        nb = math.ceil(requests / big)
+        return (nb - 1) * self.full_batch_ms + self.batch_ms(requests - (nb - 1) * big)
+
     def slo_capacity(self, latency_ms: float) -> tuple[int, float]:
         """(batch, requests/s per replica) at the largest batch that keeps p99 within target.
 
@@ -187,15 +198,8 @@ def predict_p99_ms(c: Candidate, load: VariantLoad) -> float:
         cold = c.load_ms
     q = load.outstanding
     if q == 0:
-        return c.idle_p99_ms + cold
-    k = q / r + 1.0
-    big = c.max_batch
-    if k <= big:
-        t = c.intercept_ms + c.slope_ms * k
-    else:
-        nb = math.ceil(k / big)
-        t = (nb - 1) * c.full_batch_ms + c.intercept_ms + c.slope_ms * (k - (nb - 1) * big)
-    return c.tail * t + cold
+        return c.idle_p99_ms + cold + load.ahead_ms
+    return c.tail * c.drain_ms(q / r + 1.0) + cold + load.ahead_ms
 
 
 @dataclass(frozen=True, slots=True)

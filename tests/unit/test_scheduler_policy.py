@@ -131,6 +131,21 @@ def test_queue_estimate_full_batches() -> None:
     assert p_cold == pytest.approx(300 + 1.2 * (5 + 0.4 * 2))
 
 
+def test_work_of_other_variants_on_shared_threads_counts() -> None:
+    cs = zoo()
+    c = cs.variant("int8")
+    idle = predict_p99_ms(c, VariantLoad(1, 1, 0))
+    # another variant's queue on the same inference thread runs first
+    assert predict_p99_ms(c, VariantLoad(1, 1, 0, ahead_ms=80.0)) == pytest.approx(idle + 80.0)
+    behind = LoadSnapshot(
+        {"int8": VariantLoad(1, 1, 0, ahead_ms=500.0), "mid": VariantLoad(1, 1, 0)}
+    )
+    assert select(cs, TASK, SLO(latency_ms=60), loaded("int8", "mid")).variant_id == "int8"
+    assert select(cs, TASK, SLO(latency_ms=60), behind).variant_id != "int8"
+    with pytest.raises(ValueError, match="ahead_ms"):
+        VariantLoad(1, 1, 0, ahead_ms=-1.0)
+
+
 def test_ties_in_cost_go_to_lower_latency() -> None:
     a = synthetic_variant("a", intercept_ms=10, slope_ms=1)  # L(32)=42, L(1)=11
     b = synthetic_variant("b", intercept_ms=26, slope_ms=0.5)  # L(32)=42, L(1)=26.5
