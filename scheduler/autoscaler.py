@@ -88,6 +88,15 @@ class AutoscalerConfig(BaseModel):
     )
     burst_window_s: float = Field(10.0, gt=0, description="window of the recent peak and trend")
     trend_lookahead_s: float = Field(5.0, ge=0, description="how far ahead the trend is followed")
+    trend_max_factor: float = Field(
+        2.0, ge=1, description="a rise is followed to at most this many times the current rate"
+    )
+    rate_window_s: float = Field(
+        3.0,
+        gt=0,
+        description="control loop: arrival rates are counted over this window (a one-second "
+        "count of Poisson arrivals is too noisy to read a trend from)",
+    )
     downscale_delay_s: float = Field(30.0, ge=0, description="demand must stay low this long")
     idle_to_zero_s: float = Field(120.0, ge=0, description="idle this long: no replica at all")
     switch_penalty: float = Field(
@@ -198,12 +207,16 @@ Policy = Callable[[AutoscalingContext], tuple[ScalingDecision, AutoscalerState]]
 # ---------------------------------------------------------------- infaas policy
 
 
-def _trend_forecast(samples: tuple[tuple[float, float, float], ...], ahead: float) -> float:
+def _trend_forecast(
+    samples: tuple[tuple[float, float, float], ...], ahead: float, max_factor: float = 2.0
+) -> float:
     """The latest rate pushed `ahead` seconds along a sustained rise, if there is one.
 
     Only the trailing run of strictly rising samples counts, and only when it
     has at least three of them: a ramp is followed, a single step (already
     provisioned for by its own rate) is not extrapolated into a phantom surge.
+    The forecast is at most `max_factor` times the latest rate: the steep
+    first seconds of a step would otherwise extrapolate to many times it.
     """
     last = samples[-1][1]
     i = len(samples) - 1
@@ -219,7 +232,7 @@ def _trend_forecast(samples: tuple[tuple[float, float, float], ...], ahead: floa
     if var <= 0:
         return last
     slope = sum((s[0] - mt) * (s[1] - mr) for s in run) / var
-    return last + max(0.0, slope) * ahead
+    return min(last + max(0.0, slope) * ahead, max_factor * last)
 
 
 def _update_history(
@@ -245,7 +258,7 @@ def _update_history(
         rate = max(0.0, d.arrival_rps)
         burst = tuple(s for s in old if now - s[0] <= cfg.burst_window_s)
         window = (*burst, (now, rate, rate))
-        forecast = max(rate, _trend_forecast(window, cfg.trend_lookahead_s))
+        forecast = max(rate, _trend_forecast(window, cfg.trend_lookahead_s, cfg.trend_max_factor))
         samples = (*old, (now, rate, forecast))
         history[key] = samples
         if rate > 0:

@@ -23,8 +23,8 @@ Who reads what it writes:
 Worker replicas write a `LoadReport` every half second: cumulative arrivals per
 demand class (task x latency target x accuracy floor, `demand_key`),
 outstanding requests per variant and the variants they have loaded. The loop
-differentiates the counters between ticks into arrival rates; the reports are
-metadata only (no tenant, no payload).
+differentiates the counters over the last ``rate_window_s`` into arrival rates;
+the reports are metadata only (no tenant, no payload).
 
 Nothing but `ControlLoop` touches a clock, the store or a thread.
 """
@@ -383,8 +383,8 @@ class ControlLoop:
     clock: Callable[[], float] = time.time
     _policy: Policy = field(init=False)
     _state: AutoscalerState = field(default_factory=AutoscalerState, init=False)
-    _prev: dict[str, LoadReport] = field(default_factory=dict, init=False)
-    _prev_at: float = field(default=math.nan, init=False)
+    _seen: list[tuple[float, dict[str, LoadReport]]] = field(default_factory=list, init=False)
+    """(when, reports) of the ticks within the rate window, oldest first."""
     _known: dict[str, float] = field(default_factory=dict, init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
@@ -403,12 +403,15 @@ class ControlLoop:
         """One round; None until two reports sets are there to differentiate."""
         now = self.clock()
         reports = read_reports(self.store, now)
-        dt = now - self._prev_at if not math.isnan(self._prev_at) else 0.0
-        first = math.isnan(self._prev_at)
-        m = measure(self._prev, reports, dt, now)
-        self._prev, self._prev_at = reports, now
-        if first:
+        if not self._seen:
+            self._seen.append((now, reports))
             return None
+        # rates over the window: the oldest reports at most rate_window_s old (or the last)
+        window = self.config.rate_window_s
+        kept = [(t, r) for t, r in self._seen if now - t <= window + 1e-6]
+        then, before = kept[0] if kept else self._seen[-1]
+        m = measure(before, reports, now - then, now)
+        self._seen = [*kept, (now, reports)]
         for key, rate in m.arrival_rps.items():
             if rate > 0:
                 self._known[key] = now

@@ -170,6 +170,14 @@ def test_rising_trend_is_provisioned_ahead() -> None:
     assert d.replicas == {"int8-ort": 2}
 
 
+def test_trend_of_a_sudden_step_is_capped() -> None:
+    loop = Loop()
+    for rps in (100, 200, 400, 800):  # the first seconds of a step, seen through a window
+        d = loop.tick(signal(rps))
+    # the least-squares slope (~230 rps/s) 5 s ahead would be ~2000 rps; capped at 2x 800
+    assert d.provisioned_rps["classify"] == pytest.approx(1600)
+
+
 def test_scale_down_hysteresis_no_flapping_on_brief_dip() -> None:
     loop = Loop()
     loop.run(signal(600), 20)

@@ -292,6 +292,27 @@ def test_control_loop_tick_writes_target_routes_and_events() -> None:
     assert (read_target(store) or target).num_replicas >= 1
 
 
+def test_control_loop_counts_rates_over_its_window() -> None:
+    """A noisy second does not read as a surge: rates span `rate_window_s` of reports."""
+    store = MemoryStore()
+    clock = Clock()
+    loop = ControlLoop(
+        store=store, policy_name="infaas", config=CFG, pool=POOL, candidates=zoo, clock=clock
+    )
+    seen: list[float] = []
+    counts = [0, 10, 20, 30, 70, 80]  # 10/s, with one second of 40
+    for i, n in enumerate(counts):
+        clock.t = 1000.0 + i
+        store.put_record(LOAD_NS, "w1", report("w1", clock.t, n).model_dump_json().encode())
+        if loop.tick() is not None:
+            assert loop.last is not None
+            seen.append(loop.last.provisioned_rps[KEY])
+    assert CFG.rate_window_s == 3.0
+    # at t=4 the rate is (70 - 10) / 3 = 20/s, not the last second's 40/s
+    assert seen[:3] == pytest.approx([10.0, 10.0, 10.0])
+    assert max(seen) == pytest.approx(20.0)
+
+
 def test_control_loop_refuses_unknown_policies() -> None:
     with pytest.raises(ValueError):
         ControlLoop(MemoryStore(), "nope", CFG, POOL, zoo)
