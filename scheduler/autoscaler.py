@@ -12,8 +12,9 @@ strictest accuracy floor):
 1. **Ahead of bursts.** The rate provisioned for is the largest of the current
    rate, the peak over ``burst_window_s`` and, during a sustained rise (three
    or more rising samples), the current rate extrapolated
-   ``trend_lookahead_s`` ahead along the rise's least-squares slope. Scaling
-   up therefore happens on the tick a rise is seen, and a ramp is met ahead.
+   ``trend_lookahead_s`` ahead along the rise's least-squares slope (at most
+   ``trend_max_factor`` times the current rate). Scaling up therefore happens
+   on the tick a rise is seen, and a ramp is met ahead.
 2. **Hysteresis down.** The rate used for sizing is also at least every
    forecast of the last ``downscale_delay_s``: capacity falls only once demand
    has stayed low for the whole delay, so a brief dip moves nothing. Loading a variant that is
