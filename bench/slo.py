@@ -189,6 +189,24 @@ class Run:
     results: list[Result]
     samples: list[tuple[float, int, int | None, dict[str, int]]] = field(default_factory=list)
     """(t, worker replicas reporting, target, replicas per loaded variant)."""
+    cpu_steal: float | None = None
+    """Share of this VM's CPU time the hypervisor gave to others during the replay."""
+
+
+def cpu_times() -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs from /proc/stat; None where there is none."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(f) for f in fields[:8]]
+    return ticks[7], sum(ticks)
+
+
+def steal_share(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round((after[0] - before[0]) / (after[1] - before[1]), 3)
 
 
 def sample(store: Any, t: float) -> tuple[float, int, int | None, dict[str, int]]:
@@ -244,6 +262,7 @@ def run_policy(policy: str, trace: Trace, args: argparse.Namespace, config: Path
             run.samples.append(sample(store, t))
 
         print(f"[slo] {policy}: replaying {trace.name}", file=sys.stderr, flush=True)
+        cpu_before = cpu_times()
         run.results = asyncio.run(
             run_trace(
                 trace,
@@ -255,6 +274,7 @@ def run_policy(policy: str, trace: Trace, args: argparse.Namespace, config: Path
                 on_tick=on_tick,
             )
         )
+        run.cpu_steal = steal_share(cpu_before, cpu_times())
         for c in clients.values():
             c.close()
         store.close()
@@ -402,7 +422,9 @@ def main(argv: list[str] | None = None) -> int:
         if policy == "static":
             static_row = row
         row = with_ratios(row, static_row)
-        row.update(meta, load_avg_1m=round(os.getloadavg()[0], 2))
+        # steal: the share of this VM's CPU a shared host gave to others during the replay;
+        # runs far apart in it are not comparable
+        row.update(meta, load_avg_1m=round(os.getloadavg()[0], 2), cpu_steal=run.cpu_steal)
         print(json.dumps(row), flush=True)
         (args.data_dir / f"run-{trace.name}-{policy}.json").write_text(
             json.dumps(
