@@ -88,6 +88,12 @@ class EnclaveWorker:
         self._load_agent = (
             LoadAgent(self._runtime, store).start() if settings.autoscaler.policy != "off" else None
         )
+        # Serve routes to a replica once its constructor returns: load what the plan
+        # hosts first, so a replica started for a burst does not answer it cold
+        hints = self._runtime.routing
+        if hints is not None and hints.keep:
+            loaded = self._runtime.preload(hints.keep)
+            log.info("pre-loaded %d planned variant(s): %s", len(loaded), ", ".join(loaded))
 
     def __serve_build_asgi_app__(self) -> WorkerASGI:
         return serve_app(self._runtime, max_request_bytes=self._settings.max_request_bytes)

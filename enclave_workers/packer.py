@@ -118,6 +118,21 @@ class ModelPacker(Generic[T]):
         finally:
             del self._loading[variant_id]
 
+    def put(self, variant_id: str, value: T, memory_bytes: int) -> bool:
+        """Add an already loaded variant (a replica pre-loading before it serves).
+
+        False, and nothing added, when it is loaded already or no room can be made.
+        """
+        if variant_id in self._entries or variant_id in self._loading:
+            return False
+        try:
+            self._make_room(memory_bytes)
+        except (Overloaded, PayloadTooLarge):
+            return False
+        self._entries[variant_id] = _Entry(value, memory_bytes)
+        self._loads += 1
+        return True
+
     @asynccontextmanager
     async def use(self, variant_id: str) -> AsyncIterator[T]:
         """The loaded variant, pinned against eviction until the block ends."""

@@ -40,7 +40,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -583,6 +583,26 @@ class WorkerRuntime:
         )
 
     # --- status -------------------------------------------------------------------------
+
+    def preload(self, variant_ids: Iterable[str]) -> list[str]:
+        """Load these variants now, blocking (a new replica, before it takes requests).
+
+        A replica the autoscaler starts mid-burst would otherwise take its first
+        requests cold, each waiting for a load. Unknown or failing variants are
+        skipped with a warning; returns the ones loaded.
+        """
+        done = []
+        for vid in variant_ids:
+            if self._packer.is_loaded(vid) or self._candidates.get(vid) is None:
+                continue
+            try:
+                loaded, memory = self._load_sync(vid)
+            except Exception as e:  # best effort: the first request will load it, or say why
+                log.warning("pre-loading %s failed: %s", vid, e)
+                continue
+            if self._packer.put(vid, loaded, memory):
+                done.append(vid)
+        return done
 
     async def warm(self, variant_id: str) -> None:
         """Load a variant ahead of its traffic (the autoscaler's placement)."""

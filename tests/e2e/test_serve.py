@@ -35,8 +35,10 @@ from infaas.errors import (
     ReplayedRequest,
     UnknownKey,
 )
+from infaas.settings import Pool
 from infaas.types import Profile
 from infaas.zoo import ZooEntry, load_manifest, load_validation
+from scheduler.policy import CandidateSet
 from tests.e2e.conftest import MAX_REQUEST_BYTES
 from tests.e2e.server import Served
 
@@ -141,14 +143,19 @@ def test_two_tenants_two_tasks_different_slos(served: Served, demo: Client, beta
         beta.infer(task="images", inputs=xi, latency_ms=5_000)
 
 
-def _predicted_p99_ms(p: Profile) -> float:
-    """The scheduler's idle estimate: tail ratio times the latency model at batch 1."""
-    b = p.batches[0]
-    return (b.p99_ms / max(b.p50_ms, 1e-9)) * p.latency_model.predict_ms(1)
-
-
 def test_tight_latency_picks_a_faster_variant_than_a_loose_accurate_one(demo: Client) -> None:
     profiles = _profiles(demo, "images")
+    infos = demo.models(task="images")
+    # the scheduler's own idle estimate of each variant, from the same variants and profiles
+    candidates = CandidateSet.build(
+        [v for i in infos for v in i.variants],
+        [p for i in infos for p in i.profiles],
+        [Pool(name=name) for name in {v.pool for i in infos for v in i.variants}],
+    )
+
+    def _predicted_p99_ms(p: Profile) -> float:
+        return candidates.variant(p.variant_id).idle_p99_ms
+
     x = np.asarray(np.random.default_rng(0).normal(size=(1, 3, 32, 32)), dtype=np.float32)
     best = max(p.accuracy for p in profiles.values())
     loose = demo.infer(task="images", inputs=x, latency_ms=60_000, min_accuracy=best - 1e-9)

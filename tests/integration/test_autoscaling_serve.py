@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
@@ -25,11 +24,11 @@ from scheduler.controller import CandidateCache, ControlLoop
 from scheduler.routing import LOAD_NS, LoadReport, demand_key, read_target
 from scheduler.synthetic import synthetic_variant
 from tests.conftest import free_port
+from tests.integration.serve_stack import ray_serve_with_keyservice
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
-REPO = Path(__file__).resolve().parents[2]
 POOL = Pool(name="cpu", num_cpus=0.5, cost_per_replica_s=1.0)
 KEY = demand_key("classify", 200, 0.7)
 
@@ -64,30 +63,10 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
         pools=(POOL,),
         autoscaler=AutoscalerSettings(policy="infaas", min_replicas=1, max_replicas=3),
     )
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "ORT_DISABLE_TELEMETRY": "1"}},
-    )
-    try:
-        serve.start(
-            http_options={"host": "127.0.0.1", "port": port},
-            logging_config={"enable_access_log": False},
-        )
-        from api.serve import build_keyservice_app
-        from infaas.keyservice.http import PREFIX as KEYSERVICE_PREFIX
-
+    with ray_serve_with_keyservice(s) as url:
         # new replicas attest to the key service (no key of the synthetic model: a warning)
-        serve.run(build_keyservice_app(s), name="keyservice", route_prefix=KEYSERVICE_PREFIX)
-        serve.run(
-            build_infer_app(s, f"http://127.0.0.1:{port}"),
-            name=APP_NAME,
-            route_prefix=ROUTE_PREFIX,
-        )
+        serve.run(build_infer_app(s, url), name=APP_NAME, route_prefix=ROUTE_PREFIX)
         yield s
-    finally:
-        serve.shutdown()  # type: ignore[no-untyped-call]
-        ray.shutdown()
 
 
 def test_control_loop_scales_the_worker_deployment(settings: Settings) -> None:

@@ -26,13 +26,13 @@ from infaas.attestation.deployment import create_verifier
 from infaas.auth import TokenRegistry
 from infaas.envelope import new_key, open_response, seal_artifact, seal_request
 from infaas.keyservice import HttpKeyService, KeyServiceClient
-from infaas.keyservice.http import PREFIX as KEYSERVICE_PREFIX
 from infaas.protocol import decode_response, encode_request
 from infaas.settings import Pool, ProfilerSettings, Settings
 from infaas.store import open_store
 from infaas.wire import InferRequest, InferResponse, JobStatus
 from infaas.zoo import Manifest, load_model_bytes, load_validation
 from tests.conftest import free_port
+from tests.integration.serve_stack import ray_serve_with_keyservice
 from tests.zoo_fixtures import entry, small_manifest, small_zoo
 from variants.runtime import load_variant
 
@@ -42,7 +42,6 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 MODEL = "digits-mlp-small"
-REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -61,7 +60,7 @@ class Served:
 def served(
     small_zoo: Path, small_manifest: Manifest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
-    from api.serve import build_keyservice_app, keyservice_measurement
+    from api.serve import keyservice_measurement
 
     tmp = tmp_path_factory.mktemp("serve")
     port = free_port()
@@ -76,18 +75,7 @@ def served(
             validation_samples=64, calibration_samples=16,
         ),
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "ORT_DISABLE_TELEMETRY": "1"}},
-    )
-    try:
-        serve.start(
-            http_options={"host": "127.0.0.1", "port": port},
-            logging_config={"enable_access_log": False},
-        )
-        serve.run(build_keyservice_app(settings), name="keyservice", route_prefix=KEYSERVICE_PREFIX)
+    with ray_serve_with_keyservice(settings) as url:
         # register the model as the control plane does: keys to the attested key service,
         # sealed blobs beside the store, metadata in it
         zoo_entry = entry(small_manifest, MODEL)
@@ -123,9 +111,6 @@ def served(
         yield Served(url, settings, tenant_key, api_token, x, onnx, job, handle)
         http.close()
         store.close()
-    finally:
-        serve.shutdown()
-        ray.shutdown()
 
 
 def test_prepare_through_the_handle(served: Served) -> None:

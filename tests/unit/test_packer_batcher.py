@@ -39,6 +39,25 @@ def test_packer_evicts_least_recently_used() -> None:
     assert stats.used_bytes <= stats.budget_bytes
 
 
+def test_preloaded_variant_is_a_hit_and_fits_the_budget() -> None:
+    calls: list[str] = []
+    packer = _packer(100, {"a": 40, "b": 40, "c": 40}, calls)
+    assert packer.put("a", "session:a", 40)
+    assert not packer.put("a", "other", 40)  # loaded already: kept as it is
+    assert packer.put("b", "session:b", 40)
+    assert not packer.put("huge", "x", 500)  # can never fit: refused, nothing evicted
+    assert packer.stats().loaded == ("a", "b")
+
+    async def go() -> None:
+        async with packer.use("a") as s:  # no load: the pre-loaded session
+            assert s == "session:a"
+
+    asyncio.run(go())
+    assert calls == []
+    assert packer.put("c", "session:c", 40)  # room made from the coldest (b)
+    assert packer.stats().loaded == ("a", "c")
+
+
 def test_concurrent_loads_of_one_variant_share_one_load() -> None:
     calls: list[str] = []
     packer = _packer(100, {"a": 10}, calls)

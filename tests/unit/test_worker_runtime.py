@@ -387,6 +387,18 @@ def test_wrong_shape_or_dtype_is_400(world: World) -> None:
     world.good()
 
 
+def test_preload_loads_sealed_variants_before_any_request(world: World) -> None:
+    loaded = set(world.runtime.load_report("probe").loaded)
+    cold = [v for v in world.variants if v not in loaded]
+    if not cold:
+        pytest.skip("every variant was loaded by earlier tests")
+    got = world.runtime.preload([cold[0], "no-such-variant"])
+    assert got == [cold[0]]  # decrypted inside the worker and in its packer; unknown skipped
+    assert cold[0] in world.runtime.load_report("probe").loaded
+    assert world.runtime.preload([cold[0]]) == []  # already there
+    world.good()
+
+
 def test_status_names_the_tee_and_counts(world: World) -> None:
     world.good()
     status = world.runtime.status()
