@@ -150,7 +150,7 @@ def test_tight_latency_picks_a_faster_variant_than_a_loose_accurate_one(demo: Cl
     candidates = CandidateSet.build(
         [v for i in infos for v in i.variants],
         [p for i in infos for p in i.profiles],
-        [Pool(name=name) for name in {v.pool for i in infos for v in i.variants}],
+        [Pool(name=n, cost_per_replica_s=1.0) for n in {v.pool for i in infos for v in i.variants}],
     )
 
     def _predicted_p99_ms(p: Profile) -> float:
