@@ -130,11 +130,20 @@ class LoadAgent:
         self._warming: concurrent.futures.Future[None] | None = None
 
     def start(self) -> LoadAgent:
-        # report and pick up the routing hints before the first request
+        """Report, pick up the routing hints and load what they keep, then run.
+
+        Called from the replica's constructor, which Serve waits for before it
+        routes requests here: a replica started for a burst must not answer it
+        cold. (Later placements load in the background, `step`.)
+        """
         try:
             self.step()
         except Exception as e:
             log.warning("first load report failed: %s", e)
+        hints = self.runtime.routing
+        if hints is not None and hints.keep:
+            loaded = self.runtime.preload(hints.keep)
+            log.info("pre-loaded %d planned variant(s): %s", len(loaded), ", ".join(loaded))
         self._thread.start()
         return self
 
@@ -153,8 +162,8 @@ class LoadAgent:
             return
         self.runtime.routing = hints
         # pre-load the variants the plan hosts, one at a time (loads take CPU from serving)
-        loop = self.runtime.loop
-        if loop is None or self._warming is not None:
+        loop = self.runtime.loop  # the replica's serving loop, once a request has come
+        if loop is None or not loop.is_running() or self._warming is not None:
             return
         loaded = set(report.loaded)
         for vid in hints.keep:

@@ -84,16 +84,11 @@ class EnclaveWorker:
         # per-request aggregates and this replica's status -> the store, once a second
         self._telemetry = Flusher(store, self._runtime.telemetry, status=self._runtime.status)
         self._telemetry.start()
-        # the autoscaler's measurements and routing hints (settings.autoscaler.policy)
+        # the autoscaler's measurements and routing hints (settings.autoscaler.policy); the
+        # variants the plan keeps are loaded before this constructor returns
         self._load_agent = (
             LoadAgent(self._runtime, store).start() if settings.autoscaler.policy != "off" else None
         )
-        # Serve routes to a replica once its constructor returns: load what the plan
-        # hosts first, so a replica started for a burst does not answer it cold
-        hints = self._runtime.routing
-        if hints is not None and hints.keep:
-            loaded = self._runtime.preload(hints.keep)
-            log.info("pre-loaded %d planned variant(s): %s", len(loaded), ", ".join(loaded))
 
     def __serve_build_asgi_app__(self) -> WorkerASGI:
         return serve_app(self._runtime, max_request_bytes=self._settings.max_request_bytes)

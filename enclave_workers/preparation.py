@@ -85,15 +85,14 @@ class PreparationOptions:
         cls, settings: Settings, pool: str | None = None, quick: bool = False
     ) -> PreparationOptions:
         p = settings.profiler
-        name = pool or settings.pools[0].name
-        serving = next((q for q in settings.pools if q.name == name), settings.pools[0])
+        serving = settings.pool(pool) if pool else settings.pools[0]
         # time variants as this pool's replicas run them: its intra-op threads, not the
         # profiler's default (2-thread profiles over-promise a 1-thread replica)
         profile = replace(
             ProfileOptions.from_settings(p, quick=quick), threads=serving.threads_per_replica
         )
         return cls(
-            pool=name,
+            pool=serving.name,
             max_batch=max(p.batch_sizes),
             profile=profile,
             validation_samples=p.validation_samples,

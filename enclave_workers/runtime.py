@@ -145,25 +145,31 @@ class _VariantState:
 
 
 class _LiveLoads(Mapping[str, VariantLoad]):
-    """This worker's load per variant, computed when the scheduler asks (no copying)."""
+    """This worker's load per variant, computed when the scheduler asks (no copying).
+
+    One per request: the work queued on the shared inference threads is summed
+    once, and each variant is told the part of it that is not its own.
+    """
 
     def __init__(self, runtime: WorkerRuntime) -> None:
         self._rt = runtime
+        self._threaded: float | None = None
+
+    def _own_threaded_ms(self, variant_id: str, st: _VariantState | None) -> float:
+        if st is None or not st.threaded or not st.outstanding:
+            return 0.0
+        c = self._rt._candidates.get(variant_id)
+        return c.drain_ms(st.outstanding) if c is not None else 0.0
 
     def __getitem__(self, variant_id: str) -> VariantLoad:
         rt = self._rt
+        if self._threaded is None:  # FIFO threads: every queued request runs first
+            self._threaded = sum(self._own_threaded_ms(v, st) for v, st in list(rt._states.items()))
         st = rt._states.get(variant_id)
-        loaded = 1 if rt._packer.is_loaded(variant_id) else 0
-        # the other variants' queued requests run on the same threads first (FIFO)
-        ahead = 0.0
-        for vid, other in rt._states.items():
-            if vid != variant_id and other.outstanding and other.threaded:
-                c = rt._candidates.get(vid)
-                if c is not None:
-                    ahead += c.drain_ms(other.outstanding)
+        ahead = max(0.0, self._threaded - self._own_threaded_ms(variant_id, st))
         return VariantLoad(
             replicas=1,
-            loaded_replicas=loaded,
+            loaded_replicas=1 if rt._packer.is_loaded(variant_id) else 0,
             outstanding=st.outstanding if st else 0,
             ahead_ms=ahead / rt._threads,
         )
@@ -228,7 +234,6 @@ class WorkerRuntime:
         self._inline_batch_ms = inline_batch_ms
         self._packer: ModelPacker[LoadedVariant] = ModelPacker(memory_budget_bytes, self._load)
         self._states: dict[str, _VariantState] = {}
-        self._loads = _LiveLoads(self)
         self._batch_wait_ms = batch_wait_ms
         self._candidates = CandidateSet([])
         self._tasks: dict[str, Task] = {}
@@ -374,6 +379,26 @@ class WorkerRuntime:
         log.info("loaded variant %s", variant_id)
         return loaded, max(peak, 3 * size)
 
+    def preload(self, variant_ids: Iterable[str]) -> list[str]:
+        """Load these variants now, blocking (a new replica, before it takes requests).
+
+        A replica the autoscaler starts mid-burst would otherwise take its first
+        requests cold, each waiting for a load. Unknown or failing variants are
+        skipped with a warning; returns the ones loaded.
+        """
+        done = []
+        for vid in variant_ids:
+            if self._packer.is_loaded(vid) or self._candidates.get(vid) is None:
+                continue
+            try:
+                loaded, memory = self._load_sync(vid)
+            except Exception as e:  # best effort: the first request will load it, or say why
+                log.warning("pre-loading %s failed: %s", vid, e)
+                continue
+            if self._packer.put(vid, loaded, memory):
+                done.append(vid)
+        return done
+
     def _state(self, cand: Candidate) -> _VariantState:
         loop = asyncio.get_running_loop()
         st = self._states.get(cand.variant_id)
@@ -445,7 +470,7 @@ class WorkerRuntime:
         """The cheapest feasible variant of a model the tenant may use, and the tenant's key."""
         env = request.envelope
         cands = self._candidates
-        load = LoadSnapshot(self._loads)
+        load = LoadSnapshot(_LiveLoads(self))
         decision_started = time.perf_counter()
         first = route_select(cands, query, slo, load, self.routing)
         self.telemetry.decided(time.perf_counter() - decision_started)
@@ -583,26 +608,6 @@ class WorkerRuntime:
         )
 
     # --- status -------------------------------------------------------------------------
-
-    def preload(self, variant_ids: Iterable[str]) -> list[str]:
-        """Load these variants now, blocking (a new replica, before it takes requests).
-
-        A replica the autoscaler starts mid-burst would otherwise take its first
-        requests cold, each waiting for a load. Unknown or failing variants are
-        skipped with a warning; returns the ones loaded.
-        """
-        done = []
-        for vid in variant_ids:
-            if self._packer.is_loaded(vid) or self._candidates.get(vid) is None:
-                continue
-            try:
-                loaded, memory = self._load_sync(vid)
-            except Exception as e:  # best effort: the first request will load it, or say why
-                log.warning("pre-loading %s failed: %s", vid, e)
-                continue
-            if self._packer.put(vid, loaded, memory):
-                done.append(vid)
-        return done
 
     async def warm(self, variant_id: str) -> None:
         """Load a variant ahead of its traffic (the autoscaler's placement)."""

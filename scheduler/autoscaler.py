@@ -209,7 +209,7 @@ Policy = Callable[[AutoscalingContext], tuple[ScalingDecision, AutoscalerState]]
 
 
 def _trend_forecast(
-    samples: tuple[tuple[float, float, float], ...], ahead: float, max_factor: float = 2.0
+    samples: tuple[tuple[float, float, float], ...], ahead: float, max_factor: float
 ) -> float:
     """The latest rate pushed `ahead` seconds along a sustained rise, if there is one.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from enclave_workers.autoscaling import LoadAgent
 from enclave_workers.endpoint import create_worker_app, serve_app
 from enclave_workers.preparation import PreparationOptions, read_job, validation_artifact
 from enclave_workers.runtime import WorkerRuntime
@@ -49,6 +51,7 @@ from infaas.types import BatchLatency, LatencyModel, Profile
 from infaas.wire import InferRequest, InferResponse
 from infaas.zoo import Manifest, load_model_bytes, load_validation
 from profiler.profile import ProfileOptions
+from scheduler.routing import CONTROL_NS, RoutingHints
 from tests.zoo_fixtures import entry, small_manifest, small_zoo
 from variants.runtime import load_variant
 
@@ -387,15 +390,25 @@ def test_wrong_shape_or_dtype_is_400(world: World) -> None:
     world.good()
 
 
-def test_preload_loads_sealed_variants_before_any_request(world: World) -> None:
+def test_a_starting_replica_loads_the_planned_variants_before_any_request(world: World) -> None:
     loaded = set(world.runtime.load_report("probe").loaded)
     cold = [v for v in world.variants if v not in loaded]
-    if not cold:
-        pytest.skip("every variant was loaded by earlier tests")
-    got = world.runtime.preload([cold[0], "no-such-variant"])
-    assert got == [cold[0]]  # decrypted inside the worker and in its packer; unknown skipped
-    assert cold[0] in world.runtime.load_report("probe").loaded
+    if len(cold) < 2:
+        pytest.skip("the variants were loaded by earlier tests")
+    # the autoscaler's plan keeps cold[0]; the replica's agent starts (its constructor)
+    hints = RoutingHints(ts=time.time(), keep=[cold[0], "no-such-variant"])
+    world.store.put_record(CONTROL_NS, "routes", hints.model_dump_json().encode())
+    agent = LoadAgent(world.runtime, world.store, period_s=3600.0).start()
+    try:
+        # decrypted inside the worker and in its packer before start() returned
+        assert cold[0] in world.runtime.load_report("probe").loaded
+        assert cold[1] not in world.runtime.load_report("probe").loaded
+    finally:
+        agent.stop()
+        world.store.delete_record(CONTROL_NS, "routes")
+        world.runtime.routing = None
     assert world.runtime.preload([cold[0]]) == []  # already there
+    assert world.runtime.preload(["no-such-variant"]) == []  # unknown: skipped
     world.good()
 
 
