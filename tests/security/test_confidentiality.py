@@ -26,6 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from infaas import Client
 from infaas.zoo import IR_VERSION, OPSET
 from tests.e2e.server import Served, start_serve, stop_serve
+from tests.security.markers import encodings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -54,17 +55,6 @@ def marker_model() -> bytes:
     onnx.checker.check_model(model)
     data: bytes = model.SerializeToString()
     return data
-
-
-def encodings(secret: bytes) -> set[bytes]:
-    """`secret` raw, as hex, and as the part of its base64 that only it determines."""
-    forms = {secret, secret.hex().encode(), secret.hex().upper().encode()}
-    for pad in range(3):
-        for enc in (base64.b64encode, base64.urlsafe_b64encode):
-            text = enc(b"\x00" * pad + secret)
-            lead, end = (8 * pad + 5) // 6, (8 * (pad + len(secret))) // 6
-            forms.add(text[lead:end])
-    return {f for f in forms if len(f) >= 12}
 
 
 def markers() -> dict[str, set[bytes]]:

@@ -34,6 +34,7 @@ from infaas.keyservice import (
     create_keyservice_app,
 )
 from infaas.store import open_store
+from tests.security.markers import encodings
 
 with warnings.catch_warnings():
     # starlette wants "httpx2" for TestClient; the client under test speaks httpx
@@ -42,17 +43,6 @@ with warnings.catch_warnings():
 
 KS_M = hashlib.sha256(b"ks").digest()
 WORKER_M = hashlib.sha256(b"worker").digest()
-
-
-def encodings(secret: bytes) -> set[bytes]:
-    forms = {secret, secret.hex().encode(), secret.hex().upper().encode()}
-    for pad in range(3):
-        for enc in (base64.b64encode, base64.urlsafe_b64encode):
-            text = enc(b"\x00" * pad + secret)
-            # drop characters that mix in the padding bytes or the '=' tail
-            lead = (pad * 8 + 5) // 6
-            forms.add(text[lead : lead + 36])
-    return {f for f in forms if len(f) >= 16}
 
 
 def leaks(haystack: bytes, secret: bytes) -> list[bytes]:

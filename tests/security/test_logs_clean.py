@@ -60,6 +60,7 @@ from infaas.types import (
 )
 from infaas.wire import InferRequest
 from infaas.zoo import IR_VERSION, OPSET
+from tests.security.markers import encodings
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -72,17 +73,6 @@ WEIGHTS = (4242.0 + np.arange(N_IN * N_OUT, dtype=np.float32) / 16).reshape(N_IN
 INPUT = (27182.8125 + np.arange(N_IN, dtype=np.float32) / 32).reshape(1, N_IN)
 KS_M = hashlib.sha256(b"logs keyservice").digest()
 WORKER_M = hashlib.sha256(b"logs worker").digest()
-
-
-def encodings(secret: bytes) -> set[bytes]:
-    """`secret` raw, hex, and the part of its base64 only it determines (every alignment)."""
-    forms = {secret, secret.hex().encode(), secret.hex().upper().encode()}
-    for pad in range(3):
-        for enc in (base64.b64encode, base64.urlsafe_b64encode):
-            text = enc(b"\x00" * pad + secret)
-            lead, end = (8 * pad + 5) // 6, (8 * (pad + len(secret))) // 6
-            forms.add(text[lead:end])
-    return {f for f in forms if len(f) >= 12}
 
 
 def _chunks(data: bytes, size: int = 24) -> set[bytes]:
