@@ -376,14 +376,35 @@ def build_parser() -> argparse.ArgumentParser:
     ev_sub = ev.add_subparsers(dest="evidence_command", metavar="ACTION", required=True)
     ver = ev_sub.add_parser(
         "verify",
-        help="parse and verify an SGX/TDX quote",
-        description="Parse an SGX v3 / TDX v4 quote, verify its certificate chain and "
-        "signatures, check it against a policy; exit 0 only if it verifies and satisfies "
-        "the policy.",
+        help="parse and verify attestation evidence (SGX/TDX quote, SEV-SNP report, GPU)",
+        description="Parse an SGX v3 / TDX v4-v5 quote, an AMD SEV-SNP report or an NVIDIA "
+        "Hopper SPDM report, verify its certificate chain and signatures, check it against a "
+        "policy (production rules by default: debug refused, TCB UpToDate when collateral is "
+        "given); exit 0 only if it verifies and satisfies the policy.",
     )
-    ver.add_argument("quote", type=Path, help="quote file (raw bytes)")
-    ver.add_argument("--root", type=Path, help="trusted root CA (PEM or DER)")
-    ver.add_argument("--policy", type=Path, help="attestation policy YAML")
+    ver.add_argument("evidence", type=Path, help="evidence file (raw bytes; GPU report: hex)")
+    ver.add_argument(
+        "--platform",
+        choices=("auto", "sgx", "tdx", "snp", "nvidia"),
+        default="auto",
+        help="evidence kind (auto: detected from the bytes)",
+    )
+    ver.add_argument(
+        "--root",
+        type=Path,
+        help="trusted root CA (PEM or DER; for SNP the ASK+ARK or ASVK+ARK file)",
+    )
+    ver.add_argument(
+        "--cert",
+        type=Path,
+        action="append",
+        default=[],
+        help="certificates the evidence does not carry: the PCK chain, the SNP VCEK/VLEK, "
+        "the GPU device chain (repeatable)",
+    )
+    ver.add_argument(
+        "--policy", type=Path, help="attestation policy YAML (default: production rules)"
+    )
     ver.add_argument("--collateral", type=Path, help="TCB collateral JSON")
     ver.add_argument(
         "--now",

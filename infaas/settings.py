@@ -121,6 +121,11 @@ class Settings(BaseSettings):
         False, description="refuse anything insecure: the simulated TEE, debug evidence"
     )
     attestation_policy: Path | None = Field(None, description="YAML attestation policy file")
+    attestation_collateral: Path | None = Field(
+        None,
+        description="Intel PCS collateral JSON (one, or a bundle per FMSPC) the operator "
+        "refreshes; required in production; nothing is fetched at run time",
+    )
     ray_address: str | None = None
     num_cpus: int = Field(2, ge=1)
     http_host: str = "127.0.0.1"

@@ -13,13 +13,16 @@ and a policy that allows it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from infaas.attestation.backends import ConfigfsTsm, EvidenceGenerator, GramineSGX
 from infaas.attestation.policy import AttestationPolicy
 from infaas.attestation.simulated import SimulatedPlatformCA, SimulatedTEE
 from infaas.attestation.verifier import AttestationVerifier
+from infaas.attestation.verify import collateral_entries
 from infaas.errors import AttestationFailed
 from infaas.settings import REPO_CONFIGS, Settings
 
@@ -56,13 +59,37 @@ def load_policy(settings: Settings) -> AttestationPolicy:
     return policy
 
 
+def load_collateral(settings: Settings) -> Any:
+    """`settings.attestation_collateral` (one Intel PCS collateral or a bundle), or None.
+
+    Production settings require it: without collateral nothing says whether the
+    platform's TCB is patched, whether the quoting enclave is Intel's, or whether
+    the PCK certificate was revoked.
+    """
+    path = settings.attestation_collateral
+    if path is None:
+        if settings.production:
+            raise AttestationFailed(
+                "production settings need attestation_collateral (Intel PCS collateral "
+                "JSON the operator refreshes): TCB status, QE identity and CRLs are checked"
+            )
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise AttestationFailed(f"cannot read attestation collateral {path}: {exc}") from None
+    collateral_entries(data)  # shape check now, not at the first worker
+    return data
+
+
 def create_verifier(
     settings: Settings,
     *,
     measurements: Sequence[bytes] = (),
     policy: AttestationPolicy | None = None,
 ) -> AttestationVerifier:
-    """A verifier for `settings`: policy + these measurements (+ simulated CA if allowed)."""
+    """A verifier for `settings`: policy + these measurements (+ simulated CA if allowed),
+    with the configured collateral (required in production)."""
     pol = (policy or load_policy(settings)).with_measurements(*measurements)
     extra = [simulated_ca(settings).root_cert] if pol.allow_simulated else []
-    return AttestationVerifier(pol, extra_roots=extra)
+    return AttestationVerifier(pol, extra_roots=extra, collateral=load_collateral(settings))

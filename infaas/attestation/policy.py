@@ -69,15 +69,13 @@ class AttestationPolicy(BaseModel):
         description="least TDX TEE_TCB_SVN, 16 bytes hex, compared component by component",
     )
     allowed_tcb_statuses: tuple[str, ...] = Field(
-        (
-            "UpToDate",
-            "SWHardeningNeeded",
-            "ConfigurationNeeded",
-            "ConfigurationAndSWHardeningNeeded",
-        ),
-        description="TCB statuses accepted when collateral was evaluated",
+        ("UpToDate",),
+        description="TCB statuses accepted when collateral was evaluated (Intel's names; "
+        "anything beyond UpToDate is a choice to run on a platform with known issues)",
     )
-    require_tcb: bool = Field(False, description="refuse evidence verified without collateral")
+    require_tcb: bool = Field(
+        False, description="refuse evidence verified without collateral (always in production)"
+    )
     max_evidence_age_s: float = Field(
         60.0, gt=0, le=86_400, description="most seconds from nonce issue to evidence check"
     )
@@ -100,7 +98,20 @@ class AttestationPolicy(BaseModel):
                 raise ValueError(f"a production policy refuses {', '.join(bad)}")
             if not self.allowed_measurements:
                 raise ValueError("a production policy must list allowed_measurements")
+            if not self.require_tcb:
+                raise ValueError(
+                    "a production policy must set require_tcb: collateral (TCB status, "
+                    "QE identity, CRLs) is what tells a patched platform from a vulnerable one"
+                )
         return self
+
+    @classmethod
+    def cli_default(cls) -> AttestationPolicy:
+        """What `infaas evidence verify` applies without --policy: production rules that
+        need no deployment knowledge. Debug and simulated evidence are refused, the TCB
+        must be UpToDate when collateral is given; measurements are reported, not required
+        (a policy file lists them)."""
+        return cls(any_measurement=True, allowed_tcb_statuses=("UpToDate",))
 
     @classmethod
     def from_yaml(cls, path: Path) -> AttestationPolicy:
@@ -169,7 +180,9 @@ class AttestationPolicy(BaseModel):
         add(
             "measurement",
             self.any_measurement or m in self.allowed_measurements,
-            f"measurement {m[:16]}… allowed",
+            f"measurement {m} reported (no list required)"
+            if m not in self.allowed_measurements
+            else f"measurement {m[:16]}… allowed",
             f"measurement {m} is not in allowed_measurements",
         )
         s = q.signer.hex()
@@ -241,7 +254,11 @@ class AttestationPolicy(BaseModel):
         verdict = self.evaluate(
             verified, expected_report_data, now, nonce_issued_at=nonce_issued_at
         )
-        for c in verdict.checks:
-            if not c.ok:
-                raise AttestationFailed(f"policy: {c.detail}", rule=c.name)
+        failed = verdict.failures
+        if failed:
+            raise AttestationFailed(
+                f"policy: {failed[0].detail}",
+                rule=failed[0].name,
+                failed_rules=[c.name for c in failed],
+            )
         return verdict

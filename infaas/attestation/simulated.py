@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import os
 import struct
@@ -28,6 +29,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from infaas.attestation._sgx_extension import (
+    SGX_EXTENSION_OID,
+    SgxPckExtension,
+    encode_sgx_extension,
+)
 from infaas.attestation.backends import _check_report_data
 from infaas.attestation.verify import SIMULATED_MARKER_OID, raw_p256_point
 
@@ -37,6 +43,33 @@ SIMULATED_LABEL = "simulated — not confidential"
 _QE_MEASUREMENT = hashlib.sha256(b"infaas simulated quoting enclave").digest()
 _QE_SIGNER = hashlib.sha256(b"infaas simulated QE signer").digest()
 DEFAULT_SIGNER = hashlib.sha256(b"infaas simulated enclave signer").digest()
+_QE_ISV_PROD_ID = 1
+_QE_ISV_SVN = 8
+_QE_FLAGS = 0x01 | 0x04  # INIT | MODE64BIT
+SIMULATED_PCK = SgxPckExtension(
+    ppid=hashlib.sha256(b"infaas simulated platform").digest()[:16],
+    tcb_components=(2,) * 16,
+    pce_svn=13,
+    cpu_svn=bytes([2] * 16),
+    pce_id=b"\x00\x00",
+    fmspc=bytes.fromhex("00000000ffff"),
+    sgx_type=0,
+)
+"""The simulated platform's TCB as its PCK certificate states it (FMSPC 00000000ffff)."""
+
+
+def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=not cert_sign,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=cert_sign,
+        crl_sign=cert_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
 
 
 def _name(cn: str) -> x509.Name:
@@ -87,20 +120,7 @@ class SimulatedPlatformCA:
             .not_valid_before(now)
             .not_valid_after(until)
             .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_key_usage(cert_sign=True), critical=True)
             .add_extension(
                 x509.UnrecognizedExtension(SIMULATED_MARKER_OID, b"\x0c\x0fnot-confidential"),
                 critical=False,
@@ -108,18 +128,20 @@ class SimulatedPlatformCA:
             .sign(root_key, hashes.SHA256())
         )
         pck_key = ec.generate_private_key(ec.SECP256R1())
-        pck_cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name("infaas Simulated PCK Certificate"))
-            .issuer_name(root_name)
-            .public_key(pck_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
-            .not_valid_after(until)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .sign(root_key, hashes.SHA256())
-        )
+        pck_cert = _issue_pck(root_key, root_name, pck_key, now, until)
         return cls(root_key, root_cert, pck_key, pck_cert)
+
+    def reissue_pck(self) -> SimulatedPlatformCA:
+        """The same root with a fresh PCK certificate (one carrying the SGX extension)."""
+        now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+        cert = _issue_pck(
+            self.root_key,
+            self.root_cert.subject,
+            self.pck_key,
+            now,
+            self.root_cert.not_valid_after_utc,
+        )
+        return SimulatedPlatformCA(self.root_key, self.root_cert, self.pck_key, cert)
 
     @classmethod
     def load_or_create(cls, directory: Path, deployment: str = "local") -> SimulatedPlatformCA:
@@ -135,12 +157,17 @@ class SimulatedPlatformCA:
                 pk, ec.EllipticCurvePrivateKey
             ):
                 raise ValueError(f"simulated CA keys under {directory} are not P-256")
-            return cls(
+            ca = cls(
                 rk,
                 x509.load_pem_x509_certificate(files["root.pem"].read_bytes()),
                 pk,
                 x509.load_pem_x509_certificate(files["pck.pem"].read_bytes()),
             )
+            if SGX_EXTENSION_OID not in {e.oid for e in ca.pck_cert.extensions}:
+                # a CA written before PCK certificates carried the SGX extension
+                ca = ca.reissue_pck()
+                files["pck.pem"].write_bytes(ca.pck_cert.public_bytes(serialization.Encoding.PEM))
+            return ca
         ca = cls.generate(deployment)
         directory.mkdir(parents=True, exist_ok=True)
         pem = serialization.Encoding.PEM
@@ -151,6 +178,117 @@ class SimulatedPlatformCA:
             with os.fdopen(fd, "wb") as f:
                 f.write(_pem_key(key))
         return ca
+
+    def collateral(
+        self,
+        *,
+        now: dt.datetime | None = None,
+        tcb_status: str = "UpToDate",
+        advisory_ids: tuple[str, ...] = (),
+        qe_mrsigner: bytes = _QE_SIGNER,
+        revoke_pck: bool = False,
+        validity_days: int = 30,
+    ) -> dict[str, str]:
+        """Intel-PCS-shaped collateral for this platform, signed under this CA.
+
+        The same documents Intel publishes (TCB info, QE identity, CRLs), so a
+        simulated deployment exercises the production collateral checks:
+        `tcb_status` sets the platform's TCB level, `qe_mrsigner` names the
+        quoting enclave's signer, `revoke_pck` lists the PCK certificate on the CRL.
+        """
+        issued = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(minutes=5)
+        nxt = issued + dt.timedelta(days=validity_days)
+
+        def stamp(t: dt.datetime) -> str:
+            return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+        signing_key = ec.generate_private_key(ec.SECP256R1())
+        signing_cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name("infaas Simulated TCB Signing"))
+            .issuer_name(self.root_cert.subject)
+            .public_key(signing_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(issued)
+            .not_valid_after(self.root_cert.not_valid_after_utc)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(cert_sign=False), critical=True)
+            .sign(self.root_key, hashes.SHA256())
+        )
+        pem = serialization.Encoding.PEM
+        signer_chain = (signing_cert.public_bytes(pem) + self.root_pem).decode()
+        tcb_info = json.dumps(
+            {
+                "id": "SGX",
+                "version": 3,
+                "issueDate": stamp(issued),
+                "nextUpdate": stamp(nxt),
+                "fmspc": SIMULATED_PCK.fmspc.hex().upper(),
+                "pceId": SIMULATED_PCK.pce_id.hex().upper(),
+                "tcbType": 0,
+                "tcbEvaluationDataNumber": 1,
+                "tcbLevels": [
+                    {
+                        "tcb": {
+                            "sgxtcbcomponents": [{"svn": v} for v in SIMULATED_PCK.tcb_components],
+                            "pcesvn": SIMULATED_PCK.pce_svn,
+                        },
+                        "tcbDate": stamp(issued),
+                        "tcbStatus": tcb_status,
+                        "advisoryIDs": list(advisory_ids),
+                    }
+                ],
+            },
+            separators=(",", ":"),
+        )
+        qe_identity = json.dumps(
+            {
+                "id": "QE",
+                "version": 2,
+                "issueDate": stamp(issued),
+                "nextUpdate": stamp(nxt),
+                "tcbEvaluationDataNumber": 1,
+                "miscselect": "00000000",
+                "miscselectMask": "FFFFFFFF",
+                "attributes": _QE_FLAGS.to_bytes(16, "little").hex().upper(),
+                "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
+                "mrsigner": qe_mrsigner.hex().upper(),
+                "isvprodid": _QE_ISV_PROD_ID,
+                "tcbLevels": [
+                    {
+                        "tcb": {"isvsvn": _QE_ISV_SVN},
+                        "tcbDate": stamp(issued),
+                        "tcbStatus": "UpToDate",
+                    }
+                ],
+            },
+            separators=(",", ":"),
+        )
+        crl = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.root_cert.subject)
+            .last_update(issued)
+            .next_update(nxt)
+        )
+        if revoke_pck:
+            crl = crl.add_revoked_certificate(
+                x509.RevokedCertificateBuilder()
+                .serial_number(self.pck_cert.serial_number)
+                .revocation_date(issued)
+                .build()
+            )
+        crl_der = crl.sign(self.root_key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+        return {
+            "tcb_info": tcb_info,
+            "tcb_info_signature": _sign_raw(signing_key, tcb_info.encode()).hex(),
+            "tcb_info_issuer_chain": signer_chain,
+            "qe_identity": qe_identity,
+            "qe_identity_signature": _sign_raw(signing_key, qe_identity.encode()).hex(),
+            "qe_identity_issuer_chain": signer_chain,
+            "pck_crl": crl_der.hex(),
+            "pck_crl_issuer_chain": self.root_pem.decode(),
+            "root_ca_crl": crl_der.hex(),
+        }
 
     @property
     def root_pem(self) -> bytes:
@@ -201,8 +339,8 @@ class SimulatedTEE:
             _QE_MEASUREMENT,
             _QE_SIGNER,
             hashlib.sha256(ak_point + auth).digest() + b"\x00" * 32,
-            isv_prod_id=1,
-            isv_svn=8,
+            isv_prod_id=_QE_ISV_PROD_ID,
+            isv_svn=_QE_ISV_SVN,
             debug=False,
         )
         chain = ca.chain_pem + b"\x00"
@@ -249,6 +387,31 @@ class SimulatedTEE:
         return signed + struct.pack("<I", len(sig_data)) + sig_data
 
 
+def _issue_pck(
+    root_key: ec.EllipticCurvePrivateKey,
+    root_name: x509.Name,
+    pck_key: ec.EllipticCurvePrivateKey,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+) -> x509.Certificate:
+    return (
+        x509.CertificateBuilder()
+        .subject_name(_name("infaas Simulated PCK Certificate"))
+        .issuer_name(root_name)
+        .public_key(pck_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .add_extension(
+            x509.UnrecognizedExtension(SGX_EXTENSION_OID, encode_sgx_extension(SIMULATED_PCK)),
+            critical=False,
+        )
+        .sign(root_key, hashes.SHA256())
+    )
+
+
 def _sgx_report(
     mr_enclave: bytes,
     mr_signer: bytes,
@@ -258,7 +421,7 @@ def _sgx_report(
     isv_svn: int,
     debug: bool,
 ) -> bytes:
-    flags = 0x01 | 0x04 | (0x02 if debug else 0)  # INIT | MODE64BIT | DEBUG
+    flags = _QE_FLAGS | (0x02 if debug else 0)  # INIT | MODE64BIT | DEBUG
     b = bytearray(384)
     b[48:56] = flags.to_bytes(8, "little")
     b[56:64] = (0x03).to_bytes(8, "little")  # XFRM: x87 | SSE

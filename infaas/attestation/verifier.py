@@ -35,7 +35,7 @@ class AttestationVerifier:
         policy: AttestationPolicy,
         *,
         extra_roots: Sequence[x509.Certificate] = (),
-        collateral: dict[str, Any] | None = None,
+        collateral: Any = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.policy = policy
@@ -44,6 +44,11 @@ class AttestationVerifier:
         self._clock = clock
         if not self.roots:
             raise AttestationFailed("attestation policy trusts no root certificate")
+        if policy.require_tcb and collateral is None:
+            raise AttestationFailed(
+                "attestation policy requires TCB collateral and none is configured "
+                "(settings.attestation_collateral)"
+            )
 
     def verify(
         self,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,14 +25,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from infaas.attestation._der import sgx_extensions, split_der_certificates
+from infaas.attestation._sgx_extension import SgxPckExtension, sgx_extension
+from infaas.attestation.chain import CERT_ERRORS, split_der_certificates, verify_chain
 from infaas.attestation.quote import Quote, TdReport, parse_quote
 from infaas.errors import AttestationFailed
 
 SIMULATED_MARKER_OID = x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.1")
 """Extension carried by every simulated platform CA: evidence under it is not confidential."""
-
-_SGX = "1.2.840.113741.1.13.1"
 
 
 @dataclass(frozen=True)
@@ -51,6 +50,8 @@ class TcbResult:
     tcb_date: str | None
     qe_status: str
     platform_status: str
+    fmspc: str = ""
+    tcb_evaluation_data_number: int | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class VerifiedQuote:
     chain: tuple[x509.Certificate, ...]
     checks: tuple[CheckResult, ...]
     tcb: TcbResult | None = None
+    pck: SgxPckExtension | None = None
 
     @property
     def simulated(self) -> bool:
@@ -170,62 +172,6 @@ def _as_utc(now: datetime | None) -> datetime:
     return now if now.tzinfo else now.replace(tzinfo=UTC)
 
 
-def verify_chain(
-    chain: Sequence[x509.Certificate], roots: Iterable[x509.Certificate], now: datetime
-) -> x509.Certificate:
-    """Check leaf-first `chain` up to one of `roots` at time `now`; return the root.
-
-    Each certificate must be inside its validity window, signed by the next one,
-    and every issuer must be a CA. The last certificate must be a trusted root
-    or be issued directly by one.
-    """
-    if not chain:
-        raise AttestationFailed("certificate chain is empty")
-    roots = list(roots)
-    for i, cert in enumerate(chain):
-        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            raise AttestationFailed(
-                f"certificate chain: {cert.subject.rfc4514_string()} is not valid at "
-                f"{now.isoformat()} (valid {cert.not_valid_before_utc.isoformat()} .. "
-                f"{cert.not_valid_after_utc.isoformat()})"
-            )
-        if i + 1 < len(chain):
-            issuer = chain[i + 1]
-            _require_ca(issuer)
-            try:
-                cert.verify_directly_issued_by(issuer)
-            except (ValueError, TypeError, InvalidSignature) as exc:
-                raise AttestationFailed(
-                    f"certificate chain: {cert.subject.rfc4514_string()} is not signed by "
-                    f"{issuer.subject.rfc4514_string()} ({type(exc).__name__})"
-                ) from None
-    top = chain[-1]
-    for root in roots:
-        if top == root:
-            return root
-    for root in roots:
-        try:
-            _require_ca(root)
-            top.verify_directly_issued_by(root)
-        except (ValueError, TypeError, InvalidSignature, AttestationFailed):
-            continue
-        if not root.not_valid_before_utc <= now <= root.not_valid_after_utc:
-            raise AttestationFailed("certificate chain: trusted root is not valid at that time")
-        return root
-    raise AttestationFailed("certificate chain does not end at a trusted root")
-
-
-def _require_ca(cert: x509.Certificate) -> None:
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        bc = None
-    if bc is None or not bc.ca:
-        raise AttestationFailed(
-            f"certificate chain: issuer {cert.subject.rfc4514_string()} is not a CA"
-        )
-
-
 def pck_chain(quote: Quote, extra_pem: bytes | None = None) -> list[x509.Certificate]:
     """The PCK chain, leaf first: from the quote (type 5), else from `extra_pem`."""
     try:
@@ -237,8 +183,10 @@ def pck_chain(quote: Quote, extra_pem: bytes | None = None) -> list[x509.Certifi
             return order_chain([x509.load_der_x509_certificate(d) for d in ders])
         if extra_pem:
             return order_chain(list(x509.load_pem_x509_certificates(extra_pem)))
-    except ValueError as exc:
+    except CERT_ERRORS as exc:
         raise AttestationFailed(f"certificate chain could not be parsed: {exc}") from None
+    except AttestationFailed as exc:
+        raise AttestationFailed(f"certificate chain could not be parsed: {exc.message}") from None
     raise AttestationFailed(
         f"certificate chain absent: certification data type {quote.cert_type} carries no "
         "PCK chain and none was supplied"
@@ -276,15 +224,39 @@ class _Checks:
         return ok
 
 
+_PCK_CURVE = ec.SECP256R1
+
+
+def check_pck_leaf(cert: x509.Certificate) -> SgxPckExtension:
+    """The leaf must be an end-entity P-256 signing key carrying Intel's SGX extension."""
+    try:
+        key = cert.public_key()
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        bc = None
+    except CERT_ERRORS as exc:
+        raise AttestationFailed(f"PCK certificate is malformed: {exc}") from None
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, _PCK_CURVE):
+        raise AttestationFailed("PCK certificate key is not ECDSA P-256")
+    if bc is not None and bc.ca:
+        raise AttestationFailed("PCK certificate is a CA certificate, not a platform key")
+    return sgx_extension(cert)
+
+
 def inspect_quote(
     quote: bytes | Quote,
     roots: Sequence[x509.Certificate],
     *,
     now: datetime | None = None,
-    collateral: dict[str, Any] | None = None,
+    collateral: Any = None,
     pck_chain_pem: bytes | None = None,
 ) -> tuple[list[CheckResult], VerifiedQuote | None]:
-    """Run every check that can run; return the results and the verified quote (or None)."""
+    """Run every check that can run; return the results and the verified quote (or None).
+
+    `collateral`: one Intel PCS collateral (a dict as `*.collateral.json` holds it) or a
+    bundle of them (a list, or {"collaterals": [...]}); the one for the PCK
+    certificate's FMSPC and the quote's TEE is used.
+    """
     when = _as_utc(now)
     checks = _Checks()
     try:
@@ -296,18 +268,23 @@ def inspect_quote(
 
     chain: list[x509.Certificate] = []
     root: x509.Certificate | None = None
+    pck: SgxPckExtension | None = None
     try:
         chain = pck_chain(q, pck_chain_pem)
         root = verify_chain(chain, roots, when)
         checks.add("pck_chain", True, f"chain of {len(chain)} to {root.subject.rfc4514_string()}")
     except AttestationFailed as exc:
         checks.add("pck_chain", False, exc.message)
-
     if chain:
-        pck_key = chain[0].public_key()
-        ok = isinstance(pck_key, ec.EllipticCurvePublicKey) and _verify_raw(
-            pck_key, q.qe_report_signature, q.qe_report.raw
-        )
+        try:
+            pck = check_pck_leaf(chain[0])
+            checks.add("pck_leaf", True, f"PCK certificate for FMSPC {pck.fmspc.hex()}")
+        except AttestationFailed as exc:
+            checks.add("pck_leaf", False, exc.message)
+
+    pck_key = chain[0].public_key() if pck is not None else None  # parsed by check_pck_leaf
+    if isinstance(pck_key, ec.EllipticCurvePublicKey):
+        ok = _verify_raw(pck_key, q.qe_report_signature, q.qe_report.raw)
         checks.add(
             "qe_report_signature",
             ok,
@@ -335,24 +312,13 @@ def inspect_quote(
     checks.add("quote_signature", ok, detail)
 
     tcb: TcbResult | None = None
-    if collateral is not None and chain and checks.first_failure is None:
-        try:
-            tcb = evaluate_tcb(
-                q, chain[0], collateral, roots, when, chain[1] if len(chain) > 1 else None
-            )
-            checks.add(
-                "tcb",
-                True,
-                f"TCB status {tcb.status}"
-                + (f", advisories {', '.join(tcb.advisory_ids)}" if tcb.advisory_ids else ""),
-            )
-        except AttestationFailed as exc:
-            checks.add("tcb", False, exc.message)
+    if collateral is not None and pck is not None and checks.first_failure is None:
+        tcb = evaluate_collateral(q, chain, pck, collateral, roots, when, checks)
 
     if checks.first_failure is not None or root is None:
         return checks.results, None
     return checks.results, VerifiedQuote(
-        quote=q, root=root, chain=tuple(chain), checks=tuple(checks.results), tcb=tcb
+        quote=q, root=root, chain=tuple(chain), checks=tuple(checks.results), tcb=tcb, pck=pck
     )
 
 
@@ -361,7 +327,7 @@ def verify_quote(
     roots: Sequence[x509.Certificate],
     *,
     now: datetime | None = None,
-    collateral: dict[str, Any] | None = None,
+    collateral: Any = None,
     pck_chain_pem: bytes | None = None,
 ) -> VerifiedQuote:
     """Verify a quote against trusted `roots` at `now`; raise AttestationFailed naming the check."""
@@ -375,10 +341,44 @@ def verify_quote(
 
 
 # --- TCB collateral -----------------------------------------------------------------------
+#
+# Intel's appraisal (QVL / QvE): the TCB info and QE identity are signed by Intel's
+# TCB signing key (chained to the root) and current at `now`; the PCK certificate and
+# its CA are not revoked by current CRLs; the quoting enclave is the one Intel names
+# (MRSIGNER, ISVPRODID, MISCSELECT and ATTRIBUTES under their masks; without this a
+# host-launched enclave holding the provisioning key could pose as the QE); the TCB
+# level is the first one the PCK certificate's SVNs (and for TDX the TEE TCB SVN)
+# reach, combined with the QE's level.
 
 
 def _parse_time(s: str) -> datetime:
     return datetime.fromisoformat(s.replace("Z", "+00:00"))
+
+
+def collateral_entries(collateral: Any) -> list[dict[str, Any]]:
+    """One collateral or a bundle of them, as a list."""
+    if isinstance(collateral, dict) and "collaterals" in collateral:
+        collateral = collateral["collaterals"]
+    if isinstance(collateral, dict):
+        return [collateral]
+    if isinstance(collateral, list) and all(isinstance(c, dict) for c in collateral):
+        return list(collateral)
+    raise AttestationFailed("collateral must be an object, a list, or {'collaterals': [...]}")
+
+
+def select_collateral(collateral: Any, fmspc: bytes, tee: str) -> dict[str, Any]:
+    """The bundle's collateral for this FMSPC and TEE (SGX / TDX)."""
+    want_id = "TDX" if tee == "tdx" else "SGX"
+    for entry in collateral_entries(collateral):
+        try:
+            info = json.loads(entry["tcb_info"])
+            if str(info["fmspc"]).upper() == fmspc.hex().upper() and info.get("id", "SGX") == (
+                want_id
+            ):
+                return entry
+        except (KeyError, TypeError, ValueError):
+            continue
+    raise AttestationFailed(f"no collateral for FMSPC {fmspc.hex()} ({want_id}) in the bundle")
 
 
 def _verify_signed_json(
@@ -393,10 +393,7 @@ def _verify_signed_json(
         chain = list(x509.load_pem_x509_certificates(issuer_chain_pem.encode()))
     except ValueError as exc:
         raise AttestationFailed(f"{name} issuer chain could not be parsed: {exc}") from None
-    try:
-        verify_chain(chain, roots, now)
-    except AttestationFailed as exc:
-        raise AttestationFailed(f"{name} issuer {exc.message}") from None
+    verify_chain(chain, roots, now, what=f"{name} issuer chain")
     key = chain[0].public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or not _verify_raw(
         key, bytes.fromhex(sig_hex), body.encode()
@@ -431,74 +428,154 @@ def _check_crl(
         )
 
 
+def _step(checks: _Checks, name: str, fn: Any) -> Any:
+    """Run one collateral step; a malformed document fails the step, never escapes."""
+    try:
+        out = fn()
+    except AttestationFailed as exc:
+        checks.add(name, False, exc.message)
+        return None
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        checks.add(name, False, f"{name}: collateral malformed ({type(exc).__name__}: {exc})")
+        return None
+    return out
+
+
+def _masked_eq(value: bytes, want_hex: str, mask_hex: str) -> bool:
+    want, mask = bytes.fromhex(want_hex), bytes.fromhex(mask_hex)
+    if len(want) != len(mask) or len(value) < len(mask):
+        return False
+    return all((v & m) == (w & m) for v, w, m in zip(value, want, mask, strict=False))
+
+
 _QE_COMBINE = {"UpToDate", "SWHardeningNeeded", "ConfigurationNeeded"}
 
 
-def evaluate_tcb(
+def evaluate_collateral(
     q: Quote,
-    pck_cert: x509.Certificate,
-    collateral: dict[str, Any],
+    chain: Sequence[x509.Certificate],
+    pck: SgxPckExtension,
+    collateral: Any,
     roots: Sequence[x509.Certificate],
     now: datetime,
-    pck_intermediate: x509.Certificate | None = None,
-) -> TcbResult:
-    """The TCB status of the platform from signed Intel collateral, at time `now`."""
-    tcb_info = _verify_signed_json(
-        "TCB info",
-        collateral["tcb_info"],
-        collateral["tcb_info_signature"],
-        collateral["tcb_info_issuer_chain"],
-        roots,
-        now,
+    checks: _Checks,
+) -> TcbResult | None:
+    """Run the collateral checks into `checks`; the TCB result, or None if one failed."""
+    entry = _step(checks, "collateral", lambda: select_collateral(collateral, pck.fmspc, q.tee))
+    if entry is None:
+        return None
+    tcb_info = _step(
+        checks,
+        "tcb_info",
+        lambda: _verify_signed_json(
+            "TCB info",
+            entry["tcb_info"],
+            entry["tcb_info_signature"],
+            entry["tcb_info_issuer_chain"],
+            roots,
+            now,
+        ),
     )
-    qe_id = _verify_signed_json(
-        "QE identity",
-        collateral["qe_identity"],
-        collateral["qe_identity_signature"],
-        collateral["qe_identity_issuer_chain"],
-        roots,
-        now,
+    if tcb_info is None:
+        return None
+    checks.add("tcb_info", True, f"TCB info signed, current, for FMSPC {tcb_info['fmspc']}")
+    qe_id = _step(
+        checks,
+        "qe_identity_collateral",
+        lambda: _verify_signed_json(
+            "QE identity",
+            entry["qe_identity"],
+            entry["qe_identity_signature"],
+            entry["qe_identity_issuer_chain"],
+            roots,
+            now,
+        ),
     )
-    if "pck_crl" in collateral and "pck_crl_issuer_chain" in collateral:
-        issuers = list(x509.load_pem_x509_certificates(collateral["pck_crl_issuer_chain"].encode()))
-        try:
-            verify_chain(issuers, roots, now)
-        except AttestationFailed as exc:
-            raise AttestationFailed(f"PCK CRL issuer {exc.message}") from None
-        _check_crl("PCK CRL", collateral["pck_crl"], issuers[0], pck_cert, now)
-    if "root_ca_crl" in collateral and pck_intermediate is not None:
-        root = next(
-            (r for r in roots if r.subject == pck_intermediate.issuer),
-            None,
-        )
-        if root is not None:
-            _check_crl("root CA CRL", collateral["root_ca_crl"], root, pck_intermediate, now)
-    try:
-        ext = sgx_extensions(pck_cert)
-    except (x509.ExtensionNotFound, ValueError) as exc:
-        raise AttestationFailed(f"PCK certificate has no readable SGX extension: {exc}") from None
-    tcb_ext = ext.get(f"{_SGX}.2")
-    fmspc = ext.get(f"{_SGX}.4")
-    if not isinstance(tcb_ext, dict) or not isinstance(fmspc, bytes):
-        raise AttestationFailed("PCK certificate SGX extension lacks TCB or FMSPC")
-    if fmspc.hex().upper() != str(tcb_info["fmspc"]).upper():
-        raise AttestationFailed(
-            f"TCB info is for FMSPC {tcb_info['fmspc']}, PCK certificate says {fmspc.hex()}"
-        )
-    comps = [int(tcb_ext[f"{_SGX}.2.{i}"]) for i in range(1, 17)]
-    pcesvn = int(tcb_ext[f"{_SGX}.2.17"])
+    if qe_id is None:
+        return None
+    checks.add("qe_identity_collateral", True, f"QE identity {qe_id.get('id')} signed, current")
+    if _step(checks, "crl", lambda: _check_crls(entry, chain, roots, now)) is None:
+        return None
+    checks.add("crl", True, "no certificate of the chain is revoked by current CRLs")
+    qe_level = _step(checks, "qe_identity", lambda: _match_qe_identity(q, qe_id))
+    if qe_level is None:
+        return None
+    checks.add("qe_identity", True, f"quoting enclave matches Intel's {qe_id.get('id')} identity")
+    result = _step(checks, "tcb_level", lambda: _tcb_level(q, pck, tcb_info, qe_level))
+    if result is None:
+        return None
+    checks.add(
+        "tcb_level",
+        True,
+        f"TCB status {result.status}"
+        + (f", advisories {', '.join(result.advisory_ids)}" if result.advisory_ids else ""),
+    )
+    return result  # type: ignore[no-any-return]
 
-    tdx = isinstance(q.body, TdReport)
-    tee_svn = q.body.tee_tcb_svn if isinstance(q.body, TdReport) else b""
+
+def _check_crls(
+    entry: dict[str, Any],
+    chain: Sequence[x509.Certificate],
+    roots: Sequence[x509.Certificate],
+    now: datetime,
+) -> bool:
+    if "pck_crl" not in entry or "pck_crl_issuer_chain" not in entry:
+        raise AttestationFailed("collateral has no PCK CRL")
+    issuers = list(x509.load_pem_x509_certificates(entry["pck_crl_issuer_chain"].encode()))
+    verify_chain(issuers, roots, now, leaf_usage="crl_sign", what="PCK CRL issuer chain")
+    _check_crl("PCK CRL", entry["pck_crl"], issuers[0], chain[0], now)
+    if "root_ca_crl" in entry:
+        for cert in chain[1:]:
+            root = next((r for r in roots if r.subject == cert.issuer), None)
+            if root is not None and cert not in roots:
+                _check_crl("root CA CRL", entry["root_ca_crl"], root, cert, now)
+    return True
+
+
+def _match_qe_identity(q: Quote, qe_id: dict[str, Any]) -> dict[str, Any]:
+    qe = q.qe_report
+    if qe.mr_signer.hex().upper() != str(qe_id["mrsigner"]).upper():
+        raise AttestationFailed("QE identity: MRSIGNER is not the quoting enclave's signer")
+    if qe.isv_prod_id != int(qe_id["isvprodid"]):
+        raise AttestationFailed("QE identity: ISVPRODID does not match")
+    if "miscselect" in qe_id and (qe.misc_select & int(qe_id["miscselectMask"], 16)) != (
+        int(qe_id["miscselect"], 16) & int(qe_id["miscselectMask"], 16)
+    ):
+        raise AttestationFailed("QE identity: MISCSELECT does not match under its mask")
+    if "attributes" in qe_id and not _masked_eq(
+        qe.attributes, qe_id["attributes"], qe_id["attributesMask"]
+    ):
+        raise AttestationFailed("QE identity: ATTRIBUTES do not match under their mask")
+    level = next((lv for lv in qe_id["tcbLevels"] if qe.isv_svn >= int(lv["tcb"]["isvsvn"])), None)
+    if level is None:
+        raise AttestationFailed("QE identity: quoting enclave ISVSVN is below every level")
+    if level["tcbStatus"] == "Revoked":
+        raise AttestationFailed("QE identity: quoting enclave TCB is revoked")
+    return level  # type: ignore[no-any-return]
+
+
+def _tcb_level(
+    q: Quote, pck: SgxPckExtension, tcb_info: dict[str, Any], qe_level: dict[str, Any]
+) -> TcbResult:
+    if str(tcb_info["fmspc"]).upper() != pck.fmspc.hex().upper():
+        raise AttestationFailed(
+            f"TCB info is for FMSPC {tcb_info['fmspc']}, PCK certificate says {pck.fmspc.hex()}"
+        )
+    if "pceId" in tcb_info and str(tcb_info["pceId"]).upper() != pck.pce_id.hex().upper():
+        raise AttestationFailed("TCB info is for another PCE ID than the PCK certificate's")
+    td = q.body if isinstance(q.body, TdReport) else None
+    tee_svn = td.tee_tcb_svn if td is not None else b""
+    if td is not None:
+        _check_tdx_module(td, tcb_info)
     platform: dict[str, Any] | None = None
     for level in tcb_info["tcbLevels"]:
         t = level["tcb"]
         sgx_ok = all(
-            comps[i] >= int(c["svn"]) for i, c in enumerate(t["sgxtcbcomponents"])
-        ) and pcesvn >= int(t["pcesvn"])
+            pck.tcb_components[i] >= int(c["svn"]) for i, c in enumerate(t["sgxtcbcomponents"])
+        ) and pck.pce_svn >= int(t["pcesvn"])
         if not sgx_ok:
             continue
-        if tdx:
+        if td is not None:
             start = 2 if tee_svn[1] > 0 else 0
             tdx_comps = t.get("tdxtcbcomponents", [])
             if not all(
@@ -509,20 +586,11 @@ def evaluate_tcb(
         break
     if platform is None:
         raise AttestationFailed("TCB status: platform TCB is below every level (Revoked/unknown)")
-
-    qe = q.qe_report
-    if qe.mr_signer.hex().upper() != str(qe_id["mrsigner"]).upper() or qe.isv_prod_id != int(
-        qe_id["isvprodid"]
-    ):
-        raise AttestationFailed("QE identity does not match the quoting enclave")
-    qe_level = next(
-        (lv for lv in qe_id["tcbLevels"] if qe.isv_svn >= int(lv["tcb"]["isvsvn"])), None
-    )
-    if qe_level is None:
-        raise AttestationFailed("QE identity: quoting enclave TCB is revoked")
     qe_status = str(qe_level["tcbStatus"])
     status = str(platform["tcbStatus"])
-    if tdx and tee_svn[1] > 0:
+    if status == "Revoked":
+        raise AttestationFailed("TCB status: platform TCB is Revoked")
+    if td is not None and tee_svn[1] > 0:
         mod_id = f"TDX_{tee_svn[1]:02d}"
         for ident in tcb_info.get("tdxModuleIdentities", []):
             if ident["id"] == mod_id:
@@ -530,12 +598,12 @@ def evaluate_tcb(
                     (x for x in ident["tcbLevels"] if tee_svn[0] >= int(x["tcb"]["isvsvn"])),
                     None,
                 )
-                if lv is None or lv["tcbStatus"] != "UpToDate":
-                    status = "OutOfDate" if lv is not None else "Revoked"
+                if lv is None or lv["tcbStatus"] == "Revoked":
+                    raise AttestationFailed(f"TCB status: TDX module {mod_id} is Revoked")
+                if lv["tcbStatus"] != "UpToDate" and status == "UpToDate":
+                    status = str(lv["tcbStatus"])
     if qe_status == "OutOfDate" and status in _QE_COMBINE:
         status = "OutOfDate" if status == "UpToDate" else f"OutOfDate{status}"
-    elif qe_status == "Revoked":
-        status = "Revoked"
     advisories = list(platform.get("advisoryIDs", []))
     for a in qe_level.get("advisoryIDs", []):
         if a not in advisories:
@@ -546,4 +614,21 @@ def evaluate_tcb(
         tcb_date=platform.get("tcbDate"),
         qe_status=qe_status,
         platform_status=str(platform["tcbStatus"]),
+        fmspc=pck.fmspc.hex(),
+        tcb_evaluation_data_number=tcb_info.get("tcbEvaluationDataNumber"),
     )
+
+
+def _check_tdx_module(td: TdReport, tcb_info: dict[str, Any]) -> None:
+    """MRSIGNERSEAM and SEAMATTRIBUTES are the TDX module's Intel names (QVL's check)."""
+    module = tcb_info.get("tdxModule")
+    if tcb_info.get("id") == "TDX" and module is None:
+        raise AttestationFailed("TCB info for TDX lacks the TDX module identity")
+    if module is None:
+        return
+    mod_id = f"TDX_{td.tee_tcb_svn[1]:02d}"
+    ident = next((i for i in tcb_info.get("tdxModuleIdentities", []) if i["id"] == mod_id), module)
+    if td.mr_signer_seam.hex().upper() != str(ident["mrsigner"]).upper():
+        raise AttestationFailed("TDX module: MRSIGNERSEAM is not Intel's TDX module signer")
+    if not _masked_eq(td.seam_attributes, ident["attributes"], ident["attributesMask"]):
+        raise AttestationFailed("TDX module: SEAMATTRIBUTES do not match under their mask")

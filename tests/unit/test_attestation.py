@@ -63,6 +63,7 @@ def test_sgx_v3_verifies_with_readme_values(attestation_data: Path, intel_root: 
     assert [c.name for c in v.checks] == [
         "parse",
         "pck_chain",
+        "pck_leaf",
         "qe_report_signature",
         "qe_report_data",
         "quote_signature",
@@ -214,7 +215,7 @@ def test_unknown_version_is_refused(intel_root: list) -> None:
 
 
 def test_cli_verifies_real_quote_and_rejects_synthetic(
-    attestation_data: Path, capsys: pytest.CaptureFixture[str]
+    attestation_data: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     root = attestation_data / "roots/intel_sgx_root_ca.pem"
 
@@ -227,11 +228,21 @@ def test_cli_verifies_real_quote_and_rejects_synthetic(
         rc = evidence_verify_command(ns)
         return rc, json.loads(capsys.readouterr().out)
 
-    rc, out = run(
-        attestation_data / SGX, collateral=attestation_data / (SGX[:-4] + ".collateral.json")
-    )
-    assert rc == 0 and out["verdict"] == "verified"
+    # production by default: the sample's TCB is not UpToDate, so without a policy
+    # allowing its status it is refused, naming the rule
+    col = attestation_data / (SGX[:-4] + ".collateral.json")
+    rc, out = run(attestation_data / SGX, collateral=col)
+    assert rc == 1 and out["verdict"] == "rejected"
     assert out["fields"]["tcb_status"] == "ConfigurationAndSWHardeningNeeded"
+    assert [p["name"] for p in out["policy"] if not p["ok"]] == ["tcb_status"]
+    assert {c["name"] for c in out["checks"]} >= {"tcb_info", "qe_identity", "crl", "tcb_level"}
+    allow = tmp_path / "allow.yaml"
+    allow.write_text(
+        "any_measurement: true\n"
+        "allowed_tcb_statuses: [UpToDate, ConfigurationAndSWHardeningNeeded]\n"
+    )
+    rc, out = run(attestation_data / SGX, collateral=col, policy=allow)
+    assert rc == 0 and out["verdict"] == "verified"
     rc, out = run(attestation_data / "synthetic-intel-test-root/tdx_quote.dat")
     assert rc == 1 and out["verdict"] == "rejected"
     assert any(c["name"] == "pck_chain" and not c["ok"] for c in out["checks"])
@@ -249,13 +260,24 @@ def test_cli_verifies_real_quote_and_rejects_synthetic(
 
 def test_production_policy_accepts_real_quote(attestation_data: Path) -> None:
     base = AttestationPolicy.from_yaml(CONFIGS / "attestation-production.yaml")
-    assert base.production and not base.allow_simulated
+    assert base.production and not base.allow_simulated and base.require_tcb
     policy = base.model_copy(
         update={"trusted_roots": (str(attestation_data / "roots/intel_sgx_root_ca.pem"),)}
     )
+    col = json.loads(_read(attestation_data, "sgx/phala_sgx_quote_v3.collateral.json"))
+    # without collateral the production policy refuses (TCB unknown)
     v = verify_quote(_read(attestation_data, SGX), policy.roots, now=NOW)
-    verdict = policy.check(v, v.report_data, NOW.timestamp())
-    assert verdict.ok
+    assert [c.name for c in policy.evaluate(v, None, NOW.timestamp()).failures] == ["tcb_status"]
+    # with it, the sample's ConfigurationAndSWHardeningNeeded is refused by name...
+    v = verify_quote(_read(attestation_data, SGX), policy.roots, now=NOW, collateral=col)
+    with pytest.raises(AttestationFailed, match="not in allowed_tcb_statuses") as ei:
+        policy.check(v, v.report_data, NOW.timestamp())
+    assert ei.value.detail["rule"] == "tcb_status"
+    # ...unless the operator accepts that status
+    lax = policy.model_copy(
+        update={"allowed_tcb_statuses": ("UpToDate", "ConfigurationAndSWHardeningNeeded")}
+    )
+    assert lax.check(v, v.report_data, NOW.timestamp()).ok
 
 
 def test_production_policy_refuses_unsafe_settings() -> None:
@@ -330,7 +352,9 @@ def test_production_policy_rejects_simulated(
         update={"trusted_roots": (str(attestation_data / "roots/intel_sgx_root_ca.pem"),)}
     )
     with pytest.raises(AttestationFailed, match="does not end at a trusted root"):
-        AttestationVerifier(prod).verify(quote, public_key=pk, nonce=nonce)
+        AttestationVerifier(prod, collateral=sim_ca.collateral()).verify(
+            quote, public_key=pk, nonce=nonce
+        )
     # even if someone adds the simulated root, the marker on it is seen
     lax = _sim_policy(allow_simulated=False)
     with pytest.raises(AttestationFailed, match="refuses simulated evidence") as ei:
@@ -448,6 +472,7 @@ def test_inspect_reports_all_checks_on_failure(sim_ca: SimulatedPlatformCA) -> N
     assert {c.name: c.ok for c in checks} == {
         "parse": True,
         "pck_chain": True,
+        "pck_leaf": True,
         "qe_report_signature": True,
         "qe_report_data": True,
         "quote_signature": False,
@@ -510,7 +535,23 @@ def test_cli_entry_point_with_collateral_and_now(
         str(sgx / "phala_sgx_quote_v3.collateral.json"),
         "--json",
     ]
-    assert main([*args, "--now", "2025-06-25T00:00:00Z"]) == 0
+    # production by default: this platform's TCB status is not UpToDate
+    assert main([*args, "--now", "2025-06-25T00:00:00Z"]) == 1
     assert "ConfigurationAndSWHardeningNeeded" in capsys.readouterr().out
+    tdx = attestation_data / "tdx"
+    up_to_date = [
+        "evidence",
+        "verify",
+        str(tdx / "phala_tdx_quote_v4.bin"),
+        "--platform",
+        "tdx",
+        "--root",
+        str(root),
+        "--collateral",
+        str(tdx / "phala_tdx_quote_v4.collateral.json"),
+        "--json",
+    ]
+    assert main([*up_to_date, "--now", "2025-06-25T00:00:00Z"]) == 0
+    assert '"tcb_status": "UpToDate"' in capsys.readouterr().out
     # The same collateral read today is past its next-update date: not verified.
     assert main(args) != 0
