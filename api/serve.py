@@ -34,6 +34,7 @@ from starlette.types import Receive, Scope, Send
 
 import infaas.keyservice
 from api.app import create_app
+from api.autoscaler import AUTOSCALER_APP, build_autoscaler_app
 from infaas.attestation import measure_code
 from infaas.attestation.deployment import create_tee, create_verifier
 from infaas.keyservice import (
@@ -214,13 +215,8 @@ def deploy(settings: Settings) -> list[str]:
         )
         apps.append(INFER_APP)
         if settings.autoscaler.policy != "off":
-            autoscaling = importlib.import_module("enclave_workers.autoscaling")
-            serve.run(
-                autoscaling.build_autoscaler_app(settings),
-                name=autoscaling.AUTOSCALER_APP,
-                route_prefix=None,
-            )
-            apps.append(autoscaling.AUTOSCALER_APP)
+            serve.run(build_autoscaler_app(settings), name=AUTOSCALER_APP, route_prefix=None)
+            apps.append(AUTOSCALER_APP)
     serve.run(
         build_control_app(settings, with_workers=build_infer_app is not None),
         name=CONTROL_APP,

@@ -28,10 +28,9 @@ from typing import Literal
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from infaas.errors import NoFeasibleVariant
-from infaas.settings import Pool
+from infaas.settings import AutoscalerSettings, Pool
 from infaas.types import SLO, Backend, Precision, Profile, VariantSpec
 from scheduler.autoscaler import (
-    AutoscalerConfig,
     AutoscalerState,
     AutoscalingContext,
     DemandSignal,
@@ -259,7 +258,7 @@ def bench_decide(
     rng = random.Random(args.seed + tasks)
     specs, profiles = zoo(args.variants, tasks, rng)
     cs = CandidateSet.build(specs, profiles, POOLS)
-    cfg = AutoscalerConfig(cpu_budget=16, replica_memory_bytes=2 * 1024**3, solver=solver)
+    cfg = AutoscalerSettings(cpu_budget=16, replica_memory_bytes=2 * 1024**3, solver=solver)
     if tasks == 1:
         classes = [
             ("task0", 200.0, 0.0, 80.0),

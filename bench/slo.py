@@ -113,15 +113,14 @@ def write_config(path: Path, args: argparse.Namespace) -> Path:
         f"  max_replicas: {args.max_replicas}\n"
         f"  static_replicas: {args.static_replicas}\n"
         "  min_replicas: 1\n"
-        "  policy_config:\n"
         # profiles time the model alone; a served request also costs the HTTP proxy hop,
         # the envelope and scheduling (ARCHITECTURE: the request path dominates here)
-        f"    request_overhead_ms: {args.overhead_ms}\n"
-        "    burst_window_s: 6\n"
-        "    trend_lookahead_s: 6\n"
-        "    downscale_delay_s: 20\n"
-        "    idle_to_zero_s: 60\n"
-        "    queue_guard_ongoing_requests: 6\n"
+        f"  request_overhead_ms: {args.overhead_ms}\n"
+        "  burst_window_s: 6\n"
+        "  trend_lookahead_s: 6\n"
+        "  downscale_delay_s: 20\n"
+        "  idle_to_zero_s: 60\n"
+        "  queue_guard_ongoing_requests: 6\n"
     )
     path.write_text(text)
     return path

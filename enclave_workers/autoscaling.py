@@ -1,15 +1,21 @@
-"""Ray-side wiring of the autoscaler: who measures, who decides, who applies.
+"""The workers' and Serve's side of autoscaling: report load, follow the plan.
 
-::
+The decisions are pure and live in `scheduler` (`scheduler.autoscaler`: the
+policies; `scheduler.control`: measure, context, plan); the control loop that
+runs them, and its Serve application, are `api.autoscaler`. This module is
+what the worker deployment itself runs or is configured with, and it imports
+no policy: the control loop is untrusted, so its code stays out of the
+worker's (measured) code::
 
     EnclaveWorker replica --LoadAgent (thread, 2 Hz)--> store LOAD_NS   (arrivals, queues)
                           <------------------------- store "routes"     (RoutingHints)
-    application "autoscaler": AutoscalerLoop replica (no CPU) runs scheduler.controller.ControlLoop
+    application "autoscaler" (api.autoscaler): the control loop
                           ---> store "target", "routes", autoscaler events
     ServeController: the worker deployment's custom autoscaling policy `FollowTarget`
                           <--- store "target"   ->  replica count of EnclaveWorker
 
-Per `settings.autoscaler.policy`:
+Everything is configured by one model, `infaas.settings.AutoscalerSettings`
+(``settings.autoscaler``). Per its ``policy``:
 
 =============  ============================================  =========================
 policy         worker replicas                               variant routing
@@ -23,7 +29,7 @@ infaas         `FollowTarget` <- `decide`                    planned variants, u
 =============  ============================================  =========================
 
 Serve's own upscale/downscale delays are set to zero for `FollowTarget`: the
-policies carry their own hysteresis.
+policies carry their own hysteresis, as state they return.
 """
 
 from __future__ import annotations
@@ -38,7 +44,6 @@ import threading
 import time
 from typing import Any
 
-from ray import serve
 from ray.serve.config import AutoscalingContext, AutoscalingPolicy
 
 from infaas.settings import Settings
@@ -47,7 +52,6 @@ from scheduler.routing import LOAD_NS, read_hints, read_target
 
 log = logging.getLogger("infaas.enclave_workers.autoscaling")
 
-AUTOSCALER_APP = "autoscaler"
 TARGET_MAX_AGE_S = 30.0
 """A target older than this is stale (the loop is gone): keep the replicas Serve has."""
 
@@ -101,8 +105,8 @@ def scaled_options(settings: Settings, options: dict[str, Any]) -> dict[str, Any
     if a.policy == "queue":
         config.update(
             target_ongoing_requests=a.target_ongoing_requests,
-            upscale_delay_s=a.upscale_delay_s,
-            downscale_delay_s=a.downscale_delay_s,
+            upscale_delay_s=a.queue_upscale_delay_s,
+            downscale_delay_s=a.queue_downscale_delay_s,
         )
     else:
         config.update(
@@ -184,75 +188,3 @@ class LoadAgent:
                 self.step()
             except Exception as e:  # a store hiccup must not stop serving
                 log.warning("load report failed: %s", e)
-
-
-class AutoscalerLoop:
-    """The control loop as a Serve replica (no CPU reserved); `status()` for the dashboard."""
-
-    def __init__(self, settings: Settings) -> None:
-        from infaas.telemetry import AutoscalerEvent, record_autoscaler_event
-        from scheduler.autoscaler import AutoscalerConfig
-        from scheduler.controller import CandidateCache, ControlLoop
-
-        a = settings.autoscaler
-        pool = settings.pools[0]
-        store = open_store(settings.resolved_store_url)
-        overrides: dict[str, Any] = {
-            "cpu_budget": a.max_replicas * pool.num_cpus if pool.num_cpus > 0 else 1.0,
-            "replica_memory_bytes": pool.memory_bytes,  # the packer budget of one worker
-            "static_replicas": a.static_replicas,
-            "max_replicas_per_variant": a.max_replicas,
-            "max_replicas_per_pool": a.max_replicas,
-            "target_ongoing_requests": a.target_ongoing_requests,
-            "upscale_delay_s": a.upscale_delay_s,
-            "queue_downscale_delay_s": a.downscale_delay_s,
-        }
-        overrides.update(a.policy_config)
-        config = AutoscalerConfig(**overrides)
-
-        def record(rec: dict[str, object]) -> None:
-            record_autoscaler_event(store, AutoscalerEvent.model_validate(rec))
-
-        self._loop = ControlLoop(
-            store=store,
-            policy_name=a.policy,
-            config=config,
-            pool=pool,
-            candidates=CandidateCache(
-                store, settings.pools, overhead_ms=config.request_overhead_ms
-            ),
-            min_replicas=a.min_replicas,
-            max_replicas=a.max_replicas,
-            tick_s=a.tick_s,
-            static_replicas=a.static_replicas if a.policy == "static" else None,
-            record_event=record,
-        ).start()
-        log.info("autoscaler control loop started (policy %s)", a.policy)
-
-    async def status(self) -> dict[str, Any]:
-        p = self._loop.last_plan
-        d = self._loop.last
-        return {
-            "policy": self._loop.policy_name,
-            "target": None if p is None else p.target.model_dump(),
-            "routes": None if p is None else p.hints.model_dump(),
-            "replicas": {} if d is None else dict(d.replicas),
-            "unserved_rps": {} if d is None else dict(d.unserved_rps),
-        }
-
-    def __del__(self) -> None:
-        loop = getattr(self, "_loop", None)
-        if loop is not None:
-            loop.stop()
-
-
-def build_autoscaler_app(settings: Settings) -> serve.Application:
-    """The "autoscaler" application (no route): one replica running the control loop."""
-    deployment = serve.deployment(
-        name="Autoscaler",
-        num_replicas=1,
-        ray_actor_options={"num_cpus": 0},
-        logging_config={"enable_access_log": False},
-    )(AutoscalerLoop)
-    app: serve.Application = deployment.bind(settings)
-    return app

@@ -74,10 +74,17 @@ class SLODefaults(BaseModel):
 
 
 class AutoscalerSettings(BaseModel):
-    """The autoscaler control loop (`scheduler.controller`) and how Serve applies it."""
+    """The autoscaler: its control loop, how Serve applies it, and its policies' knobs.
+
+    One model for all of it: the control loop (`enclave_workers.autoscaling`)
+    reads it from `Settings.autoscaler`, and the pure policies
+    (`scheduler.autoscaler`) take it in their context. The policy's budgets
+    follow the worker pool unless set (`for_pool`). Units are in the names.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    # --- the control loop and Serve
     policy: Literal["off", "infaas", "static", "queue", "infaas-style"] = Field(
         "off",
         description="off: fixed replicas, per-request selection only; infaas: SLO-aware "
@@ -87,20 +94,103 @@ class AutoscalerSettings(BaseModel):
     tick_s: float = Field(1.0, gt=0, description="control loop period")
     min_replicas: int = Field(1, ge=0, description="worker replicas, at least")
     max_replicas: int = Field(8, ge=1, description="worker replicas, at most")
+    rate_window_s: float = Field(
+        3.0,
+        gt=0,
+        description="control loop: arrival rates are counted over this window (a one-second "
+        "count of Poisson arrivals is too noisy to read a trend from)",
+    )
+    forget_class_s: float = Field(
+        600.0, gt=0, description="control loop: a demand class silent this long is forgotten"
+    )
+    request_overhead_ms: float = Field(
+        0.0,
+        ge=0,
+        description="replica time one request costs outside the model (HTTP, envelope, "
+        "scheduling): profiles measure the model alone; the control loop adds it",
+    )
+    # --- budgets (derived from the pool and max_replicas unless set: `for_pool`)
+    cpu_budget: float = Field(
+        2.0, gt=0, description="CPUs all replicas together may reserve (pool: max_replicas x cpus)"
+    )
+    replica_memory_bytes: int = Field(
+        4 * 1024**3,
+        gt=0,
+        description="packer memory budget of one worker replica (pool: its memory_bytes)",
+    )
+    max_replicas_per_pool: int = Field(
+        16, ge=1, description="replicas of one pool, at most (pool: max_replicas)"
+    )
+    max_replicas_per_variant: int = Field(
+        8, ge=1, description="baselines: replicas per variant, at most (pool: max_replicas)"
+    )
+    # --- the infaas policy
+    target_utilisation: float = Field(
+        0.7, gt=0, le=1, description="planned busy fraction of a replica (queueing headroom)"
+    )
+    burst_window_s: float = Field(10.0, gt=0, description="window of the recent peak and trend")
+    trend_lookahead_s: float = Field(5.0, ge=0, description="how far ahead the trend is followed")
+    trend_max_factor: float = Field(
+        2.0, ge=1, description="a rise is followed to at most this many times the current rate"
+    )
+    downscale_delay_s: float = Field(
+        30.0, ge=0, description="infaas: demand must stay low this long before capacity falls"
+    )
+    idle_to_zero_s: float = Field(120.0, ge=0, description="idle this long: no replica at all")
+    switch_penalty: float = Field(
+        0.1, ge=0, description="allocation cost of loading a variant on a new replica"
+    )
+    unserved_penalty_per_rps: float = Field(
+        1000.0, gt=0, description="allocation cost of one request per second left unserved"
+    )
+    queue_guard_ongoing_requests: float = Field(
+        8.0,
+        gt=0,
+        description="infaas: at least outstanding / this many worker replicas, a reactive "
+        "floor under the model-based plan when the measured queue says it is too optimistic "
+        "(the largest queue of the last downscale_delay_s)",
+    )
+    solver: Literal["milp", "greedy"] = Field("milp", description="the allocation's solver")
+    solver_time_limit_s: float = Field(
+        1.0, gt=0, description="MILP time limit; past it the better of incumbent and greedy"
+    )
+    # --- the baselines
     static_replicas: int = Field(2, ge=1, description="static: worker replicas, fixed")
-    target_ongoing_requests: float = Field(2.0, gt=0, description="queue: per replica")
-    upscale_delay_s: float = Field(30.0, ge=0, description="queue: Ray Serve's default")
-    downscale_delay_s: float = Field(600.0, ge=0, description="queue: Ray Serve's default")
-    policy_config: dict[str, float | int | str] = Field(
-        default_factory=dict,
-        description="overrides of scheduler.autoscaler.AutoscalerConfig (e.g. burst_window_s)",
+    target_ongoing_requests: float = Field(
+        2.0, gt=0, description="queue: ongoing requests per replica"
+    )
+    queue_upscale_delay_s: float = Field(30.0, ge=0, description="queue: Ray Serve's default")
+    queue_downscale_delay_s: float = Field(600.0, ge=0, description="queue: Ray Serve's default")
+    infaas_scale_up_utilisation: float = Field(
+        0.8, gt=0, le=1, description="infaas-style: add a replica (or upgrade) above this"
+    )
+    infaas_scale_down_utilisation: float = Field(
+        0.3, ge=0, lt=1, description="infaas-style: remove one (or downgrade) below this"
     )
 
     @model_validator(mode="after")
-    def _bounds(self) -> AutoscalerSettings:
+    def _consistent(self) -> AutoscalerSettings:
         if self.min_replicas > self.max_replicas:
             raise ValueError("autoscaler min_replicas must not exceed max_replicas")
+        if self.infaas_scale_down_utilisation >= self.infaas_scale_up_utilisation:
+            raise ValueError("infaas scale-down utilisation must be below scale-up utilisation")
         return self
+
+    def for_pool(self, pool: Pool) -> AutoscalerSettings:
+        """These settings with the budgets not set explicitly derived from `pool`.
+
+        The CPU budget is `max_replicas` replicas of the pool (1 CPU when its
+        replicas reserve none), a replica's memory is the pool's packer budget,
+        and no pool or variant gets more than `max_replicas` replicas.
+        """
+        derived: dict[str, Any] = {
+            "cpu_budget": self.max_replicas * pool.num_cpus if pool.num_cpus > 0 else 1.0,
+            "replica_memory_bytes": pool.memory_bytes,
+            "max_replicas_per_pool": self.max_replicas,
+            "max_replicas_per_variant": self.max_replicas,
+        }
+        unset = {k: v for k, v in derived.items() if k not in self.model_fields_set}
+        return self.model_validate(self.model_dump() | unset)
 
 
 class Settings(BaseSettings):

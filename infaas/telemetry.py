@@ -72,6 +72,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from infaas.envelope import Envelope
 from infaas.store import MetadataStore
+from infaas.types import AutoscalerEvent as AutoscalerEvent
 from infaas.wire import InferResponse
 
 log = logging.getLogger("infaas.telemetry")
@@ -177,35 +178,6 @@ class IntervalRecord(_Record):
     start: float
     series: list[Series] = Field(default_factory=list)
     loaded: list[str] = Field(default_factory=list)
-
-
-AutoscalerEventKind = Literal[
-    "scale_up",
-    "scale_down",
-    "scale_to_zero",
-    "upgrade",
-    "downgrade",
-    "unserved",
-    "replicas",
-    "note",
-]
-
-
-class AutoscalerEvent(_Record):
-    """One autoscaler decision (or a replica-count sample), as the dashboard shows it.
-
-    ``replicas`` is the replica count per variant after the decision; events
-    carrying it draw the "replicas per variant over time" chart.
-    """
-
-    ts: float = Field(default_factory=time.time)
-    kind: AutoscalerEventKind
-    reason: str = Field("", max_length=500, description="why, e.g. the decision's event string")
-    task: str = ""
-    variant_id: str = ""
-    from_replicas: int | None = None
-    to_replicas: int | None = None
-    replicas: dict[str, int] = Field(default_factory=dict)
 
 
 def record_autoscaler_event(

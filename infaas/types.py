@@ -1,4 +1,5 @@
-"""Domain types shared by every component: tasks, SLOs, models, variants, profiles.
+"""Domain types shared by every component: tasks, SLOs, models, variants, profiles,
+autoscaler events.
 
 They are frozen pydantic models: they travel through the metadata store as JSON
 and through Ray as plain values, and none of them ever holds weights or tensors.
@@ -182,3 +183,40 @@ class Tenant(Frozen):
     tenant_id: Identifier
     name: str = ""
     created_at: float = Field(default_factory=time.time)
+
+
+AutoscalerEventKind = Literal[
+    "scale_up",
+    "scale_down",
+    "scale_to_zero",
+    "upgrade",
+    "downgrade",
+    "unserved",
+    "replicas",
+    "note",
+]
+
+
+class AutoscalerEvent(BaseModel):
+    """One autoscaler decision (or a replica-count sample), typed from the policy to the page.
+
+    The policies (`scheduler.autoscaler`) return them, the control loop stores
+    them (`infaas.telemetry.record_autoscaler_event`) and the dashboard shows
+    them. ``replicas`` is the replica count per variant after the decision;
+    samples carrying it draw the "replicas per variant over time" chart.
+    ``reason`` is the same event in words, for people.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")  # read back from an untrusted store
+
+    ts: float = Field(default_factory=time.time, description="when it was decided, Unix s")
+    kind: AutoscalerEventKind
+    reason: str = Field("", max_length=500, description="the event in words")
+    task: str = ""
+    demand: str = Field("", description="the demand class (task|latency_ms|min_accuracy)")
+    variant_id: str = Field("", description="the variant scaled, or switched to")
+    from_variant_id: str = Field("", description="upgrade / downgrade: the variant left")
+    from_replicas: int | None = None
+    to_replicas: int | None = None
+    unserved_rps: float | None = Field(None, ge=0, description="unserved: the rate left over")
+    replicas: dict[str, int] = Field(default_factory=dict)

@@ -4,7 +4,10 @@ Every policy here is a pure function ``policy(ctx) -> (decision, state)`` in the
 style of Ray Serve's custom autoscaling policies: the control loop measures
 (arrival rates, queues, replicas), builds an `AutoscalingContext` carrying the
 state the previous call returned, applies the `ScalingDecision`, and keeps the
-new state for the next tick. No clock, no Ray, no I/O.
+new state for the next tick. No clock, no Ray, no I/O. Every delay is a
+time kept in the returned `AutoscalerState`, so the loop holds no timer of its
+own. The knobs are `infaas.settings.AutoscalerSettings`; what changed comes
+back as typed `infaas.types.AutoscalerEvent`s.
 
 `decide` (the infaas policy), per demand class (task x tightest active SLO x
 strictest accuracy floor):
@@ -31,6 +34,10 @@ strictest accuracy floor):
    upgrade); when the held demand falls it moves back (a downgrade, delayed by
    the hysteresis of step 2). Variants below a class's floor are never
    offered to it: demand they could have absorbed is reported as unserved.
+5. **Queue guard.** The decision asks for at least ``held queue /
+   queue_guard_ongoing_requests`` worker replicas (`ScalingDecision.min_workers`),
+   the held queue being the largest measured over ``downscale_delay_s``: a
+   reactive floor under the model-based plan when it proves too optimistic.
 
 Baselines with the same signature, for the benchmarks: `static_policy` (fixed
 replicas, FP32 only), `queue_length_policy` (Ray Serve's default: target
@@ -44,11 +51,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from infaas.types import Backend, Precision
+from infaas.settings import AutoscalerSettings
+from infaas.types import AutoscalerEvent, AutoscalerEventKind, Backend, Precision
 from scheduler.allocation import (
     AllocationProblem,
     Demand,
@@ -61,7 +67,6 @@ from scheduler.policy import Candidate, CandidateSet
 
 __all__ = [
     "POLICIES",
-    "AutoscalerConfig",
     "AutoscalerState",
     "AutoscalingContext",
     "DemandSignal",
@@ -72,68 +77,6 @@ __all__ = [
     "queue_length_policy",
     "static_policy",
 ]
-
-
-class AutoscalerConfig(BaseModel):
-    """Knobs of the autoscaling policies (units in the names)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    cpu_budget: float = Field(2.0, gt=0, description="CPUs all replicas together may reserve")
-    replica_memory_bytes: int = Field(
-        4 * 1024**3, gt=0, description="packer memory budget of one worker replica"
-    )
-    max_replicas_per_pool: int = Field(16, ge=1, description="replicas of one pool, at most")
-    target_utilisation: float = Field(
-        0.7, gt=0, le=1, description="planned busy fraction of a replica (queueing headroom)"
-    )
-    burst_window_s: float = Field(10.0, gt=0, description="window of the recent peak and trend")
-    trend_lookahead_s: float = Field(5.0, ge=0, description="how far ahead the trend is followed")
-    trend_max_factor: float = Field(
-        2.0, ge=1, description="a rise is followed to at most this many times the current rate"
-    )
-    rate_window_s: float = Field(
-        3.0,
-        gt=0,
-        description="control loop: arrival rates are counted over this window (a one-second "
-        "count of Poisson arrivals is too noisy to read a trend from)",
-    )
-    downscale_delay_s: float = Field(30.0, ge=0, description="demand must stay low this long")
-    idle_to_zero_s: float = Field(120.0, ge=0, description="idle this long: no replica at all")
-    switch_penalty: float = Field(
-        0.1, ge=0, description="allocation cost of loading a variant on a new replica"
-    )
-    unserved_penalty_per_rps: float = Field(1000.0, gt=0)
-    request_overhead_ms: float = Field(
-        0.0,
-        ge=0,
-        description="replica time one request costs outside the model (HTTP, envelope, "
-        "scheduling): profiles measure the model alone; the control loop adds it",
-    )
-    queue_guard_ongoing_requests: float = Field(
-        8.0,
-        gt=0,
-        description="infaas: at least outstanding / this many worker replicas, a reactive "
-        "floor under the model-based plan when the measured queue says it is too optimistic",
-    )
-    solver: Literal["milp", "greedy"] = "milp"
-    solver_time_limit_s: float = Field(
-        1.0, gt=0, description="MILP time limit; past it the better of incumbent and greedy"
-    )
-    # baselines
-    static_replicas: int = Field(1, ge=0, description="static: replicas per task")
-    target_ongoing_requests: float = Field(2.0, gt=0, description="queue-length: per replica")
-    upscale_delay_s: float = Field(30.0, ge=0, description="queue-length: Ray Serve default")
-    queue_downscale_delay_s: float = Field(600.0, ge=0, description="queue-length: Serve default")
-    max_replicas_per_variant: int = Field(8, ge=1, description="baselines: per variant")
-    infaas_scale_up_utilisation: float = Field(0.8, gt=0, le=1)
-    infaas_scale_down_utilisation: float = Field(0.3, ge=0, lt=1)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> AutoscalerConfig:
-        if self.infaas_scale_down_utilisation >= self.infaas_scale_up_utilisation:
-            raise ValueError("infaas scale-down utilisation must be below scale-up utilisation")
-        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +110,8 @@ class AutoscalerState:
     """variant -> replicas at the last decision."""
     pending: Mapping[str, tuple[int, float]] = field(default_factory=dict)
     """baselines: variant -> (direction of a wanted change, since when)."""
+    queues: tuple[tuple[float, int], ...] = ()
+    """infaas: (t_s, requests outstanding on all variants) within ``downscale_delay_s``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +120,7 @@ class AutoscalingContext:
     candidates: CandidateSet
     load: LoadSnapshot
     demands: tuple[DemandSignal, ...]
-    config: AutoscalerConfig = field(default_factory=AutoscalerConfig)
+    config: AutoscalerSettings = field(default_factory=AutoscalerSettings)
     state: AutoscalerState = field(default_factory=AutoscalerState)
 
 
@@ -194,8 +139,10 @@ class ScalingDecision:
     provisioned_rps: Mapping[str, float]
     """demand key -> the rate the plan was sized for (after burst and hysteresis)."""
     cost_per_s: float
-    events: tuple[str, ...] = ()
+    events: tuple[AutoscalerEvent, ...] = ()
     method: str = ""
+    min_workers: int = 0
+    """Worker replicas to run at least, whatever the plan (infaas: the queue guard)."""
 
     def primary(self, key: str) -> str | None:
         r = self.routes.get(key, ())
@@ -270,11 +217,22 @@ def _update_history(
     return history, last_active, sizing
 
 
+def _event(
+    ctx: AutoscalingContext, kind: AutoscalerEventKind, reason: str, **fields: Any
+) -> AutoscalerEvent:
+    return AutoscalerEvent(ts=ctx.now_s, kind=kind, reason=reason[:500], **fields)
+
+
 def _change_events(
     ctx: AutoscalingContext, routes: Mapping[str, tuple[tuple[str, float], ...]]
-) -> tuple[dict[str, str], list[str]]:
+) -> tuple[dict[str, str], list[AutoscalerEvent]]:
+    """Each class's primary variant now, and an upgrade / downgrade event where it moved.
+
+    Faster at the class's latency target (more requests per second on one
+    replica) is an upgrade; a move between variants no longer both known is a note.
+    """
     primary: dict[str, str] = {}
-    events: list[str] = []
+    events: list[AutoscalerEvent] = []
     for d in ctx.demands:
         r = routes.get(d.key, ())
         if not r:
@@ -284,26 +242,53 @@ def _change_events(
         old = ctx.state.primary.get(d.key)
         if old is None or old == new:
             continue
+        where = {"task": d.task, "demand": d.key, "variant_id": new, "from_variant_id": old}
         a, b = ctx.candidates.get(old), ctx.candidates.get(new)
         if a is None or b is None:
-            events.append(f"{d.key}: {old} -> {new}")
+            events.append(_event(ctx, "note", f"{d.key}: {old} -> {new}", **where))
             continue
         mu_old = a.slo_capacity(d.latency_ms)[1]
         mu_new = b.slo_capacity(d.latency_ms)[1]
-        kind = "upgrade" if mu_new > mu_old else "downgrade"
-        events.append(f"{kind} {d.key}: {old} -> {new}")
+        kind: AutoscalerEventKind = "upgrade" if mu_new > mu_old else "downgrade"
+        events.append(_event(ctx, kind, f"{kind} {d.key}: {old} -> {new}", **where))
     return primary, events
 
 
-def _replica_events(old: Mapping[str, int], new: Mapping[str, int]) -> list[str]:
+def _replica_events(
+    ctx: AutoscalingContext, old: Mapping[str, int], new: Mapping[str, int]
+) -> list[AutoscalerEvent]:
     events = []
     for v in sorted(set(old) | set(new)):
         a, b = old.get(v, 0), new.get(v, 0)
-        if b > a:
-            events.append(f"scale up {v}: {a} -> {b}")
-        elif b < a:
-            events.append(f"scale {'to zero' if b == 0 else 'down'} {v}: {a} -> {b}")
+        if a == b:
+            continue
+        kind: AutoscalerEventKind = "scale_up" if b > a else "scale_down" if b else "scale_to_zero"
+        words = "scale up" if b > a else "scale down" if b else "scale to zero"
+        c = ctx.candidates.get(v)
+        events.append(
+            _event(
+                ctx,
+                kind,
+                f"{words} {v}: {a} -> {b}",
+                task=c.spec.task if c is not None else "",
+                variant_id=v,
+                from_replicas=a,
+                to_replicas=b,
+            )
+        )
     return events
+
+
+def _held_queue(ctx: AutoscalingContext) -> tuple[tuple[tuple[float, int], ...], int]:
+    """This tick's queue appended to the state's; the largest of the last ``downscale_delay_s``.
+
+    The queue guard's hysteresis: a queue once seen holds its floor under the
+    replica count for the whole delay, as demand does (step 2).
+    """
+    q = sum(vl.outstanding for vl in ctx.load.by_variant.values())
+    keep = ctx.config.downscale_delay_s
+    queues = (*(s for s in ctx.state.queues if ctx.now_s - s[0] <= keep), (ctx.now_s, q))
+    return queues, max(n for _, n in queues)
 
 
 def decide(ctx: AutoscalingContext) -> tuple[ScalingDecision, AutoscalerState]:
@@ -334,9 +319,15 @@ def decide(ctx: AutoscalingContext) -> tuple[ScalingDecision, AutoscalerState]:
     alloc = solve(problem, cfg.solver)
     replicas = alloc.replicas
     primary, events = _change_events(ctx, alloc.routes)
-    events = [*events, *_replica_events(ctx.state.replicas, replicas), *alloc.notes]
+    events += _replica_events(ctx, ctx.state.replicas, replicas)
+    events += [_event(ctx, "note", note) for note in alloc.notes]
+    task_of = {d.key: d.task for d in ctx.demands}
     for key, u in sorted(alloc.unserved_rps.items()):
-        events.append(f"unserved {key}: {u:.1f} rps beyond budget or accuracy floor")
+        reason = f"unserved {key}: {u:.1f} rps beyond budget or accuracy floor"
+        events.append(
+            _event(ctx, "unserved", reason, task=task_of.get(key, ""), demand=key, unserved_rps=u)
+        )
+    queues, held = _held_queue(ctx)
     decision = ScalingDecision(
         replicas=replicas,
         workers=alloc.workers,
@@ -346,9 +337,14 @@ def decide(ctx: AutoscalingContext) -> tuple[ScalingDecision, AutoscalerState]:
         cost_per_s=alloc.cost_per_s,
         events=tuple(events),
         method=alloc.method,
+        min_workers=math.ceil(held / cfg.queue_guard_ongoing_requests),
     )
     state = AutoscalerState(
-        history=history, last_active_s=last_active, primary=primary, replicas=replicas
+        history=history,
+        last_active_s=last_active,
+        primary=primary,
+        replicas=replicas,
+        queues=queues,
     )
     return decision, state
 
@@ -401,7 +397,7 @@ def _single_variant_decision(
         if total > cap:
             unserved[d.key] = (total - cap) * d.arrival_rps / total
     primary, events = _change_events(ctx, routes)
-    events += _replica_events(ctx.state.replicas, final)
+    events += _replica_events(ctx, ctx.state.replicas, final)
     cost = sum(by_id[v].pool.cost_per_replica_s * n for v, n in final.items())
     rates = {d.key: d.arrival_rps for d in ctx.demands}
     decision = ScalingDecision(
@@ -420,6 +416,7 @@ def _single_variant_decision(
         primary=primary,
         replicas=final,
         pending=pending,
+        queues=ctx.state.queues,
     )
     return decision, state
 
@@ -480,7 +477,7 @@ def queue_length_policy(ctx: AutoscalingContext) -> tuple[ScalingDecision, Autos
     """Baseline: Ray Serve's default autoscaler on each task's FP32 variant.
 
     desired = ceil(ongoing requests / target_ongoing_requests), within
-    [1, max_replicas_per_variant]; applied after `upscale_delay_s` /
+    [1, max_replicas_per_variant]; applied after `queue_upscale_delay_s` /
     `queue_downscale_delay_s` of consistently wanting the same direction.
     """
     cfg = ctx.config
@@ -501,7 +498,7 @@ def queue_length_policy(ctx: AutoscalingContext) -> tuple[ScalingDecision, Autos
             desired,
             ctx.state.pending.get(vid),
             ctx.now_s,
-            cfg.upscale_delay_s,
+            cfg.queue_upscale_delay_s,
             cfg.queue_downscale_delay_s,
         )
         replicas[vid] = n

@@ -1,6 +1,6 @@
 """What the autoscaler tells the workers, and how a worker follows it (light: no solver).
 
-The control loop (`scheduler.controller`) and the worker runtime share these
+The control loop (`api.autoscaler`) and the worker runtime share these
 records through the store; `route_select` is the worker's per-request variant
 choice under the loop's `RoutingHints`.
 """

@@ -19,14 +19,13 @@ from infaas.store import MetadataStore
 from infaas.telemetry import (
     INFEASIBLE,
     INTERVAL_S,
-    AutoscalerEvent,
     ReplicaRecord,
     Series,
     TelemetryView,
     merge_series,
     quantile_ms,
 )
-from infaas.types import Profile, Tenant, VariantSpec
+from infaas.types import AutoscalerEvent, Profile, Tenant, VariantSpec
 from profiler.report import pareto_front
 
 Json = dict[str, Any]

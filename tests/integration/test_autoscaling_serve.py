@@ -15,12 +15,11 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from api.autoscaler import CandidateCache, ControlLoop
 from enclave_workers.deployment import APP_NAME, ROUTE_PREFIX, build_infer_app
 from infaas.settings import AutoscalerSettings, Pool, Settings
 from infaas.store import MetadataStore, open_store
 from infaas.types import ModelRecord
-from scheduler.autoscaler import AutoscalerConfig
-from scheduler.controller import CandidateCache, ControlLoop
 from scheduler.routing import LOAD_NS, LoadReport, demand_key, read_target
 from scheduler.synthetic import synthetic_variant
 from tests.conftest import free_port
@@ -89,8 +88,10 @@ def test_control_loop_scales_the_worker_deployment(settings: Settings) -> None:
     store.put_profile(profile)
     loop = ControlLoop(
         store=store,
-        policy_name="infaas",
-        config=AutoscalerConfig(
+        config=AutoscalerSettings(
+            policy="infaas",
+            min_replicas=1,
+            max_replicas=3,
             cpu_budget=1.5,
             max_replicas_per_pool=3,
             downscale_delay_s=0,
@@ -99,8 +100,6 @@ def test_control_loop_scales_the_worker_deployment(settings: Settings) -> None:
         ),
         pool=POOL,
         candidates=CandidateCache(store, settings.pools),
-        min_replicas=1,
-        max_replicas=3,
     )
     assert running_replicas() == 1
     arrivals = 0

@@ -7,26 +7,20 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from pydantic import ValidationError
 
+from api.autoscaler import ControlLoop
 from infaas.errors import NoFeasibleVariant
-from infaas.settings import AutoscalerSettings, Pool, Settings
+from infaas.settings import AutoscalerSettings, Pool, Settings, load_settings
 from infaas.store import MemoryStore, open_store
-from infaas.telemetry import AutoscalerEvent
-from infaas.types import SLO, Backend, Precision
+from infaas.types import SLO, AutoscalerEvent, Backend, Precision
 from scheduler.autoscaler import (
-    AutoscalerConfig,
     AutoscalerState,
     decide,
     infaas_policy,
     static_policy,
 )
-from scheduler.controller import (
-    ControlLoop,
-    build_context,
-    event_records,
-    measure,
-    plan,
-)
+from scheduler.control import build_context, measure, plan
 from scheduler.load import LoadSnapshot, VariantLoad
 from scheduler.policy import CandidateSet, Query
 from scheduler.routing import (
@@ -81,7 +75,9 @@ def zoo() -> CandidateSet:
     return CandidateSet.build([s for s, _ in specs], [p for _, p in specs], [POOL])
 
 
-CFG = AutoscalerConfig(cpu_budget=2.0, max_replicas_per_pool=4, replica_memory_bytes=4096 * MB)
+CFG = AutoscalerSettings(
+    policy="infaas", cpu_budget=2.0, max_replicas_per_pool=4, replica_memory_bytes=4096 * MB
+)
 KEY = demand_key("classify", 100, 0.75)
 
 
@@ -181,17 +177,33 @@ def test_infaas_style_plan_routes_least_slack() -> None:
     assert p.target.num_replicas == sum(d.replicas.values())
 
 
-def test_events_become_dashboard_records() -> None:
+def test_plan_carries_the_typed_events_and_a_replicas_sample() -> None:
     _, state = decide(ctx_at(20.0))  # type: ignore[arg-type]
     decision2, _ = decide(ctx_at(3000.0, state))  # type: ignore[arg-type]
     p = plan(decision2, "infaas", zoo(), now_s=11, min_replicas=1, max_replicas=8, pool=POOL)
-    recs = event_records(p, decision2.replicas, 11.0)
-    for rec in recs:
-        AutoscalerEvent.model_validate(rec)  # the telemetry record format
-    kinds = [r["kind"] for r in recs]
-    assert kinds[-1] == "replicas"
-    assert recs[-1]["replicas"] == dict(decision2.replicas)
+    assert p.events[:-1] == decision2.events
+    sample = p.events[-1]
+    assert isinstance(sample, AutoscalerEvent) and sample.kind == "replicas"
+    assert sample.replicas == dict(decision2.replicas)
+    assert sample.to_replicas == p.target.num_replicas and sample.ts == 11
+    kinds = {e.kind for e in p.events}
     assert "scale_up" in kinds or "upgrade" in kinds
+    # every event names what it is about, no string to parse
+    for e in p.events[:-1]:
+        if e.kind in ("upgrade", "downgrade"):
+            assert (e.task, e.demand, e.variant_id) == ("classify", KEY, p.hints.routes[KEY][0])
+        if e.kind.startswith("scale"):
+            assert e.variant_id and e.task == "classify" and e.to_replicas is not None
+
+
+def test_plan_applies_the_queue_guard_of_the_decision() -> None:
+    decision, _ = decide(ctx_at(20.0))  # type: ignore[arg-type]
+    guarded = dataclasses.replace(decision, min_workers=6)
+    for d, want in ((decision, len(decision.workers)), (guarded, 6)):
+        p = plan(d, "infaas", zoo(), now_s=0, min_replicas=1, max_replicas=8, pool=POOL)
+        assert p.target.num_replicas == want
+    p = plan(guarded, "infaas", zoo(), now_s=0, min_replicas=1, max_replicas=4, pool=POOL)
+    assert p.target.num_replicas == 4
 
 
 # ---------------------------------------------------------------- route_select
@@ -255,14 +267,12 @@ class Clock:
 def test_control_loop_tick_writes_target_routes_and_events() -> None:
     store = MemoryStore()
     clock = Clock()
-    events: list[dict[str, object]] = []
+    events: list[AutoscalerEvent] = []
     loop = ControlLoop(
         store=store,
-        policy_name="infaas",
-        config=CFG,
+        config=CFG.model_copy(update={"max_replicas": 4}),
         pool=POOL,
         candidates=zoo,
-        max_replicas=4,
         record_event=events.append,
         clock=clock,
     )
@@ -282,7 +292,8 @@ def test_control_loop_tick_writes_target_routes_and_events() -> None:
     assert isinstance(target, ReplicaTarget) and isinstance(routes, RoutingHints)
     assert 1 <= target.num_replicas <= 4
     assert routes.routes[KEY]
-    assert any(e["kind"] == "replicas" for e in events)
+    assert any(e.kind == "replicas" for e in events)
+    assert all(isinstance(e, AutoscalerEvent) and e.kind != "note" for e in events)
     # a class gone silent stays known: a replica keeps one of its variants warm
     clock.t += 1.0
     publish(1200)
@@ -296,9 +307,7 @@ def test_control_loop_counts_rates_over_its_window() -> None:
     """A noisy second does not read as a surge: rates span `rate_window_s` of reports."""
     store = MemoryStore()
     clock = Clock()
-    loop = ControlLoop(
-        store=store, policy_name="infaas", config=CFG, pool=POOL, candidates=zoo, clock=clock
-    )
+    loop = ControlLoop(store=store, config=CFG, pool=POOL, candidates=zoo, clock=clock)
     seen: list[float] = []
     counts = [0, 10, 20, 30, 70, 80]  # 10/s, with one second of 40
     for i, n in enumerate(counts):
@@ -315,7 +324,27 @@ def test_control_loop_counts_rates_over_its_window() -> None:
 
 def test_control_loop_refuses_unknown_policies() -> None:
     with pytest.raises(ValueError):
-        ControlLoop(MemoryStore(), "nope", CFG, POOL, zoo)
+        ControlLoop(MemoryStore(), CFG.model_copy(update={"policy": "off"}), POOL, zoo)
+
+
+def test_control_loop_queue_guard_lives_in_the_policy_state() -> None:
+    """A measured queue raises the target for `downscale_delay_s`: the delay is kept in the
+    state the policy returns (the loop holds no timer of its own), with the same timing."""
+    store = MemoryStore()
+    clock = Clock()
+    cfg = CFG.model_copy(update={"downscale_delay_s": 5.0, "queue_guard_ongoing_requests": 4.0})
+    loop = ControlLoop(store=store, config=cfg, pool=POOL, candidates=zoo, clock=clock)
+    targets: list[int] = []
+    for i in range(10):
+        clock.t = 1000.0 + i
+        queue = {"int8": 12} if i == 1 else {}
+        rep = report("w1", clock.t, 10 * i, outstanding=queue)
+        store.put_record(LOAD_NS, "w1", rep.model_dump_json().encode())
+        p = loop.tick()
+        if p is not None:
+            targets.append(p.target.num_replicas)
+    assert targets[:6] == [3] * 6  # ceil(12 / 4), from t=1 to t=6 (5 s, inclusive)
+    assert targets[6:] == [1] * 3
 
 
 # ---------------------------------------------------------------- Serve options (no Ray started)
@@ -343,6 +372,28 @@ def test_scaled_options_per_policy(tmp_path: Path) -> None:
     assert i["policy"].policy_function.endswith(":FollowTarget")
 
 
+def test_one_autoscaler_config_budgets_follow_the_pool_unless_set(tmp_path: Path) -> None:
+    pool = Pool(name="cpu", num_cpus=0.5, cost_per_replica_s=1.0, memory_bytes=512 * MB)
+    a = AutoscalerSettings(policy="infaas", max_replicas=6, burst_window_s=4)
+    got = a.for_pool(pool)
+    assert (got.cpu_budget, got.replica_memory_bytes) == (3.0, 512 * MB)
+    assert got.max_replicas_per_pool == got.max_replicas_per_variant == 6
+    assert got.burst_window_s == 4 and got.policy == "infaas"
+    assert AutoscalerSettings(cpu_budget=1.25).for_pool(pool).cpu_budget == 1.25  # set: kept
+    free = Pool(name="free", num_cpus=0, cost_per_replica_s=1.0)
+    assert a.for_pool(free).cpu_budget == 1.0
+    # a deployment's YAML sets every knob in one flat, validated section
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("autoscaler:\n  policy: infaas\n  downscale_delay_s: 20\n  tick_s: 0.5\n")
+    s = load_settings(cfg, data_dir=tmp_path)
+    assert (s.autoscaler.downscale_delay_s, s.autoscaler.tick_s) == (20, 0.5)
+    cfg.write_text("autoscaler:\n  policy_config:\n    burst_window_s: 6\n")
+    with pytest.raises(ValidationError):
+        load_settings(cfg, data_dir=tmp_path)
+    with pytest.raises(ValidationError):
+        AutoscalerSettings(min_replicas=3, max_replicas=2)
+
+
 def test_follow_target_reads_the_loop_target(tmp_path: Path) -> None:
     import time
 
@@ -361,18 +412,3 @@ def test_follow_target_reads_the_loop_target(tmp_path: Path) -> None:
         stale = ReplicaTarget(num_replicas=7, ts=time.time() - 3600, policy="infaas")
         store.put_record(CONTROL_NS, "target", stale.model_dump_json().encode())
     assert policy(ctx)[0] == 2  # type: ignore[arg-type]
-
-
-def test_event_records_name_the_task_of_the_demand() -> None:
-    _, state = decide(ctx_at(20.0))  # type: ignore[arg-type]
-    decision, _ = decide(ctx_at(3000.0, state))  # type: ignore[arg-type]
-    p = plan(decision, "infaas", zoo(), now_s=11, min_replicas=1, max_replicas=8, pool=POOL)
-    p = dataclasses.replace(
-        p,
-        events=(
-            ("unserved", "", "unserved images|50|0.7: 3.0 rps beyond budget or accuracy floor"),
-            ("upgrade", "v2", "upgrade digits|25|0.95: v1 -> v2"),
-        ),
-    )
-    recs = event_records(p, decision.replicas, 11.0)
-    assert [r.get("task") for r in recs[:2]] == ["images", "digits"]

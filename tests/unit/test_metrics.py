@@ -26,7 +26,6 @@ from infaas.settings import Settings
 from infaas.store import MemoryStore
 from infaas.telemetry import (
     LATENCY_BUCKETS_MS,
-    AutoscalerEvent,
     Flusher,
     JsonFormatter,
     KeyServiceTelemetry,
@@ -36,6 +35,7 @@ from infaas.telemetry import (
     read_autoscaler_events,
     record_autoscaler_event,
 )
+from infaas.types import AutoscalerEvent
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -231,12 +231,39 @@ def test_traffic_and_autoscaler_views(dep: Deployment) -> None:
             AutoscalerEvent(
                 kind=kind,  # type: ignore[arg-type]
                 reason=f"scale up {VARIANT}: 0 -> {n}",
+                task="digits",
                 variant_id=VARIANT,
+                from_replicas=0,
+                to_replicas=n,
                 replicas={VARIANT: n},
             ),
         )
+    record_autoscaler_event(
+        dep.store,
+        AutoscalerEvent(
+            kind="upgrade",
+            reason="upgrade digits|50|0.9: a -> b",
+            task="digits",
+            demand="digits|50|0.9",
+            from_variant_id="a",
+            variant_id="b",
+        ),
+    )
     scaler = dep.http.get("/dashboard/api/autoscaler", headers=auth).json()
-    assert [e["kind"] for e in scaler["events"]] == ["scale_up"]
+    assert [e["kind"] for e in scaler["events"]] == ["upgrade", "scale_up"]
+    upgrade, up = scaler["events"]
+    # the typed fields reach the page as they were decided
+    assert (up["task"], up["variant_id"], up["from_replicas"], up["to_replicas"]) == (
+        "digits",
+        VARIANT,
+        0,
+        1,
+    )
+    assert (upgrade["demand"], upgrade["from_variant_id"], upgrade["variant_id"]) == (
+        "digits|50|0.9",
+        "a",
+        "b",
+    )
     assert scaler["replicas"]["source"] == "autoscaler"
     assert scaler["replicas"]["series"][VARIANT] == [1, 2]
 

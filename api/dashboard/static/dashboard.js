@@ -303,7 +303,8 @@
       "events",
       d.events.map((e) => [
         el("td", { class: "nowrap" }, when(e.ts), e.count > 1 ? el("div", { class: "note" }, `×${e.count} since ${when(e.first_ts)}`) : ""),
-        e.kind, e.task || "–", el("td", { class: "mono" }, e.variant_id || "–"),
+        e.kind, e.task || "–",
+        el("td", { class: "mono" }, e.from_variant_id ? `${e.from_variant_id} → ${e.variant_id}` : e.variant_id || "–"),
         num(e.from_replicas === null && e.to_replicas === null ? "–" : `${e.from_replicas ?? "?"} → ${e.to_replicas ?? "?"}`),
         e.reason,
       ]),
