@@ -5,6 +5,7 @@
 - `api.deps`: what routes depend on (`Annotated[..., Depends(...)]` aliases);
 - `api.problems`: errors as JSON problem bodies, the request-size limit;
 - `api.serve`: the Serve applications (key service, control, the workers' infer app);
+- `api.autoscaler`: the autoscaler's control loop and its Serve application;
 - `api.bootstrap`: the first start of `infaas serve` (zoo owner, demo tenant);
 - `api.command`: `infaas serve` itself.
 """
