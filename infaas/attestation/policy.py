@@ -18,10 +18,117 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from infaas.attestation.quote import TdReport
 from infaas.attestation.verify import CheckResult, VerifiedQuote, load_roots
 from infaas.errors import AttestationFailed
 
 HexDigest = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$|^[0-9a-fA-F]{96}$")]
+Hex48 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{96}$")]
+Hex8 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{16}$")]
+
+TD_ATTRIBUTES_DEBUG = 1 << 0
+TD_ATTRIBUTES_SEPT_VE_DISABLE = 1 << 28
+
+
+def _lower_all(v: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(x.lower() for x in v)
+
+
+class TdxPolicy(BaseModel):
+    """What a TD must look like beyond MRTD (`allowed_measurements`); empty lists: any value.
+
+    MRTD covers only the initial TD image (firmware); RTMR0-3 extend it to the
+    firmware configuration, kernel + command line, and the application, and
+    MRCONFIGID / MROWNER / MROWNERCONFIG are the host-supplied identities set at
+    TD creation. Without them any kernel or workload on the same firmware passes.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mr_config_id: tuple[Hex48, ...] = Field((), description="accepted MRCONFIGID values")
+    mr_owner: tuple[Hex48, ...] = Field((), description="accepted MROWNER values")
+    mr_owner_config: tuple[Hex48, ...] = Field((), description="accepted MROWNERCONFIG values")
+    rtmr0: tuple[Hex48, ...] = Field((), description="accepted RTMR0 (firmware config) values")
+    rtmr1: tuple[Hex48, ...] = Field((), description="accepted RTMR1 (kernel) values")
+    rtmr2: tuple[Hex48, ...] = Field((), description="accepted RTMR2 (kernel cmdline, initrd)")
+    rtmr3: tuple[Hex48, ...] = Field((), description="accepted RTMR3 (application) values")
+    mr_servicetd: tuple[Hex48, ...] = Field((), description="accepted MRSERVICETD (TDX 1.5)")
+    td_attributes: Hex8 | None = Field(
+        None, description="expected TDATTRIBUTES (8 bytes hex, as in the quote) under the mask"
+    )
+    td_attributes_mask: Hex8 = Field("ff" * 8, description="bits of TDATTRIBUTES compared")
+    require_sept_ve_disable: bool = Field(
+        True,
+        description="TDATTRIBUTES.SEPT_VE_DISABLE must be set: otherwise the host can inject "
+        "#VE on EPT violations the guest kernel must handle",
+    )
+
+    def evaluate(self, td: TdReport) -> list[CheckResult]:
+        """One named result per TD identity rule (unconstrained ones report the value)."""
+        out: list[CheckResult] = []
+        fields: list[tuple[str, bytes | None, tuple[str, ...]]] = [
+            ("tdx_mr_config_id", td.mr_config_id, self.mr_config_id),
+            ("tdx_mr_owner", td.mr_owner, self.mr_owner),
+            ("tdx_mr_owner_config", td.mr_owner_config, self.mr_owner_config),
+            *((f"tdx_rtmr{i}", td.rtmrs[i], getattr(self, f"rtmr{i}")) for i in range(4)),
+        ]
+        if td.mr_servicetd is not None or self.mr_servicetd:
+            fields.append(("tdx_mr_servicetd", td.mr_servicetd, self.mr_servicetd))
+        for name, value, allowed in fields:
+            v = value.hex() if value is not None else "absent"
+            if not allowed:
+                out.append(CheckResult(name, True, f"{v[:16]}… reported (not constrained)"))
+            else:
+                ok = v in allowed
+                out.append(
+                    CheckResult(
+                        name,
+                        ok,
+                        f"{v[:16]}… allowed" if ok else f"{v} is not in policy tdx.{name[4:]}",
+                    )
+                )
+        attrs = int.from_bytes(td.td_attributes, "little")
+        if self.td_attributes is not None:
+            mask = int.from_bytes(bytes.fromhex(self.td_attributes_mask), "little")
+            want = int.from_bytes(bytes.fromhex(self.td_attributes), "little")
+            ok = attrs & mask == want & mask
+            out.append(
+                CheckResult(
+                    "tdx_td_attributes",
+                    ok,
+                    f"TDATTRIBUTES {td.td_attributes.hex()} match"
+                    if ok
+                    else f"TDATTRIBUTES {td.td_attributes.hex()} differ from "
+                    f"{self.td_attributes} under mask {self.td_attributes_mask}",
+                )
+            )
+        sept = bool(attrs & TD_ATTRIBUTES_SEPT_VE_DISABLE)
+        out.append(
+            CheckResult(
+                "sept_ve_disable",
+                sept or not self.require_sept_ve_disable,
+                "SEPT_VE_DISABLE set" if sept else "SEPT_VE_DISABLE clear (allowed by policy)",
+            )
+            if sept or not self.require_sept_ve_disable
+            else CheckResult(
+                "sept_ve_disable", False, "policy requires TDATTRIBUTES.SEPT_VE_DISABLE"
+            )
+        )
+        return out
+
+    @field_validator(
+        "mr_config_id",
+        "mr_owner",
+        "mr_owner_config",
+        "rtmr0",
+        "rtmr1",
+        "rtmr2",
+        "rtmr3",
+        "mr_servicetd",
+    )
+    @classmethod
+    def _lower(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return _lower_all(v)
 
 
 class Verdict(BaseModel):
@@ -80,6 +187,7 @@ class AttestationPolicy(BaseModel):
         60.0, gt=0, le=86_400, description="most seconds from nonce issue to evidence check"
     )
     allow_simulated: bool = Field(False, description="accept the simulated TEE (not confidential)")
+    tdx: TdxPolicy = Field(default_factory=TdxPolicy, description="TD identity beyond MRTD")
 
     _base_dir: Path = PrivateAttr(default=Path("."))
 
@@ -198,6 +306,8 @@ class AttestationPolicy(BaseModel):
             "not a debug enclave" if not q.debug else "debug allowed by policy",
             "policy forbids debug evidence (DEBUG attribute set)",
         )
+        if isinstance(q.body, TdReport):
+            res.extend(self.tdx.evaluate(q.body))
         if q.isv_svn is not None:
             add(
                 "isv_svn",
