@@ -45,12 +45,9 @@ from infaas.types import (
     variant_id_for,
 )
 from variants._telemetry import onnxruntime, openvino
+from variants.admission import validate_model
 
 log = logging.getLogger("infaas.variants")
-
-# Domains whose operators both backends implement. Anything else (a custom
-# domain, com.microsoft contrib ops) would run on one backend at best.
-SUPPORTED_DOMAINS = frozenset({"", "ai.onnx"})
 
 # (precision, backend, quantization) of every variant, in generation order. The
 # onnxruntime FP32 variant comes first: it is the reference the others are
@@ -127,43 +124,6 @@ def unsupported_reason(spec: VariantSpec, capabilities: Iterable[str] | None = N
     if spec.precision is Precision.INT8 and "INT8" not in caps:
         return f"OpenVINO reports no INT8 capability on this CPU ({sorted(caps)})"
     return None
-
-
-def validate_model(onnx_bytes: bytes, what: str = "model") -> Any:
-    """Parse and check FP32 ONNX bytes; returns the ModelProto.
-
-    Raises InvalidModel if the bytes are not an ONNX model or use an operator the
-    backends do not support (naming it).
-    """
-    import onnx
-    from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
-
-    if not isinstance(onnx_bytes, bytes | bytearray | memoryview) or len(onnx_bytes) == 0:
-        raise InvalidModel(f"{what} is not an ONNX model: empty or not bytes")
-    try:
-        model = onnx.load_model_from_string(bytes(onnx_bytes))
-    except (DecodeError, ValueError, RuntimeError) as e:
-        raise InvalidModel(f"{what} is not an ONNX model: {e}") from e
-    if model.ir_version <= 0 or not model.HasField("graph") or len(model.graph.node) == 0:
-        raise InvalidModel(f"{what} is not an ONNX model: no IR version or no graph")
-    for node in model.graph.node:
-        domain = node.domain or ""
-        known = domain in SUPPORTED_DOMAINS and onnx.defs.has(node.op_type, domain or "")
-        if not known:
-            qual = f"{domain}::{node.op_type}" if domain else node.op_type
-            raise InvalidModel(
-                f"{what} uses operator {qual} (node {node.name or '?'}), which the "
-                "backends (onnxruntime, OpenVINO) do not support",
-                op_type=node.op_type,
-                domain=domain,
-            )
-    try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as e:
-        raise InvalidModel(f"{what} is not a valid ONNX model: {e}") from e
-    if len(model.graph.input) != 1 or len(model.graph.output) < 1:
-        raise InvalidModel(f"{what} must have exactly one input and a logits output")
-    return model
 
 
 def check_inputs(x: np.ndarray, spec: TensorSpec, what: str = "input") -> np.ndarray:
@@ -252,7 +212,7 @@ def quantize_qdq(model: Any, calibration: np.ndarray) -> bytes:
 
     onnxruntime()
     ranges = calibrate(model, calibration)
-    model = update_opset_version(model, QuantType.QInt8, QuantType.QUInt8)
+    model = update_opset_version(_quantizable_opset(model), QuantType.QInt8, QuantType.QUInt8)
     with _in_memory_reload():
         quantizer = QDQQuantizer(
             model,
@@ -285,7 +245,7 @@ def quantize_dynamic(model: Any) -> bytes | None:
     from onnxruntime.quantization.registry import IntegerOpsRegistry
 
     onnxruntime()
-    model = update_opset_version(model, QuantType.QInt8)
+    model = update_opset_version(_quantizable_opset(model), QuantType.QInt8)
     with _in_memory_reload():
         quantizer = ONNXQuantizer(
             model,
@@ -319,6 +279,22 @@ def _infer_shapes(model: Any) -> Any:
     inferred = onnx.shape_inference.infer_shapes(model)
     add_infer_metadata(inferred)
     return inferred
+
+
+# onnxruntime's quantizers need opset >= 11; for older models `update_opset_version`
+# converts and then re-infers shapes through a temporary file holding the weights.
+QUANTIZABLE_OPSET = 11
+
+
+def _quantizable_opset(model: Any) -> Any:
+    """The model at opset >= 11, converted in memory (so onnxruntime's converter has no work)."""
+    import onnx
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset >= QUANTIZABLE_OPSET:
+        return model
+    converted = onnx.version_converter.convert_version(model, QUANTIZABLE_OPSET)
+    return _infer_shapes(converted)
 
 
 _patch_lock = threading.Lock()
