@@ -38,7 +38,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _cmd_zoo_build(args: argparse.Namespace) -> int:
-    from infaas.zoo import zoo_build_command
+    from infaas.zoo.command import zoo_build_command
 
     return zoo_build_command(args, _settings(args))
 

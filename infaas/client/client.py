@@ -1,40 +1,14 @@
-"""The Python client: the trusted end of infaas, on the caller's machine.
-
-Everything confidential happens here or in an attested worker::
-
-    from infaas import Client
-
-    client = Client.from_credentials("data/credentials/demo.json")
-    result = client.infer(task="digits", inputs=x, latency_ms=50, min_accuracy=0.9)
-    result.outputs, result.variant_id, result.measurement, result.simulated_tee
-
-- Before handing the key service any key, the client attests it
-  (`attest_keyservice`): the service's quote must verify to a trusted root and
-  carry the expected measurement, and bind the service's public key to a fresh
-  nonce. Keys are then HPKE-sealed to that key.
-- `infer` seals an Open Inference Protocol v2 body under the tenant's request
-  key (task and SLO are authenticated associated data), and opens the sealed
-  answer, checking that it answers this request, this task and this SLO.
-- `upload_model` generates a data key, gives it only to the attested key
-  service, seals the ONNX bytes and the validation set under it and registers
-  the model. The control plane sees ciphertext and metadata only.
-
-Errors come back as the same `infaas.errors` types the server raised (the
-problem body's `code`, through `error_from_code`). Credentials (API token,
-key-service token, request key) save to and load from a 0600 JSON file.
-"""
+"""`Client`: the user-facing client (see the package docstring for what it guarantees)."""
 
 from __future__ import annotations
 
 import base64
 import io
-import json
 import os
 import secrets
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -45,20 +19,25 @@ from pydantic import BaseModel, TypeAdapter
 from infaas.attestation.policy import AttestationPolicy
 from infaas.attestation.verifier import AttestationVerifier
 from infaas.attestation.verify import load_roots
-from infaas.envelope import new_key, open_response, seal_artifact, seal_request
+from infaas.client.credentials import KeyServiceTrust, read_credentials, write_credentials
+from infaas.client.sealing import (
+    InferResult,
+    named_inputs,
+    open_infer_response,
+    seal_infer_request,
+)
+from infaas.client.transport import send
+from infaas.envelope import new_key, seal_artifact
 from infaas.errors import (
     AttestationFailed,
     AuthenticationFailed,
     Conflict,
-    DecryptionFailed,
     InfaasError,
     InvalidInput,
     ModelNotFound,
-    PayloadTooLarge,
-    error_from_code,
 )
 from infaas.keyservice.client import HttpKeyService, KeyServiceClient
-from infaas.protocol import DTYPES, decode_response, encode_request
+from infaas.protocol import DTYPES, encode_request
 from infaas.types import Task, TensorSpec
 from infaas.wire import (
     CreateTenantRequest,
@@ -74,59 +53,6 @@ _M = TypeVar("_M", bound=BaseModel)
 Role = Literal["tenant", "owner", "admin"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
-
-
-@dataclass(frozen=True)
-class KeyServiceTrust:
-    """What a client expects of the key service: its measurement and the roots it trusts.
-
-    `roots_pem` is the simulated platform CA's certificate for a simulated
-    deployment (then `allow_simulated` must be set: such evidence is not
-    confidential) or Intel's root for hardware.
-    """
-
-    measurement: str
-    roots_pem: bytes
-    allow_simulated: bool = False
-
-    def policy(self) -> AttestationPolicy:
-        return AttestationPolicy(
-            allow_simulated=self.allow_simulated,
-            allowed_measurements=(self.measurement.lower(),),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "measurement": self.measurement,
-            "roots_pem": self.roots_pem.decode(),
-            "allow_simulated": self.allow_simulated,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> KeyServiceTrust:
-        return cls(
-            measurement=str(data["measurement"]),
-            roots_pem=str(data["roots_pem"]).encode(),
-            allow_simulated=bool(data.get("allow_simulated", False)),
-        )
-
-
-@dataclass(frozen=True)
-class InferResult:
-    """Decrypted outputs of one request and what served it."""
-
-    outputs: np.ndarray
-    """The task's output tensor (e.g. logits), batch axis first."""
-    variant_id: str
-    pool: str
-    measurement: str
-    """Hex measurement of the worker that served it (bound into the sealed answer)."""
-    simulated_tee: bool
-    latency_ms: float
-    queue_ms: float
-    batch_size: int
-    request_id: str
-    all_outputs: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
 
 
 class Client:
@@ -193,32 +119,14 @@ class Client:
 
     def save_credentials(self, path: str | os.PathLike[str]) -> Path:
         """Write the credentials to `path` with mode 0600 (atomically, never world-readable)."""
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.{secrets.token_hex(4)}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.credentials(), f, indent=2)
-            os.replace(tmp, p)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.chmod(p, 0o600)
-        return p
+        return write_credentials(path, self.credentials())
 
     @classmethod
     def from_credentials(
         cls, path: str | os.PathLike[str], *, base_url: str | None = None, **kwargs: Any
     ) -> Client:
         """A client from a credentials file (refused if others can read it)."""
-        p = Path(path)
-        mode = p.stat().st_mode & 0o777
-        if mode & 0o077:
-            raise AuthenticationFailed(
-                f"credentials file {p} is readable by others (mode {mode:o}); chmod 600 it"
-            )
-        data = json.loads(p.read_text())
+        data = read_credentials(path)
         key = data.get("request_key")
         ks = data.get("keyservice")
         return cls(
@@ -245,23 +153,16 @@ class Client:
         params: Mapping[str, str] | None = None,
         auth: bool = True,
     ) -> httpx.Response:
-        headers = {"Accept": "application/json"}
-        if auth and self.api_token:
-            headers["Authorization"] = f"Bearer {self.api_token}"
-        if content is not None:
-            headers["Content-Type"] = "application/json"
-        try:
-            r = self._http.request(
-                method, path, json=json_body, content=content, params=params, headers=headers
-            )
-        except httpx.TransportError as e:
-            raise InfaasError(
-                f"cannot reach infaas at {self.base_url}: {type(e).__name__}: {e}"
-            ) from e
-        if r.status_code >= 300:
-            # redirects are not followed: a POST body must not be re-sent elsewhere silently
-            raise problem_error(r)
-        return r
+        return send(
+            self._http,
+            method,
+            path,
+            token=self.api_token if auth else None,
+            base_url=self.base_url,
+            json_body=json_body,
+            content=content,
+            params=params,
+        )
 
     def _get(self, path: str, cls: type[_M], **params: str) -> _M:
         return cls.model_validate_json(self._request("GET", path, params=params or None).content)
@@ -554,27 +455,20 @@ class Client:
             raise AuthenticationFailed("no request key: call register_tenant or load credentials")
         rid = request_id or str(uuid.uuid4())
         if plaintext is None:
-            if isinstance(inputs, Mapping):
-                named = {k: np.asarray(v) for k, v in inputs.items()}
-            else:
-                spec = self._task(task).input
-                arr = np.asarray(inputs)
-                want = DTYPES[spec.datatype]
-                if cast and arr.dtype != want and arr.dtype.kind == want.kind:
-                    arr = arr.astype(want)
-                named = {spec.name: arr}
-            plaintext = encode_request(named, rid, binary=binary)
-        envelope = seal_request(
-            {self.key_id: self._request_key},
+            spec = None if isinstance(inputs, Mapping) else self._task(task).input
+            plaintext = encode_request(named_inputs(inputs, spec, cast=cast), rid, binary=binary)
+        return seal_infer_request(
             plaintext,
+            key_id=self.key_id,
+            key=self._request_key,
             tenant=self.principal,
             task=task,
             latency_ms=latency_ms,
             min_accuracy=min_accuracy,
             request_id=rid,
-            key_id=self.key_id,
+            architecture=architecture,
+            variant_id=variant_id,
         )
-        return InferRequest(envelope=envelope, architecture=architecture, variant_id=variant_id)
 
     def send_infer(self, request: InferRequest | bytes) -> InferResponse:
         """POST a sealed request (or raw body bytes) to /v1/infer; the sealed answer."""
@@ -586,37 +480,12 @@ class Client:
         """Decrypt an answer and check it answers `request` (same id, tenant, task, SLO)."""
         if self._request_key is None or self.key_id is None:
             raise AuthenticationFailed("no request key")
-        req, env = request.envelope, response.envelope
-        plain = open_response(
-            env, {self.key_id: self._request_key}, request_id=req.request_id, tenant=req.tenant
-        )
-        # the clear metadata beside the envelope must agree with the authenticated one
-        if (env.task, env.latency_ms, env.min_accuracy) != (
-            req.task,
-            req.latency_ms,
-            req.min_accuracy,
-        ):
-            raise DecryptionFailed("response answers another task or SLO than was asked")
-        if env.variant_id != response.variant_id or env.measurement != response.measurement:
-            raise DecryptionFailed("response metadata disagrees with its sealed envelope")
-        meta, outputs = decode_response(bytes(plain))
-        if meta.id is not None and meta.id != req.request_id:
-            raise DecryptionFailed("response body answers another request id")
-        if not outputs:
-            raise InvalidInput("response carries no outputs")
-        task = self._tasks.get(req.task)
-        name = task.output_name if task and task.output_name in outputs else next(iter(outputs))
-        return InferResult(
-            outputs=outputs[name],
-            variant_id=response.variant_id,
-            pool=response.pool,
-            measurement=response.measurement,
-            simulated_tee=response.simulated_tee,
-            latency_ms=response.latency_ms,
-            queue_ms=response.queue_ms,
-            batch_size=response.batch_size,
-            request_id=req.request_id,
-            all_outputs=outputs,
+        return open_infer_response(
+            request,
+            response,
+            key_id=self.key_id,
+            key=self._request_key,
+            task=self._tasks.get(request.envelope.task),
         )
 
     def infer(
@@ -639,27 +508,3 @@ class Client:
             variant_id=variant_id,
         )
         return self.open_infer(request, self.send_infer(request))
-
-
-def problem_error(response: httpx.Response) -> InfaasError:
-    """The typed infaas error an error response carries (its problem body's `code`)."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and "code" in body:
-        detail = body.get("detail")
-        return error_from_code(
-            str(body["code"]),
-            str(body.get("message", "")),
-            detail if isinstance(detail, dict) else None,
-        )
-    status = response.status_code
-    text = response.text[:200]
-    if status == 413:
-        return PayloadTooLarge(f"request too large (HTTP 413): {text}")
-    if status == 401:
-        return AuthenticationFailed(f"HTTP 401: {text}")
-    if status in (400, 422):
-        return InvalidInput(f"HTTP {status}: {text}")
-    return InfaasError(f"HTTP {status} from {response.request.url.path}: {text}")

@@ -1,0 +1,44 @@
+"""The Python client: the trusted end of infaas, on the caller's machine.
+
+Everything confidential happens here or in an attested worker::
+
+    from infaas import Client
+
+    client = Client.from_credentials("data/credentials/demo.json")
+    result = client.infer(task="digits", inputs=x, latency_ms=50, min_accuracy=0.9)
+    result.outputs, result.variant_id, result.measurement, result.simulated_tee
+
+- Before handing the key service any key, the client attests it
+  (`attest_keyservice`): the service's quote must verify to a trusted root and
+  carry the expected measurement, and bind the service's public key to a fresh
+  nonce. Keys are then HPKE-sealed to that key.
+- `infer` seals an Open Inference Protocol v2 body under the tenant's request
+  key (task and SLO are authenticated associated data), and opens the sealed
+  answer, checking that it answers this request, this task and this SLO.
+- `upload_model` generates a data key, gives it only to the attested key
+  service, seals the ONNX bytes and the validation set under it and registers
+  the model. The control plane sees ciphertext and metadata only.
+
+Errors come back as the same `infaas.errors` types the server raised (the
+problem body's `code`, through `error_from_code`). Credentials (API token,
+key-service token, request key) save to and load from a 0600 JSON file.
+
+=================  ===========================================================
+module             concept
+=================  ===========================================================
+``client``         `Client`: credentials, principals, the key service, models,
+                   inference (the user-facing calls)
+``credentials``    `KeyServiceTrust` and the 0600 credentials file
+``sealing``        one inference's request sealing and answer checking
+``transport``      HTTP to the control plane and typed errors (`problem_error`)
+=================  ===========================================================
+"""
+
+from infaas.client.client import DEFAULT_URL as DEFAULT_URL
+from infaas.client.client import Client as Client
+from infaas.client.client import Role as Role
+from infaas.client.credentials import KeyServiceTrust as KeyServiceTrust
+from infaas.client.sealing import InferResult as InferResult
+from infaas.client.transport import problem_error as problem_error
+
+__all__ = ["DEFAULT_URL", "Client", "InferResult", "KeyServiceTrust", "Role", "problem_error"]
