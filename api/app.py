@@ -24,9 +24,6 @@ from infaas.auth import TokenRegistry
 from infaas.settings import Settings
 from infaas.store import MetadataStore, open_store
 
-"""Largest sealed artifact (and model-registration body) accepted: ONNX protobufs stop at 2 GiB
-and the body is base64 in JSON. Every other request obeys `settings.max_request_bytes`."""
-
 DESCRIPTION = """\
 Control plane of **infaas**, model-less confidential inference-as-a-service:
 register sealed models, follow their variant generation and profiling, list

@@ -80,9 +80,6 @@ class KeyCache:
         if current:
             self._current_model_key[rk.model_id] = rk.key_id
 
-    def cached_model_key(self, model_id: str, key_id: str) -> bytes | None:
-        return self._models.get((model_id, key_id))
-
     def model_key(self, model_id: str, key_id: str | None = None) -> tuple[str, bytes]:
         """(key id, data key) of a model: `key_id`, or the current one when None. Blocking."""
         kid = key_id or self._current_model_key.get(model_id)

@@ -11,8 +11,7 @@ The hierarchy::
     │   └── AttestationFailed (403)        evidence did not verify or broke policy
     ├── NotFound (404)
     │   ├── ModelNotFound (404)
-    │   ├── VariantNotFound (404)
-    │   └── TenantNotFound (404)
+    │   └── VariantNotFound (404)
     ├── Conflict (409)
     ├── CryptoError (400)
     │   ├── DecryptionFailed (400)         wrong key, tampered ciphertext or associated data
@@ -96,10 +95,6 @@ class ModelNotFound(NotFound):
 
 class VariantNotFound(NotFound):
     code = "variant_not_found"
-
-
-class TenantNotFound(NotFound):
-    code = "tenant_not_found"
 
 
 class Conflict(InfaasError):

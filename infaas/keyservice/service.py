@@ -240,10 +240,6 @@ class KeyService:
             self._records.put(_NS_MODEL, model_id, model | {"grants": grants})
         log.info("owner %s revoked tenant %s from model %s", owner, tenant, model_id)
 
-    def is_granted(self, model_id: str, tenant: str) -> bool:
-        model = self._records.get(_NS_MODEL, model_id)
-        return model is not None and tenant in model["grants"]
-
     # --- release to workers -------------------------------------------------------------
 
     def issue_nonce(self) -> NonceResponse:
