@@ -32,10 +32,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.types import Receive, Scope, Send
 
-import infaas.keyservice
 from api.app import create_app
 from api.autoscaler import AUTOSCALER_APP, build_autoscaler_app
-from infaas.attestation import measure_code
 from infaas.attestation.deployment import create_tee, create_verifier
 from infaas.keyservice import (
     KeyService,
@@ -44,6 +42,7 @@ from infaas.keyservice import (
     simulated_sealing_key,
 )
 from infaas.keyservice.http import PREFIX as KEYSERVICE_PREFIX
+from infaas.measurement import REPO, measure_closure
 from infaas.settings import Settings
 from infaas.store import open_store
 from infaas.telemetry import Flusher, KeyServiceTelemetry, Recorder, configure_logging
@@ -57,10 +56,19 @@ INFER_PREFIX = "/v1/infer"
 _QUIET = {"enable_access_log": False}
 
 
-def keyservice_measurement() -> bytes:
-    """What the key service's evidence measures: its own source files (MRENCLAVE stand-in)."""
-    files = sorted(Path(infaas.keyservice.__file__).resolve().parent.glob("*.py"))
-    return measure_code(files, b"infaas-keyservice/v1")
+# The module the key service's replica is started from: Ray imports it to build
+# `KeyServiceIngress`, so everything it imports runs in the key service.
+KEYSERVICE_ENTRY = "api.serve"
+
+
+def keyservice_measurement(root: Path = REPO) -> bytes:
+    """What the key service's evidence measures (MRENCLAVE stand-in): the code its replica runs.
+
+    The import closure of `KEYSERVICE_ENTRY` (`infaas.measurement`), so the
+    verifier, policy, store and envelope code it runs count, and the client,
+    the CLI and the example zoo do not.
+    """
+    return measure_closure(KEYSERVICE_ENTRY, b"infaas-keyservice/v1", root)
 
 
 def worker_measurements(settings: Settings) -> list[bytes]:

@@ -1,29 +1,29 @@
 """The worker's code measurement: what the key service's policy must allow.
 
 With the simulated TEE this stands in for MRENCLAVE / MRTD: SHA-256 over the
-source files the worker executes and the settings that change its behaviour
-(`measure_code`). Change a line of worker code or its serving config and the
-key service stops releasing keys to it until its policy allows the new value.
-Host-specific paths (data dir, store URL, ports) are not part of it.
+import closure of the worker deployment module (every project module a worker
+replica loads, by package-relative path; `infaas.measurement`) and the
+settings that change its behaviour. Change a line of code the worker runs or
+its serving config and the key service stops releasing keys to it until its
+policy allows the new value; the client, the CLI and the example zoo are not
+part of it. Host-specific paths (data dir, store URL, ports) are not either.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from infaas.attestation import measure_code
 from infaas.envelope import canonical_json
+from infaas.measurement import REPO, closure_files, measure_files
 from infaas.settings import Settings
 
-REPO = Path(__file__).resolve().parent.parent
-
-# Packages whose code runs inside the worker (decrypted weights and tensors pass through them).
-WORKER_PACKAGES = ("infaas", "variants", "profiler", "scheduler", "enclave_workers")
+# The module a worker replica is started from (Ray imports it to build the deployment).
+WORKER_ENTRY = "enclave_workers.deployment"
 
 
-def worker_source_files(root: Path = REPO) -> list[Path]:
-    """Every Python source file of the worker's packages, sorted."""
-    return sorted(p for pkg in WORKER_PACKAGES for p in (root / pkg).rglob("*.py"))
+def worker_source_files(root: Path = REPO) -> dict[str, Path]:
+    """The worker's measured source files, by path relative to `root`."""
+    return closure_files(WORKER_ENTRY, root)
 
 
 def worker_config(settings: Settings) -> bytes:
@@ -42,6 +42,6 @@ def worker_config(settings: Settings) -> bytes:
     return canonical_json(data)
 
 
-def worker_measurement(settings: Settings) -> bytes:
-    """The 32-byte measurement a worker built from this tree and `settings` reports."""
-    return measure_code(worker_source_files(), worker_config(settings))
+def worker_measurement(settings: Settings, root: Path = REPO) -> bytes:
+    """The 32-byte measurement a worker built from the tree at `root` and `settings` reports."""
+    return measure_files(worker_source_files(root), worker_config(settings))

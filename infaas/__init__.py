@@ -2,10 +2,15 @@
 
 The public import surface. Component packages (`variants`, `profiler`,
 `scheduler`, `enclave_workers`, `api`) are internal.
+
+`Client` loads on first use (`from infaas import Client`): the workers and the
+key service import `infaas.*` but never run the client, so it is not part of
+their measured code (`infaas.measurement`).
 """
 
+import typing
+
 from infaas import errors as errors
-from infaas.client import Client as Client
 from infaas.settings import Settings as Settings
 from infaas.settings import get_settings as get_settings
 from infaas.store import MetadataStore as MetadataStore
@@ -18,6 +23,9 @@ from infaas.types import Profile as Profile
 from infaas.types import Task as Task
 from infaas.types import Tenant as Tenant
 from infaas.types import VariantSpec as VariantSpec
+
+if typing.TYPE_CHECKING:
+    from infaas.client import Client as Client
 
 __version__ = "0.1.0"
 
@@ -38,3 +46,12 @@ __all__ = [
     "get_settings",
     "open_store",
 ]
+
+
+def __getattr__(name: str) -> object:
+    if name == "Client":
+        from infaas.client import Client
+
+        globals()["Client"] = Client
+        return Client
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

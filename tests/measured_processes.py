@@ -1,0 +1,173 @@
+"""A key service or a worker built for real, serving one request, then its loaded modules.
+
+Run as a script in a fresh interpreter (``python tests/measured_processes.py
+keyservice|worker WORKDIR``); it prints, as JSON, the project modules in
+`sys.modules` after the request. `tests/unit/test_measurement.py` checks them
+against the measured import closures. The script imports only what the
+process itself runs: its entry module first (as Ray does in a replica), then
+what the set-up needs, never the client, the CLI or the zoo (the worker's model
+comes as files the test wrote).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import sys
+import uuid
+import warnings
+from pathlib import Path
+
+PROJECT = ("infaas", "variants", "profiler", "scheduler", "enclave_workers", "api")
+
+
+def loaded_project_modules() -> list[str]:
+    return sorted(name for name in sys.modules if name.split(".")[0] in PROJECT)
+
+
+def _testclient() -> type:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    return TestClient
+
+
+def keyservice(work: Path) -> None:
+    """The key service as its replica builds it (`KeyServiceIngress`), attested once over HTTP."""
+    from api.serve import KEYSERVICE_ENTRY, keyservice_measurement
+
+    ingress = importlib.import_module(KEYSERVICE_ENTRY).KeyServiceIngress
+    assert ingress.func_or_class.__module__ == KEYSERVICE_ENTRY
+    from infaas.attestation.deployment import create_verifier
+    from infaas.keyservice import HttpKeyService, KeyServiceClient
+    from infaas.settings import Settings
+
+    settings = Settings(data_dir=work, store_url="memory://")
+    # the class as written, below Serve's ASGI wrapper (whose constructor needs a replica)
+    replica = ingress.func_or_class.__mro__[1](settings, [])
+    with _testclient()(replica.__serve_build_asgi_app__()) as http:
+        client = KeyServiceClient(
+            HttpKeyService(http),
+            create_verifier(settings, measurements=[keyservice_measurement()]),
+        )
+        client.attest()
+        client.register("tenant-a", "tenant")
+
+
+def worker(work: Path) -> None:
+    """A `WorkerRuntime` (as tests/unit/test_worker_runtime.py builds it) serving one request."""
+    from enclave_workers.measurement import WORKER_ENTRY
+
+    entry = importlib.import_module(WORKER_ENTRY)
+    assert entry.EnclaveWorker.__module__ == WORKER_ENTRY
+    import io
+
+    import numpy as np
+
+    from enclave_workers.endpoint import serve_app
+    from enclave_workers.preparation import PreparationOptions, validation_artifact
+    from enclave_workers.runtime import WorkerRuntime
+    from infaas.artifacts import ArtifactStore
+    from infaas.attestation import (
+        AttestationPolicy,
+        AttestationVerifier,
+        SimulatedPlatformCA,
+        SimulatedTEE,
+    )
+    from infaas.auth import TokenRegistry
+    from infaas.envelope import new_key, open_response, seal_artifact, seal_request
+    from infaas.keyservice import KeyService, KeyServiceClient
+    from infaas.protocol import decode_response, encode_request
+    from infaas.settings import ProfilerSettings, Settings
+    from infaas.store import MemoryStore
+    from infaas.types import ModelRecord, Task
+    from infaas.wire import InferRequest, InferResponse
+    from profiler.profile import ProfileOptions
+
+    model = json.loads((work / "model.json").read_text())
+    onnx = (work / "model.onnx").read_bytes()
+    with np.load(work / "validation.npz") as z:
+        x, y = np.asarray(z["x"]), np.asarray(z["y"])
+    settings = Settings(
+        data_dir=work,
+        store_url="memory://",
+        profiler=ProfilerSettings(batch_sizes=(1, 2), validation_samples=32),
+    )
+    store = MemoryStore()
+    artifacts = ArtifactStore(work / "artifacts")
+    ca = SimulatedPlatformCA.generate("measured-worker")
+    ks_m, worker_m = b"k" * 32, b"w" * 32
+
+    def policy(m: bytes) -> AttestationPolicy:
+        return AttestationPolicy(allow_simulated=True, allowed_measurements=(m.hex(),))
+
+    service = KeyService(
+        store,
+        new_key(),
+        SimulatedTEE(ca, ks_m),
+        AttestationVerifier(policy(worker_m), extra_roots=[ca.root_cert]),
+    )
+    ks = KeyServiceClient(service, AttestationVerifier(policy(ks_m), extra_roots=[ca.root_cert]))
+    ks.attest()
+    owner = ks.register("owner", "owner")
+    data_key = new_key()
+    ks.upload_model_key(owner, model["model_id"], "m1", data_key)
+    artifacts.put(model["model_id"], seal_artifact(data_key, "m1", model["model_id"], onnx))
+    npz = io.BytesIO()
+    np.savez(npz, x=x, y=y)
+    name = validation_artifact(model["model_id"])
+    artifacts.put(name, seal_artifact(data_key, "m1", name, npz.getvalue()))
+    store.put_task(Task.model_validate(model["task"]))
+    store.put_model(ModelRecord.model_validate(model["record"]))
+    tenant_ks = ks.register("acme", "tenant")
+    tenant_key = new_key()
+    ks.upload_tenant_key(tenant_ks, "acme-k1", tenant_key)
+    ks.grant(owner, model["model_id"], "acme")
+    api_token = TokenRegistry(store).issue("acme", "tenant")
+
+    prep = PreparationOptions(
+        pool="cpu",
+        max_batch=2,
+        profile=ProfileOptions(batch_sizes=(1, 2), warmup_runs=1, min_runs=2, min_time_s=0.0),
+        validation_samples=32,
+        calibration_samples=8,
+    )
+    runtime = WorkerRuntime(
+        settings, store, artifacts, service, SimulatedTEE(ca, worker_m),
+        batch_wait_ms=0.0, refresh_s=3600.0, preparation=prep,
+    )  # fmt: skip
+    runtime.start()
+    job = runtime.prepare_model(model["model_id"])
+    assert job.state == "ready", job.message
+
+    rid = uuid.uuid4().hex
+    task = model["task"]["name"]
+    envelope = seal_request(
+        {"acme-k1": tenant_key},
+        encode_request({"x": x[:2]}, request_id=rid),
+        tenant="acme",
+        task=task,
+        latency_ms=10_000.0,
+        min_accuracy=0.0,
+        request_id=rid,
+    )
+    request = InferRequest(envelope=envelope)
+    with _testclient()(serve_app(runtime, max_request_bytes=1 << 20)) as http:
+        r = http.post(
+            "/",
+            content=request.model_dump_json(),
+            headers={"Authorization": f"Bearer {api_token}"},
+        )
+    assert r.status_code == 200, r.text
+    answer = InferResponse.model_validate_json(r.content)
+    plain = open_response(answer.envelope, {"acme-k1": tenant_key}, request_id=rid, tenant="acme")
+    _, outputs = decode_response(bytes(plain))
+    assert next(iter(outputs.values())).shape[0] == 2
+    asyncio.run(runtime.close())
+
+
+if __name__ == "__main__":
+    kind, workdir = sys.argv[1], Path(sys.argv[2])
+    {"keyservice": keyservice, "worker": worker}[kind](workdir)
+    print(json.dumps(loaded_project_modules()))
