@@ -17,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from api.serve import keyservice_measurement
 from infaas.attestation.deployment import simulated_ca
 from infaas.auth import TokenRegistry
 from infaas.client import Client, KeyServiceTrust
 from infaas.errors import ModelNotFound
+from infaas.keyservice.measurement import keyservice_measurement
 from infaas.settings import Settings
 from infaas.store import open_store
 from infaas.wire import JobStatus

@@ -24,7 +24,6 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -42,7 +41,7 @@ from infaas.keyservice import (
     simulated_sealing_key,
 )
 from infaas.keyservice.http import PREFIX as KEYSERVICE_PREFIX
-from infaas.measurement import REPO, measure_closure
+from infaas.keyservice.measurement import keyservice_measurement
 from infaas.settings import Settings
 from infaas.store import open_store
 from infaas.telemetry import Flusher, KeyServiceTelemetry, Recorder, configure_logging
@@ -54,21 +53,6 @@ CONTROL_APP = "control"
 INFER_APP = "infer"
 INFER_PREFIX = "/v1/infer"
 _QUIET = {"enable_access_log": False}
-
-
-# The module the key service's replica is started from: Ray imports it to build
-# `KeyServiceIngress`, so everything it imports runs in the key service.
-KEYSERVICE_ENTRY = "api.serve"
-
-
-def keyservice_measurement(root: Path = REPO) -> bytes:
-    """What the key service's evidence measures (MRENCLAVE stand-in): the code its replica runs.
-
-    The import closure of `KEYSERVICE_ENTRY` (`infaas.measurement`), so the
-    verifier, policy, store and envelope code it runs count, and the client,
-    the CLI and the example zoo do not.
-    """
-    return measure_closure(KEYSERVICE_ENTRY, b"infaas-keyservice/v1", root)
 
 
 def worker_measurements(settings: Settings) -> list[bytes]:

@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     import httpx
     import ray
 
-    from api.serve import build_keyservice_app, keyservice_measurement
+    from api.serve import build_keyservice_app
     from enclave_workers.deployment import APP_NAME, ROUTE_PREFIX, build_infer_app
     from enclave_workers.preparation import validation_artifact
     from infaas.artifacts import ArtifactStore
@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     from infaas.envelope import new_key, seal_artifact
     from infaas.keyservice import HttpKeyService, KeyServiceClient
     from infaas.keyservice.http import PREFIX as KEYSERVICE_PREFIX
+    from infaas.keyservice.measurement import keyservice_measurement
     from infaas.settings import Pool, ProfilerSettings, Settings
     from infaas.store import open_store
     from infaas.zoo import build_zoo, load_manifest, load_model_bytes, load_validation

@@ -35,7 +35,7 @@ def _testclient() -> type:
 
 def keyservice(work: Path) -> None:
     """The key service as its replica builds it (`KeyServiceIngress`), attested once over HTTP."""
-    from api.serve import KEYSERVICE_ENTRY, keyservice_measurement
+    from infaas.keyservice.measurement import KEYSERVICE_ENTRY, keyservice_measurement
 
     ingress = importlib.import_module(KEYSERVICE_ENTRY).KeyServiceIngress
     assert ingress.func_or_class.__module__ == KEYSERVICE_ENTRY

@@ -60,7 +60,7 @@ class Served:
 def served(
     small_zoo: Path, small_manifest: Manifest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
-    from api.serve import keyservice_measurement
+    from infaas.keyservice.measurement import keyservice_measurement
 
     tmp = tmp_path_factory.mktemp("serve")
     port = free_port()

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from api.serve import KEYSERVICE_ENTRY, keyservice_measurement
 from enclave_workers.measurement import WORKER_ENTRY, worker_measurement
+from infaas.keyservice.measurement import KEYSERVICE_ENTRY, keyservice_measurement
 from infaas.measurement import (
     PROJECT_PACKAGES,
     REPO,
