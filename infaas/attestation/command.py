@@ -21,6 +21,7 @@ from rich.table import Table
 
 from infaas.attestation.policy import AttestationPolicy
 from infaas.attestation.quote import parse_quote
+from infaas.attestation.snp import REPORT_LEN, inspect_snp_report, parse_snp_report
 from infaas.attestation.verify import CheckResult, inspect_quote, load_roots, quote_summary
 from infaas.errors import AttestationFailed
 
@@ -32,6 +33,12 @@ def detect_platform(raw: bytes) -> str:
     if len(raw) >= 8 and int.from_bytes(raw[0:2], "little") in (3, 4, 5) and raw[2:4] == b"\2\0":
         tee = int.from_bytes(raw[4:8], "little")
         return "tdx" if tee == 0x81 else "sgx"
+    if (
+        len(raw) >= REPORT_LEN
+        and int.from_bytes(raw[0:4], "little") in (2, 3)
+        and int.from_bytes(raw[0x34:0x38], "little") == 1
+    ):
+        return "snp"
     return "unknown"
 
 
@@ -70,7 +77,9 @@ def evidence_verify_command(args: argparse.Namespace) -> int:
         if args.root:
             roots.extend(load_roots(args.root.read_bytes()))
         roots.extend(policy.roots)
-        extra_certs = _load_certs(list(getattr(args, "cert", None) or []))
+        extra_certs = (
+            _load_certs(list(getattr(args, "cert", None) or [])) if platform != "snp" else []
+        )
     except (OSError, ValueError, AttestationFailed) as exc:
         console.print(f"[red]cannot load policy or certificates: {exc}[/red]")
         return 2
@@ -101,6 +110,17 @@ def evidence_verify_command(args: argparse.Namespace) -> int:
         with contextlib.suppress(AttestationFailed):
             fields = verified.summary() if verified is not None else quote_summary(parse_quote(raw))
         ok = verified is not None and all(c.ok for c in policy_checks)
+    elif platform == "snp":
+        vcek = args.cert[0].read_bytes() if getattr(args, "cert", None) else None
+        checks, snp = inspect_snp_report(
+            raw, vcek, roots, now=now, pinned_arks=policy.snp.ark_sha256
+        )
+        if snp is not None:
+            policy_checks = list(policy.evaluate(snp, None, now.timestamp()).checks)
+            simulated = snp.simulated
+        with contextlib.suppress(AttestationFailed):
+            fields = snp.summary() if snp is not None else parse_snp_report(raw).summary()
+        ok = snp is not None and all(c.ok for c in policy_checks)
     else:
         checks = [CheckResult("parse", False, f"unknown evidence format ({platform})")]
         ok = False

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from infaas.attestation.quote import TdReport
+from infaas.attestation.snp import PINNED_ARKS, SnpTcb, VerifiedSnpReport
 from infaas.attestation.verify import CheckResult, VerifiedQuote, load_roots
 from infaas.errors import AttestationFailed
 
@@ -131,6 +132,91 @@ class TdxPolicy(BaseModel):
         return _lower_all(v)
 
 
+Hex32 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
+
+VerifiedEvidence = VerifiedQuote | VerifiedSnpReport
+"""Evidence whose signatures and chain verified, of any platform a policy can judge."""
+
+
+class SnpMinTcb(BaseModel):
+    """Least security patch levels of REPORTED_TCB (AMD's SPLs)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    bootloader: int = Field(0, ge=0, le=255)
+    tee: int = Field(0, ge=0, le=255)
+    snp: int = Field(0, ge=0, le=255)
+    microcode: int = Field(0, ge=0, le=255)
+
+
+class SnpPolicy(BaseModel):
+    """What an SEV-SNP guest must look like (MEASUREMENT is in `allowed_measurements`;
+    DEBUG follows `allow_debug`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    host_data: tuple[Hex32, ...] = Field((), description="accepted HOST_DATA; empty: any")
+    allow_migration_agent: bool = Field(
+        False, description="accept guests whose policy lets a migration agent export them"
+    )
+    allow_smt: bool = Field(True, description="accept guests whose policy allows SMT")
+    max_vmpl: int = Field(0, ge=0, le=3, description="highest VMPL the report may come from")
+    min_reported_tcb: SnpMinTcb = Field(default_factory=SnpMinTcb)
+    ark_sha256: dict[str, Hex32] = Field(
+        default_factory=lambda: dict(PINNED_ARKS),
+        description="pinned ARK fingerprint per product line (Milan, Genoa, ...)",
+    )
+
+    def evaluate(self, v: VerifiedSnpReport) -> list[CheckResult]:
+        r = v.report
+        out: list[CheckResult] = []
+
+        def add(name: str, ok: bool, good: str, bad: str) -> None:
+            out.append(CheckResult(name, ok, good if ok else bad))
+
+        hd = r.host_data.hex()
+        add(
+            "snp_host_data",
+            not self.host_data or hd in [h.lower() for h in self.host_data],
+            f"HOST_DATA {hd[:16]}… " + ("allowed" if self.host_data else "reported"),
+            f"HOST_DATA {hd} is not in policy snp.host_data",
+        )
+        add(
+            "snp_migration_agent",
+            self.allow_migration_agent or not r.migration_agent,
+            "no migration agent" if not r.migration_agent else "migration agent allowed",
+            "guest policy allows a migration agent (MIGRATE_MA); policy refuses it",
+        )
+        add(
+            "snp_smt",
+            self.allow_smt or not r.smt_allowed,
+            "SMT " + ("allowed by policy" if r.smt_allowed else "disabled"),
+            "guest policy allows SMT; policy refuses it",
+        )
+        add(
+            "snp_vmpl",
+            r.vmpl <= self.max_vmpl,
+            f"VMPL {r.vmpl}",
+            f"report from VMPL {r.vmpl}, policy allows at most {self.max_vmpl}",
+        )
+        want = SnpTcb(0, **self.min_reported_tcb.model_dump())
+        add(
+            "snp_reported_tcb",
+            r.reported_tcb.at_least(want),
+            f"REPORTED_TCB {r.reported_tcb.components()}",
+            f"REPORTED_TCB {r.reported_tcb.components()} is below "
+            f"{self.min_reported_tcb.model_dump()}",
+        )
+        pinned = self.ark_sha256.get(v.product)
+        add(
+            "snp_ark",
+            v.simulated or pinned is None or pinned.lower() == v.root_fingerprint,
+            f"ARK-{v.product} pinned",
+            f"ARK-{v.product} {v.root_fingerprint} differs from snp.ark_sha256",
+        )
+        return out
+
+
 class Verdict(BaseModel):
     """The outcome of a policy check: every rule's result, and whether all passed."""
 
@@ -188,6 +274,7 @@ class AttestationPolicy(BaseModel):
     )
     allow_simulated: bool = Field(False, description="accept the simulated TEE (not confidential)")
     tdx: TdxPolicy = Field(default_factory=TdxPolicy, description="TD identity beyond MRTD")
+    snp: SnpPolicy = Field(default_factory=SnpPolicy, description="SEV-SNP guest rules")
 
     _base_dir: Path = PrivateAttr(default=Path("."))
 
@@ -259,7 +346,7 @@ class AttestationPolicy(BaseModel):
 
     def evaluate(
         self,
-        verified: VerifiedQuote,
+        verified: VerifiedEvidence,
         expected_report_data: bytes | None,
         now: float,
         *,
@@ -270,7 +357,6 @@ class AttestationPolicy(BaseModel):
         `expected_report_data` None skips the binding rule (only for offline
         inspection: without it, evidence may be replayed from elsewhere).
         """
-        q = verified.quote
         res: list[CheckResult] = []
 
         def add(name: str, ok: bool, good: str, bad: str) -> None:
@@ -284,7 +370,7 @@ class AttestationPolicy(BaseModel):
             else "simulated evidence allowed",
             "policy refuses simulated evidence (chain ends at a simulated platform CA)",
         )
-        m = q.measurement.hex()
+        m = verified.measurement.hex()
         add(
             "measurement",
             self.any_measurement or m in self.allowed_measurements,
@@ -293,52 +379,57 @@ class AttestationPolicy(BaseModel):
             else f"measurement {m[:16]}… allowed",
             f"measurement {m} is not in allowed_measurements",
         )
-        s = q.signer.hex()
-        add(
-            "signer",
-            not self.allowed_signers or s in self.allowed_signers,
-            "signer allowed",
-            f"signer {s} is not in allowed_signers",
-        )
         add(
             "debug",
-            self.allow_debug or not q.debug,
-            "not a debug enclave" if not q.debug else "debug allowed by policy",
+            self.allow_debug or not verified.debug,
+            "not debug evidence" if not verified.debug else "debug allowed by policy",
             "policy forbids debug evidence (DEBUG attribute set)",
         )
-        if isinstance(q.body, TdReport):
-            res.extend(self.tdx.evaluate(q.body))
-        if q.isv_svn is not None:
+        if isinstance(verified, VerifiedQuote):
+            q = verified.quote
+            s = q.signer.hex()
             add(
-                "isv_svn",
-                q.isv_svn >= self.min_isv_svn,
-                f"ISV SVN {q.isv_svn} >= {self.min_isv_svn}",
-                f"ISV SVN {q.isv_svn} is below min_isv_svn {self.min_isv_svn}",
+                "signer",
+                not self.allowed_signers or s in self.allowed_signers,
+                "signer allowed",
+                f"signer {s} is not in allowed_signers",
             )
-        if self.min_tee_tcb_svn is not None:
-            have = q.tee_tcb_svn
-            want = bytes.fromhex(self.min_tee_tcb_svn)
-            ok = have is not None and all(a >= b for a, b in zip(have, want, strict=True))
-            add(
-                "tee_tcb_svn",
-                ok,
-                "TEE TCB SVN meets min_tee_tcb_svn",
-                f"TEE TCB SVN {have.hex() if have else 'absent'} is below {self.min_tee_tcb_svn}",
-            )
-        if verified.tcb is not None:
-            add(
-                "tcb_status",
-                verified.tcb.status in self.allowed_tcb_statuses,
-                f"TCB status {verified.tcb.status} allowed",
-                f"TCB status {verified.tcb.status} is not in allowed_tcb_statuses",
-            )
-        elif self.require_tcb:
-            res.append(CheckResult("tcb_status", False, "policy requires TCB collateral"))
+            if isinstance(q.body, TdReport):
+                res.extend(self.tdx.evaluate(q.body))
+            if q.isv_svn is not None:
+                add(
+                    "isv_svn",
+                    q.isv_svn >= self.min_isv_svn,
+                    f"ISV SVN {q.isv_svn} >= {self.min_isv_svn}",
+                    f"ISV SVN {q.isv_svn} is below min_isv_svn {self.min_isv_svn}",
+                )
+            if self.min_tee_tcb_svn is not None:
+                have = q.tee_tcb_svn
+                want = bytes.fromhex(self.min_tee_tcb_svn)
+                ok = have is not None and all(a >= b for a, b in zip(have, want, strict=True))
+                add(
+                    "tee_tcb_svn",
+                    ok,
+                    "TEE TCB SVN meets min_tee_tcb_svn",
+                    f"TEE TCB SVN {have.hex() if have else 'absent'} is below "
+                    f"{self.min_tee_tcb_svn}",
+                )
+            if verified.tcb is not None:
+                add(
+                    "tcb_status",
+                    verified.tcb.status in self.allowed_tcb_statuses,
+                    f"TCB status {verified.tcb.status} allowed",
+                    f"TCB status {verified.tcb.status} is not in allowed_tcb_statuses",
+                )
+            elif self.require_tcb:
+                res.append(CheckResult("tcb_status", False, "policy requires TCB collateral"))
+        elif isinstance(verified, VerifiedSnpReport):
+            res.extend(self.snp.evaluate(verified))
         if expected_report_data is not None:
             expected = expected_report_data.ljust(64, b"\x00")
             add(
                 "report_data",
-                hmac.compare_digest(q.report_data, expected),
+                hmac.compare_digest(verified.report_data, expected),
                 "report data binds the public key and nonce",
                 "report data does not bind the expected public key and nonce",
             )
@@ -354,7 +445,7 @@ class AttestationPolicy(BaseModel):
 
     def check(
         self,
-        verified: VerifiedQuote,
+        verified: VerifiedEvidence,
         expected_report_data: bytes | None,
         now: float,
         *,
