@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.serialization import Encoding
 from rich.console import Console
 from rich.table import Table
@@ -22,6 +23,7 @@ from rich.table import Table
 from infaas.attestation.policy import AttestationPolicy
 from infaas.attestation.quote import parse_quote
 from infaas.attestation.snp import REPORT_LEN, inspect_snp_report, parse_snp_report
+from infaas.attestation.spdm import decode_gpu_report, inspect_gpu_report, parse_gpu_report
 from infaas.attestation.verify import CheckResult, inspect_quote, load_roots, quote_summary
 from infaas.errors import AttestationFailed
 
@@ -39,6 +41,9 @@ def detect_platform(raw: bytes) -> str:
         and int.from_bytes(raw[0x34:0x38], "little") == 1
     ):
         return "snp"
+    gpu = decode_gpu_report(raw)
+    if gpu[:2] == b"\x11\xe0" or (gpu[:1] == b"\x10" and gpu[1:2] == b"\xe0"):
+        return "nvidia"
     return "unknown"
 
 
@@ -83,6 +88,10 @@ def evidence_verify_command(args: argparse.Namespace) -> int:
     except (OSError, ValueError, AttestationFailed) as exc:
         console.print(f"[red]cannot load policy or certificates: {exc}[/red]")
         return 2
+    if platform == "nvidia":
+        # the device chain carries NVIDIA's root; it is trusted only if its pin matches
+        pins = {p.lower() for p in policy.gpu.root_sha256}
+        roots.extend(c for c in extra_certs if c.fingerprint(SHA256()).hex() in pins)
     if not roots:
         console.print(
             "[red]no trusted root: pass --root PEM or a --policy naming trusted_roots[/red]"
@@ -121,6 +130,14 @@ def evidence_verify_command(args: argparse.Namespace) -> int:
         with contextlib.suppress(AttestationFailed):
             fields = snp.summary() if snp is not None else parse_snp_report(raw).summary()
         ok = snp is not None and all(c.ok for c in policy_checks)
+    elif platform == "nvidia":
+        checks, gpu = inspect_gpu_report(raw, extra_certs, roots, now=now)
+        if gpu is not None:
+            policy_checks = list(policy.evaluate(gpu, None, now.timestamp()).checks)
+            simulated = gpu.simulated
+        with contextlib.suppress(AttestationFailed):
+            fields = gpu.summary() if gpu is not None else parse_gpu_report(raw).summary()
+        ok = gpu is not None and all(c.ok for c in policy_checks)
     else:
         checks = [CheckResult("parse", False, f"unknown evidence format ({platform})")]
         ok = False

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator,
 
 from infaas.attestation.quote import TdReport
 from infaas.attestation.snp import PINNED_ARKS, SnpTcb, VerifiedSnpReport
+from infaas.attestation.spdm import NVIDIA_DEVICE_IDENTITY_ROOT_SHA256, VerifiedGpuReport
 from infaas.attestation.verify import CheckResult, VerifiedQuote, load_roots
 from infaas.errors import AttestationFailed
 
@@ -134,7 +135,7 @@ class TdxPolicy(BaseModel):
 
 Hex32 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
 
-VerifiedEvidence = VerifiedQuote | VerifiedSnpReport
+VerifiedEvidence = VerifiedQuote | VerifiedSnpReport | VerifiedGpuReport
 """Evidence whose signatures and chain verified, of any platform a policy can judge."""
 
 
@@ -217,6 +218,49 @@ class SnpPolicy(BaseModel):
         return out
 
 
+class GpuPolicy(BaseModel):
+    """What an NVIDIA GPU's SPDM measurements must be: recorded reference values per block
+    index (standing in for NVIDIA's online RIMs), and the pinned device identity root."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    measurements: dict[int, tuple[Annotated[str, Field(pattern=r"^[0-9a-fA-F]*$")], ...]] = Field(
+        default_factory=dict,
+        description="block index -> accepted values (hex); unlisted indices: any",
+    )
+    root_sha256: tuple[Hex32, ...] = Field(
+        (NVIDIA_DEVICE_IDENTITY_ROOT_SHA256,),
+        description="pinned device identity roots (NVIDIA Device Identity CA)",
+    )
+
+    def evaluate(self, v: VerifiedGpuReport) -> list[CheckResult]:
+        pins = {p.lower() for p in self.root_sha256}
+        out = [
+            CheckResult(
+                "gpu_root",
+                v.simulated or v.root_fingerprint in pins,
+                f"device chain ends at {v.root_fingerprint[:16]}…"
+                + ("" if v.simulated or v.root_fingerprint in pins else ", not a pinned root"),
+            )
+        ]
+        have = v.report.measurements
+        bad = [
+            i
+            for i, allowed in sorted(self.measurements.items())
+            if have.get(i, b"").hex() not in {a.lower() for a in allowed}
+        ]
+        out.append(
+            CheckResult(
+                "gpu_measurements",
+                not bad,
+                f"{len(self.measurements)} of {len(have)} blocks match reference values"
+                if not bad
+                else f"measurement blocks {bad} differ from the reference values",
+            )
+        )
+        return out
+
+
 class Verdict(BaseModel):
     """The outcome of a policy check: every rule's result, and whether all passed."""
 
@@ -275,6 +319,7 @@ class AttestationPolicy(BaseModel):
     allow_simulated: bool = Field(False, description="accept the simulated TEE (not confidential)")
     tdx: TdxPolicy = Field(default_factory=TdxPolicy, description="TD identity beyond MRTD")
     snp: SnpPolicy = Field(default_factory=SnpPolicy, description="SEV-SNP guest rules")
+    gpu: GpuPolicy = Field(default_factory=GpuPolicy, description="NVIDIA GPU rules")
 
     _base_dir: Path = PrivateAttr(default=Path("."))
 
@@ -425,6 +470,8 @@ class AttestationPolicy(BaseModel):
                 res.append(CheckResult("tcb_status", False, "policy requires TCB collateral"))
         elif isinstance(verified, VerifiedSnpReport):
             res.extend(self.snp.evaluate(verified))
+        else:
+            res.extend(self.gpu.evaluate(verified))
         if expected_report_data is not None:
             expected = expected_report_data.ljust(64, b"\x00")
             add(
