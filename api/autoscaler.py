@@ -29,7 +29,7 @@ from infaas.types import AutoscalerEvent
 from scheduler.autoscaler import POLICIES, AutoscalerState, Policy, ScalingDecision
 from scheduler.control import POLICY_NAMES, Plan, build_context, measure, plan, with_overhead
 from scheduler.policy import CandidateSet
-from scheduler.routing import CONTROL_NS, LoadReport, read_reports
+from scheduler.routing import LoadReport, read_reports
 
 __all__ = [
     "AUTOSCALER_APP",
@@ -142,8 +142,8 @@ class ControlLoop:
             pool=self.pool,
             static_replicas=cfg.static_replicas if cfg.policy == "static" else None,
         )
-        self.store.put_record(CONTROL_NS, "target", p.target.model_dump_json().encode())
-        self.store.put_record(CONTROL_NS, "routes", p.hints.model_dump_json().encode())
+        self.store.put_replica_target(p.target)
+        self.store.put_routing_hints(p.hints)
         if self.record_event is not None:
             # the replicas sample when it changes, else every 5 s (the dashboard's chart)
             sample = (p.target.num_replicas, tuple(sorted(decision.replicas.items())))

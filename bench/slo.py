@@ -229,12 +229,8 @@ def run_policy(policy: str, trace: Trace, args: argparse.Namespace, config: Path
     data_dir = args.data_dir / "data"
     print(f"[slo] {policy}: starting infaas serve", file=sys.stderr, flush=True)
     if (data_dir / "infaas.db").exists():  # no report or target of an earlier run
-        from scheduler.routing import CONTROL_NS, LOAD_NS
-
         with open_store(f"sqlite:///{data_dir / 'infaas.db'}") as old:
-            for ns in (LOAD_NS, CONTROL_NS):
-                for key in old.list_records(ns):
-                    old.delete_record(ns, key)
+            old.clear_autoscaler_state()
     served = start_policy(args, config, policy)
     try:
         ensure_tenant(data_dir, served.url, EXTRA_TENANT)

@@ -7,7 +7,7 @@ what the worker deployment itself runs or is configured with, and it imports
 no policy: the control loop is untrusted, so its code stays out of the
 worker's (measured) code::
 
-    EnclaveWorker replica --LoadAgent (thread, 2 Hz)--> store LOAD_NS   (arrivals, queues)
+    EnclaveWorker replica --LoadAgent (thread, 2 Hz)--> store load reports (arrivals, queues)
                           <------------------------- store "routes"     (RoutingHints)
     application "autoscaler" (api.autoscaler): the control loop
                           ---> store "target", "routes", autoscaler events
@@ -48,7 +48,7 @@ from ray.serve.config import AutoscalingContext, AutoscalingPolicy
 
 from infaas.settings import Settings
 from infaas.store import MetadataStore, open_store
-from scheduler.routing import LOAD_NS, read_hints, read_target
+from scheduler.routing import read_hints, read_target
 
 log = logging.getLogger("infaas.enclave_workers.autoscaling")
 
@@ -156,11 +156,11 @@ class LoadAgent:
         self._thread.join(timeout=2.0)
         # a store gone at shutdown: the loop ages the report out
         with contextlib.suppress(Exception):
-            self.store.delete_record(LOAD_NS, self.replica)
+            self.store.delete_load_report(self.replica)
 
     def step(self) -> None:
         report = self.runtime.load_report(self.replica)
-        self.store.put_record(LOAD_NS, self.replica, report.model_dump_json().encode())
+        self.store.put_load_report(self.replica, report)
         hints = read_hints(self.store)
         if hints is None:
             return

@@ -14,23 +14,22 @@ the `ModelRecord` and its `Task`), a worker:
 5. seals each variant's ONNX under the model's data key with the variant id as
    the artifact name, and stores its `VariantSpec` and `Profile`.
 
-Progress is a `JobStatus` JSON record in the store's ``"jobs"`` namespace under
-the model id: queued -> running (done/total) -> ready | failed. The store is
-untrusted, so the job's message says what failed, never what the data was.
+Progress is the model's `JobStatus` record in the store (`MetadataStore.put_job`):
+queued -> running (done/total) -> ready | failed. The store is untrusted, so the job's
+message says what failed, never what the data was.
 """
 
 from __future__ import annotations
 
 import io
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from infaas.artifacts import ArtifactStore
-from infaas.envelope import artifact_key_id, open_artifact, seal_artifact
+from infaas.envelope import artifact_key_id, open_artifact, seal_artifact, wipe
 from infaas.errors import InfaasError, InvalidInput, InvalidModel, VariantUnsupported
 from infaas.settings import Settings
 from infaas.store import MetadataStore
@@ -41,8 +40,6 @@ from variants.generate import GeneratedVariant, generate_variants
 
 log = logging.getLogger("infaas.enclave_workers.preparation")
 
-JOBS_NAMESPACE = "jobs"
-
 KeySource = Callable[[str, str], bytes]
 """(model id, key id) -> the model's data key (blocking; the worker's key cache)."""
 
@@ -50,24 +47,6 @@ KeySource = Callable[[str, str], bytes]
 def validation_artifact(model_id: str) -> str:
     """Artifact name (and sealing name) of a model's validation set."""
     return f"{model_id}.validation"
-
-
-def read_job(store: MetadataStore, model_id: str) -> JobStatus | None:
-    """The preparation status of a model, if one was ever written."""
-    raw = store.get_record(JOBS_NAMESPACE, model_id)
-    return None if raw is None else JobStatus.model_validate_json(raw)
-
-
-def write_job(store: MetadataStore, job: JobStatus) -> JobStatus:
-    """Store a job status (stamped with the current time); returns what was stored."""
-    job = job.model_copy(update={"updated_at": time.time()})
-    store.put_record(JOBS_NAMESPACE, job.model_id, job.model_dump_json().encode())
-    return job
-
-
-def wipe(buf: bytearray) -> None:
-    """Overwrite a plaintext buffer in place."""
-    buf[:] = bytes(len(buf))
 
 
 @dataclass(frozen=True)
@@ -140,21 +119,21 @@ def prepare_model(
     """Generate, profile, seal and register every variant of a registered model.
 
     Returns the final job status (ready or failed) and stores it under
-    ``jobs/<model_id>``. Never raises for a problem with the model itself: the
+    the model id. Never raises for a problem with the model itself: the
     job says it failed and why.
     """
-    job = write_job(store, JobStatus(model_id=model_id, state="running", message="decrypting"))
+    job = store.put_job(JobStatus(model_id=model_id, state="running", message="decrypting"))
     try:
         record = store.get_model(model_id)
         task = store.get_task(record.task)
         return _prepare(record, task, store, artifacts, keys, options, job)
     except InfaasError as e:
         log.warning("preparing %s failed: %s", model_id, e.message)
-        return write_job(store, job.model_copy(update={"state": "failed", "message": e.message}))
+        return store.put_job(job.model_copy(update={"state": "failed", "message": e.message}))
     except Exception as e:  # never let a model's problem take the worker down
         log.exception("preparing %s failed unexpectedly", model_id)
         msg = f"internal error while preparing the model ({type(e).__name__})"
-        return write_job(store, job.model_copy(update={"state": "failed", "message": msg}))
+        return store.put_job(job.model_copy(update={"state": "failed", "message": msg}))
 
 
 def _prepare(
@@ -177,13 +156,13 @@ def _prepare(
     y = None if y is None else y[: options.validation_samples]
     calibration = x[: options.calibration_samples]
     try:
-        job = write_job(store, job.model_copy(update={"message": "generating variants"}))
+        job = store.put_job(job.model_copy(update={"message": "generating variants"}))
         generated = generate_variants(
             record, bytes(weights), calibration, pool=options.pool, max_batch=options.max_batch
         )
     finally:
         wipe(weights)
-    job = write_job(store, job.model_copy(update={"total": len(generated), "message": "profiling"}))
+    job = store.put_job(job.model_copy(update={"total": len(generated), "message": "profiling"}))
     reference: np.ndarray | None = None
     ready: list[VariantSpec] = []
     skipped: list[str] = []
@@ -212,11 +191,11 @@ def _prepare(
                 ready.append(v.spec)
         else:
             skipped.append(f"{v.spec.variant_id}: {v.reason}")
-        job = write_job(store, job.model_copy(update={"done": job.done + 1}))
+        job = store.put_job(job.model_copy(update={"done": job.done + 1}))
     if not ready:
         raise InvalidInput(f"no variant of {model_id} could be profiled: {'; '.join(skipped)}")
     message = f"{len(ready)} variant(s) ready"
     if skipped:
         message += f"; unsupported here: {'; '.join(skipped)}"
     log.info("prepared %s: %s", model_id, message)
-    return write_job(store, job.model_copy(update={"state": "ready", "message": message}))
+    return store.put_job(job.model_copy(update={"state": "ready", "message": message}))

@@ -51,7 +51,7 @@ from pydantic import ValidationError
 from enclave_workers.batcher import DynamicBatcher, batch_limit
 from enclave_workers.keycache import KeyCache
 from enclave_workers.packer import ModelPacker
-from enclave_workers.preparation import PreparationOptions, prepare_model, read_job, wipe
+from enclave_workers.preparation import PreparationOptions, prepare_model
 from infaas.artifacts import ArtifactStore
 from infaas.attestation import SIMULATED_LABEL
 from infaas.attestation.backends import EvidenceGenerator
@@ -64,6 +64,7 @@ from infaas.envelope import (
     open_artifact,
     open_request,
     seal_response,
+    wipe,
 )
 from infaas.errors import (
     DecryptionFailed,
@@ -212,9 +213,12 @@ class WorkerRuntime:
         token_cache_s: float = 5.0,
         shared_replay_guard: bool = True,
         preparation: PreparationOptions | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.clock = clock
+        """Wall clock of the request window and replay records."""
         self.artifacts = artifacts
         self.tee = tee
         self.pool = pool or settings.pools[0]
@@ -339,7 +343,7 @@ class WorkerRuntime:
         with self._preparing_guard:
             lock = self._preparing.setdefault(model_id, threading.Lock())
         if not lock.acquire(blocking=False):
-            job = read_job(self.store, model_id)
+            job = self.store.get_job(model_id)
             return job or JobStatus(model_id=model_id, state="running", updated_at=time.time())
         try:
             job = prepare_model(
@@ -546,7 +550,7 @@ class WorkerRuntime:
         cand = selection.candidate
         if cand.spec.task != env.task:
             raise InvalidInput(f"variant {cand.variant_id} serves task {cand.spec.task!r}")
-        now = time.time()
+        now = self.clock()
         plaintext = open_request(
             env,
             keys,

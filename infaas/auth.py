@@ -18,7 +18,6 @@ from infaas.errors import AuthenticationFailed, Conflict, PermissionDenied
 from infaas.store import MetadataStore
 
 Role = Literal["tenant", "owner", "admin"]
-_NAMESPACE = "api_tokens"
 
 
 @dataclass(frozen=True)
@@ -41,9 +40,7 @@ class TokenRegistry:
         """A new token for `principal`; refuses to overwrite one unless `replace`."""
         secret = secrets.token_urlsafe(32)
         record = json.dumps({"role": role, "sha256": _digest(secret)}).encode()
-        if replace:
-            self._store.put_record(_NAMESPACE, principal, record)
-        elif not self._store.put_record_if_absent(_NAMESPACE, principal, record):
+        if not self._store.put_token_record(principal, record, replace=replace):
             raise Conflict(f"{principal!r} already has a token", principal=principal)
         return f"{principal}.{secret}"
 
@@ -52,7 +49,7 @@ class TokenRegistry:
         if not token:
             raise AuthenticationFailed("missing API token (Authorization: Bearer <token>)")
         principal, sep, secret = token.rpartition(".")
-        raw = self._store.get_record(_NAMESPACE, principal) if sep and principal else None
+        raw = self._store.get_token_record(principal) if sep and principal else None
         if raw is None:
             raise AuthenticationFailed("unknown or malformed API token")
         record = json.loads(raw)
@@ -66,4 +63,4 @@ class TokenRegistry:
         return Principal(principal, role)
 
     def revoke(self, principal: str) -> bool:
-        return self._store.delete_record(_NAMESPACE, principal)
+        return self._store.delete_token_record(principal)

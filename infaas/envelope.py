@@ -28,14 +28,16 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import BaseModel, ConfigDict, Field
 
 from infaas.errors import DecryptionFailed, ExpiredRequest, ReplayedRequest, UnknownKey
-from infaas.store import MetadataStore
+
+if TYPE_CHECKING:  # the store's job records name `wire` types, which name the envelope
+    from infaas.store import MetadataStore
 
 KEY_LEN = 32
 NONCE_LEN = 12
@@ -275,12 +277,19 @@ def open_response(
 
 
 class ReplayGuard(ABC):
-    """Remembers (tenant, request id) for a window; a second sighting is a replay."""
+    """Remembers (tenant, request id) while the request is fresh; a second sighting is a replay.
+
+    A request is refused as stale once ``now > timestamp + window_s``, so its record
+    may go then: records expire at `expires_at`, which adds a tenth of the window
+    for clock skew between the replicas that share them.
+    """
 
     def __init__(self, window_s: float = 300.0) -> None:
-        # records outlive the timestamp window on both sides, so a replay is either
-        # remembered here or refused as expired
         self.window_s = window_s
+
+    def expires_at(self, timestamp: float) -> float:
+        """When the record of a request stamped `timestamp` can be forgotten."""
+        return timestamp + 1.1 * self.window_s
 
     @abstractmethod
     def check_and_record(self, tenant: str, request_id: str, timestamp: float, now: float) -> None:
@@ -294,43 +303,41 @@ class MemoryReplayGuard(ReplayGuard):
         super().__init__(window_s)
         self._seen: dict[tuple[str, str], float] = {}
         self._lock = threading.Lock()
-        self._last_prune = 0.0
+        self._last_prune = -float("inf")
 
     def check_and_record(self, tenant: str, request_id: str, timestamp: float, now: float) -> None:
         key = (tenant, request_id)
         with self._lock:
             if now - self._last_prune > self.window_s / 10:
-                horizon = now - 2 * self.window_s
-                self._seen = {k: t for k, t in self._seen.items() if t >= horizon}
+                self._seen = {k: t for k, t in self._seen.items() if t >= now}
                 self._last_prune = now
             if key in self._seen:
                 raise ReplayedRequest(
                     "request id already used", tenant=tenant, request_id=request_id
                 )
-            self._seen[key] = now
+            self._seen[key] = self.expires_at(timestamp)
 
 
 class StoreReplayGuard(ReplayGuard):
-    """Replay guard shared by every replica, via the metadata store's put-if-absent."""
+    """Replay guard shared by every replica, via the store's expiring put-if-absent.
 
-    NAMESPACE = "replay"
+    The store drops expired records as part of claiming new ones, so the replay
+    namespace stays bounded by the traffic of one window.
+    """
 
     def __init__(self, store: MetadataStore, window_s: float = 300.0) -> None:
         super().__init__(window_s)
         self._store = store
 
     def check_and_record(self, tenant: str, request_id: str, timestamp: float, now: float) -> None:
-        key = f"{tenant}\x1f{request_id}"
-        if not self._store.put_record_if_absent(self.NAMESPACE, key, struct.pack("<d", now)):
+        expires = self.expires_at(timestamp)
+        if not self._store.claim_request(tenant, request_id, now=now, expires_at=expires):
             raise ReplayedRequest("request id already used", tenant=tenant, request_id=request_id)
 
-    def prune(self, now: float) -> int:
-        """Forget records older than twice the window; return how many went."""
-        n = 0
-        for key, value in self._store.list_records(self.NAMESPACE).items():
-            if struct.unpack("<d", value)[0] < now - 2 * self.window_s:
-                n += self._store.delete_record(self.NAMESPACE, key)
-        return n
+
+def wipe(buf: bytearray) -> None:
+    """Overwrite a plaintext buffer (a decrypted request or artifact) in place."""
+    buf[:] = bytes(len(buf))
 
 
 # --- model artifacts at rest --------------------------------------------------------------

@@ -13,15 +13,19 @@ only. There is deliberately no way to put model weights in it.
 
 from __future__ import annotations
 
+import logging
+import math
 import sqlite3
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlparse
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from infaas.errors import (
     Conflict,
@@ -32,15 +36,39 @@ from infaas.errors import (
     VariantNotFound,
 )
 from infaas.types import ModelRecord, Profile, Task, Tenant, VariantSpec
+from infaas.wire import JobStatus
+
+log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 
+# Every namespace of the store is named here and nowhere else (a test checks it).
 _MODELS = "models"
 _VARIANTS = "variants"
 _PROFILES = "profiles"
 _TENANTS = "tenants"
 _TASKS = "tasks"
-_TYPED = frozenset({_MODELS, _VARIANTS, _PROFILES, _TENANTS, _TASKS})
+_JOBS = "jobs"
+_TOKENS = "api_tokens"
+_DASHBOARD = "dashboard"
+_REPLAY = "replay"
+_LOAD = "autoscaler_load"
+_CONTROL = "autoscaler"
+_TELEMETRY = "telemetry"
+_EVENTS = "autoscaler_events"
+
+REPLAY_PRUNE_INTERVAL_S = 10.0
+"""At most this often (on the callers' clock) a replay claim also drops expired records."""
+_LEGACY_REPLAY_TTL_S = 86_400.0
+
+
+class SealedTable(StrEnum):
+    """The key service's namespaces: records sealed under its KEK, opaque to the store."""
+
+    PRINCIPAL = "ks_principal"
+    TENANT_KEY = "ks_tenant_key"
+    MODEL = "ks_model"
+    MODEL_KEY = "ks_model_key"
 
 
 class MetadataStore(ABC):
@@ -65,7 +93,21 @@ class MetadataStore(ABC):
     def _delete(self, namespace: str, key: str) -> bool: ...
 
     @abstractmethod
+    def _put_expiring(
+        self, namespace: str, key: str, value: bytes, now: float, expires_at: float
+    ) -> bool:
+        """Put-if-absent of a record that may be dropped once `now` passes `expires_at`."""
+
+    @abstractmethod
+    def _prune_expired(self, namespace: str, now: float) -> int: ...
+
+    @abstractmethod
+    def _count(self, namespace: str) -> int: ...
+
+    @abstractmethod
     def close(self) -> None: ...
+
+    _replay_prune_due: float = -math.inf
 
     # -- typed entities ---------------------------------------------------------------------
     def _put_model(self, namespace: str, key: str, obj: BaseModel) -> None:
@@ -161,34 +203,150 @@ class MetadataStore(ABC):
     def list_tenants(self) -> list[Tenant]:
         return self._list_models(_TENANTS, Tenant)
 
-    # -- opaque records (sealed key-service state, replay caches, tokens) -------------------
-    @staticmethod
-    def _check_namespace(namespace: str) -> None:
-        if namespace in _TYPED:
-            raise InvalidInput(f"namespace {namespace!r} is reserved for typed entities")
-        if not namespace or ":" in namespace:
-            raise InvalidInput(f"bad namespace {namespace!r}")
+    # -- preparation jobs (written by the control plane and the workers) ----------------------
+    def put_job(self, job: JobStatus) -> JobStatus:
+        """Store a model's job status, stamped with the current time; returns what was stored."""
+        job = job.model_copy(update={"updated_at": time.time()})
+        self._put_model(_JOBS, job.model_id, job)
+        return job
 
-    def put_record(self, namespace: str, key: str, value: bytes) -> None:
-        self._check_namespace(namespace)
-        self._put(namespace, key, value)
+    def claim_job(self, job: JobStatus) -> bool:
+        """Store a model's first job record; False when it has one (atomic: a registration's
+        claim on its model id)."""
+        job = job.model_copy(update={"updated_at": time.time()})
+        return self._put_if_absent(_JOBS, job.model_id, job.model_dump_json().encode())
 
-    def put_record_if_absent(self, namespace: str, key: str, value: bytes) -> bool:
-        """Store a record unless the key exists; True when stored (atomic in every backend)."""
-        self._check_namespace(namespace)
-        return self._put_if_absent(namespace, key, value)
+    def get_job(self, model_id: str) -> JobStatus | None:
+        return self._get_model(_JOBS, model_id, JobStatus)
 
-    def get_record(self, namespace: str, key: str) -> bytes | None:
-        self._check_namespace(namespace)
-        return self._get(namespace, key)
+    def list_jobs(self) -> list[JobStatus]:
+        return self._list_models(_JOBS, JobStatus)
 
-    def list_records(self, namespace: str) -> dict[str, bytes]:
-        self._check_namespace(namespace)
-        return dict(self._items(namespace))
+    def delete_job(self, model_id: str) -> bool:
+        return self._delete(_JOBS, model_id)
 
-    def delete_record(self, namespace: str, key: str) -> bool:
-        self._check_namespace(namespace)
-        return self._delete(namespace, key)
+    # -- API token records (opaque to the store: `infaas.auth` keeps hashes) ------------------
+    def put_token_record(self, principal: str, record: bytes, *, replace: bool) -> bool:
+        """Store a principal's token record; unless `replace`, only if it has none (atomic)."""
+        if replace:
+            self._put(_TOKENS, principal, record)
+            return True
+        return self._put_if_absent(_TOKENS, principal, record)
+
+    def get_token_record(self, principal: str) -> bytes | None:
+        return self._get(_TOKENS, principal)
+
+    def token_records(self) -> dict[str, bytes]:
+        return dict(self._items(_TOKENS))
+
+    def delete_token_record(self, principal: str) -> bool:
+        return self._delete(_TOKENS, principal)
+
+    # -- the dashboard's session key -----------------------------------------------------------
+    def dashboard_session_key(self, candidate: bytes) -> bytes | None:
+        """The dashboard's session key: `candidate` unless one was stored first (atomic)."""
+        self._put_if_absent(_DASHBOARD, "session_key", candidate)
+        return self._get(_DASHBOARD, "session_key")
+
+    # -- key-service records (sealed under its KEK; opaque here) ----------------------------
+    def put_sealed(self, table: SealedTable, key: str, blob: bytes) -> None:
+        self._put(table.value, key, blob)
+
+    def put_sealed_if_absent(self, table: SealedTable, key: str, blob: bytes) -> bool:
+        return self._put_if_absent(table.value, key, blob)
+
+    def get_sealed(self, table: SealedTable, key: str) -> bytes | None:
+        return self._get(table.value, key)
+
+    def sealed_records(self, table: SealedTable) -> dict[str, bytes]:
+        return dict(self._items(table.value))
+
+    # -- replay records: (tenant, request id) seen, until the request would be stale anyway ---
+    def claim_request(self, tenant: str, request_id: str, *, now: float, expires_at: float) -> bool:
+        """Record a request id until `expires_at`; False when it is recorded already (a replay).
+
+        Records past their expiry are dropped as part of claiming, at most once per
+        `REPLAY_PRUNE_INTERVAL_S` (Redis expires them natively), so the namespace
+        holds at most the requests of the last window plus that interval.
+        """
+        if now >= self._replay_prune_due:
+            self._replay_prune_due = now + REPLAY_PRUNE_INTERVAL_S
+            self.prune_replay(now)
+        return self._put_expiring(_REPLAY, f"{tenant}\x1f{request_id}", b"", now, expires_at)
+
+    def prune_replay(self, now: float) -> int:
+        """Drop replay records whose expiry `now` has passed; how many went."""
+        return self._prune_expired(_REPLAY, now)
+
+    def count_replay(self) -> int:
+        """Replay records held now (expired ones not yet dropped included)."""
+        return self._count(_REPLAY)
+
+    # -- the autoscaler's records (types owned by the scheduler, validated here) -------------
+    def _get_valid(self, namespace: str, key: str, cls: type[M]) -> M | None:
+        try:
+            return self._get_model(namespace, key, cls)
+        except ValidationError:
+            log.warning("ignoring a malformed %s/%s record", namespace, key[:80])
+            return None
+
+    def put_load_report(self, replica: str, report: BaseModel) -> None:
+        self._put_model(_LOAD, replica, report)
+
+    def load_reports(self, cls: type[M]) -> dict[str, M]:
+        """Every replica's load report that parses as `cls` (malformed ones skipped)."""
+        out: dict[str, M] = {}
+        for key, raw in self._items(_LOAD):
+            try:
+                out[key] = cls.model_validate_json(raw)
+            except ValidationError:
+                continue
+        return out
+
+    def delete_load_report(self, replica: str) -> bool:
+        return self._delete(_LOAD, replica)
+
+    def put_replica_target(self, target: BaseModel) -> None:
+        self._put_model(_CONTROL, "target", target)
+
+    def get_replica_target(self, cls: type[M]) -> M | None:
+        return self._get_valid(_CONTROL, "target", cls)
+
+    def put_routing_hints(self, hints: BaseModel) -> None:
+        self._put_model(_CONTROL, "routes", hints)
+
+    def get_routing_hints(self, cls: type[M]) -> M | None:
+        return self._get_valid(_CONTROL, "routes", cls)
+
+    def delete_routing_hints(self) -> bool:
+        return self._delete(_CONTROL, "routes")
+
+    def clear_autoscaler_state(self) -> None:
+        """Forget load reports, the replica target and routing hints (a fresh run)."""
+        for ns in (_LOAD, _CONTROL):
+            for key, _ in list(self._items(ns)):
+                self._delete(ns, key)
+
+    # -- telemetry and autoscaler events (the dashboard's data; JSON for its reader) ---------
+    def put_telemetry(self, key: str, record: BaseModel) -> None:
+        self._put_model(_TELEMETRY, key, record)
+
+    def telemetry_records(self) -> dict[str, bytes]:
+        """Raw JSON per key: replica records and windows share the namespace (by key form)."""
+        return dict(self._items(_TELEMETRY))
+
+    def delete_telemetry(self, key: str) -> bool:
+        return self._delete(_TELEMETRY, key)
+
+    def put_autoscaler_event(self, key: str, event: BaseModel) -> None:
+        self._put_model(_EVENTS, key, event)
+
+    def autoscaler_event_records(self) -> dict[str, bytes]:
+        """Raw JSON per key (keys sort by time, so a reader parses only what it needs)."""
+        return dict(self._items(_EVENTS))
+
+    def delete_autoscaler_event(self, key: str) -> bool:
+        return self._delete(_EVENTS, key)
 
     def __enter__(self) -> MetadataStore:
         return self
@@ -203,6 +361,7 @@ class MemoryStore(MetadataStore):
     def __init__(self) -> None:
         self.url = "memory://"
         self._data: dict[str, dict[str, bytes]] = {}
+        self._expiry: dict[str, dict[str, float]] = {}
         self._lock = threading.Lock()
 
     def _put(self, namespace: str, key: str, value: bytes) -> None:
@@ -228,7 +387,32 @@ class MemoryStore(MetadataStore):
 
     def _delete(self, namespace: str, key: str) -> bool:
         with self._lock:
+            self._expiry.get(namespace, {}).pop(key, None)
             return self._data.get(namespace, {}).pop(key, None) is not None
+
+    def _put_expiring(
+        self, namespace: str, key: str, value: bytes, now: float, expires_at: float
+    ) -> bool:
+        with self._lock:
+            ns = self._data.setdefault(namespace, {})
+            if key in ns:
+                return False
+            ns[key] = bytes(value)
+            self._expiry.setdefault(namespace, {})[key] = expires_at
+            return True
+
+    def _prune_expired(self, namespace: str, now: float) -> int:
+        with self._lock:
+            expiry, data = self._expiry.get(namespace, {}), self._data.get(namespace, {})
+            gone = [k for k, t in expiry.items() if t < now]
+            for k in gone:
+                del expiry[k]
+                data.pop(k, None)
+            return len(gone)
+
+    def _count(self, namespace: str) -> int:
+        with self._lock:
+            return len(self._data.get(namespace, {}))
 
     def close(self) -> None:
         pass
@@ -250,7 +434,18 @@ class SQLiteStore(MetadataStore):
             self._conn.execute(
                 "CREATE TABLE IF NOT EXISTS records ("
                 " namespace TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,"
-                " PRIMARY KEY (namespace, key))"
+                " expires_at REAL, PRIMARY KEY (namespace, key))"
+            )
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(records)")}
+            if "expires_at" not in columns:  # a file from before records could expire
+                self._conn.execute("ALTER TABLE records ADD COLUMN expires_at REAL")
+                self._conn.execute(
+                    "UPDATE records SET expires_at = ? WHERE namespace = ?",
+                    (time.time() + _LEGACY_REPLAY_TTL_S, _REPLAY),
+                )
+            self._conn.execute(
+                "CREATE INDEX IF NOT EXISTS records_expiry ON records (namespace, expires_at)"
+                " WHERE expires_at IS NOT NULL"
             )
             self._conn.commit()
         except (sqlite3.Error, OSError) as e:
@@ -260,15 +455,41 @@ class SQLiteStore(MetadataStore):
     def _put(self, namespace: str, key: str, value: bytes) -> None:
         with self._lock, self._conn:
             self._conn.execute(
-                "INSERT OR REPLACE INTO records VALUES (?, ?, ?)", (namespace, key, value)
+                "INSERT OR REPLACE INTO records (namespace, key, value) VALUES (?, ?, ?)",
+                (namespace, key, value),
             )
 
     def _put_if_absent(self, namespace: str, key: str, value: bytes) -> bool:
         with self._lock, self._conn:
             cur = self._conn.execute(
-                "INSERT OR IGNORE INTO records VALUES (?, ?, ?)", (namespace, key, value)
+                "INSERT OR IGNORE INTO records (namespace, key, value) VALUES (?, ?, ?)",
+                (namespace, key, value),
             )
             return cur.rowcount == 1
+
+    def _put_expiring(
+        self, namespace: str, key: str, value: bytes, now: float, expires_at: float
+    ) -> bool:
+        with self._lock, self._conn:
+            cur = self._conn.execute(
+                "INSERT OR IGNORE INTO records VALUES (?, ?, ?, ?)",
+                (namespace, key, value, expires_at),
+            )
+            return cur.rowcount == 1
+
+    def _prune_expired(self, namespace: str, now: float) -> int:
+        with self._lock, self._conn:
+            cur = self._conn.execute(
+                "DELETE FROM records WHERE namespace = ? AND expires_at < ?", (namespace, now)
+            )
+            return cur.rowcount
+
+    def _count(self, namespace: str) -> int:
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT COUNT(*) FROM records WHERE namespace = ?", (namespace,)
+            ).fetchone()
+        return int(row[0])
 
     def _get(self, namespace: str, key: str) -> bytes | None:
         with self._lock:
@@ -313,11 +534,11 @@ class RedisStore(MetadataStore):
     def _hash(self, namespace: str) -> str:
         return f"{self._prefix}:{namespace}"
 
-    def _call(self, fn: str, *args: object) -> object:
+    def _call(self, fn: str, *args: object, **kwargs: object) -> object:
         import redis
 
         try:
-            return getattr(self._redis, fn)(*args)
+            return getattr(self._redis, fn)(*args, **kwargs)
         except redis.RedisError as e:
             raise StoreUnavailable(f"Redis at {self.url} failed on {fn}: {e}", url=self.url) from e
 
@@ -339,6 +560,23 @@ class RedisStore(MetadataStore):
 
     def _delete(self, namespace: str, key: str) -> bool:
         return bool(self._call("hdel", self._hash(namespace), key))
+
+    # Expiring records are plain keys with Redis's own expiry (hash fields cannot expire
+    # before Redis 7.4), named under the namespace's hash name and ":".
+    def _put_expiring(
+        self, namespace: str, key: str, value: bytes, now: float, expires_at: float
+    ) -> bool:
+        ttl_ms = max(1, math.ceil((expires_at - now) * 1e3))
+        return bool(self._call("set", f"{self._hash(namespace)}:{key}", value, px=ttl_ms, nx=True))
+
+    def _prune_expired(self, namespace: str, now: float) -> int:
+        return 0  # Redis drops them itself
+
+    def _count(self, namespace: str) -> int:
+        keys = self._call("keys", f"{self._hash(namespace)}:*")
+        fields = self._call("hlen", self._hash(namespace))
+        assert isinstance(keys, list) and isinstance(fields, int)
+        return len(keys) + fields
 
     def close(self) -> None:
         self._redis.close()

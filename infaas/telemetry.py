@@ -21,7 +21,7 @@ every replica, works unchanged across nodes with Redis, keeps the counters of
 a replica that died (so totals never go backwards), and costs a request
 nothing.
 
-Record formats (namespace `TELEMETRY_NS`, JSON)
+Record formats (store telemetry records, JSON)
 -----------------------------------------------
 ``<replica>``
     `ReplicaRecord`: who (kind ``worker`` / ``keyservice``, pool, host, pid),
@@ -33,7 +33,7 @@ Record formats (namespace `TELEMETRY_NS`, JSON)
     `IntervalRecord`: the `Series` of one `INTERVAL_S` window and the variants
     loaded then; the writer deletes its own intervals older than `RETAIN_S`.
 
-Namespace `AUTOSCALER_EVENTS_NS`: one `AutoscalerEvent` per key
+Store autoscaler events: one `AutoscalerEvent` per key
 ``<time, 6 decimals, zero padded>-<random>``, so keys sort by time. The
 autoscaler control loop writes them with `record_autoscaler_event`; the
 dashboard reads them with `read_autoscaler_events`.
@@ -77,9 +77,6 @@ from infaas.wire import InferResponse
 
 log = logging.getLogger("infaas.telemetry")
 request_log = logging.getLogger("infaas.requests")
-
-TELEMETRY_NS = "telemetry"
-AUTOSCALER_EVENTS_NS = "autoscaler_events"
 
 INTERVAL_S = 5
 """Width of one traffic window (the resolution of the dashboard's live charts)."""
@@ -183,13 +180,13 @@ class IntervalRecord(_Record):
 def record_autoscaler_event(
     store: MetadataStore, event: AutoscalerEvent, *, keep: int = 5000
 ) -> str:
-    """Append `event` to `AUTOSCALER_EVENTS_NS`; beyond `keep` events, the oldest go. Its key."""
+    """Append `event` to the store's autoscaler events (beyond `keep`, the oldest go); its key."""
     key = f"{event.ts:017.6f}-{secrets.token_hex(4)}"
-    store.put_record(AUTOSCALER_EVENTS_NS, key, event.model_dump_json().encode())
+    store.put_autoscaler_event(key, event)
     if keep and secrets.randbelow(50) == 0:  # pruning lists the namespace: not every time
-        keys = sorted(store.list_records(AUTOSCALER_EVENTS_NS))
+        keys = sorted(store.autoscaler_event_records())
         for old in keys[: max(0, len(keys) - keep)]:
-            store.delete_record(AUTOSCALER_EVENTS_NS, old)
+            store.delete_autoscaler_event(old)
     return key
 
 
@@ -201,7 +198,7 @@ def read_autoscaler_events(
     Keys sort by time, so only the records asked for are parsed.
     """
     floor = f"{max(since, 0.0):017.6f}"
-    keys = sorted((k for k in store.list_records(AUTOSCALER_EVENTS_NS).items()), reverse=True)
+    keys = sorted(store.autoscaler_event_records().items(), reverse=True)
     out: list[AutoscalerEvent] = []
     for key, raw in keys:
         if key < floor or (limit and len(out) >= limit):
@@ -540,15 +537,13 @@ class Flusher:
                 log.debug("replica status unavailable this time: %s", type(e).__name__)
         record, windows, expired = self.recorder.snapshot(self._last_status)
         for w in windows:
-            self.store.put_record(
-                TELEMETRY_NS, interval_key(w.replica, w.start), w.model_dump_json().encode()
-            )
+            self.store.put_telemetry(interval_key(w.replica, w.start), w)
             self._written_windows.add(w.start)
         for t in expired:
             if t in self._written_windows:
                 self._written_windows.discard(t)
-                self.store.delete_record(TELEMETRY_NS, interval_key(record.replica, t))
-        self.store.put_record(TELEMETRY_NS, record.replica, record.model_dump_json().encode())
+                self.store.delete_telemetry(interval_key(record.replica, t))
+        self.store.put_telemetry(record.replica, record)
         self._last_write = time.monotonic()
 
 
@@ -690,7 +685,7 @@ class TelemetryReader:
         now = time.time()
         view = TelemetryView(at=now)
         forget: list[str] = []
-        for key, raw in self.store.list_records(TELEMETRY_NS).items():
+        for key, raw in self.store.telemetry_records().items():
             try:
                 if "@" in key:
                     w = IntervalRecord.model_validate_json(raw)
@@ -707,7 +702,7 @@ class TelemetryReader:
             except ValidationError:
                 log.warning("skipping a malformed telemetry record %s", key[:80])
         for key in forget:  # replicas long gone (or their stray windows): tidy up
-            self.store.delete_record(TELEMETRY_NS, key)
+            self.store.delete_telemetry(key)
         view.replicas.sort(key=lambda r: (r.kind, r.pool, r.started_at))
         return view
 

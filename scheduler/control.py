@@ -3,11 +3,11 @@
 Every tick of the loop (`enclave_workers.autoscaling.ControlLoop`, the shell
 that owns the clock, the store and the thread)::
 
-    worker load reports (store, LOAD_NS)  --measure-->  Measurement
+    worker load reports (store)  --measure-->  Measurement
     Measurement + candidates + state      --build_context-->  AutoscalingContext
     policy(ctx)  (scheduler.autoscaler: decide or a baseline)  -->  ScalingDecision, state
     ScalingDecision                       --plan-->  Plan
-    Plan  --> store: ReplicaTarget (CONTROL_NS/"target"), RoutingHints (CONTROL_NS/"routes"),
+    Plan  --> store: ReplicaTarget, RoutingHints,
               its typed `AutoscalerEvent`s (infaas.telemetry)
 
 Who reads what it writes:

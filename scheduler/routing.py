@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from infaas.errors import NoFeasibleVariant
 from infaas.store import MetadataStore
@@ -27,8 +27,6 @@ from scheduler.policy import (
 )
 
 __all__ = [
-    "CONTROL_NS",
-    "LOAD_NS",
     "LoadReport",
     "ReplicaTarget",
     "RouteMode",
@@ -42,11 +40,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("infaas.scheduler.routing")
-
-LOAD_NS = "autoscaler_load"
-"""Worker replicas' `LoadReport`s, one key per replica."""
-CONTROL_NS = "autoscaler"
-"""The loop's outputs: ``target`` (`ReplicaTarget`) and ``routes`` (`RoutingHints`)."""
 
 RouteMode = Literal["prefer", "pin", "least_slack"]
 
@@ -100,39 +93,22 @@ class RoutingHints(_Record):
     """Variants the plan hosts; the others may be evicted (scale to zero)."""
 
 
-def _read(store: MetadataStore, ns: str, key: str, cls: type[_Record]) -> _Record | None:
-    raw = store.get_record(ns, key)
-    if raw is None:
-        return None
-    try:
-        return cls.model_validate_json(raw)
-    except ValidationError:
-        log.warning("ignoring a malformed %s/%s record", ns, key)
-        return None
-
-
 def read_target(store: MetadataStore) -> ReplicaTarget | None:
-    r = _read(store, CONTROL_NS, "target", ReplicaTarget)
-    return r if isinstance(r, ReplicaTarget) else None
+    return store.get_replica_target(ReplicaTarget)
 
 
 def read_hints(store: MetadataStore) -> RoutingHints | None:
-    r = _read(store, CONTROL_NS, "routes", RoutingHints)
-    return r if isinstance(r, RoutingHints) else None
+    return store.get_routing_hints(RoutingHints)
 
 
 def read_reports(store: MetadataStore, now: float, max_age_s: float = 5.0) -> dict[str, LoadReport]:
     """Live replicas' reports; reports older than `max_age_s` are of gone replicas."""
     out: dict[str, LoadReport] = {}
-    for key, raw in store.list_records(LOAD_NS).items():
-        try:
-            r = LoadReport.model_validate_json(raw)
-        except ValidationError:
-            continue
+    for key, r in store.load_reports(LoadReport).items():
         if now - r.ts <= max_age_s:
             out[key] = r
         elif now - r.ts > 600:
-            store.delete_record(LOAD_NS, key)
+            store.delete_load_report(key)
     return out
 
 

@@ -22,9 +22,6 @@ from infaas.store import MetadataStore
 
 COOKIE = "infaas_dashboard"
 SESSION_S = 8 * 3600
-_NAMESPACE = "dashboard"
-_KEY = "session_key"
-_TOKENS_NAMESPACE = "api_tokens"  # where `infaas.auth` keeps token hashes
 
 
 class Sessions:
@@ -37,15 +34,14 @@ class Sessions:
 
     def _session_key(self) -> bytes:
         if self._key is None:
-            self._store.put_record_if_absent(_NAMESPACE, _KEY, secrets.token_bytes(32))
-            key = self._store.get_record(_NAMESPACE, _KEY)
+            key = self._store.dashboard_session_key(secrets.token_bytes(32))
             if key is None or len(key) < 32:
                 raise RuntimeError("dashboard session key unavailable")
             self._key = key
         return self._key
 
     def _mac(self, principal: str, expires: int) -> str:
-        record = self._store.get_record(_TOKENS_NAMESPACE, principal) or b""
+        record = self._store.get_token_record(principal) or b""
         msg = f"{principal}|{expires}|{hashlib.sha256(record).hexdigest()}".encode()
         return hmac.new(self._session_key(), msg, hashlib.sha256).hexdigest()
 

@@ -45,22 +45,10 @@ from infaas.wire import JobStatus, ModelInfo, RegisterModelRequest
 
 log = logging.getLogger("infaas.api")
 
-JOBS = "jobs"
-"""Store namespace of `JobStatus` JSON records, keyed by model id (the workers update them)."""
-
 
 def validation_artifact_name(model_id: str) -> str:
     """Name (artifact store and sealing label) of a model's sealed validation set."""
     return f"{model_id}.validation"
-
-
-def read_job(store: MetadataStore, model_id: str) -> JobStatus | None:
-    raw = store.get_record(JOBS, model_id)
-    return None if raw is None else JobStatus.model_validate_json(raw)
-
-
-def write_job(store: MetadataStore, job: JobStatus) -> None:
-    store.put_record(JOBS, job.model_id, job.model_dump_json().encode())
 
 
 def _check_sealed(name: str, blob: bytes, key_id: str, limit: int) -> None:
@@ -111,7 +99,7 @@ def register(plane: ControlPlane, body: RegisterModelRequest, owner: Principal) 
     job = JobStatus(model_id=body.model_id, state="queued", updated_at=time.time())
     # the job record is the registration's claim: two concurrent uploads of one id
     # cannot both pass it (put-if-absent is atomic in every store backend)
-    if not store.put_record_if_absent(JOBS, body.model_id, job.model_dump_json().encode()):
+    if not store.claim_job(job):
         raise Conflict(
             f"model {body.model_id!r} is already registered or being registered",
             model_id=body.model_id,
@@ -135,7 +123,7 @@ def register(plane: ControlPlane, body: RegisterModelRequest, owner: Principal) 
             )
         )
     except BaseException:
-        store.delete_record(JOBS, body.model_id)
+        store.delete_job(body.model_id)
         plane.artifacts.delete(body.model_id)
         plane.artifacts.delete(validation_artifact_name(body.model_id))
         raise
@@ -150,7 +138,7 @@ def register(plane: ControlPlane, body: RegisterModelRequest, owner: Principal) 
 
 
 def _fail(store: MetadataStore, model_id: str, message: str) -> JobStatus:
-    current = read_job(store, model_id)
+    current = store.get_job(model_id)
     if current is not None and current.state in ("ready", "failed"):
         return current
     job = JobStatus(
@@ -161,8 +149,7 @@ def _fail(store: MetadataStore, model_id: str, message: str) -> JobStatus:
         message=message,
         updated_at=time.time(),
     )
-    write_job(store, job)
-    return job
+    return store.put_job(job)
 
 
 async def trigger(plane: ControlPlane, model_id: str) -> JobStatus | None:
@@ -207,7 +194,7 @@ def model_info(store: MetadataStore, model: ModelRecord) -> ModelInfo:
     return ModelInfo(
         model=model,
         task=store.get_task(model.task),
-        job=read_job(store, model.model_id),
+        job=store.get_job(model.model_id),
         variants=variants,
         profiles=profiles,
     )
@@ -231,7 +218,7 @@ def create_models_router() -> APIRouter:
         model = store.get_model(model_id)
         if principal.role != "admin" and model.owner != principal.id:
             raise PermissionDenied(f"model {model_id!r} belongs to another owner")
-        job = read_job(store, model_id)
+        job = store.get_job(model_id)
         if job is None:
             raise ModelNotFound(f"no preparation job for model {model_id!r}", model_id=model_id)
         return job

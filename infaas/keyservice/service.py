@@ -53,15 +53,11 @@ from infaas.keyservice.models import (
     WrappedKey,
 )
 from infaas.keyservice.sealing import info_for, open_sealed, seal_to, x25519_raw
-from infaas.store import MetadataStore
+from infaas.store import MetadataStore, SealedTable
 
 log = logging.getLogger("infaas.keyservice")
 
 Role = Literal["tenant", "owner"]
-_NS_PRINCIPAL = "ks_principal"
-_NS_TENANT_KEY = "ks_tenant_key"
-_NS_MODEL = "ks_model"
-_NS_MODEL_KEY = "ks_model_key"
 
 
 class _SealedRecords:
@@ -74,28 +70,28 @@ class _SealedRecords:
         self._aead = AESGCM(kek)
 
     @staticmethod
-    def _ad(namespace: str, key: str) -> bytes:
-        return f"infaas-keyservice/v1\x1f{namespace}\x1f{key}".encode()
+    def _ad(namespace: SealedTable, key: str) -> bytes:
+        return f"infaas-keyservice/v1\x1f{namespace.value}\x1f{key}".encode()
 
-    def _seal(self, namespace: str, key: str, obj: dict[str, Any]) -> bytes:
+    def _seal(self, namespace: SealedTable, key: str, obj: dict[str, Any]) -> bytes:
         nonce = os.urandom(12)
         return nonce + self._aead.encrypt(nonce, canonical_json(obj), self._ad(namespace, key))
 
-    def put(self, namespace: str, key: str, obj: dict[str, Any]) -> None:
-        self._store.put_record(namespace, key, self._seal(namespace, key, obj))
+    def put(self, namespace: SealedTable, key: str, obj: dict[str, Any]) -> None:
+        self._store.put_sealed(namespace, key, self._seal(namespace, key, obj))
 
-    def put_if_absent(self, namespace: str, key: str, obj: dict[str, Any]) -> bool:
-        return self._store.put_record_if_absent(namespace, key, self._seal(namespace, key, obj))
+    def put_if_absent(self, namespace: SealedTable, key: str, obj: dict[str, Any]) -> bool:
+        return self._store.put_sealed_if_absent(namespace, key, self._seal(namespace, key, obj))
 
-    def get(self, namespace: str, key: str) -> dict[str, Any] | None:
-        blob = self._store.get_record(namespace, key)
+    def get(self, namespace: SealedTable, key: str) -> dict[str, Any] | None:
+        blob = self._store.get_sealed(namespace, key)
         if blob is None:
             return None
         try:
             plain = self._aead.decrypt(blob[:12], blob[12:], self._ad(namespace, key))
         except InvalidTag:
             raise DecryptionFailed(
-                f"key service record {namespace}/{key} does not open under the KEK"
+                f"key service record {namespace.value}/{key} does not open under the KEK"
             ) from None
         out: dict[str, Any] = json.loads(plain)
         return out
@@ -165,7 +161,9 @@ class KeyService:
         token = f"{principal_id}:{secrets.token_urlsafe(32)}"
         digest = hashlib.sha256(token.encode()).hexdigest()
         if not self._records.put_if_absent(
-            _NS_PRINCIPAL, principal_id, {"id": principal_id, "role": role, "token_sha256": digest}
+            SealedTable.PRINCIPAL,
+            principal_id,
+            {"id": principal_id, "role": role, "token_sha256": digest},
         ):
             raise Conflict(f"principal {principal_id!r} already exists")
         log.info("registered %s %s", role, principal_id)
@@ -174,7 +172,7 @@ class KeyService:
     def authenticate(self, token: str, role: Role) -> str:
         """The principal id a token belongs to; AuthenticationFailed unless it is valid."""
         principal_id, sep, _ = token.rpartition(":")
-        rec = self._records.get(_NS_PRINCIPAL, principal_id) if sep else None
+        rec = self._records.get(SealedTable.PRINCIPAL, principal_id) if sep else None
         digest = hashlib.sha256(token.encode()).hexdigest()
         if rec is None or not hmac.compare_digest(rec["token_sha256"], digest):
             raise AuthenticationFailed("invalid key service token")
@@ -192,12 +190,14 @@ class KeyService:
         )
         self._check_key(key)
         if not self._records.put_if_absent(
-            _NS_TENANT_KEY, f"{tenant}/{key_id}", {"key": _b64(key), "created_at": self._clock()}
+            SealedTable.TENANT_KEY,
+            f"{tenant}/{key_id}",
+            {"key": _b64(key), "created_at": self._clock()},
         ):
             raise Conflict(f"tenant {tenant!r} already has key id {key_id!r}")
         with self._lock:
-            rec = self._records.get(_NS_PRINCIPAL, tenant) or {}
-            self._records.put(_NS_PRINCIPAL, tenant, rec | {"current_key_id": key_id})
+            rec = self._records.get(SealedTable.PRINCIPAL, tenant) or {}
+            self._records.put(SealedTable.PRINCIPAL, tenant, rec | {"current_key_id": key_id})
         log.info("tenant %s established request key id %s", tenant, key_id)
 
     def set_model_key(self, token: str, model_id: str, key_id: str, sealed_key: bytes) -> None:
@@ -209,27 +209,27 @@ class KeyService:
         self._check_key(key)
         with self._lock:
             self._records.put_if_absent(
-                _NS_MODEL, model_id, {"owner": owner, "grants": [], "current_key_id": None}
+                SealedTable.MODEL, model_id, {"owner": owner, "grants": [], "current_key_id": None}
             )
             model = self._owned_model(model_id, owner)
             if not self._records.put_if_absent(
-                _NS_MODEL_KEY,
+                SealedTable.MODEL_KEY,
                 f"{model_id}/{key_id}",
                 {"key": _b64(key), "created_at": self._clock()},
             ):
                 raise Conflict(f"model {model_id!r} already has key id {key_id!r}")
-            self._records.put(_NS_MODEL, model_id, model | {"current_key_id": key_id})
+            self._records.put(SealedTable.MODEL, model_id, model | {"current_key_id": key_id})
         log.info("owner %s uploaded data key id %s for model %s", owner, key_id, model_id)
 
     def grant(self, token: str, model_id: str, tenant: str) -> None:
         """Let `tenant` use `model_id` (its request key may then be released for that model)."""
         owner = self.authenticate(token, "owner")
-        if self._records.get(_NS_PRINCIPAL, tenant) is None:
+        if self._records.get(SealedTable.PRINCIPAL, tenant) is None:
             raise NotFound(f"tenant {tenant!r} is not registered")
         with self._lock:
             model = self._owned_model(model_id, owner)
             grants = sorted(set(model["grants"]) | {tenant})
-            self._records.put(_NS_MODEL, model_id, model | {"grants": grants})
+            self._records.put(SealedTable.MODEL, model_id, model | {"grants": grants})
         log.info("owner %s granted tenant %s model %s", owner, tenant, model_id)
 
     def revoke(self, token: str, model_id: str, tenant: str) -> None:
@@ -237,7 +237,7 @@ class KeyService:
         with self._lock:
             model = self._owned_model(model_id, owner)
             grants = [t for t in model["grants"] if t != tenant]
-            self._records.put(_NS_MODEL, model_id, model | {"grants": grants})
+            self._records.put(SealedTable.MODEL, model_id, model | {"grants": grants})
         log.info("owner %s revoked tenant %s from model %s", owner, tenant, model_id)
 
     # --- release to workers -------------------------------------------------------------
@@ -289,7 +289,7 @@ class KeyService:
         model = self._model(k.model_id)
         if k.kind == "model":
             key_id = k.key_id or model["current_key_id"]
-            rec = self._records.get(_NS_MODEL_KEY, f"{k.model_id}/{key_id}")
+            rec = self._records.get(SealedTable.MODEL_KEY, f"{k.model_id}/{key_id}")
             if key_id is None or rec is None:
                 raise UnknownKey(f"model {k.model_id!r} has no key id {key_id!r}")
             return k, str(key_id), _unb64(rec["key"])
@@ -299,15 +299,15 @@ class KeyService:
             raise PermissionDenied(
                 f"tenant {k.tenant!r} is not granted model {k.model_id!r}: key not released"
             )
-        tenant_rec = self._records.get(_NS_PRINCIPAL, k.tenant)
+        tenant_rec = self._records.get(SealedTable.PRINCIPAL, k.tenant)
         key_id = k.key_id or (tenant_rec or {}).get("current_key_id")
-        rec = self._records.get(_NS_TENANT_KEY, f"{k.tenant}/{key_id}")
+        rec = self._records.get(SealedTable.TENANT_KEY, f"{k.tenant}/{key_id}")
         if key_id is None or rec is None:
             raise UnknownKey(f"tenant {k.tenant!r} has no key id {key_id!r}")
         return k, str(key_id), _unb64(rec["key"])
 
     def _model(self, model_id: str) -> dict[str, Any]:
-        model = self._records.get(_NS_MODEL, model_id)
+        model = self._records.get(SealedTable.MODEL, model_id)
         if model is None:
             raise NotFound(f"no keys for model {model_id!r}")
         return model

@@ -20,7 +20,7 @@ from enclave_workers.deployment import APP_NAME, ROUTE_PREFIX, build_infer_app
 from infaas.settings import AutoscalerSettings, Pool, Settings
 from infaas.store import MetadataStore, open_store
 from infaas.types import ModelRecord
-from scheduler.routing import LOAD_NS, LoadReport, demand_key, read_target
+from scheduler.routing import LoadReport, demand_key, read_target
 from scheduler.synthetic import synthetic_variant
 from tests.conftest import free_port
 from tests.integration.serve_stack import ray_serve_with_keyservice
@@ -112,7 +112,7 @@ def test_control_loop_scales_the_worker_deployment(settings: Settings) -> None:
             arrivals += int(rps * (now - last))
             last = now
             rep = LoadReport(replica="synthetic", ts=now, arrivals={KEY: arrivals})
-            store.put_record(LOAD_NS, "synthetic", rep.model_dump_json().encode())
+            store.put_load_report("synthetic", rep)
             loop.tick()
 
         return step

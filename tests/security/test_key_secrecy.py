@@ -33,7 +33,7 @@ from infaas.keyservice import (
     WorkerKeyClient,
     create_keyservice_app,
 )
-from infaas.store import open_store
+from infaas.store import SealedTable, open_store
 from tests.security.markers import encodings
 
 with warnings.catch_warnings():
@@ -123,9 +123,7 @@ def test_no_key_in_logs_or_store(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     assert len(disk) > 0
     reopened = open_store(f"sqlite:///{db}")
     records = b"".join(
-        k.encode() + v
-        for ns in ("ks_principal", "ks_tenant_key", "ks_model", "ks_model_key")
-        for k, v in reopened.list_records(ns).items()
+        k.encode() + v for table in SealedTable for k, v in reopened.sealed_records(table).items()
     )
     assert records
     for secret in secrets_:

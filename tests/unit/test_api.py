@@ -15,7 +15,7 @@ import pytest
 from fastapi import FastAPI
 
 from api.app import create_app
-from api.routes.models import JOBS, validation_artifact_name
+from api.routes.models import validation_artifact_name
 from infaas.artifacts import ArtifactStore
 from infaas.auth import TokenRegistry
 from infaas.envelope import new_key, open_artifact, seal_artifact
@@ -179,9 +179,7 @@ def test_tenants_need_an_admin(api: Api) -> None:
     # only the hash of the token is stored
     assert (
         token.split(".", 1)[1].encode()
-        not in json.dumps(
-            {k: v.decode() for k, v in api.store.list_records("api_tokens").items()}
-        ).encode()
+        not in json.dumps({k: v.decode() for k, v in api.store.token_records().items()}).encode()
     )
 
 
@@ -247,7 +245,7 @@ def test_registration_is_validated(api: Api) -> None:
     r = post(registration(extra_field=1))
     assert r.status_code == 400
     assert api.worker.prepared == []
-    assert api.store.list_records(JOBS) == {}
+    assert api.store.list_jobs() == []
 
     assert post(registration()).status_code == 202
     r = post(registration())

@@ -18,7 +18,7 @@ def test_tokens_verify_and_are_stored_hashed() -> None:
     token = reg.issue("acme", "tenant")
     assert reg.verify(token, "tenant").id == "acme"
     secret = token.split(".", 1)[1]
-    dump = b"".join(store.list_records("api_tokens").values())
+    dump = b"".join(store.token_records().values())
     assert secret.encode() not in dump and token.encode() not in dump
     with pytest.raises(AuthenticationFailed):
         reg.verify(token[:-1] + ("A" if token[-1] != "A" else "B"), "tenant")

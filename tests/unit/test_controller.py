@@ -24,8 +24,6 @@ from scheduler.control import build_context, measure, plan
 from scheduler.load import LoadSnapshot, VariantLoad
 from scheduler.policy import CandidateSet, Query
 from scheduler.routing import (
-    CONTROL_NS,
-    LOAD_NS,
     LoadReport,
     ReplicaTarget,
     RoutingHints,
@@ -278,7 +276,7 @@ def test_control_loop_tick_writes_target_routes_and_events() -> None:
     )
 
     def publish(n: int) -> None:
-        store.put_record(LOAD_NS, "w1", report("w1", clock.t, n).model_dump_json().encode())
+        store.put_load_report("w1", report("w1", clock.t, n))
 
     publish(0)
     assert loop.tick() is None  # nothing to differentiate yet
@@ -312,7 +310,7 @@ def test_control_loop_counts_rates_over_its_window() -> None:
     counts = [0, 10, 20, 30, 70, 80]  # 10/s, with one second of 40
     for i, n in enumerate(counts):
         clock.t = 1000.0 + i
-        store.put_record(LOAD_NS, "w1", report("w1", clock.t, n).model_dump_json().encode())
+        store.put_load_report("w1", report("w1", clock.t, n))
         if loop.tick() is not None:
             assert loop.last is not None
             seen.append(loop.last.provisioned_rps[KEY])
@@ -339,7 +337,7 @@ def test_control_loop_queue_guard_lives_in_the_policy_state() -> None:
         clock.t = 1000.0 + i
         queue = {"int8": 12} if i == 1 else {}
         rep = report("w1", clock.t, 10 * i, outstanding=queue)
-        store.put_record(LOAD_NS, "w1", rep.model_dump_json().encode())
+        store.put_load_report("w1", rep)
         p = loop.tick()
         if p is not None:
             targets.append(p.target.num_replicas)
@@ -405,10 +403,10 @@ def test_follow_target_reads_the_loop_target(tmp_path: Path) -> None:
     assert policy(ctx)[0] == 2  # type: ignore[arg-type]  # no target yet: keep Serve's
     with open_store(url) as store:
         t = ReplicaTarget(num_replicas=5, ts=time.time(), policy="infaas")
-        store.put_record(CONTROL_NS, "target", t.model_dump_json().encode())
+        store.put_replica_target(t)
     n, state = policy(ctx)  # type: ignore[arg-type]
     assert n == 5 and state == {"k": 1}
     with open_store(url) as store:
         stale = ReplicaTarget(num_replicas=7, ts=time.time() - 3600, policy="infaas")
-        store.put_record(CONTROL_NS, "target", stale.model_dump_json().encode())
+        store.put_replica_target(stale)
     assert policy(ctx)[0] == 2  # type: ignore[arg-type]

@@ -37,7 +37,7 @@ from infaas.keyservice import (
     create_keyservice_app,
     simulated_sealing_key,
 )
-from infaas.store import MetadataStore, open_store
+from infaas.store import MetadataStore, SealedTable, open_store
 
 with warnings.catch_warnings():
     # starlette deprecates driving TestClient with httpx (wants "httpx2", not installed);
@@ -304,9 +304,9 @@ def test_swapped_store_records_do_not_open(dep: Deployment) -> None:
     globex = c.register("globex", "tenant")
     c.upload_tenant_key(globex, "k1", new_key())
     c.grant(w.owner, "resnet", "globex")
-    acme = dep.store.get_record("ks_tenant_key", "acme/k1")
+    acme = dep.store.get_sealed(SealedTable.TENANT_KEY, "acme/k1")
     assert acme is not None
-    dep.store.put_record("ks_tenant_key", "globex/k1", acme)
+    dep.store.put_sealed(SealedTable.TENANT_KEY, "globex/k1", acme)
     with pytest.raises(DecryptionFailed):
         dep.worker().tenant_key("globex", "resnet")
 

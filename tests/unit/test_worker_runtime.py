@@ -23,7 +23,7 @@ import pytest
 
 from enclave_workers.autoscaling import LoadAgent
 from enclave_workers.endpoint import create_worker_app, serve_app
-from enclave_workers.preparation import PreparationOptions, read_job, validation_artifact
+from enclave_workers.preparation import PreparationOptions, validation_artifact
 from enclave_workers.runtime import WorkerRuntime
 from infaas.artifacts import ArtifactStore
 from infaas.attestation import (
@@ -51,7 +51,7 @@ from infaas.types import BatchLatency, LatencyModel, Profile
 from infaas.wire import InferRequest, InferResponse
 from infaas.zoo import Manifest, load_model_bytes, load_validation
 from profiler.profile import ProfileOptions
-from scheduler.routing import CONTROL_NS, RoutingHints
+from scheduler.routing import RoutingHints
 from tests.zoo_fixtures import entry, small_manifest, small_zoo
 from variants.runtime import load_variant
 
@@ -204,7 +204,7 @@ def world(
 
 
 def test_preparation_registers_sealed_profiled_variants(world: World) -> None:
-    job = read_job(world.store, MODEL)
+    job = world.store.get_job(MODEL)
     assert job is not None and job.state == "ready" and job.done == job.total > 0
     assert world.variants and f"{MODEL}.fp32.onnxruntime" in world.variants
     artifacts = world.runtime.artifacts
@@ -397,7 +397,7 @@ def test_a_starting_replica_loads_the_planned_variants_before_any_request(world:
         pytest.skip("the variants were loaded by earlier tests")
     # the autoscaler's plan keeps cold[0]; the replica's agent starts (its constructor)
     hints = RoutingHints(ts=time.time(), keep=[cold[0], "no-such-variant"])
-    world.store.put_record(CONTROL_NS, "routes", hints.model_dump_json().encode())
+    world.store.put_routing_hints(hints)
     agent = LoadAgent(world.runtime, world.store, period_s=3600.0).start()
     try:
         # decrypted inside the worker and in its packer before start() returned
@@ -405,7 +405,7 @@ def test_a_starting_replica_loads_the_planned_variants_before_any_request(world:
         assert cold[1] not in world.runtime.load_report("probe").loaded
     finally:
         agent.stop()
-        world.store.delete_record(CONTROL_NS, "routes")
+        world.store.delete_routing_hints()
         world.runtime.routing = None
     assert world.runtime.preload([cold[0]]) == []  # already there
     assert world.runtime.preload(["no-such-variant"]) == []  # unknown: skipped
@@ -478,7 +478,7 @@ def test_preparation_failure_is_a_failed_job_not_a_broken_worker(world: World) -
     world.runtime.artifacts.put("digits-broken", world.runtime.artifacts.get(MODEL))
     job = world.runtime.prepare_model("digits-broken")
     assert job.state == "failed" and job.message
-    stored = read_job(world.store, "digits-broken")
+    stored = world.store.get_job("digits-broken")
     assert stored is not None and stored.state == "failed"
     assert not world.store.list_variants(model_id="digits-broken")
     world.good()
