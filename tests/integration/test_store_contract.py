@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from infaas.errors import InvalidInput, ModelNotFound, StoreUnavailable, VariantNotFound
-from infaas.store import MetadataStore, SQLiteStore, open_store
+from infaas.store import MetadataStore, SealedTable, SQLiteStore, open_store
 from infaas.types import (
     Backend,
     BatchLatency,
@@ -21,6 +23,8 @@ from infaas.types import (
     Tenant,
     VariantSpec,
 )
+from infaas.wire import JobStatus
+from scheduler.routing import LoadReport, ReplicaTarget, RoutingHints
 from tests.conftest import free_port
 
 
@@ -131,16 +135,69 @@ def test_tenants(store: MetadataStore) -> None:
     assert [t.tenant_id for t in store.list_tenants()] == ["acme"]
 
 
-def test_records_are_opaque_bytes(store: MetadataStore) -> None:
+def test_sealed_records_are_opaque_bytes(store: MetadataStore) -> None:
     blob = bytes(range(256)) * 4
-    store.put_record("keys", "tenant/acme", blob)
-    assert store.get_record("keys", "tenant/acme") == blob
-    assert store.get_record("keys", "missing") is None
-    assert store.list_records("keys") == {"tenant/acme": blob}
-    assert store.delete_record("keys", "tenant/acme")
-    assert not store.delete_record("keys", "tenant/acme")
-    with pytest.raises(InvalidInput, match="reserved"):
-        store.put_record("models", "x", b"")
+    store.put_sealed(SealedTable.TENANT_KEY, "acme/k1", blob)
+    assert store.get_sealed(SealedTable.TENANT_KEY, "acme/k1") == blob
+    assert store.get_sealed(SealedTable.TENANT_KEY, "missing") is None
+    assert store.get_sealed(SealedTable.MODEL_KEY, "acme/k1") is None
+    assert store.sealed_records(SealedTable.TENANT_KEY) == {"acme/k1": blob}
+    assert not store.put_sealed_if_absent(SealedTable.TENANT_KEY, "acme/k1", b"other")
+    assert store.get_sealed(SealedTable.TENANT_KEY, "acme/k1") == blob
+
+
+def test_jobs_tokens_and_dashboard_key(store: MetadataStore) -> None:
+    queued = JobStatus(model_id="m1", state="queued")
+    assert store.claim_job(queued)
+    assert not store.claim_job(queued.model_copy(update={"state": "running"}))
+    assert store.get_job("m1") is not None and store.get_job("m1").state == "queued"  # type: ignore[union-attr]
+    stored = store.put_job(queued.model_copy(update={"state": "ready"}))
+    assert store.list_jobs() == [stored]
+    assert store.delete_job("m1") and store.get_job("m1") is None
+    assert store.put_token_record("acme", b"h1", replace=False)
+    assert not store.put_token_record("acme", b"h2", replace=False)
+    assert store.put_token_record("acme", b"h3", replace=True)
+    assert store.get_token_record("acme") == b"h3"
+    assert store.token_records() == {"acme": b"h3"}
+    assert store.delete_token_record("acme") and store.get_token_record("acme") is None
+    first = store.dashboard_session_key(b"k" * 32)
+    assert first == b"k" * 32 and store.dashboard_session_key(b"x" * 32) == first
+
+
+def test_autoscaler_and_telemetry_records(store: MetadataStore) -> None:
+    report = LoadReport(replica="w1", ts=1.0, arrivals={"digits|100|0.9": 3})
+    store.put_load_report("w1", report)
+    store.put_load_report("w2", Tenant(tenant_id="not-a-report"))  # malformed: skipped
+    assert store.load_reports(LoadReport) == {"w1": report}
+    assert store.delete_load_report("w1")
+    assert store.get_replica_target(ReplicaTarget) is None
+    target = ReplicaTarget(num_replicas=2, ts=1.0)
+    store.put_replica_target(target)
+    store.put_routing_hints(RoutingHints(ts=1.0, routes={"k": ["v"]}))
+    assert store.get_replica_target(ReplicaTarget) == target
+    hints = store.get_routing_hints(RoutingHints)
+    assert hints is not None and hints.routes == {"k": ["v"]}
+    assert store.delete_routing_hints() and store.get_routing_hints(RoutingHints) is None
+    store.clear_autoscaler_state()
+    assert store.get_replica_target(ReplicaTarget) is None and store.load_reports(LoadReport) == {}
+    store.put_telemetry("w1", target)
+    assert list(store.telemetry_records()) == ["w1"]
+    assert store.delete_telemetry("w1") and store.telemetry_records() == {}
+    store.put_autoscaler_event("0001", target)
+    assert ReplicaTarget.model_validate_json(store.autoscaler_event_records()["0001"]) == target
+    assert store.delete_autoscaler_event("0001")
+
+
+def test_replay_claims_expire(store: MetadataStore) -> None:
+    now = 1000.0
+    assert store.claim_request("acme", "r1", now=now, expires_at=now + 0.05)
+    assert not store.claim_request("acme", "r1", now=now, expires_at=now + 0.05)
+    assert store.claim_request("globex", "r1", now=now, expires_at=now + 60)
+    assert store.count_replay() == 2
+    time.sleep(0.1)  # Redis expires by its own clock
+    store.prune_replay(now + 1)
+    assert store.count_replay() == 1
+    assert store.claim_request("acme", "r1", now=now + 1, expires_at=now + 60)
 
 
 def test_put_if_absent_is_atomic(store: MetadataStore) -> None:
@@ -148,7 +205,7 @@ def test_put_if_absent_is_atomic(store: MetadataStore) -> None:
     lock = threading.Lock()
 
     def claim() -> None:
-        ok = store.put_record_if_absent("replay", "req-1", b"1")
+        ok = store.claim_request("acme", "req-1", now=0.0, expires_at=60.0)
         with lock:
             wins.append(ok)
 
@@ -158,6 +215,21 @@ def test_put_if_absent_is_atomic(store: MetadataStore) -> None:
     for t in threads:
         t.join()
     assert wins.count(True) == 1
+
+
+def test_sqlite_gives_old_replay_records_an_expiry(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the layout before records could expire
+        conn.execute(
+            "CREATE TABLE records (namespace TEXT NOT NULL, key TEXT NOT NULL,"
+            " value BLOB NOT NULL, PRIMARY KEY (namespace, key))"
+        )
+        conn.execute("INSERT INTO records VALUES ('replay', 'acme\x1fr0', x'00')")
+    with SQLiteStore(path) as s:
+        assert s.count_replay() == 1
+        assert not s.claim_request("acme", "r0", now=0, expires_at=1)
+        s.prune_replay(time.time() + 2 * 86_400)
+        assert s.count_replay() == 0
 
 
 def test_sqlite_survives_reopen(tmp_path: Path) -> None:

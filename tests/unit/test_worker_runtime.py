@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import math
 import time
 import uuid
 import warnings
@@ -46,7 +47,7 @@ from infaas.errors import (
 from infaas.keyservice import KeyService, KeyServiceClient
 from infaas.protocol import decode_response, encode_request
 from infaas.settings import ProfilerSettings, Settings
-from infaas.store import MemoryStore
+from infaas.store import REPLAY_PRUNE_INTERVAL_S, MemoryStore
 from infaas.types import BatchLatency, LatencyModel, Profile
 from infaas.wire import InferRequest, InferResponse
 from infaas.zoo import Manifest, load_model_bytes, load_validation
@@ -93,6 +94,7 @@ class World:
         key_tenant: str | None = None,
         variant_id: str | None = None,
         binary: bool = True,
+        timestamp: float | None = None,
     ) -> InferRequest:
         rid = uuid.uuid4().hex
         body = encode_request({"x": x}, request_id=rid, binary=binary)
@@ -104,6 +106,7 @@ class World:
             latency_ms=latency_ms,
             min_accuracy=min_accuracy,
             request_id=rid,
+            timestamp=timestamp,
         )
         return InferRequest(envelope=env, variant_id=variant_id)
 
@@ -482,3 +485,32 @@ def test_preparation_failure_is_a_failed_job_not_a_broken_worker(world: World) -
     assert stored is not None and stored.state == "failed"
     assert not world.store.list_variants(model_id="digits-broken")
     world.good()
+
+
+def test_replay_records_stay_within_the_window(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests over ten request windows: the replay records held never exceed one window's."""
+    clock = [time.time()]
+    monkeypatch.setattr(world.runtime, "clock", lambda: clock[0])
+    window = world.runtime.settings.request_window_s
+    step = window / 20
+    before = world.store.count_replay()
+    held = math.ceil((1.1 * window + REPLAY_PRUNE_INTERVAL_S) / step) + 1
+    counts: list[int] = []
+    sent: list[InferRequest] = []
+
+    async def go() -> None:
+        for _ in range(200):
+            clock[0] += step
+            req = world.request("acme", world.x[:1], timestamp=clock[0])
+            await world.runtime.infer(req, world.api_tokens["acme"])
+            sent.append(req)
+            counts.append(world.store.count_replay())
+
+    asyncio.run(go())
+    assert max(counts) <= held + before
+    assert counts[-1] >= window / step  # the live window is still remembered
+    assert len(world.runtime._memory_replay._seen) <= held + before
+    with pytest.raises(ReplayedRequest):  # so a replay inside it is still refused
+        asyncio.run(world.runtime.infer(sent[-5], world.api_tokens["acme"]))
