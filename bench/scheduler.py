@@ -36,8 +36,14 @@ from scheduler.autoscaler import (
     DemandSignal,
     decide,
 )
-from scheduler.load import LoadSnapshot, VariantLoad
-from scheduler.policy import CandidateSet, Query, select, select_least_slack
+from scheduler.policy import (
+    CandidateSet,
+    LoadSnapshot,
+    Query,
+    VariantLoad,
+    select,
+    select_least_slack,
+)
 from scheduler.synthetic import synthetic_variant
 
 POOLS = (

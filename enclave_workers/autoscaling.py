@@ -146,7 +146,7 @@ class LoadAgent:
             log.warning("first load report failed: %s", e)
         hints = self.runtime.routing
         if hints is not None and hints.keep:
-            loaded = self.runtime.preload(hints.keep)
+            loaded = self.runtime.host.preload(hints.keep)
             log.info("pre-loaded %d planned variant(s): %s", len(loaded), ", ".join(loaded))
         self._thread.start()
         return self
@@ -172,7 +172,7 @@ class LoadAgent:
         loaded = set(report.loaded)
         for vid in hints.keep:
             if vid not in loaded and self.runtime.candidates.get(vid) is not None:
-                self._warming = asyncio.run_coroutine_threadsafe(self.runtime.warm(vid), loop)
+                self._warming = asyncio.run_coroutine_threadsafe(self.runtime.host.warm(vid), loop)
                 self._warming.add_done_callback(self._warmed)
                 log.info("pre-loading variant %s (autoscaler placement)", vid)
                 return

@@ -5,23 +5,36 @@ The packer keeps the variants it has loaded in least-recently-used order and
 evicts the coldest ones, never one that a request is using, to make room for
 the next. Loads of the same variant that arrive together share one load, and a
 load runs in a thread so the event loop keeps serving the variants already in.
+
+`VariantHost` is what a worker holds: the packer in front of one cross-tenant
+batcher per variant on bounded inference threads (or inline on the event loop
+for variants faster than a thread hand-off), and the live load per variant
+that the per-request selection reads.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from infaas.errors import Overloaded, PayloadTooLarge
+import numpy as np
+
+from enclave_workers.batcher import DynamicBatcher
+from infaas.errors import InfaasError, Overloaded, PayloadTooLarge
+from scheduler.policy import Candidate, CandidateSet, VariantLoad
+from variants.runtime import LoadedVariant
 
 log = logging.getLogger("infaas.enclave_workers.packer")
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -142,3 +155,204 @@ class ModelPacker(Generic[T]):
             yield entry.value
         finally:
             entry.in_use -= 1
+
+
+# --- the variants one worker hosts: packed, batched, run --------------------------------
+
+
+class _BatchOutput(np.ndarray):
+    """Outputs of one batch, remembering its size and start; slices keep both."""
+
+    batch_size: int
+    started: float
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.batch_size = getattr(obj, "batch_size", 0)
+        self.started = getattr(obj, "started", 0.0)
+
+
+class InlineExecutor(Executor):
+    """Runs a batch on the calling (event loop) thread.
+
+    For variants whose whole batch takes about as long as handing it to a thread
+    and waking the loop again, as plain Ray Serve's batch handlers do; slower
+    variants run in the bounded pool so the loop keeps accepting requests.
+    """
+
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+        future: Future[R] = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as e:
+            future.set_exception(e)
+        return future
+
+
+@dataclass
+class VariantState:
+    """This worker's live state of one variant."""
+
+    batcher: DynamicBatcher
+    loop: asyncio.AbstractEventLoop
+    threaded: bool = True
+    """Runs on the shared inference threads (not inline on the event loop)."""
+    live: LoadedVariant | None = None
+    outstanding: int = 0
+    served: int = 0
+
+
+class VariantHost:
+    """The variants one worker holds and runs: the packer (LRU under the memory budget)
+    in front of one cross-tenant batcher per variant, on bounded inference threads.
+
+    `load(variant_id)` turns a sealed variant into a session and its memory (the
+    runtime's: it holds the keys); `candidates()` is the current candidate set,
+    whose profiles say which variants run inline and how long queued work takes.
+    """
+
+    def __init__(
+        self,
+        load: Callable[[str], tuple[LoadedVariant, int]],
+        candidates: Callable[[], CandidateSet],
+        *,
+        memory_budget_bytes: int,
+        threads: int,
+        batch_wait_ms: float,
+        inline_batch_ms: float,
+    ) -> None:
+        self._load_sync = load
+        self._candidates = candidates
+        self.threads = threads
+        self.packer: ModelPacker[LoadedVariant] = ModelPacker(memory_budget_bytes, self._load)
+        self.states: dict[str, VariantState] = {}
+        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="infaas-infer")
+        self._inline = InlineExecutor()
+        self._inline_batch_ms = inline_batch_ms
+        self._batch_wait_ms = batch_wait_ms
+
+    async def _load(self, variant_id: str) -> tuple[LoadedVariant, int]:
+        return await asyncio.to_thread(self._load_sync, variant_id)
+
+    def preload(self, variant_ids: Iterable[str]) -> list[str]:
+        """Load these variants now, blocking (a new replica, before it takes requests).
+
+        A replica the autoscaler starts mid-burst would otherwise take its first
+        requests cold, each waiting for a load. Unknown or failing variants are
+        skipped with a warning; returns the ones loaded.
+        """
+        done = []
+        for vid in variant_ids:
+            if self.packer.is_loaded(vid) or self._candidates().get(vid) is None:
+                continue
+            try:
+                loaded, memory = self._load_sync(vid)
+            except Exception as e:  # best effort: the first request will load it, or say why
+                log.warning("pre-loading %s failed: %s", vid, e)
+                continue
+            if self.packer.put(vid, loaded, memory):
+                done.append(vid)
+        return done
+
+    async def warm(self, variant_id: str) -> None:
+        """Load a variant ahead of its traffic (the autoscaler's placement)."""
+        async with self.packer.use(variant_id):
+            pass
+
+    def _state(self, cand: Candidate) -> VariantState:
+        loop = asyncio.get_running_loop()
+        st = self.states.get(cand.variant_id)
+        if st is None or st.loop is not loop:
+            holder: list[VariantState] = []
+
+            def run(xs: np.ndarray) -> np.ndarray:
+                live = holder[0].live
+                if live is None:  # cannot happen: every queued request pins the variant
+                    raise InfaasError("variant is not loaded")
+                started = time.perf_counter()
+                out = np.asarray(live.run(xs)).view(_BatchOutput)
+                out.batch_size = int(xs.shape[0])
+                out.started = started
+                return out
+
+            # p50 line, not the tail: profiles taken on a busy host have fat tails
+            inline = cand.full_batch_ms <= self._inline_batch_ms
+            batcher = DynamicBatcher(
+                run=run,
+                executor=self._inline if inline else self._executor,
+                max_batch=cand.max_batch,
+                max_wait_ms=self._batch_wait_ms,
+            )
+            old = st
+            st = VariantState(batcher=batcher, loop=loop, threaded=not inline)
+            if old is not None:
+                st.served = old.served
+            holder.append(st)
+            self.states[cand.variant_id] = st
+        return st
+
+    async def execute(self, cand: Candidate, x: np.ndarray, limit: int) -> tuple[Any, int, float]:
+        """Run one request's samples in a batch: (outputs, batch size, queue ms)."""
+        st = self._state(cand)
+        st.outstanding += 1
+        try:
+            async with self.packer.use(cand.variant_id) as loaded:
+                st.live = loaded
+                submitted = time.perf_counter()
+                out = await st.batcher.submit(x, limit)
+        finally:
+            st.outstanding -= 1
+        st.served += 1
+        batch = int(getattr(out, "batch_size", 0)) or int(x.shape[0])
+        started = float(getattr(out, "started", submitted))
+        return np.asarray(out), batch, max(0.0, (started - submitted) * 1e3)
+
+    def loads(self) -> Mapping[str, VariantLoad]:
+        """This worker's load per variant, for one decision (computed when asked)."""
+        return _LiveLoads(self, self._candidates())
+
+    async def close(self) -> None:
+        for st in list(self.states.values()):
+            if st.loop is asyncio.get_running_loop():
+                await st.batcher.close()
+        self.states.clear()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class _LiveLoads(Mapping[str, VariantLoad]):
+    """A host's load per variant, computed when the scheduler asks (no copying).
+
+    One per request: the work queued on the shared inference threads is summed
+    once, and each variant is told the part of it that is not its own.
+    """
+
+    def __init__(self, host: VariantHost, candidates: CandidateSet) -> None:
+        self._host = host
+        self._candidates = candidates
+        self._threaded: float | None = None
+
+    def _own_threaded_ms(self, variant_id: str, st: VariantState | None) -> float:
+        if st is None or not st.threaded or not st.outstanding:
+            return 0.0
+        c = self._candidates.get(variant_id)
+        return c.drain_ms(st.outstanding) if c is not None else 0.0
+
+    def __getitem__(self, variant_id: str) -> VariantLoad:
+        host = self._host
+        if self._threaded is None:  # FIFO threads: every queued request runs first
+            self._threaded = sum(
+                self._own_threaded_ms(v, st) for v, st in list(host.states.items())
+            )
+        st = host.states.get(variant_id)
+        ahead = max(0.0, self._threaded - self._own_threaded_ms(variant_id, st))
+        return VariantLoad(
+            replicas=1,
+            loaded_replicas=1 if host.packer.is_loaded(variant_id) else 0,
+            outstanding=st.outstanding if st else 0,
+            ahead_ms=ahead / host.threads,
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._host.states))
+
+    def __len__(self) -> int:
+        return len(self._host.states)

@@ -13,7 +13,8 @@ For each `InferRequest`::
     chosen variant's accuracy >= envelope.min_accuracy   (authenticated now: an
                                             untrusted scheduler cannot downgrade)
     decode OIP v2 against the task's input spec
-    packer.use(variant) -> DynamicBatcher (cross-tenant batch, bounded thread pool)
+    VariantHost.execute: packer.use(variant) -> DynamicBatcher (cross-tenant batch,
+                                            bounded thread pool; `enclave_workers.packer`)
     encode_response -> seal_response under the tenant's key, bound to variant + measurement
 
 The candidate set is rebuilt from the store at most every `refresh_s` seconds,
@@ -40,17 +41,14 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, TypeVar
 
-import numpy as np
 from pydantic import ValidationError
 
-from enclave_workers.batcher import DynamicBatcher, batch_limit
+from enclave_workers.batcher import batch_limit
 from enclave_workers.keycache import KeyCache
-from enclave_workers.packer import ModelPacker
+from enclave_workers.packer import VariantHost
 from enclave_workers.preparation import PreparationOptions, prepare_model
 from infaas.artifacts import ArtifactStore
 from infaas.attestation import SIMULATED_LABEL
@@ -80,9 +78,17 @@ from infaas.store import MetadataStore
 from infaas.telemetry import Recorder
 from infaas.types import SLO, Task
 from infaas.wire import InferRequest, InferResponse, JobStatus
-from scheduler.load import LoadSnapshot, VariantLoad
-from scheduler.policy import Candidate, CandidateSet, Query, QueryKind, Selection, select
-from scheduler.routing import LoadReport, RoutingHints, demand_key, route_select
+from scheduler.policy import (
+    CandidateSet,
+    LoadSnapshot,
+    Query,
+    QueryKind,
+    Selection,
+    demand_key,
+    route_select,
+    select,
+)
+from scheduler.routing import LoadReport, RoutingHints
 from variants.runtime import LoadedVariant, load_variant
 
 log = logging.getLogger("infaas.enclave_workers")
@@ -90,17 +96,6 @@ log = logging.getLogger("infaas.enclave_workers")
 DEFAULT_MEMORY_BUDGET_BYTES = 4 * 1024**3
 
 T = TypeVar("T")
-
-
-class _BatchOutput(np.ndarray):
-    """Outputs of one batch, remembering its size and start; slices keep both."""
-
-    batch_size: int
-    started: float
-
-    def __array_finalize__(self, obj: Any) -> None:
-        self.batch_size = getattr(obj, "batch_size", 0)
-        self.started = getattr(obj, "started", 0.0)
 
 
 def _scrub_bytes(data: bytes) -> None:
@@ -113,73 +108,6 @@ def _scrub_bytes(data: bytes) -> None:
         return
     offset = sys.getsizeof(b"") - 1  # ob_sval within a PyBytesObject
     ctypes.memset(id(data) + offset, 0, len(data))
-
-
-class InlineExecutor(Executor):
-    """Runs a batch on the calling (event loop) thread.
-
-    For variants whose whole batch takes about as long as handing it to a thread
-    and waking the loop again, as plain Ray Serve's batch handlers do; slower
-    variants run in the bounded pool so the loop keeps accepting requests.
-    """
-
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        future: Future[T] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as e:
-            future.set_exception(e)
-        return future
-
-
-@dataclass
-class _VariantState:
-    """This worker's live state of one variant."""
-
-    batcher: DynamicBatcher
-    loop: asyncio.AbstractEventLoop
-    threaded: bool = True
-    """Runs on the shared inference threads (not inline on the event loop)."""
-    live: LoadedVariant | None = None
-    outstanding: int = 0
-    served: int = 0
-
-
-class _LiveLoads(Mapping[str, VariantLoad]):
-    """This worker's load per variant, computed when the scheduler asks (no copying).
-
-    One per request: the work queued on the shared inference threads is summed
-    once, and each variant is told the part of it that is not its own.
-    """
-
-    def __init__(self, runtime: WorkerRuntime) -> None:
-        self._rt = runtime
-        self._threaded: float | None = None
-
-    def _own_threaded_ms(self, variant_id: str, st: _VariantState | None) -> float:
-        if st is None or not st.threaded or not st.outstanding:
-            return 0.0
-        c = self._rt._candidates.get(variant_id)
-        return c.drain_ms(st.outstanding) if c is not None else 0.0
-
-    def __getitem__(self, variant_id: str) -> VariantLoad:
-        rt = self._rt
-        if self._threaded is None:  # FIFO threads: every queued request runs first
-            self._threaded = sum(self._own_threaded_ms(v, st) for v, st in list(rt._states.items()))
-        st = rt._states.get(variant_id)
-        ahead = max(0.0, self._threaded - self._own_threaded_ms(variant_id, st))
-        return VariantLoad(
-            replicas=1,
-            loaded_replicas=1 if rt._packer.is_loaded(variant_id) else 0,
-            outstanding=st.outstanding if st else 0,
-            ahead_ms=ahead / rt._threads,
-        )
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(list(self._rt._states))
-
-    def __len__(self) -> int:
-        return len(self._rt._states)
 
 
 class WorkerRuntime:
@@ -231,15 +159,16 @@ class WorkerRuntime:
         self._store_replay = (
             StoreReplayGuard(store, settings.request_window_s) if shared_replay_guard else None
         )
-        threads = inference_threads or max(1, math.ceil(self.pool.num_cpus))
-        self._threads = threads
-        self._executor = ThreadPoolExecutor(threads, thread_name_prefix="infaas-infer")
-        self._inline = InlineExecutor()
-        self._inline_batch_ms = inline_batch_ms
-        self._packer: ModelPacker[LoadedVariant] = ModelPacker(memory_budget_bytes, self._load)
-        self._states: dict[str, _VariantState] = {}
-        self._batch_wait_ms = batch_wait_ms
         self._candidates = CandidateSet([])
+        self.host = VariantHost(
+            self._load_sync,
+            lambda: self._candidates,
+            memory_budget_bytes=memory_budget_bytes,
+            threads=inference_threads or max(1, math.ceil(self.pool.num_cpus)),
+            batch_wait_ms=batch_wait_ms,
+            inline_batch_ms=inline_batch_ms,
+        )
+        """The variants this replica holds and runs (packer, batchers, live loads)."""
         self._tasks: dict[str, Task] = {}
         self._refresh_s = refresh_s
         self._refreshed_at = -math.inf
@@ -294,11 +223,7 @@ class WorkerRuntime:
         return n
 
     async def close(self) -> None:
-        for st in list(self._states.values()):
-            if st.loop is asyncio.get_running_loop():
-                await st.batcher.close()
-        self._states.clear()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        await self.host.close()
 
     # --- candidates ---------------------------------------------------------------------
 
@@ -360,9 +285,6 @@ class WorkerRuntime:
 
     # --- loading variants ---------------------------------------------------------------
 
-    async def _load(self, variant_id: str) -> tuple[LoadedVariant, int]:
-        return await asyncio.to_thread(self._load_sync, variant_id)
-
     def _load_sync(self, variant_id: str) -> tuple[LoadedVariant, int]:
         cand = self._candidates.get(variant_id)
         spec = cand.spec if cand is not None else self.store.get_variant(variant_id)
@@ -382,73 +304,6 @@ class WorkerRuntime:
         peak = cand.profile.peak_memory_bytes if cand is not None else 0
         log.info("loaded variant %s", variant_id)
         return loaded, max(peak, 3 * size)
-
-    def preload(self, variant_ids: Iterable[str]) -> list[str]:
-        """Load these variants now, blocking (a new replica, before it takes requests).
-
-        A replica the autoscaler starts mid-burst would otherwise take its first
-        requests cold, each waiting for a load. Unknown or failing variants are
-        skipped with a warning; returns the ones loaded.
-        """
-        done = []
-        for vid in variant_ids:
-            if self._packer.is_loaded(vid) or self._candidates.get(vid) is None:
-                continue
-            try:
-                loaded, memory = self._load_sync(vid)
-            except Exception as e:  # best effort: the first request will load it, or say why
-                log.warning("pre-loading %s failed: %s", vid, e)
-                continue
-            if self._packer.put(vid, loaded, memory):
-                done.append(vid)
-        return done
-
-    def _state(self, cand: Candidate) -> _VariantState:
-        loop = asyncio.get_running_loop()
-        st = self._states.get(cand.variant_id)
-        if st is None or st.loop is not loop:
-            holder: list[_VariantState] = []
-
-            def run(xs: np.ndarray) -> np.ndarray:
-                live = holder[0].live
-                if live is None:  # cannot happen: every queued request pins the variant
-                    raise InfaasError("variant is not loaded")
-                started = time.perf_counter()
-                out = np.asarray(live.run(xs)).view(_BatchOutput)
-                out.batch_size = int(xs.shape[0])
-                out.started = started
-                return out
-
-            # p50 line, not the tail: profiles taken on a busy host have fat tails
-            inline = cand.full_batch_ms <= self._inline_batch_ms
-            batcher = DynamicBatcher(
-                run=run,
-                executor=self._inline if inline else self._executor,
-                max_batch=cand.max_batch,
-                max_wait_ms=self._batch_wait_ms,
-            )
-            old = st
-            st = _VariantState(batcher=batcher, loop=loop, threaded=not inline)
-            if old is not None:
-                st.served = old.served
-            holder.append(st)
-            self._states[cand.variant_id] = st
-        return st
-
-    async def _execute(self, cand: Candidate, x: np.ndarray, limit: int) -> tuple[Any, int, float]:
-        st = self._state(cand)
-        st.outstanding += 1
-        try:
-            async with self._packer.use(cand.variant_id) as loaded:
-                st.live = loaded
-                submitted = time.perf_counter()
-                out = await st.batcher.submit(x, limit)
-        finally:
-            st.outstanding -= 1
-        st.served += 1
-        batch = int(getattr(out, "batch_size", 0)) or int(x.shape[0])
-        started = float(getattr(out, "started", submitted))
-        return np.asarray(out), batch, max(0.0, (started - submitted) * 1e3)
 
     # --- the request path ---------------------------------------------------------------
 
@@ -474,14 +329,12 @@ class WorkerRuntime:
         """The cheapest feasible variant of a model the tenant may use, and the tenant's key."""
         env = request.envelope
         cands = self._candidates
-        load = LoadSnapshot(_LiveLoads(self))
+        load = LoadSnapshot(self.host.loads())
         decision_started = time.perf_counter()
         first = route_select(cands, query, slo, load, self.routing)
         self.telemetry.decided(time.perf_counter() - decision_started)
         tried: set[str] = set()
-        error: InfaasError = PermissionDenied(
-            f"tenant {env.tenant!r} may use no model that serves {query}", tenant=env.tenant
-        )
+        error: InfaasError | None = None  # built when needed: not on every request
         options: list[Selection | str] = [first]
         if query.kind not in (QueryKind.VARIANT, QueryKind.MODEL):
             options += [c.spec.model_id for c in cands.matching(query)]
@@ -507,7 +360,9 @@ class WorkerRuntime:
                 error = e
                 continue
             return selection, key
-        raise error
+        raise error or PermissionDenied(
+            f"tenant {env.tenant!r} may use no model that serves {query}", tenant=env.tenant
+        )
 
     def _query(self, request: InferRequest) -> Query:
         if request.variant_id is not None:
@@ -583,7 +438,7 @@ class WorkerRuntime:
             # decode reads the wipeable buffer in place (bytes-typed, bytearray-safe)
             oip, x = decode_request(plaintext, task.input, cand.max_batch)
             limit = batch_limit(cand.profile.latency_model, env.latency_ms / 2, cand.max_batch)
-            out, batch, queue_ms = await self._execute(cand, x, limit)
+            out, batch, queue_ms = await self.host.execute(cand, x, limit)
             body = encode_response(
                 {task.output_name: out},
                 model_name=cand.variant_id,
@@ -613,24 +468,19 @@ class WorkerRuntime:
 
     # --- status -------------------------------------------------------------------------
 
-    async def warm(self, variant_id: str) -> None:
-        """Load a variant ahead of its traffic (the autoscaler's placement)."""
-        async with self._packer.use(variant_id):
-            pass
-
     def load_report(self, replica: str) -> LoadReport:
         """This replica's traffic for the autoscaler: arrivals per class, queues, loaded."""
         return LoadReport(
             replica=replica,
             ts=time.time(),
             arrivals=dict(self.arrivals),
-            outstanding={v: st.outstanding for v, st in list(self._states.items())},
-            loaded=list(self._packer.stats().loaded),
+            outstanding={v: st.outstanding for v, st in list(self.host.states.items())},
+            loaded=list(self.host.packer.stats().loaded),
         )
 
     def status(self) -> dict[str, Any]:
         """Health and dashboard view: no keys, no plaintext, only metadata."""
-        stats = self._packer.stats()
+        stats = self.host.packer.stats()
         return {
             "measurement": self.measurement.hex(),
             "tee_backend": self.tee.name,
@@ -658,7 +508,7 @@ class WorkerRuntime:
                     "samples": st.batcher.stats.samples,
                     "largest_batch": st.batcher.stats.largest,
                 }
-                for vid, st in self._states.items()
+                for vid, st in self.host.states.items()
             },
             "requests_served": self.requests_served,
             "errors": dict(self.errors),

@@ -62,8 +62,7 @@ from scheduler.allocation import (
     eligible,
     solve,
 )
-from scheduler.load import LoadSnapshot
-from scheduler.policy import Candidate, CandidateSet
+from scheduler.policy import Candidate, CandidateSet, LoadSnapshot
 
 __all__ = [
     "POLICIES",

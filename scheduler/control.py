@@ -43,14 +43,12 @@ from scheduler.autoscaler import (
     DemandSignal,
     ScalingDecision,
 )
-from scheduler.load import LoadSnapshot, VariantLoad
-from scheduler.policy import CandidateSet
+from scheduler.policy import CandidateSet, LoadSnapshot, VariantLoad, parse_demand_key
 from scheduler.routing import (
     LoadReport,
     ReplicaTarget,
     RouteMode,
     RoutingHints,
-    parse_demand_key,
 )
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Variant selection: the model-less decision made for every request.
+"""Variant selection: the model-less decision made for every request, and the load it sees.
 
 `select(candidates, query, slo, load)` returns the cheapest variant that is
 feasible for the caller's SLO under the current load:
@@ -30,30 +30,103 @@ instantaneous queue (``outstanding``) already reflects it here.
 Everything per variant that does not depend on the request is computed once in
 `CandidateSet.build`, when profiles change, so a decision is a short loop over
 pre-sorted candidates with an early exit on cost.
+
+The load a decision sees is a `LoadSnapshot` (per-variant `VariantLoad`), built
+by the control loop from the workers' reports or by a worker from its own
+queues. `route_select` is a worker's per-request choice under the control
+loop's `RoutingHints`; `demand_key` names the demand classes both count.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from infaas.errors import ModelNotFound, NoFeasibleVariant, VariantNotFound
 from infaas.settings import Pool
 from infaas.types import SLO, Profile, VariantSpec
-from scheduler.load import IDLE, LoadSnapshot, VariantLoad
+
+if TYPE_CHECKING:  # the hints are a store record; the decision only reads them
+    from scheduler.routing import RoutingHints
 
 __all__ = [
+    "IDLE",
     "Candidate",
     "CandidateSet",
+    "LoadSnapshot",
     "Query",
     "QueryKind",
     "Selection",
+    "VariantLoad",
+    "demand_key",
+    "parse_demand_key",
     "predict_p99_ms",
+    "route_select",
     "select",
     "select_least_slack",
 ]
+
+
+# --- load: what the decision knows about live traffic at one instant ---------------------
+# The control loop builds a `LoadSnapshot` from the workers' reports, a worker from its own
+# queues (`enclave_workers.packer.VariantHost.loads`); nothing here reads a clock or the store.
+
+
+@dataclass(frozen=True, slots=True)
+class VariantLoad:
+    """Live load of one variant across its replicas."""
+
+    replicas: int = 0
+    """Worker replicas that host the variant (loaded or loading)."""
+    loaded_replicas: int = 0
+    """Replicas on which the variant's session is ready (no cold start)."""
+    outstanding: int = 0
+    """Requests queued or in flight on the variant, over all its replicas."""
+    arrival_rps: float = 0.0
+    """Measured arrival rate routed to the variant, requests per second."""
+    ahead_ms: float = 0.0
+    """Work of *other* variants queued on the same replica's inference threads (ms per
+    thread): variants packed on one replica share them, so it delays this one too."""
+
+    def __post_init__(self) -> None:
+        if self.replicas < 0 or self.loaded_replicas < 0 or self.outstanding < 0:
+            raise ValueError("replica and request counts must be non-negative")
+        if self.loaded_replicas > self.replicas:
+            raise ValueError("loaded_replicas cannot exceed replicas")
+        if self.arrival_rps < 0 or self.ahead_ms < 0:
+            raise ValueError("arrival_rps and ahead_ms must be non-negative")
+
+
+IDLE = VariantLoad()
+"""The load of a variant the snapshot does not mention: no replica, no traffic."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSnapshot:
+    """Per-variant load at `taken_at_s` (seconds on the control loop's clock)."""
+
+    by_variant: Mapping[str, VariantLoad] = field(default_factory=dict)
+    taken_at_s: float = 0.0
+
+    def get(self, variant_id: str) -> VariantLoad:
+        return self.by_variant.get(variant_id, IDLE)
+
+
+# --- the query and the decision ------------------------------------------------------
+
+
+def demand_key(task: str, latency_ms: float, min_accuracy: float) -> str:
+    """The name of a demand class: task x latency target x accuracy floor."""
+    return f"{task}|{latency_ms:g}|{min_accuracy:g}"
+
+
+def parse_demand_key(key: str) -> tuple[str, float, float]:
+    """(task, latency_ms, min_accuracy) of a `demand_key`; ValueError if malformed."""
+    task, lat, acc = key.rsplit("|", 2)
+    return task, float(lat), float(acc)
 
 
 class QueryKind(StrEnum):
@@ -442,3 +515,53 @@ def select_least_slack(
     if best is None:
         raise _infeasible(cands, query, slo.model_copy(update={"max_cost": None}), loads)
     return Selection(best, best_p, best_key[0], query, slo)
+
+
+def route_select(
+    candidates: CandidateSet,
+    query: Query,
+    slo: SLO,
+    load: LoadSnapshot,
+    hints: RoutingHints | None,
+) -> Selection:
+    """The variant a worker serves a request with, given the loop's routing hints (pure).
+
+    Only model-less (task) queries follow hints; a caller naming a model or a
+    variant gets what it named. Accuracy is never relaxed: a hinted variant
+    below the caller's floor is skipped.
+
+    * ``pin`` (static / queue-length baselines): the first hinted variant that
+      meets the floor, whatever its predicted latency — plain serving does not
+      switch variants;
+    * ``prefer`` (infaas): the first hinted variant that meets the floor and is
+      predicted to meet the latency target under this replica's load; else the
+      cheapest feasible one (`select`);
+    * ``least_slack`` (INFaaS-style): as ``prefer``, falling back to
+      `select_least_slack`.
+
+    When neither a hinted variant nor the fallback is predicted to meet the
+    target, the first hinted variant that meets the floor serves anyway: a
+    late answer from the planned variant beats a refusal (and warms it).
+    """
+    fallback = select_least_slack if hints and hints.mode == "least_slack" else select
+    if hints is None or query.kind is not QueryKind.TASK:
+        return fallback(candidates, query, slo, load)
+    key = demand_key(query.name, slo.latency_ms, slo.min_accuracy)
+    hinted = hints.routes.get(key) or hints.by_task.get(query.name) or []
+    best_effort: Selection | None = None
+    for vid in hinted:
+        c = candidates.get(vid)
+        if c is None or c.spec.task != query.name or c.accuracy < slo.min_accuracy:
+            continue
+        vl = load.by_variant.get(vid, IDLE)
+        p99 = predict_p99_ms(c, vl)
+        chosen = Selection(c, p99, vl.loaded_replicas == 0, query, slo)
+        if hints.mode == "pin" or p99 <= slo.latency_ms:
+            return chosen
+        best_effort = best_effort or chosen
+    try:
+        return fallback(candidates, query, slo, load)
+    except NoFeasibleVariant:
+        if best_effort is None:
+            raise
+        return best_effort

@@ -20,7 +20,8 @@ from enclave_workers.deployment import APP_NAME, ROUTE_PREFIX, build_infer_app
 from infaas.settings import AutoscalerSettings, Pool, Settings
 from infaas.store import MetadataStore, open_store
 from infaas.types import ModelRecord
-from scheduler.routing import LoadReport, demand_key, read_target
+from scheduler.policy import demand_key
+from scheduler.routing import LoadReport, read_target
 from scheduler.synthetic import synthetic_variant
 from tests.conftest import free_port
 from tests.integration.serve_stack import ray_serve_with_keyservice

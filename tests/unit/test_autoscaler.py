@@ -29,8 +29,7 @@ from scheduler.autoscaler import (
     queue_length_policy,
     static_policy,
 )
-from scheduler.load import LoadSnapshot, VariantLoad
-from scheduler.policy import CandidateSet
+from scheduler.policy import CandidateSet, LoadSnapshot, VariantLoad
 from scheduler.synthetic import synthetic_variant
 
 MB = 1024**2

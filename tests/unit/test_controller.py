@@ -21,17 +21,21 @@ from scheduler.autoscaler import (
     static_policy,
 )
 from scheduler.control import build_context, measure, plan
-from scheduler.load import LoadSnapshot, VariantLoad
-from scheduler.policy import CandidateSet, Query
+from scheduler.policy import (
+    CandidateSet,
+    LoadSnapshot,
+    Query,
+    VariantLoad,
+    demand_key,
+    parse_demand_key,
+    route_select,
+)
 from scheduler.routing import (
     LoadReport,
     ReplicaTarget,
     RoutingHints,
-    demand_key,
-    parse_demand_key,
     read_hints,
     read_target,
-    route_select,
 )
 from scheduler.synthetic import synthetic_variant
 

@@ -11,10 +11,11 @@ from hypothesis import strategies as st
 from infaas.errors import ModelNotFound, NoFeasibleVariant, VariantNotFound
 from infaas.settings import Pool
 from infaas.types import SLO, Backend, Precision
-from scheduler.load import LoadSnapshot, VariantLoad
 from scheduler.policy import (
     CandidateSet,
+    LoadSnapshot,
     Query,
+    VariantLoad,
     predict_p99_ms,
     select,
     select_least_slack,

@@ -410,8 +410,8 @@ def test_a_starting_replica_loads_the_planned_variants_before_any_request(world:
         agent.stop()
         world.store.delete_routing_hints()
         world.runtime.routing = None
-    assert world.runtime.preload([cold[0]]) == []  # already there
-    assert world.runtime.preload(["no-such-variant"]) == []  # unknown: skipped
+    assert world.runtime.host.preload([cold[0]]) == []  # already there
+    assert world.runtime.host.preload(["no-such-variant"]) == []  # unknown: skipped
     world.good()
 
 
