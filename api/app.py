@@ -15,12 +15,12 @@ from starlette.types import Scope
 
 from api.dashboard import install_dashboard
 from api.deps import ControlPlane, PrepareFn, WorkerStatusFn
-from api.problems import BodyLimit, install_error_handlers
 from api.routes.health import SIMULATED_WARNING, create_health_router
 from api.routes.models import create_models_router
 from api.routes.tenants import create_tenants_router
 from infaas.artifacts import ArtifactStore
 from infaas.auth import TokenRegistry
+from infaas.edge import BodyLimit, install_error_handlers
 from infaas.settings import Settings
 from infaas.store import MetadataStore, open_store
 

@@ -12,7 +12,6 @@ routing hints, the worker deployment's `FollowTarget` policy) is
 
 from __future__ import annotations
 
-import logging
 import math
 import threading
 import time
@@ -22,6 +21,7 @@ from typing import Any
 
 from ray import serve
 
+from infaas.logs import get_logger
 from infaas.settings import AutoscalerSettings, Pool, Settings
 from infaas.store import MetadataStore, open_store
 from infaas.telemetry import record_autoscaler_event
@@ -39,7 +39,7 @@ __all__ = [
     "build_autoscaler_app",
 ]
 
-log = logging.getLogger("infaas.api.autoscaler")
+log = get_logger(__name__)
 
 AUTOSCALER_APP = "autoscaler"
 

@@ -11,7 +11,6 @@ skipped when its result exists, so an interrupted first start resumes.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,12 +21,13 @@ from infaas.auth import TokenRegistry
 from infaas.client import Client, KeyServiceTrust
 from infaas.errors import ModelNotFound
 from infaas.keyservice.measurement import keyservice_measurement
+from infaas.logs import get_logger
 from infaas.settings import Settings
 from infaas.store import open_store
 from infaas.wire import JobStatus
 from infaas.zoo import build_zoo, load_manifest, load_model_bytes, load_validation
 
-log = logging.getLogger("infaas.bootstrap")
+log = get_logger(__name__)
 
 ADMIN = "admin"
 ZOO_OWNER = "zoo-owner"

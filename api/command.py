@@ -9,9 +9,10 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from infaas.logs import get_logger
 from infaas.settings import Settings
 
-log = logging.getLogger("infaas.serve")
+log = get_logger(__name__)
 
 BANNER = (
     "\n"

@@ -16,7 +16,7 @@ from fastapi import Depends, Header, Request
 
 from infaas.artifacts import ArtifactStore
 from infaas.auth import Principal, Role, TokenRegistry
-from infaas.errors import AuthenticationFailed
+from infaas.edge import optional_bearer_token
 from infaas.settings import Settings
 from infaas.store import MetadataStore
 
@@ -71,17 +71,12 @@ ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 TokensDep = Annotated[TokenRegistry, Depends(get_tokens)]
 
 
-def bearer_token(authorization: Annotated[str | None, Header()] = None) -> str | None:
-    """The token of an ``Authorization: Bearer <token>`` header, if any."""
-    if authorization is None:
-        return None
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationFailed("Authorization header must be 'Bearer <API token>'")
-    return token.strip()
+def request_token(authorization: Annotated[str | None, Header()] = None) -> str | None:
+    """The request's bearer token, if it sent one (parsed by the shared HTTP edge)."""
+    return optional_bearer_token(authorization)
 
 
-Token = Annotated[str | None, Depends(bearer_token)]
+Token = Annotated[str | None, Depends(request_token)]
 
 
 def _principal(*roles: Role) -> Callable[[TokenRegistry, str | None], Principal]:

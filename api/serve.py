@@ -5,8 +5,9 @@ Three applications behind one Serve HTTP proxy:
 =============  ==================  ==============================================
 application    route prefix        ingress
 =============  ==================  ==============================================
-``keyservice`` ``/v1/keyservice``  `KeyServiceIngress`: the attested key service,
-                                   its own TEE workload with its own evidence
+``keyservice`` ``/v1/keyservice``  `KeyServiceIngress`
+                                   (`infaas.keyservice.deployment`): the attested
+                                   key service, its own TEE workload and evidence
 ``infer``      ``/v1/infer``       the worker deployment itself
                                    (`enclave_workers.deployment.build_infer_app`):
                                    one hop from the proxy to the model, as in
@@ -22,31 +23,21 @@ the workers.
 from __future__ import annotations
 
 import importlib
-import logging
 from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from starlette.types import Receive, Scope, Send
 
 from api.app import create_app
 from api.autoscaler import AUTOSCALER_APP, build_autoscaler_app
-from infaas.attestation.deployment import create_tee, create_verifier
-from infaas.keyservice import (
-    KeyService,
-    create_keyservice_app,
-    gramine_sealing_key,
-    simulated_sealing_key,
-)
-from infaas.keyservice.http import PREFIX as KEYSERVICE_PREFIX
-from infaas.keyservice.measurement import keyservice_measurement
+from infaas.keyservice.deployment import KeyServiceIngress
+from infaas.keyservice.server import PREFIX as KEYSERVICE_PREFIX
+from infaas.logs import configure_logging, get_logger
 from infaas.settings import Settings
-from infaas.store import open_store
-from infaas.telemetry import Flusher, KeyServiceTelemetry, Recorder, configure_logging
 
-log = logging.getLogger("infaas.api.serve")
+log = get_logger(__name__)
 
 KEYSERVICE_APP = "keyservice"
 CONTROL_APP = "control"
@@ -63,62 +54,6 @@ def worker_measurements(settings: Settings) -> list[bytes]:
         return []
     fn = getattr(measurement, "worker_measurement", None)
     return [fn(settings)] if callable(fn) else []
-
-
-class _UnprefixedRoot:
-    """ASGI shim: route on the full path under the Serve route prefix.
-
-    Serve sets ``root_path`` to the application's route prefix, so Starlette would
-    route on the path below it; the key service's router already carries the
-    ``/v1/keyservice`` prefix, which would otherwise be needed twice.
-    """
-
-    def __init__(self, app: FastAPI) -> None:
-        self.app = app
-
-    def add_exception_handler(self, *args: Any, **kwargs: Any) -> None:
-        self.app.add_exception_handler(*args, **kwargs)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            scope = dict(scope, root_path="")
-        await self.app(scope, receive, send)
-
-
-@serve.deployment(
-    name="KeyService",
-    num_replicas=1,
-    ray_actor_options={"num_cpus": 0},
-    max_ongoing_requests=64,
-    logging_config=_QUIET,
-)
-@serve.ingress()
-class KeyServiceIngress:
-    """The key service as a Serve replica; one replica owns its store namespace."""
-
-    def __init__(self, settings: Settings, worker_measurements_hex: list[str]) -> None:
-        configure_logging()
-        store = open_store(settings.resolved_store_url)
-        tee = create_tee(settings, keyservice_measurement())
-        verifier = create_verifier(
-            settings, measurements=[bytes.fromhex(m) for m in worker_measurements_hex]
-        )
-        kek = (
-            simulated_sealing_key(settings.data_dir)
-            if settings.tee_backend == "simulated"
-            else gramine_sealing_key()
-        )
-        self._service = KeyService(store, kek, tee, verifier)
-        # key releases and refusals (by code) -> the store, for the dashboard and /metrics
-        self._telemetry = Recorder("keyservice")
-        info: dict[str, Any] = {"measurement": tee.measurement.hex(), "tee_backend": tee.name}
-        info |= {"simulated": tee.simulated, "tee_status": tee.status()}
-        Flusher(store, self._telemetry, status=lambda: info).start()
-
-    def __serve_build_asgi_app__(self) -> _UnprefixedRoot:
-        app = create_keyservice_app(self._service)
-        app.add_middleware(KeyServiceTelemetry, recorder=self._telemetry)
-        return _UnprefixedRoot(app)
 
 
 @serve.deployment(

@@ -266,9 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     from infaas.attestation.deployment import create_verifier
     from infaas.auth import TokenRegistry
     from infaas.envelope import new_key, seal_artifact
-    from infaas.keyservice import HttpKeyService, KeyServiceClient
-    from infaas.keyservice.http import PREFIX as KEYSERVICE_PREFIX
+    from infaas.keyservice import KeyServiceClient, KeyServiceHttpClient
     from infaas.keyservice.measurement import keyservice_measurement
+    from infaas.keyservice.server import PREFIX as KEYSERVICE_PREFIX
     from infaas.settings import Pool, ProfilerSettings, Settings
     from infaas.store import open_store
     from infaas.zoo import build_zoo, load_manifest, load_model_bytes, load_validation
@@ -321,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         artifacts = ArtifactStore(work / "artifacts")
         http = httpx.Client(base_url=url, timeout=60.0)
         ks = KeyServiceClient(
-            HttpKeyService(http), create_verifier(settings, measurements=[keyservice_measurement()])
+            KeyServiceHttpClient(http),
+            create_verifier(settings, measurements=[keyservice_measurement()]),
         )
         ks.attest()
         owner = ks.register("bench-owner", "owner")

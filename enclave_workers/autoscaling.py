@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import logging
 import os
 import secrets
 import threading
@@ -46,11 +45,12 @@ from typing import Any
 
 from ray.serve.config import AutoscalingContext, AutoscalingPolicy
 
+from infaas.logs import get_logger
 from infaas.settings import Settings
 from infaas.store import MetadataStore, open_store
 from scheduler.routing import read_hints, read_target
 
-log = logging.getLogger("infaas.enclave_workers.autoscaling")
+log = get_logger(__name__)
 
 TARGET_MAX_AGE_S = 30.0
 """A target older than this is stale (the loop is gone): keep the replicas Serve has."""

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from infaas.logs import get_logger
 from infaas.types import LatencyModel
 
-log = logging.getLogger("infaas.enclave_workers.batcher")
+log = get_logger(__name__)
 
 
 def batch_limit(model: LatencyModel, budget_ms: float, max_batch: int) -> int:

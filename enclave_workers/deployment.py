@@ -17,14 +17,13 @@ through a handle for everything else::
 
 Each replica reserves its pool's resources (`settings.pools[0]` unless named),
 accepts more concurrent requests than its largest batch (so batches can fill),
-and talks to the key service over HTTP (`HttpKeyService`), proving itself with
+and talks to the key service over HTTP (`KeyServiceHttpClient`), proving itself with
 fresh evidence of its measurement (`worker_measurement`) at every key release.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 import httpx
@@ -37,13 +36,14 @@ from enclave_workers.measurement import worker_measurement
 from enclave_workers.runtime import DEFAULT_MEMORY_BUDGET_BYTES, WorkerRuntime
 from infaas.artifacts import ArtifactStore
 from infaas.attestation.deployment import create_tee
-from infaas.keyservice import HttpKeyService
+from infaas.keyservice import KeyServiceHttpClient
+from infaas.logs import configure_logging, get_logger
 from infaas.settings import Pool, Settings
 from infaas.store import open_store
-from infaas.telemetry import Flusher, configure_logging
+from infaas.telemetry.flusher import Flusher
 from infaas.wire import JobStatus
 
-log = logging.getLogger("infaas.enclave_workers.deployment")
+log = get_logger(__name__)
 
 APP_NAME = "infer"
 ROUTE_PREFIX = "/v1/infer"
@@ -67,7 +67,7 @@ class EnclaveWorker:
         store = open_store(settings.resolved_store_url)
         artifacts = ArtifactStore(settings.data_dir / "artifacts")
         tee = create_tee(settings, worker_measurement(settings))
-        transport = HttpKeyService(httpx.Client(base_url=keyservice_url, timeout=30.0))
+        transport = KeyServiceHttpClient(httpx.Client(base_url=keyservice_url, timeout=30.0))
         self._settings = settings
         self._runtime = WorkerRuntime(
             settings,

@@ -2,10 +2,11 @@
 
 Mounted by Ray Serve at the route prefix ``/v1/infer``, so the app's root path
 is the inference endpoint and a request crosses proxy -> replica only, as plain
-Ray Serve does. Errors are the JSON problem body of `InfaasError.to_problem()`
-with its status; a 503 carries ``Retry-After``. Bodies over
-``max_request_bytes`` are refused with 413 before any parsing: by the declared
-Content-Length, else while the body streams in.
+Ray Serve does. Errors, the bearer token and the body limit are the shared
+HTTP edge's (`infaas.edge`): the JSON problem body with its status (a 503
+carries ``Retry-After``); bodies over ``max_request_bytes`` refused with 413
+before any parsing, by the declared Content-Length, else while the body
+streams in.
 
 `WorkerASGI` is what a replica serves: ``POST`` at the root goes straight to
 the runtime as raw ASGI (no framework layers on the hot path, where every
@@ -17,80 +18,30 @@ exception logs of a TEE worker would leak metadata to whatever collects them.
 
 from __future__ import annotations
 
-import logging
-import math
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import ValidationError
 from starlette.types import Message, Receive, Scope, Send
 
 from enclave_workers.runtime import WorkerRuntime
-from infaas.errors import (
-    AuthenticationFailed,
-    InfaasError,
-    InvalidInput,
-    Overloaded,
-    PayloadTooLarge,
+from infaas.edge import (
+    bearer_token,
+    check_declared_length,
+    install_error_handlers,
+    problem_body,
+    problem_headers,
+    read_body,
 )
+from infaas.errors import InfaasError, InvalidInput
+from infaas.logs import get_logger
 from infaas.wire import InferRequest
 
-log = logging.getLogger("infaas.enclave_workers.endpoint")
+log = get_logger(__name__)
 
 _JSON = b"application/json"
-
-
-def problem_headers(exc: InfaasError) -> dict[str, str]:
-    """Extra headers of a problem answer: Retry-After on 503."""
-    if exc.status_code != 503:
-        return {}
-    retry = exc.retry_after_s if isinstance(exc, Overloaded) else 1.0
-    return {"Retry-After": str(max(1, math.ceil(retry)))}
-
-
-def problem_response(exc: InfaasError) -> JSONResponse:
-    """The JSON problem answer for an infaas error (Retry-After on 503)."""
-    return JSONResponse(exc.to_problem(), status_code=exc.status_code, headers=problem_headers(exc))
-
-
-def bearer_token(authorization: str | None) -> str:
-    """The token of an ``Authorization: Bearer <token>`` header (401 when absent)."""
-    if not authorization:
-        raise AuthenticationFailed("missing API token (Authorization: Bearer <token>)")
-    scheme, _, token = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise AuthenticationFailed("the Authorization header must be 'Bearer <token>'")
-    return token.strip()
-
-
-def _too_large(max_bytes: int, size: int | None = None) -> PayloadTooLarge:
-    what = f"request body of {size} bytes" if size is not None else "request body"
-    return PayloadTooLarge(
-        f"{what} exceeds the {max_bytes}-byte limit", max_request_bytes=max_bytes
-    )
-
-
-def check_declared_length(content_length: str | None, max_bytes: int) -> None:
-    if content_length is None:
-        return
-    try:
-        size = int(content_length)
-    except ValueError:
-        raise InvalidInput("bad Content-Length header") from None
-    if size > max_bytes:
-        raise _too_large(max_bytes, size)
-
-
-async def collect(chunks: AsyncIterator[bytes], max_bytes: int) -> bytes:
-    """The body from its chunks, refusing more than `max_bytes` (413) before it is all read."""
-    body = bytearray()
-    async for chunk in chunks:
-        body += chunk
-        if len(body) > max_bytes:
-            raise _too_large(max_bytes)
-    return bytes(body)
 
 
 def parse_infer_request(body: bytes) -> InferRequest:
@@ -113,19 +64,15 @@ async def answer(
     try:
         token = bearer_token(authorization)
         check_declared_length(content_length, max_bytes)
-        request = parse_infer_request(await collect(chunks, max_bytes))
+        request = parse_infer_request(await read_body(chunks, max_bytes))
         response = await runtime.infer(request, token)
     except InfaasError as e:
-        return e.status_code, _problem_body(e), problem_headers(e)
+        return e.status_code, problem_body(e), problem_headers(e)
     except Exception:  # one request's bug must not become another's problem
         log.exception("inference request failed unexpectedly")
         err = InfaasError("internal error in the worker")
-        return err.status_code, _problem_body(err), {}
+        return err.status_code, problem_body(err), {}
     return 200, response.model_dump_json().encode(), {}
-
-
-def _problem_body(exc: InfaasError) -> bytes:
-    return bytes(JSONResponse(exc.to_problem()).body)
 
 
 class WorkerASGI:
@@ -187,9 +134,7 @@ def create_worker_app(runtime: WorkerRuntime, *, max_request_bytes: int) -> Fast
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
 
-    @app.exception_handler(InfaasError)
-    async def _problem(request: Request, exc: InfaasError) -> JSONResponse:
-        return problem_response(exc)
+    install_error_handlers(app)
 
     async def infer(request: Request) -> Response:
         """``POST /v1/infer``: InferRequest in, InferResponse out (see `infaas.wire`)."""

@@ -13,7 +13,6 @@ a log line or an exception.
 from __future__ import annotations
 
 import asyncio
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -22,8 +21,9 @@ from dataclasses import dataclass
 from infaas.envelope import Keyring
 from infaas.errors import InfaasError
 from infaas.keyservice import KeyRequest, ReleasedKey, WorkerKeyClient
+from infaas.logs import get_logger
 
-log = logging.getLogger("infaas.enclave_workers.keys")
+log = get_logger(__name__)
 
 _ModelKeyId = tuple[str, str]  # (model id, key id)
 _TenantKeyId = tuple[str, str, str | None]  # (tenant, model id, key id or current)

@@ -15,7 +15,6 @@ that the per-request selection reads.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
@@ -28,10 +27,11 @@ import numpy as np
 
 from enclave_workers.batcher import DynamicBatcher
 from infaas.errors import InfaasError, Overloaded, PayloadTooLarge
+from infaas.logs import get_logger
 from scheduler.policy import Candidate, CandidateSet, VariantLoad
 from variants.runtime import LoadedVariant
 
-log = logging.getLogger("infaas.enclave_workers.packer")
+log = get_logger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")

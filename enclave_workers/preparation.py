@@ -22,7 +22,6 @@ message says what failed, never what the data was.
 from __future__ import annotations
 
 import io
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -31,6 +30,7 @@ import numpy as np
 from infaas.artifacts import ArtifactStore
 from infaas.envelope import artifact_key_id, open_artifact, seal_artifact, wipe
 from infaas.errors import InfaasError, InvalidInput, InvalidModel, VariantUnsupported
+from infaas.logs import get_logger
 from infaas.settings import Settings
 from infaas.store import MetadataStore
 from infaas.types import ModelRecord, Precision, Task, VariantSpec
@@ -38,7 +38,7 @@ from infaas.wire import JobStatus
 from profiler.profile import ProfileOptions, profile_variant
 from variants.generate import GeneratedVariant, generate_variants
 
-log = logging.getLogger("infaas.enclave_workers.preparation")
+log = get_logger(__name__)
 
 KeySource = Callable[[str, str], bytes]
 """(model id, key id) -> the model's data key (blocking; the worker's key cache)."""

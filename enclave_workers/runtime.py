@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import hashlib
-import logging
 import math
 import os
 import sys
@@ -72,10 +71,11 @@ from infaas.errors import (
     PermissionDenied,
 )
 from infaas.keyservice import KeyServiceTransport, WorkerKeyClient
+from infaas.logs import get_logger
 from infaas.protocol import BINARY_MAGIC, decode_request, encode_response
 from infaas.settings import Pool, Settings
 from infaas.store import MetadataStore
-from infaas.telemetry import Recorder
+from infaas.telemetry.recorder import Recorder
 from infaas.types import SLO, Task
 from infaas.wire import InferRequest, InferResponse, JobStatus
 from scheduler.policy import (
@@ -91,7 +91,7 @@ from scheduler.policy import (
 from scheduler.routing import LoadReport, RoutingHints
 from variants.runtime import LoadedVariant, load_variant
 
-log = logging.getLogger("infaas.enclave_workers")
+log = get_logger(__name__)
 
 DEFAULT_MEMORY_BUDGET_BYTES = 4 * 1024**3
 

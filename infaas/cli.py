@@ -421,7 +421,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
     if args.command == "serve":
-        from infaas.telemetry import configure_logging
+        from infaas.logs import configure_logging
 
         # the service logs JSON lines (request id, tenant, task, variant: metadata only)
         configure_logging(level)

@@ -29,12 +29,13 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+from infaas.logs import get_logger
+
+log = get_logger(__name__)
 
 PROJECT_PACKAGES = ("infaas", "variants", "profiler", "scheduler", "enclave_workers", "api")
 REPO = Path(__file__).resolve().parent.parent

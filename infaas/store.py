@@ -13,7 +13,6 @@ only. There is deliberately no way to put model weights in it.
 
 from __future__ import annotations
 
-import logging
 import math
 import sqlite3
 import threading
@@ -35,10 +34,11 @@ from infaas.errors import (
     StoreUnavailable,
     VariantNotFound,
 )
+from infaas.logs import get_logger
 from infaas.types import ModelRecord, Profile, Task, Tenant, VariantSpec
 from infaas.wire import JobStatus
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from infaas.errors import InvalidInput, ModelNotFound
+from infaas.logs import get_logger
 from infaas.settings import Settings
 from infaas.store import open_store
 from infaas.types import Profile, VariantSpec
@@ -25,7 +25,7 @@ from profiler.profile import ProfileOptions, profile_model
 from profiler.report import Row, plot_accuracy_latency, render_table
 from variants.generate import VARIANT_KINDS
 
-log = logging.getLogger("infaas.profiler")
+log = get_logger(__name__)
 
 
 def parse_batch_sizes(text: str | None) -> tuple[int, ...] | None:

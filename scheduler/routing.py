@@ -7,11 +7,11 @@ loop's `RoutingHints` is `scheduler.policy.route_select`.
 
 from __future__ import annotations
 
-import logging
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from infaas.logs import get_logger
 from infaas.store import MetadataStore
 
 __all__ = [
@@ -24,7 +24,7 @@ __all__ = [
     "read_target",
 ]
 
-log = logging.getLogger("infaas.scheduler.routing")
+log = get_logger(__name__)
 
 RouteMode = Literal["prefer", "pin", "least_slack"]
 

@@ -16,14 +16,15 @@ instead of importing it, so the switch happens exactly once, before any import.
 
 from __future__ import annotations
 
-import logging
 import os
 import platform
 import threading
 from pathlib import Path
 from types import ModuleType
 
-log = logging.getLogger("infaas.variants.telemetry")
+from infaas.logs import get_logger
+
+log = get_logger(__name__)
 
 _lock = threading.Lock()
 _done = False

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from infaas.errors import InvalidInput, InvalidModel, VariantUnsupported
+from infaas.logs import get_logger
 from infaas.types import (
     Backend,
     ModelRecord,
@@ -47,7 +48,7 @@ from infaas.types import (
 from variants._telemetry import onnxruntime, openvino
 from variants.admission import validate_model
 
-log = logging.getLogger("infaas.variants")
+log = get_logger(__name__)
 
 # (precision, backend, quantization) of every variant, in generation order. The
 # onnxruntime FP32 variant comes first: it is the reference the others are

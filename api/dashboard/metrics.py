@@ -21,7 +21,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from infaas.telemetry import INFEASIBLE, LATENCY_BUCKETS_MS, TelemetryReader, merge_series
+from infaas.telemetry.reader import TelemetryReader, merge_series
+from infaas.telemetry.records import INFEASIBLE, LATENCY_BUCKETS_MS
 
 
 def _le(bound_ms: float) -> str:

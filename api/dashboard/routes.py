@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import html
 import inspect
-import logging
 import math
 import time
 from collections.abc import Mapping
@@ -47,10 +46,13 @@ from api.dashboard.metrics import create_registry
 from api.dashboard.session import COOKIE, SESSION_S, Sessions
 from api.deps import ControlPlane
 from infaas.auth import Principal
+from infaas.edge import optional_bearer_token
 from infaas.errors import AuthenticationFailed, InfaasError, PermissionDenied
-from infaas.telemetry import TelemetryReader, read_autoscaler_events
+from infaas.logs import get_logger
+from infaas.telemetry.events import read_autoscaler_events
+from infaas.telemetry.reader import TelemetryReader
 
-log = logging.getLogger("infaas.api.dashboard")
+log = get_logger(__name__)
 
 HERE = Path(__file__).resolve().parent
 PAGES: dict[str, str] = {
@@ -118,15 +120,12 @@ class Dashboard:
         principal = self.sessions.check(request.cookies.get(COOKIE))
         if principal is not None:
             return principal
-        auth = request.headers.get("authorization", "")
-        scheme, _, token = auth.partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            try:
-                p = self.plane.tokens.verify(token.strip(), "admin")
-            except InfaasError:
-                return None
-            return p if p.role == "admin" else None
-        return None
+        try:
+            token = optional_bearer_token(request.headers.get("authorization"))
+            p = self.plane.tokens.verify(token, "admin") if token else None
+        except InfaasError:
+            return None
+        return p if p is not None and p.role == "admin" else None
 
     def require_admin(self, request: Request) -> Principal:
         principal = self.admin(request)

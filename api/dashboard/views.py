@@ -16,15 +16,8 @@ from pydantic import ValidationError
 
 from infaas.settings import Settings
 from infaas.store import MetadataStore
-from infaas.telemetry import (
-    INFEASIBLE,
-    INTERVAL_S,
-    ReplicaRecord,
-    Series,
-    TelemetryView,
-    merge_series,
-    quantile_ms,
-)
+from infaas.telemetry.reader import TelemetryView, merge_series, quantile_ms
+from infaas.telemetry.records import INFEASIBLE, INTERVAL_S, ReplicaRecord, Series
 from infaas.types import AutoscalerEvent, Profile, Tenant, VariantSpec
 from profiler.report import pareto_front
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
-import logging
 import time
 from typing import Annotated
 
@@ -26,8 +25,8 @@ from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import AnyPrincipal, ControlPlane, Owner, Plane, StoreDep
-from api.problems import problem_schema
 from infaas.auth import Principal
+from infaas.edge import problem_schema
 from infaas.envelope import artifact_key_id
 from infaas.errors import (
     Conflict,
@@ -39,11 +38,12 @@ from infaas.errors import (
     PayloadTooLarge,
     PermissionDenied,
 )
+from infaas.logs import get_logger
 from infaas.store import MetadataStore
 from infaas.types import ModelRecord, Task
 from infaas.wire import JobStatus, ModelInfo, RegisterModelRequest
 
-log = logging.getLogger("infaas.api")
+log = get_logger(__name__)
 
 
 def validation_artifact_name(model_id: str) -> str:

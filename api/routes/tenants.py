@@ -13,18 +13,17 @@ service) and are stored only as SHA-256 (`infaas.auth`).
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
 from api.deps import Admin, StoreDep, TokensDep
-from api.problems import problem_schema
+from infaas.edge import problem_schema
 from infaas.errors import Conflict
+from infaas.logs import get_logger
 from infaas.types import Identifier, Tenant
 from infaas.wire import CreateTenantRequest, Credentials
 
-log = logging.getLogger("infaas.api")
+log = get_logger(__name__)
 
 
 class CreateOwnerRequest(BaseModel):

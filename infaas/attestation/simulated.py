@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import logging
 import os
 import struct
 from dataclasses import dataclass
@@ -36,8 +35,9 @@ from infaas.attestation._sgx_extension import (
 )
 from infaas.attestation.backends import _check_report_data
 from infaas.attestation.verify import SIMULATED_MARKER_OID, raw_p256_point
+from infaas.logs import get_logger
 
-log = logging.getLogger("infaas.attestation")
+log = get_logger(__name__)
 
 SIMULATED_LABEL = "simulated — not confidential"
 _QE_MEASUREMENT = hashlib.sha256(b"infaas simulated quoting enclave").digest()

@@ -36,7 +36,7 @@ from infaas.errors import (
     InvalidInput,
     ModelNotFound,
 )
-from infaas.keyservice.client import HttpKeyService, KeyServiceClient
+from infaas.keyservice.client import KeyServiceClient, KeyServiceHttpClient
 from infaas.protocol import DTYPES, encode_request
 from infaas.types import Task, TensorSpec
 from infaas.wire import (
@@ -254,7 +254,7 @@ class Client:
                 "(or a policy) before sending it keys"
             )
         verifier = AttestationVerifier(policy, extra_roots=roots)
-        ks = KeyServiceClient(HttpKeyService(self._http), verifier)
+        ks = KeyServiceClient(KeyServiceHttpClient(self._http), verifier)
         ks.attest()
         self._ks = ks
         assert ks.verified is not None

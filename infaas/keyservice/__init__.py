@@ -1,25 +1,33 @@
-"""The key service: attested custody of tenant request keys and model data keys."""
+"""The key service: attested custody of tenant request keys and model data keys.
 
-from infaas.keyservice.client import HttpKeyService as HttpKeyService
+One room: `service` (the custody and release rules), `models` (its wire
+format), `sealing` (its key-encryption key), `server` (its HTTP routes and
+app), `client` (`KeyServiceClient`, `WorkerKeyClient` and the HTTP client
+transport `KeyServiceHttpClient`), `measurement` (its code identity),
+`telemetry` (release counters) and `deployment` (the Ray Serve replica;
+imported only by the composition root, not from here).
+"""
+
 from infaas.keyservice.client import KeyServiceClient as KeyServiceClient
+from infaas.keyservice.client import KeyServiceHttpClient as KeyServiceHttpClient
 from infaas.keyservice.client import KeyServiceTransport as KeyServiceTransport
 from infaas.keyservice.client import ReleasedKey as ReleasedKey
 from infaas.keyservice.client import WorkerKeyClient as WorkerKeyClient
 from infaas.keyservice.client import unwrap_released as unwrap_released
-from infaas.keyservice.http import create_keyservice_app as create_keyservice_app
-from infaas.keyservice.http import create_keyservice_router as create_keyservice_router
 from infaas.keyservice.models import KeyRequest as KeyRequest
 from infaas.keyservice.models import ReleaseRequest as ReleaseRequest
 from infaas.keyservice.models import ReleaseResponse as ReleaseResponse
 from infaas.keyservice.sealing import gramine_sealing_key as gramine_sealing_key
 from infaas.keyservice.sealing import simulated_sealing_key as simulated_sealing_key
+from infaas.keyservice.server import create_keyservice_app as create_keyservice_app
+from infaas.keyservice.server import create_keyservice_router as create_keyservice_router
 from infaas.keyservice.service import KeyService as KeyService
 
 __all__ = [
-    "HttpKeyService",
     "KeyRequest",
     "KeyService",
     "KeyServiceClient",
+    "KeyServiceHttpClient",
     "KeyServiceTransport",
     "ReleaseRequest",
     "ReleaseResponse",

@@ -11,7 +11,7 @@ asks for a nonce, quotes SHA-256(ephemeral public key || nonce), and unwraps
 the released keys with the ephemeral private key, which never leaves memory.
 
 Both talk to a `KeyServiceTransport`: the in-process `KeyService` itself or
-`HttpKeyService` (httpx) for a remote one.
+`KeyServiceHttpClient` (httpx) for a remote one.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from infaas.attestation.backends import EvidenceGenerator, report_data_for
 from infaas.attestation.verifier import AttestationVerifier
 from infaas.attestation.verify import VerifiedQuote
 from infaas.errors import AttestationFailed, InvalidInput, error_from_code
-from infaas.keyservice.http import PREFIX
 from infaas.keyservice.models import (
     EvidenceResponse,
     GrantRequest,
@@ -42,6 +41,7 @@ from infaas.keyservice.models import (
     SealedKeyUpload,
 )
 from infaas.keyservice.sealing import info_for, open_sealed, seal_to, x25519_raw
+from infaas.keyservice.server import PREFIX
 from infaas.keyservice.service import Role
 
 
@@ -58,7 +58,7 @@ class KeyServiceTransport(Protocol):
     def release(self, req: ReleaseRequest) -> ReleaseResponse: ...
 
 
-class HttpKeyService:
+class KeyServiceHttpClient:
     """`KeyServiceTransport` over HTTP (errors come back as the same infaas types)."""
 
     def __init__(self, http: httpx.Client) -> None:

@@ -9,7 +9,7 @@ from infaas.measurement import REPO, measure_closure
 # The module the key service's replica is started from: Ray imports it to build
 # `KeyServiceIngress`, so everything it imports runs in the key service (and
 # tests/unit/test_measurement.py fails if the class lives elsewhere).
-KEYSERVICE_ENTRY = "api.serve"
+KEYSERVICE_ENTRY = "infaas.keyservice.deployment"
 
 
 def keyservice_measurement(root: Path = REPO) -> bytes:

@@ -15,7 +15,6 @@ as another.
 
 from __future__ import annotations
 
-import logging
 import os
 import secrets
 from collections.abc import Mapping
@@ -28,8 +27,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from infaas.envelope import KEY_LEN, canonical_json
 from infaas.errors import DecryptionFailed, TeeUnavailable
+from infaas.logs import get_logger
 
-log = logging.getLogger("infaas.keyservice")
+log = get_logger(__name__)
 
 SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 _INFO_PREFIX = b"infaas-keyservice/v1 "

@@ -19,7 +19,6 @@ import base64
 import hashlib
 import hmac
 import json
-import logging
 import os
 import secrets
 import threading
@@ -53,9 +52,10 @@ from infaas.keyservice.models import (
     WrappedKey,
 )
 from infaas.keyservice.sealing import info_for, open_sealed, seal_to, x25519_raw
+from infaas.logs import get_logger
 from infaas.store import MetadataStore, SealedTable
 
-log = logging.getLogger("infaas.keyservice")
+log = get_logger(__name__)
 
 Role = Literal["tenant", "owner"]
 

@@ -23,7 +23,7 @@ def ray_serve_with_keyservice(settings: Settings) -> Iterator[str]:
     from ray import serve
 
     from api.serve import build_keyservice_app
-    from infaas.keyservice.http import PREFIX as KEYSERVICE_PREFIX
+    from infaas.keyservice.server import PREFIX as KEYSERVICE_PREFIX
 
     ray.init(
         num_cpus=2,

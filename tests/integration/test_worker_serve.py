@@ -25,7 +25,7 @@ from infaas.artifacts import ArtifactStore
 from infaas.attestation.deployment import create_verifier
 from infaas.auth import TokenRegistry
 from infaas.envelope import new_key, open_response, seal_artifact, seal_request
-from infaas.keyservice import HttpKeyService, KeyServiceClient
+from infaas.keyservice import KeyServiceClient, KeyServiceHttpClient
 from infaas.protocol import decode_response, encode_request
 from infaas.settings import Pool, ProfilerSettings, Settings
 from infaas.store import open_store
@@ -84,7 +84,7 @@ def served(
         store = open_store(settings.resolved_store_url)
         http = httpx.Client(base_url=url, timeout=30.0)
         client = KeyServiceClient(
-            HttpKeyService(http),
+            KeyServiceHttpClient(http),
             create_verifier(settings, measurements=[keyservice_measurement()]),
         )
         client.attest()

@@ -26,10 +26,10 @@ from infaas.attestation import (
 )
 from infaas.envelope import new_key, open_request, open_response, seal_request, seal_response
 from infaas.keyservice import (
-    HttpKeyService,
     KeyRequest,
     KeyService,
     KeyServiceClient,
+    KeyServiceHttpClient,
     WorkerKeyClient,
     create_keyservice_app,
 )
@@ -75,7 +75,7 @@ def test_no_key_in_logs_or_store(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     secrets_: list[bytes] = [model_key, tenant_key, tenant_key2]
 
     with TestClient(create_keyservice_app(service())) as http:
-        remote = HttpKeyService(http)
+        remote = KeyServiceHttpClient(http)
         c = KeyServiceClient(remote, AttestationVerifier(client_policy, extra_roots=[ca.root_cert]))
         c.attest()
         owner = c.register("zoo", "owner")

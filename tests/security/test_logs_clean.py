@@ -43,10 +43,12 @@ from infaas.auth import TokenRegistry
 from infaas.envelope import new_key, open_response, seal_artifact, seal_request
 from infaas.errors import InfaasError
 from infaas.keyservice import KeyService, KeyServiceClient
+from infaas.logs import JsonFormatter
 from infaas.protocol import decode_response, encode_request
 from infaas.settings import Settings
 from infaas.store import MemoryStore
-from infaas.telemetry import Flusher, JsonFormatter
+from infaas.telemetry.flusher import Flusher
+from infaas.telemetry.recorder import request_log
 from infaas.types import (
     Backend,
     BatchLatency,
@@ -276,7 +278,7 @@ def test_logs_dashboard_and_metrics_hold_no_plaintext_or_keys(world: World) -> N
     assert all(p.status_code == 200 for p in pages) and metrics.status_code == 200
     logs = stream.getvalue()
     lines = [json.loads(line) for line in logs.splitlines()]
-    requests = [r for r in lines if r["logger"] == "infaas.requests"]
+    requests = [r for r in lines if r["logger"] == request_log.name]
     served = [r for r in requests if r["msg"] == "served"]
     refused = [r for r in requests if r["msg"] == "refused"]
     assert {r["tenant"] for r in served} == {"alice", "bob"} and len(refused) >= 5

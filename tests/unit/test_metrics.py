@@ -22,19 +22,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.app import create_app
 from api.dashboard.session import COOKIE
 from infaas.auth import TokenRegistry
+from infaas.keyservice.telemetry import KeyServiceTelemetry
+from infaas.logs import JsonFormatter
 from infaas.settings import Settings
 from infaas.store import MemoryStore
-from infaas.telemetry import (
-    LATENCY_BUCKETS_MS,
-    Flusher,
-    JsonFormatter,
-    KeyServiceTelemetry,
-    Recorder,
-    TelemetryReader,
-    quantile_ms,
-    read_autoscaler_events,
-    record_autoscaler_event,
-)
+from infaas.telemetry.events import read_autoscaler_events, record_autoscaler_event
+from infaas.telemetry.flusher import Flusher
+from infaas.telemetry.reader import TelemetryReader, quantile_ms
+from infaas.telemetry.recorder import Recorder
+from infaas.telemetry.records import LATENCY_BUCKETS_MS
 from infaas.types import AutoscalerEvent
 
 with warnings.catch_warnings():

@@ -1,4 +1,4 @@
-"""FastAPI routes for the key service, and an app factory for running it alone.
+"""The key service's HTTP server: its FastAPI routes and app (the client is `KeyServiceHttpClient`).
 
 Routes (JSON; bytes as URL-safe base64; owner/tenant calls carry ``Authorization: Bearer <token>``):
 
@@ -20,10 +20,11 @@ import base64
 import binascii
 from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, Header, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, FastAPI, Header, Query
+from fastapi.responses import Response
 
-from infaas.errors import AuthenticationFailed, InfaasError, InvalidInput
+from infaas.edge import BodyLimit, bearer_token, install_error_handlers
+from infaas.errors import InvalidInput
 from infaas.keyservice.models import (
     EvidenceResponse,
     GrantRequest,
@@ -37,12 +38,6 @@ from infaas.keyservice.models import (
 from infaas.keyservice.service import KeyService
 
 PREFIX = "/v1/keyservice"
-
-
-def _bearer(authorization: str | None) -> str:
-    if not authorization or not authorization.startswith("Bearer "):
-        raise AuthenticationFailed("missing bearer token")
-    return authorization.removeprefix("Bearer ").strip()
 
 
 Authorization = Annotated[str | None, Header()]
@@ -66,24 +61,24 @@ def create_keyservice_router(service: KeyService) -> APIRouter:
 
     @router.post("/tenant-keys", status_code=204)
     def tenant_key(body: SealedKeyUpload, authorization: Authorization = None) -> Response:
-        service.set_tenant_key(_bearer(authorization), body.key_id, body.sealed_key)
+        service.set_tenant_key(bearer_token(authorization), body.key_id, body.sealed_key)
         return Response(status_code=204)
 
     @router.post("/models/{model_id}/keys", status_code=204)
     def model_key(
         model_id: str, body: SealedKeyUpload, authorization: Authorization = None
     ) -> Response:
-        service.set_model_key(_bearer(authorization), model_id, body.key_id, body.sealed_key)
+        service.set_model_key(bearer_token(authorization), model_id, body.key_id, body.sealed_key)
         return Response(status_code=204)
 
     @router.post("/models/{model_id}/grants", status_code=204)
     def grant(model_id: str, body: GrantRequest, authorization: Authorization = None) -> Response:
-        service.grant(_bearer(authorization), model_id, body.tenant)
+        service.grant(bearer_token(authorization), model_id, body.tenant)
         return Response(status_code=204)
 
     @router.delete("/models/{model_id}/grants/{tenant}", status_code=204)
     def revoke(model_id: str, tenant: str, authorization: Authorization = None) -> Response:
-        service.revoke(_bearer(authorization), model_id, tenant)
+        service.revoke(bearer_token(authorization), model_id, tenant)
         return Response(status_code=204)
 
     @router.post("/nonce")
@@ -97,13 +92,15 @@ def create_keyservice_router(service: KeyService) -> APIRouter:
     return router
 
 
-def create_keyservice_app(service: KeyService) -> FastAPI:
-    """A FastAPI app serving only the key service, with infaas errors as JSON problems."""
+def create_keyservice_app(service: KeyService, *, max_request_bytes: int | None = None) -> FastAPI:
+    """A FastAPI app serving only the key service, answering errors as the edge does.
+
+    With `max_request_bytes`, larger bodies are refused (413) before they are read.
+    """
     app = FastAPI(title="infaas key service", docs_url=None, redoc_url=None)
+    install_error_handlers(app)
     app.include_router(create_keyservice_router(service))
-
-    @app.exception_handler(InfaasError)
-    async def _problem(request: Request, exc: InfaasError) -> JSONResponse:
-        return JSONResponse(exc.to_problem(), status_code=exc.status_code)
-
+    if max_request_bytes is not None:
+        limit = max_request_bytes
+        app.add_middleware(BodyLimit, limit_for=lambda scope: limit)
     return app

@@ -1,0 +1,86 @@
+"""The key service as a Ray Serve deployment: its own TEE workload with its own evidence.
+
+`KeyServiceIngress` builds the service from `Settings` in the replica (store,
+TEE, verifier of worker evidence, sealing key), serves `create_keyservice_app`
+under the route prefix ``/v1/keyservice`` and flushes its release counters
+(`KeyServiceTelemetry`) to the store for the dashboard. The worker
+measurements it releases keys to are given by the composition root
+(`api.serve`), which knows the worker deployment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+from starlette.types import Receive, Scope, Send
+
+from infaas.attestation.deployment import create_tee, create_verifier
+from infaas.keyservice.measurement import keyservice_measurement
+from infaas.keyservice.sealing import gramine_sealing_key, simulated_sealing_key
+from infaas.keyservice.server import create_keyservice_app
+from infaas.keyservice.service import KeyService
+from infaas.keyservice.telemetry import KeyServiceTelemetry
+from infaas.logs import configure_logging
+from infaas.settings import Settings
+from infaas.store import open_store
+from infaas.telemetry.flusher import Flusher
+from infaas.telemetry.recorder import Recorder
+
+
+class _UnprefixedRoot:
+    """ASGI shim: route on the full path under the Serve route prefix.
+
+    Serve sets ``root_path`` to the application's route prefix, so Starlette would
+    route on the path below it; the key service's router already carries the
+    ``/v1/keyservice`` prefix, which would otherwise be needed twice.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+
+    def add_exception_handler(self, *args: Any, **kwargs: Any) -> None:
+        self.app.add_exception_handler(*args, **kwargs)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope = dict(scope, root_path="")
+        await self.app(scope, receive, send)
+
+
+@serve.deployment(
+    name="KeyService",
+    num_replicas=1,
+    ray_actor_options={"num_cpus": 0},
+    max_ongoing_requests=64,
+    logging_config={"enable_access_log": False},
+)
+@serve.ingress()
+class KeyServiceIngress:
+    """The key service as a Serve replica; one replica owns its store namespace."""
+
+    def __init__(self, settings: Settings, worker_measurements_hex: list[str]) -> None:
+        configure_logging()
+        store = open_store(settings.resolved_store_url)
+        tee = create_tee(settings, keyservice_measurement())
+        verifier = create_verifier(
+            settings, measurements=[bytes.fromhex(m) for m in worker_measurements_hex]
+        )
+        kek = (
+            simulated_sealing_key(settings.data_dir)
+            if settings.tee_backend == "simulated"
+            else gramine_sealing_key()
+        )
+        self._service = KeyService(store, kek, tee, verifier)
+        self._max_request_bytes = settings.max_request_bytes
+        # key releases and refusals (by code) -> the store, for the dashboard and /metrics
+        self._telemetry = Recorder("keyservice")
+        info: dict[str, Any] = {"measurement": tee.measurement.hex(), "tee_backend": tee.name}
+        info |= {"simulated": tee.simulated, "tee_status": tee.status()}
+        Flusher(store, self._telemetry, status=lambda: info).start()
+
+    def __serve_build_asgi_app__(self) -> _UnprefixedRoot:
+        app = create_keyservice_app(self._service, max_request_bytes=self._max_request_bytes)
+        app.add_middleware(KeyServiceTelemetry, recorder=self._telemetry)
+        return _UnprefixedRoot(app)
