@@ -24,7 +24,7 @@ from ray import serve
 from infaas.logs import get_logger
 from infaas.settings import AutoscalerSettings, Pool, Settings
 from infaas.store import MetadataStore, open_store
-from infaas.telemetry import record_autoscaler_event
+from infaas.telemetry.events import record_autoscaler_event
 from infaas.types import AutoscalerEvent
 from scheduler.autoscaler import POLICIES, AutoscalerState, Policy, ScalingDecision
 from scheduler.control import POLICY_NAMES, Plan, build_context, measure, plan, with_overhead

@@ -40,7 +40,7 @@ def keyservice(work: Path) -> None:
     ingress = importlib.import_module(KEYSERVICE_ENTRY).KeyServiceIngress
     assert ingress.func_or_class.__module__ == KEYSERVICE_ENTRY
     from infaas.attestation.deployment import create_verifier
-    from infaas.keyservice import HttpKeyService, KeyServiceClient
+    from infaas.keyservice import KeyServiceClient, KeyServiceHttpClient
     from infaas.settings import Settings
 
     settings = Settings(data_dir=work, store_url="memory://")
@@ -48,7 +48,7 @@ def keyservice(work: Path) -> None:
     replica = ingress.func_or_class.__mro__[1](settings, [])
     with _testclient()(replica.__serve_build_asgi_app__()) as http:
         client = KeyServiceClient(
-            HttpKeyService(http),
+            KeyServiceHttpClient(http),
             create_verifier(settings, measurements=[keyservice_measurement()]),
         )
         client.attest()
