@@ -19,7 +19,6 @@ from infaas.types import AutoscalerEvent
 log = get_logger(__name__)
 
 
-
 def record_autoscaler_event(
     store: MetadataStore, event: AutoscalerEvent, *, keep: int = 5000
 ) -> str:
