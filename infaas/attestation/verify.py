@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -172,11 +173,18 @@ def _as_utc(now: datetime | None) -> datetime:
     return now if now.tzinfo else now.replace(tzinfo=UTC)
 
 
+_PEM_BLOCK = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
 def pck_chain(quote: Quote, extra_pem: bytes | None = None) -> list[x509.Certificate]:
     """The PCK chain, leaf first: from the quote (type 5), else from `extra_pem`."""
     try:
         pems = quote.pck_chain_pem()
         if pems:
+            rest = _PEM_BLOCK.sub(b"", quote.cert_data).strip(b" \t\r\n\x00")
+            if rest:
+                # a damaged BEGIN/END line would otherwise silently drop a certificate
+                raise AttestationFailed("certificate chain: bytes outside the PEM certificates")
             return order_chain([x509.load_pem_x509_certificate(p) for p in pems])
         if quote.cert_type == 5 and quote.cert_data.strip(b"\x00"):
             ders = split_der_certificates(quote.cert_data)
