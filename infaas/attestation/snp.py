@@ -188,6 +188,9 @@ def parse_snp_report(raw: bytes) -> SnpReport:
     )
     if sig_algo != SIG_ALGO_ECDSA_P384_SHA384:
         raise AttestationFailed(f"unsupported SEV-SNP signature algorithm {sig_algo}")
+    if any(raw[0x330:REPORT_LEN]):
+        # unsigned: accepting anything there would let a copy differ from what was signed
+        raise AttestationFailed("SEV-SNP report: reserved signature bytes are not zero")
     cpuid = (raw[0x188], raw[0x189], raw[0x18A]) if version >= 3 else None
     turin = cpuid is not None and cpuid[0] == _TURIN_FAMILY
     tcb = struct.unpack_from("<Q", raw, 0x180)[0]

@@ -181,11 +181,16 @@ def pck_chain(quote: Quote, extra_pem: bytes | None = None) -> list[x509.Certifi
     try:
         pems = quote.pck_chain_pem()
         if pems:
-            rest = _PEM_BLOCK.sub(b"", quote.cert_data).strip(b" \t\r\n\x00")
+            rest = _PEM_BLOCK.sub(b"", quote.cert_data).strip(b"\n\x00")
             if rest:
                 # a damaged BEGIN/END line would otherwise silently drop a certificate
                 raise AttestationFailed("certificate chain: bytes outside the PEM certificates")
-            return order_chain([x509.load_pem_x509_certificate(p) for p in pems])
+            certs = [x509.load_pem_x509_certificate(p) for p in pems]
+            for pem, cert in zip(pems, certs, strict=True):
+                if cert.public_bytes(serialization.Encoding.PEM).strip() != pem.strip():
+                    # only the canonical encoding: the carried chain is not signed as a whole
+                    raise AttestationFailed("certificate chain: PEM is not canonically encoded")
+            return order_chain(certs)
         if quote.cert_type == 5 and quote.cert_data.strip(b"\x00"):
             ders = split_der_certificates(quote.cert_data)
             return order_chain([x509.load_der_x509_certificate(d) for d in ders])
