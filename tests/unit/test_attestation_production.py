@@ -339,7 +339,7 @@ def test_mutated_pck_certificate_fails_typed(
             serialization.Encoding.DER
         )
     )
-    for pos in range(der_len):
+    for pos in range(0, der_len, 2):
         bad = _mutated_leaf(raw, pos)
         if len(bad) != len(raw):  # PEM line breaks differ: fix the lengths instead of skipping
             continue
