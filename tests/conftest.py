@@ -1,4 +1,4 @@
-"""Fixtures shared by every test: settings in a temp dir, stores, a real redis-server."""
+"""Fixtures shared by every test: a real redis-server, the simulated deployment."""
 
 from __future__ import annotations
 
@@ -11,7 +11,19 @@ from pathlib import Path
 
 import pytest
 
+from enclave_workers.preparation import PreparationOptions
+from infaas.attestation import SimulatedPlatformCA
+from infaas.settings import ProfilerSettings, Settings
+from infaas.zoo import Manifest, load_model_bytes, load_validation
+from profiler.profile import ProfileOptions
+from tests.deployment import Deployment
 from tests.e2e.server import free_port
+from tests.zoo_fixtures import entry, small_manifest, small_zoo
+
+__all__ = ["small_manifest", "small_zoo"]
+
+MODEL = "digits-mlp-small"
+"""The model the ``deployment`` fixture registers and prepares."""
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 ATTESTATION_DATA = SHARED / "testdata" / "attestation"
@@ -63,3 +75,58 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def platform_ca() -> SimulatedPlatformCA:
+    """The simulated platform CA every test deployment's TEEs chain to."""
+    return SimulatedPlatformCA.generate("infaas tests")
+
+
+@pytest.fixture(scope="session")
+def deployment(
+    small_zoo: Path,
+    small_manifest: Manifest,
+    platform_ca: SimulatedPlatformCA,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Deployment]:
+    """A deployment serving the small zoo's digits model, prepared by its real worker.
+
+    Owner ``owner1``; tenants ``acme`` and ``globex`` are granted the model,
+    ``initech`` is not. The worker batches requests arriving within 50 ms.
+    Shared by the session (preparation is the slow part): tests that change
+    its state put it back, and tests that add principals give them names of
+    their own.
+    """
+    zoo_entry = entry(small_manifest, MODEL)
+    onnx = load_model_bytes(small_zoo, zoo_entry)
+    x, y = load_validation(small_zoo, zoo_entry)
+    assert y is not None
+    tmp = tmp_path_factory.mktemp("deployment")
+    settings = Settings(
+        data_dir=tmp,
+        store_url="memory://",
+        profiler=ProfilerSettings(batch_sizes=(1, 2, 4, 8), validation_samples=128),
+    )
+    dep = Deployment.create(platform_ca, tmp, settings)
+    dep.add_owner("owner1")
+    task = small_manifest.tasks[zoo_entry.task]
+    dep.register_model("owner1", zoo_entry.to_model_record(), task, onnx, x, y)
+    for tenant in ("acme", "globex"):
+        dep.add_tenant(tenant, owner="owner1", grant=(MODEL,))
+    dep.add_tenant("initech")
+    prep = PreparationOptions(
+        pool="cpu",
+        max_batch=8,
+        profile=ProfileOptions(
+            batch_sizes=(1, 2, 4, 8), warmup_runs=1, min_runs=3, min_time_s=0.01
+        ),
+        validation_samples=128,
+        calibration_samples=32,
+    )
+    runtime = dep.start_worker(batch_wait_ms=50.0, preparation=prep)
+    job = runtime.prepare_model(MODEL)
+    assert job.state == "ready", job.message
+    dep.variants = [v.variant_id for v in dep.store.list_variants(model_id=MODEL)]
+    yield dep
+    dep.close()

@@ -16,7 +16,6 @@ import importlib
 import json
 import sys
 import uuid
-import warnings
 from pathlib import Path
 
 PROJECT = ("infaas", "variants", "profiler", "scheduler", "enclave_workers", "api")
@@ -27,9 +26,8 @@ def loaded_project_modules() -> list[str]:
 
 
 def _testclient() -> type:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from fastapi.testclient import TestClient
+    from tests.asgi import TestClient
+
     return TestClient
 
 

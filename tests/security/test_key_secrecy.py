@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
-import warnings
 from pathlib import Path
 
 import pytest
@@ -34,12 +33,8 @@ from infaas.keyservice import (
     create_keyservice_app,
 )
 from infaas.store import SealedTable, open_store
+from tests.asgi import TestClient
 from tests.security.markers import encodings
-
-with warnings.catch_warnings():
-    # starlette wants "httpx2" for TestClient; the client under test speaks httpx
-    warnings.simplefilter("ignore")
-    from fastapi.testclient import TestClient
 
 KS_M = hashlib.sha256(b"ks").digest()
 WORKER_M = hashlib.sha256(b"worker").digest()

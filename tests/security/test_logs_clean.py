@@ -1,15 +1,16 @@
 """Structured logs, the dashboard's JSON and /metrics carry metadata, never plaintext or keys.
 
-A real `WorkerRuntime` (in process, simulated TEE, in-process key service)
-serves a tiny sealed model to two tenants: good requests whose input is a
-recognisable float pattern, and refused ones (infeasible SLO, another tenant's
-key, a replay, a wrong API token). Every log record of every logger, at DEBUG,
-goes through the JSON formatter the entry points install; the telemetry is
-flushed and the control plane's dashboard data and ``/metrics`` are fetched.
-All of that text is then scanned for the input, the outputs, the weights, the
-tenants' request keys, the model's data key and the API tokens: raw, hex and
-base64 (both alphabets, every alignment). A positive control proves the scan
-finds them, and the request log lines are checked to carry the metadata.
+A real `WorkerRuntime` of the shared test deployment (tests/deployment.py: in
+process, simulated TEE, in-process key service) serves a tiny sealed model to
+two tenants: good requests whose input is a recognisable float pattern, and
+refused ones (infeasible SLO, another tenant's key, a replay, a wrong API
+token). Every log record of every logger, at DEBUG, goes through the JSON
+formatter the entry points install; the telemetry is flushed and the control
+plane's dashboard data and ``/metrics`` are fetched. All of that text is then
+scanned for the input, the outputs, the weights, the tenants' request keys, the
+model's data key and the API tokens: raw, hex and base64 (both alphabets, every
+alignment). A positive control proves the scan finds them, and the request log
+lines are checked to carry the metadata.
 """
 
 from __future__ import annotations
@@ -21,9 +22,7 @@ import io
 import json
 import logging
 import uuid
-import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -31,22 +30,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from api.app import create_app
-from enclave_workers.runtime import WorkerRuntime
-from infaas.artifacts import ArtifactStore
-from infaas.attestation import (
-    AttestationPolicy,
-    AttestationVerifier,
-    SimulatedPlatformCA,
-    SimulatedTEE,
-)
-from infaas.auth import TokenRegistry
-from infaas.envelope import new_key, open_response, seal_artifact, seal_request
+from infaas.attestation import SimulatedPlatformCA
+from infaas.envelope import open_response, seal_request
 from infaas.errors import InfaasError
-from infaas.keyservice import KeyService, KeyServiceClient
 from infaas.logs import JsonFormatter
 from infaas.protocol import decode_response, encode_request
-from infaas.settings import Settings
-from infaas.store import MemoryStore
 from infaas.telemetry.flusher import Flusher
 from infaas.telemetry.recorder import request_log
 from infaas.types import (
@@ -62,19 +50,15 @@ from infaas.types import (
 )
 from infaas.wire import InferRequest
 from infaas.zoo import IR_VERSION, OPSET
+from tests.asgi import TestClient
+from tests.deployment import Deployment
 from tests.security.markers import encodings
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from fastapi.testclient import TestClient
 
 N_IN, N_OUT = 16, 4
 MODEL, TASK = "logs-model", "logs-task"
 VARIANT = f"{MODEL}.fp32.onnxruntime"
 WEIGHTS = (4242.0 + np.arange(N_IN * N_OUT, dtype=np.float32) / 16).reshape(N_IN, N_OUT)
 INPUT = (27182.8125 + np.arange(N_IN, dtype=np.float32) / 32).reshape(1, N_IN)
-KS_M = hashlib.sha256(b"logs keyservice").digest()
-WORKER_M = hashlib.sha256(b"logs worker").digest()
 
 
 def _chunks(data: bytes, size: int = 24) -> set[bytes]:
@@ -98,43 +82,20 @@ def marker_model() -> bytes:
     return data
 
 
-@dataclass
-class World:
-    runtime: WorkerRuntime
-    store: MemoryStore
-    settings: Settings
-    secrets: dict[str, set[bytes]]
-    api_tokens: dict[str, str]
-    tenant_keys: dict[str, bytes]
+World = Deployment
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    tmp = tmp_path_factory.mktemp("logs")
-    settings = Settings(data_dir=tmp, store_url="memory://")
-    store = MemoryStore()
-    artifacts = ArtifactStore(tmp / "artifacts")
-    ca = SimulatedPlatformCA.generate("logs-test")
-
-    def policy(m: bytes) -> AttestationPolicy:
-        return AttestationPolicy(allow_simulated=True, allowed_measurements=(m.hex(),))
-
-    service = KeyService(
-        store,
-        new_key(),
-        SimulatedTEE(ca, KS_M),
-        AttestationVerifier(policy(WORKER_M), extra_roots=[ca.root_cert]),
-    )
-    ks = KeyServiceClient(service, AttestationVerifier(policy(KS_M), extra_roots=[ca.root_cert]))
-    ks.attest()
-    owner = ks.register("logs-owner", "owner")
-    data_key = new_key()
-    ks.upload_model_key(owner, MODEL, "dk1", data_key)
+def world(
+    platform_ca: SimulatedPlatformCA, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[World]:
+    """The shared kind of deployment (tests/deployment.py) serving the marker model."""
+    dep = Deployment.create(platform_ca, tmp_path_factory.mktemp("logs"))
+    dep.add_owner("logs-owner")
     onnx_bytes = marker_model()
     onnx.checker.check_model(onnx.load_model_from_string(onnx_bytes))
-    artifacts.put(VARIANT, seal_artifact(data_key, "dk1", VARIANT, onnx_bytes))
-    store.put_task(Task(name=TASK, input=TensorSpec(name="x", shape=(N_IN,)), num_classes=N_OUT))
-    store.put_model(
+    dep.register_model(
+        "logs-owner",
         ModelRecord(
             model_id=MODEL,
             task=TASK,
@@ -142,9 +103,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             artifact_sha256=hashlib.sha256(onnx_bytes).hexdigest(),
             size_bytes=len(onnx_bytes),
             num_parameters=N_IN * N_OUT,
-        )
+        ),
+        Task(name=TASK, input=TensorSpec(name="x", shape=(N_IN,)), num_classes=N_OUT),
+        onnx_bytes,
+        INPUT,
+        None,
     )
-    store.put_variant(
+    dep.add_variant(
         VariantSpec(
             variant_id=VARIANT,
             model_id=MODEL,
@@ -153,9 +118,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             precision=Precision.FP32,
             backend=Backend.ONNXRUNTIME,
             max_batch=8,
-        )
-    )
-    store.put_profile(
+        ),
         Profile(
             variant_id=VARIANT,
             batches=(BatchLatency(batch=1, p50_ms=0.05, p99_ms=0.1, throughput_rps=20_000),),
@@ -165,36 +128,32 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             accuracy_kind="validation",
             latency_model=LatencyModel(intercept_ms=0.05, slope_ms=0.0),
             threads=1,
-        )
+        ),
+        onnx_bytes,
     )
-    registry = TokenRegistry(store)
-    tenant_keys, api_tokens, ks_tokens = {}, {}, []
     for tenant in ("alice", "bob"):
-        ks_token = ks.register(tenant, "tenant")
-        ks_tokens.append(ks_token)
-        tenant_keys[tenant] = new_key()
-        ks.upload_tenant_key(ks_token, f"{tenant}-k1", tenant_keys[tenant])
-        ks.grant(owner, MODEL, tenant)
-        api_tokens[tenant] = registry.issue(tenant, "tenant")
-    api_tokens["admin"] = registry.issue("admin", "admin")
-    runtime = WorkerRuntime(
-        settings, store, artifacts, service, SimulatedTEE(ca, WORKER_M), refresh_s=3600.0
-    )
-    runtime.start()
+        dep.add_tenant(tenant, owner="logs-owner", grant=(MODEL,))
+    dep.api_tokens["admin"] = dep.tokens.issue("admin", "admin")
+    dep.start_worker()
+    yield dep
+    dep.close()
+
+
+@pytest.fixture(scope="module")
+def secrets(world: World) -> dict[str, set[bytes]]:
+    """What must never show: plaintext (raw and decimal), weights, keys and tokens."""
     out = INPUT @ WEIGHTS
-    secrets = {
+    return {
         "input": _chunks(INPUT.tobytes()),
         "input (decimal)": {b"27182.84375", b"27182.875"},
         "output": _chunks(out.astype(np.float32).tobytes()),
         "output (decimal)": {repr(float(v)).encode() for v in out.ravel()[:3]},
         "weights": _chunks(WEIGHTS.tobytes()),
-        "model data key": encodings(data_key),
-        "request keys": {f for k in tenant_keys.values() for f in encodings(k)},
-        "API tokens": {t.rpartition(".")[2].encode() for t in api_tokens.values()},
-        "key service tokens": {t.rpartition(":")[2].encode() for t in [owner, *ks_tokens]},
+        "model data key": encodings(world.model_keys[MODEL]),
+        "request keys": {f for k in world.tenant_keys.values() for f in encodings(k)},
+        "API tokens": {t.rpartition(".")[2].encode() for t in world.api_tokens.values()},
+        "key service tokens": {t.rpartition(":")[2].encode() for t in world.ks_tokens.values()},
     }
-    yield World(runtime, store, settings, secrets, api_tokens, tenant_keys)
-    asyncio.run(runtime.close())
 
 
 def _request(w: World, tenant: str, *, key_of: str | None = None, **slo: float) -> InferRequest:
@@ -216,17 +175,21 @@ def _scan(text: bytes, forms: dict[str, set[bytes]]) -> list[str]:
     return sorted(what for what, fs in forms.items() if any(f in text for f in fs))
 
 
-def test_the_scan_finds_secrets_where_they_are(world: World) -> None:
+def test_the_scan_finds_secrets_where_they_are(
+    world: World, secrets: dict[str, set[bytes]]
+) -> None:
     planted = (
         b"in "
         + base64.b64encode(b"z" + INPUT.tobytes())
         + b" key "
         + world.tenant_keys["bob"].hex().encode()
     )
-    assert _scan(planted, world.secrets) == ["input", "request keys"]
+    assert _scan(planted, secrets) == ["input", "request keys"]
 
 
-def test_logs_dashboard_and_metrics_hold_no_plaintext_or_keys(world: World) -> None:
+def test_logs_dashboard_and_metrics_hold_no_plaintext_or_keys(
+    world: World, secrets: dict[str, set[bytes]]
+) -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(JsonFormatter())
@@ -291,4 +254,4 @@ def test_logs_dashboard_and_metrics_hold_no_plaintext_or_keys(world: World) -> N
     assert VARIANT in pages[1].text and "alice" in pages[4].text
 
     everything = (logs + "".join(p.text for p in pages) + metrics.text).encode()
-    assert _scan(everything, world.secrets) == [], "secrets or plaintext in logs/dashboard/metrics"
+    assert _scan(everything, secrets) == [], "secrets or plaintext in logs/dashboard/metrics"

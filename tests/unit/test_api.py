@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +22,7 @@ from infaas.errors import Overloaded
 from infaas.settings import Settings, load_settings
 from infaas.store import MetadataStore, open_store
 from infaas.wire import JobStatus
-
-with warnings.catch_warnings():
-    # starlette deprecates driving TestClient with httpx; the client under test speaks httpx
-    warnings.simplefilter("ignore")
-    from fastapi.testclient import TestClient
+from tests.asgi import TestClient
 
 
 @dataclass

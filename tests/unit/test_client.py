@@ -1,17 +1,19 @@
-"""infaas.Client against the real control-plane app and key service, in process.
+"""infaas.Client against the real control-plane app, key service and worker, in process.
 
-Only the worker is a stand-in: a route that does what an attested worker does
-(key release over its own simulated evidence, open, compute, seal), so the
-client's sealing, checking and error mapping are exercised for real.
+The shared deployment (tests/deployment.py) behind an edge that routes as the
+Serve proxy does, so the client's sealing, checking and error mapping are
+exercised against a real `WorkerRuntime`. Between the client and that worker
+sits a transport that, when told to, rewrites the worker's answer: the client's
+checks of a dishonest answer are tested against what a real worker sealed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-import os
 import stat
-import warnings
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,16 +21,14 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from fastapi import FastAPI, Header
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.app import create_app
+from enclave_workers.endpoint import serve_app
 from infaas import Client
-from infaas.artifacts import ArtifactStore
-from infaas.attestation import AttestationPolicy, AttestationVerifier, SimulatedPlatformCA
-from infaas.attestation.simulated import SimulatedTEE
-from infaas.auth import TokenRegistry
+from infaas.attestation import SimulatedPlatformCA
 from infaas.client import KeyServiceTrust, problem_error
-from infaas.envelope import MemoryReplayGuard, open_artifact, open_request, seal_response
+from infaas.envelope import open_artifact
 from infaas.errors import (
     AttestationFailed,
     AuthenticationFailed,
@@ -40,20 +40,14 @@ from infaas.errors import (
     PayloadTooLarge,
     PermissionDenied,
 )
-from infaas.keyservice import KeyService, WorkerKeyClient, create_keyservice_router
-from infaas.protocol import decode_request, encode_response
+from infaas.keyservice import create_keyservice_router
 from infaas.settings import load_settings
-from infaas.store import open_store
-from infaas.types import TensorSpec
-from infaas.wire import InferRequest, InferResponse
+from infaas.wire import InferResponse
+from tests.asgi import TestClient
+from tests.deployment import KS_MEASUREMENT, WORKER_MEASUREMENT, Deployment
+from variants.runtime import load_variant
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from fastapi.testclient import TestClient
-
-KS_MEASUREMENT = hashlib.sha256(b"keyservice code").digest()
-WORKER_MEASUREMENT = hashlib.sha256(b"worker code").digest()
-WEIGHTS = np.arange(64 * 10, dtype=np.float32).reshape(64, 10) / 640.0
+MODEL = "digits-mlp-small"
 
 
 def _all_errors() -> list[type[InfaasError]]:
@@ -92,107 +86,128 @@ def test_bodies_without_a_problem_still_map() -> None:
     assert type(err) is InfaasError and "502" in err.message
 
 
+Rewrite = Callable[[InferResponse, "InferResponse | None"], InferResponse]
+"""What a dishonest path does to an answer: (this answer, the previous one) -> sent instead."""
+
+
+class RewritingTransport(httpx.BaseTransport):
+    """The path between the client and the worker, honest until given a `rewrite`.
+
+    It forwards every request to the real deployment and, while `rewrite` is
+    set, replaces each ``/v1/infer`` answer by what `rewrite` makes of it (it
+    may also hand back the previous genuine answer, to another request).
+    """
+
+    def __init__(self, upstream: httpx.Client) -> None:
+        self.upstream = upstream
+        self.rewrite: Rewrite | None = None
+        self.previous: InferResponse | None = None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = self.upstream.send(request)
+        if request.url.path != Client.infer_path or response.status_code != 200:
+            return response
+        answer = InferResponse.model_validate_json(response.read())
+        sent = answer if self.rewrite is None else self.rewrite(answer, self.previous)
+        self.previous = answer
+        return httpx.Response(
+            200, headers={"content-type": "application/json"}, content=sent.model_dump_json()
+        )
+
+
+def edge(control: ASGIApp, worker: ASGIApp) -> ASGIApp:
+    """What the Serve proxy does: ``/v1/infer`` to the worker replica, the rest to the
+    control plane (with the key service's routes)."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path.rstrip("/") == Client.infer_path:
+            await worker({**scope, "root_path": Client.infer_path}, receive, send)
+        else:
+            await control(scope, receive, send)
+
+    return app
+
+
 @dataclass
 class World:
+    dep: Deployment
     http: TestClient
-    ca: SimulatedPlatformCA
-    service: KeyService
-    artifacts: ArtifactStore
+    path: RewritingTransport
     admin_token: str
-    mode: dict[str, str]
 
     def trust(self, measurement: bytes = KS_MEASUREMENT) -> KeyServiceTrust:
-        return KeyServiceTrust(measurement.hex(), self.ca.root_pem, allow_simulated=True)
+        return KeyServiceTrust(measurement.hex(), self.dep.ca.root_pem, allow_simulated=True)
 
     def client(self, token: str | None = None, **kw: Any) -> Client:
         kw.setdefault("keyservice", self.trust())
-        return Client("http://testserver", api_token=token, http=self.http, **kw)
+        http = httpx.Client(base_url="http://testserver", transport=self.path)
+        return Client("http://testserver", api_token=token, http=http, **kw)
 
 
-def _fake_worker(app: FastAPI, world: dict[str, Any]) -> None:
-    """What an attested worker does for one request, minus batching and ONNX."""
-    guard = MemoryReplayGuard()
-
-    @app.post("/v1/infer")
-    def infer(body: InferRequest, authorization: str = Header()) -> InferResponse:
-        tokens: TokenRegistry = world["tokens"]
-        principal = tokens.verify(authorization.removeprefix("Bearer "), "tenant")
-        env = body.envelope
-        if env.tenant != principal.id:
-            raise PermissionDenied("envelope names another tenant")
-        keys = WorkerKeyClient(world["service"], SimulatedTEE(world["ca"], WORKER_MEASUREMENT))
-        released = keys.tenant_key(env.tenant, "digits-a", env.key_id)
-        plain = open_request(env, {released.key_id: released.key}, replay_guard=guard)
-        req, x = decode_request(bytes(plain), TensorSpec(name="x", shape=(64,)), 32)
-        out = encode_response({"logits": x @ WEIGHTS}, "digits-a", req.id, binary=True)
-        mode = world["mode"].get("mode", "")
-        answer_to = (
-            env.model_copy(update={"request_id": "someone-else"}) if mode == "wrong-id" else env
-        )
-        sealed = seal_response(
-            {released.key_id: released.key},
-            answer_to,
-            out,
-            variant_id="digits-a.fp32.onnxruntime",
-            measurement=WORKER_MEASUREMENT,
-        )
-        clear_variant = "digits-a.int8.openvino" if mode == "lie" else sealed.variant_id
-        return InferResponse(
-            envelope=sealed,
-            variant_id=clear_variant or "",
-            pool="cpu",
-            measurement=WORKER_MEASUREMENT.hex(),
-            simulated_tee=True,
-            latency_ms=1.0,
-            queue_ms=0.0,
-            batch_size=len(x),
-        )
-
-
-@pytest.fixture(scope="module")
-def ca() -> SimulatedPlatformCA:
-    return SimulatedPlatformCA.generate("client-test")
+def _name(prefix: str) -> str:
+    """A principal's name of this test's own (the deployment is shared by the session)."""
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
 @pytest.fixture
-def world(tmp_path: Path, ca: SimulatedPlatformCA) -> Iterator[World]:
+def world(deployment: Deployment, tmp_path: Path) -> Iterator[World]:
+    """The control plane and key service in front of the shared deployment, and a real
+    worker replica of its own (so its loaded variants and caches are this test's)."""
+    dep = deployment
     settings = load_settings(data_dir=tmp_path, store_url="memory://")
-    store = open_store("memory://")
-    tokens = TokenRegistry(store)
-    artifacts = ArtifactStore(tmp_path / "artifacts")
-    worker_policy = AttestationPolicy(
-        allow_simulated=True, allowed_measurements=(WORKER_MEASUREMENT.hex(),)
-    )
-    service = KeyService(
-        store,
-        os.urandom(32),
-        SimulatedTEE(ca, KS_MEASUREMENT),
-        AttestationVerifier(worker_policy, extra_roots=[ca.root_cert]),
-    )
     prepared: list[str] = []
-    app = create_app(
-        settings, store=store, artifacts=artifacts, tokens=tokens, prepare=prepared.append
-    )
-    app.include_router(create_keyservice_router(service))
-    mode: dict[str, str] = {}
-    _fake_worker(app, {"tokens": tokens, "service": service, "ca": ca, "mode": mode})
-    with TestClient(app, raise_server_exceptions=False) as http:
-        yield World(http, ca, service, artifacts, tokens.issue("admin", "admin"), mode)
+    control = create_app(
+        settings, store=dep.store, artifacts=dep.artifacts, tokens=dep.tokens,
+        prepare=prepared.append,
+    )  # fmt: skip
+    control.include_router(create_keyservice_router(dep.service))
+    runtime = dep.new_worker()
+    worker = serve_app(runtime, max_request_bytes=dep.settings.max_request_bytes)
+    try:
+        with TestClient(edge(control, worker), raise_server_exceptions=False) as http:
+            admin = dep.tokens.issue(_name("admin"), "admin")
+            yield World(dep, http, RewritingTransport(http), admin)
+    finally:
+        asyncio.run(runtime.close())
 
 
 def _owner_and_tenant(world: World) -> tuple[Client, Client]:
     admin = world.client(world.admin_token)
-    owner = world.client(admin.create_owner("zoo").token)
+    owner = world.client(admin.create_owner(_name("zoo")).token)
     owner.attest_keyservice()
     owner.register_owner()
-    tenant = world.client(admin.create_tenant("acme").token)
+    tenant = world.client(admin.create_tenant(_name("acme")).token)
     assert tenant.attest_keyservice() == KS_MEASUREMENT.hex()
     tenant.register_tenant()
     return owner, tenant
 
 
+def _swap_id(answer: InferResponse, previous: InferResponse | None) -> InferResponse:
+    """The sealed answer relabelled as the answer to another request."""
+    env = answer.envelope.model_copy(update={"request_id": "someone-else"})
+    return answer.model_copy(update={"envelope": env})
+
+
+def _replay_previous(answer: InferResponse, previous: InferResponse | None) -> InferResponse:
+    """A genuine sealed answer, but to the tenant's previous request."""
+    assert previous is not None
+    return previous
+
+
+def _lie_about_variant(answer: InferResponse, previous: InferResponse | None) -> InferResponse:
+    """Claims a dearer variant served it than the one bound into the sealed answer."""
+    return answer.model_copy(update={"variant_id": f"{MODEL}.int8.openvino"})
+
+
+def _lie_about_worker(answer: InferResponse, previous: InferResponse | None) -> InferResponse:
+    """Claims another worker (measurement) served it."""
+    return answer.model_copy(update={"measurement": hashlib.sha256(b"other").hexdigest()})
+
+
 def test_upload_grant_and_infer(world: World) -> None:
     owner, tenant = _owner_and_tenant(world)
+    dep = world.dep
     rng = np.random.default_rng(0)
     x_val = rng.random((20, 64), dtype=np.float32)
     job = owner.upload_model(
@@ -200,34 +215,51 @@ def test_upload_grant_and_infer(world: World) -> None:
     )
     assert job.state == "queued"
     # what reached the server is sealed; the key service (only) can release the key
-    sealed = world.artifacts.get("digits-a")
+    sealed = dep.artifacts.get("digits-a")
     assert b"ONNX-BYTES" not in sealed
-    key = WorkerKeyClient(world.service, SimulatedTEE(world.ca, WORKER_MEASUREMENT)).model_key(
-        "digits-a"
-    )
+    key = dep.worker_keys().model_key("digits-a")
     assert bytes(open_artifact({key.key_id: key.key}, "digits-a", sealed)) == b"ONNX-BYTES"
     assert owner.job("digits-a").state == "queued"
-    assert [m.model.model_id for m in tenant.models()] == ["digits-a"]
+    assert "digits-a" in [m.model.model_id for m in tenant.models()]
 
-    with pytest.raises(PermissionDenied):  # not granted yet: no tenant key for that model
-        tenant.infer(task="digits", inputs=x_val[:2], latency_ms=50)
-    owner.grant("digits-a", "acme")
-    result = tenant.infer(task="digits", inputs=x_val[:3].astype(np.float64), latency_ms=50)
-    np.testing.assert_allclose(result.outputs, x_val[:3] @ WEIGHTS, rtol=1e-6)
-    assert result.variant_id == "digits-a.fp32.onnxruntime"
+    x = dep.x
+    # a tenant the served model's owner did not grant gets no tenant key for it
+    initech = world.client(
+        dep.api_tokens["initech"],
+        principal="initech",
+        request_key=dep.tenant_keys["initech"],
+        key_id="initech-k1",
+    )
+    with pytest.raises(PermissionDenied):
+        initech.infer(task="digits", inputs=x[:2], latency_ms=50)
+    # the served model's owner grants it to our tenant, through its own client
+    served_owner = world.client(dep.api_tokens["owner1"], ks_token=dep.ks_tokens["owner1"])
+    served_owner.grant(MODEL, str(tenant.principal))
+    fp32 = f"{MODEL}.fp32.onnxruntime"
+    reference = load_variant(dep.store.get_variant(fp32), dep.onnx).run(x[:3])
+    result = tenant.infer(
+        task="digits", inputs=x[:3].astype(np.float64), latency_ms=50, variant_id=fp32
+    )
+    np.testing.assert_allclose(result.outputs, reference, rtol=1e-5)
+    assert result.variant_id == fp32
     assert result.measurement == WORKER_MEASUREMENT.hex() and result.simulated_tee
     assert result.batch_size == 3
 
-    # the client refuses answers that do not answer its request
-    world.mode["mode"] = "wrong-id"
-    with pytest.raises(DecryptionFailed):
-        tenant.infer(task="digits", inputs=x_val[:1], latency_ms=50)
-    world.mode["mode"] = "lie"
-    with pytest.raises(DecryptionFailed, match="disagrees"):
-        tenant.infer(task="digits", inputs=x_val[:1], latency_ms=50)
-    world.mode.clear()
+    # the client refuses answers that do not answer its request, from a path that rewrites
+    # what the real worker sealed
+    for rewrite, match in [
+        (_swap_id, "does not answer"),
+        (_replay_previous, "does not answer"),
+        (_lie_about_variant, "disagrees"),
+        (_lie_about_worker, "disagrees"),
+    ]:
+        world.path.rewrite = rewrite
+        with pytest.raises(DecryptionFailed, match=match):
+            tenant.infer(task="digits", inputs=x[:1], latency_ms=50)
+    world.path.rewrite = None
+    assert tenant.infer(task="digits", inputs=x[:1], latency_ms=50).outputs.shape == (1, 10)
     # a replayed request is refused with the typed error
-    req = tenant.seal_infer(task="digits", inputs=x_val[:1], latency_ms=50)
+    req = tenant.seal_infer(task="digits", inputs=x[:1], latency_ms=50)
     tenant.send_infer(req)
     with pytest.raises(InfaasError) as e:
         tenant.send_infer(req)
@@ -236,7 +268,7 @@ def test_upload_grant_and_infer(world: World) -> None:
 
 def test_the_key_service_is_attested_before_it_gets_keys(world: World) -> None:
     admin = world.client(world.admin_token)
-    creds = admin.create_tenant("acme")
+    creds = admin.create_tenant(_name("acme"))
     no_trust = Client("http://testserver", api_token=creds.token, http=world.http)
     with pytest.raises(AttestationFailed, match="no expectation"):
         no_trust.register_tenant()
@@ -251,7 +283,8 @@ def test_the_key_service_is_attested_before_it_gets_keys(world: World) -> None:
     with pytest.raises(AttestationFailed):
         forged.register_tenant()
     not_simulated = world.client(
-        creds.token, keyservice=KeyServiceTrust(KS_MEASUREMENT.hex(), world.ca.root_pem, False)
+        creds.token,
+        keyservice=KeyServiceTrust(KS_MEASUREMENT.hex(), world.dep.ca.root_pem, False),
     )
     with pytest.raises(AttestationFailed):
         not_simulated.register_tenant()
@@ -263,16 +296,17 @@ def test_the_key_service_is_attested_before_it_gets_keys(world: World) -> None:
 
 def test_server_errors_come_back_typed(world: World) -> None:
     admin = world.client(world.admin_token)
-    admin.create_tenant("acme")
+    acme = _name("acme")
+    admin.create_tenant(acme)
     with pytest.raises(Conflict):
-        admin.create_tenant("acme")
+        admin.create_tenant(acme)
     with pytest.raises(ModelNotFound):
         admin.model("nope")
     with pytest.raises(AuthenticationFailed):
         world.client("admin.wrong").models()
-    tenant = world.client(admin.create_tenant("t2").token)
+    tenant = world.client(admin.create_tenant(_name("t2")).token)
     with pytest.raises(PermissionDenied):
-        tenant.create_tenant("t3")
+        tenant.create_tenant(_name("t3"))
     tenant.register_tenant()
     with pytest.raises(InfaasError, match="unknown task"):
         tenant.infer(task="nope", inputs=np.zeros((1, 64), np.float32), latency_ms=10)
@@ -285,12 +319,13 @@ def test_unreachable_server_is_an_infaas_error() -> None:
 
 def test_credentials_file_is_private_and_round_trips(world: World, tmp_path: Path) -> None:
     admin = world.client(world.admin_token)
-    tenant = world.client(admin.create_tenant("acme").token)
+    acme = _name("acme")
+    tenant = world.client(admin.create_tenant(acme).token)
     tenant.register_tenant()
     path = tenant.save_credentials(tmp_path / "creds" / "acme.json")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     again = Client.from_credentials(path, http=world.http)
-    assert again.principal == "acme" and again.key_id == tenant.key_id
+    assert again.principal == acme and again.key_id == tenant.key_id
     assert again.credentials() == tenant.credentials()
     assert "token" not in repr(again) and str(tenant.api_token) not in repr(again)
     path.chmod(0o644)

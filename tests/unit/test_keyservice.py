@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import time
-import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from infaas.attestation import (
-    AttestationPolicy,
     AttestationVerifier,
     SimulatedPlatformCA,
     SimulatedTEE,
@@ -29,7 +25,6 @@ from infaas.errors import (
 )
 from infaas.keyservice import (
     KeyRequest,
-    KeyService,
     KeyServiceClient,
     KeyServiceHttpClient,
     ReleaseRequest,
@@ -37,105 +32,51 @@ from infaas.keyservice import (
     create_keyservice_app,
     simulated_sealing_key,
 )
-from infaas.store import MetadataStore, SealedTable, open_store
-
-with warnings.catch_warnings():
-    # starlette deprecates driving TestClient with httpx (wants "httpx2", not installed);
-    # the client under test speaks httpx, so TestClient over httpx is what we need here
-    warnings.simplefilter("ignore")
-    from fastapi.testclient import TestClient
-
-KS_MEASUREMENT = hashlib.sha256(b"keyservice code").digest()
-WORKER_MEASUREMENT = hashlib.sha256(b"worker code").digest()
-
-
-def _policy(measurement: bytes) -> AttestationPolicy:
-    return AttestationPolicy(
-        allow_simulated=True, allowed_measurements=(measurement.hex(),), max_evidence_age_s=60
-    )
-
-
-@pytest.fixture(scope="module")
-def ca() -> SimulatedPlatformCA:
-    return SimulatedPlatformCA.generate("ks-test")
-
-
-@dataclass
-class Deployment:
-    ca: SimulatedPlatformCA
-    store: MetadataStore
-    kek: bytes
-    service: KeyService
-    clock: list[float] = field(default_factory=lambda: [1_763_760_000.0])
-
-    def client(
-        self, transport: object | None = None, measurement: bytes = KS_MEASUREMENT
-    ) -> KeyServiceClient:
-        verifier = AttestationVerifier(_policy(measurement), extra_roots=[self.ca.root_cert])
-        return KeyServiceClient(transport or self.service, verifier)  # type: ignore[arg-type]
-
-    def worker(self, measurement: bytes = WORKER_MEASUREMENT, **kw: object) -> WorkerKeyClient:
-        return WorkerKeyClient(self.service, SimulatedTEE(self.ca, measurement, **kw))  # type: ignore[arg-type]
-
-
-def make_service(
-    ca: SimulatedPlatformCA,
-    store: MetadataStore,
-    kek: bytes,
-    clock: Callable[[], float] | None = None,
-) -> KeyService:
-    worker_verifier = AttestationVerifier(_policy(WORKER_MEASUREMENT), extra_roots=[ca.root_cert])
-    kw = {"clock": clock} if clock else {}
-    return KeyService(store, kek, SimulatedTEE(ca, KS_MEASUREMENT), worker_verifier, **kw)  # type: ignore[arg-type]
+from infaas.store import SealedTable
+from tests.asgi import TestClient
+from tests.deployment import KS_MEASUREMENT, WORKER_MEASUREMENT, Deployment, policy
 
 
 @pytest.fixture
-def dep(ca: SimulatedPlatformCA) -> Deployment:
-    store = open_store("memory://")
-    kek = new_key()
-    return Deployment(ca, store, kek, make_service(ca, store, kek))
+def dep(platform_ca: SimulatedPlatformCA, tmp_path: Path) -> Deployment:
+    """A fresh deployment of the shared kind (tests/deployment.py): CA, policy, key service."""
+    return Deployment.create(platform_ca, tmp_path)
 
 
-@dataclass
-class World:
-    owner: str
-    tenant: str
-    model_key: bytes
-    tenant_key: bytes
+def _client(
+    dep: Deployment, transport: object | None = None, measurement: bytes = KS_MEASUREMENT
+) -> KeyServiceClient:
+    """A key-service client expecting `measurement`, over `transport` (default: in process)."""
+    verifier = AttestationVerifier(policy(measurement), extra_roots=[dep.ca.root_cert])
+    return KeyServiceClient(transport or dep.service, verifier)  # type: ignore[arg-type]
 
 
-def _populate(dep: Deployment, grant: bool = True) -> World:
-    c = dep.client()
-    c.attest()
-    owner = c.register("zoo", "owner")
-    tenant = c.register("acme", "tenant")
-    w = World(owner, tenant, new_key(), new_key())
-    c.upload_model_key(owner, "resnet", "dk1", w.model_key)
-    c.upload_tenant_key(tenant, "k1", w.tenant_key)
-    if grant:
-        c.grant(owner, "resnet", "acme")
-    return w
+def _populate(dep: Deployment, grant: bool = True) -> None:
+    """Owner ``zoo`` with model ``resnet`` (data key ``dk1``), tenant ``acme`` (key ``k1``)."""
+    dep.add_owner("zoo")
+    dep.add_model_key("zoo", "resnet", "dk1")
+    dep.add_tenant("acme", owner="zoo", grant=("resnet",) if grant else (), key_id="k1")
 
 
 def test_worker_with_allowed_evidence_gets_its_keys(dep: Deployment) -> None:
-    w = _populate(dep)
-    keys = dep.worker().fetch(
+    _populate(dep)
+    keys = dep.worker_keys().fetch(
         [
             KeyRequest(kind="model", model_id="resnet"),
             KeyRequest(kind="tenant", model_id="resnet", tenant="acme"),
         ]
     )
     assert [(k.kind, k.key_id, k.key) for k in keys] == [
-        ("model", "dk1", w.model_key),
-        ("tenant", "k1", w.tenant_key),
+        ("model", "dk1", dep.model_keys["resnet"]),
+        ("tenant", "k1", dep.tenant_keys["acme"]),
     ]
-    assert w.tenant_key.hex() not in repr(keys)
+    assert dep.tenant_keys["acme"].hex() not in repr(keys)
 
 
 def test_tenant_without_grant_gets_nothing(dep: Deployment) -> None:
     _populate(dep, grant=False)
     with pytest.raises(PermissionDenied, match="not granted"):
-        dep.worker().fetch(
+        dep.worker_keys().fetch(
             [
                 KeyRequest(kind="model", model_id="resnet"),
                 KeyRequest(kind="tenant", model_id="resnet", tenant="acme"),
@@ -144,20 +85,20 @@ def test_tenant_without_grant_gets_nothing(dep: Deployment) -> None:
 
 
 def test_revoke_stops_release(dep: Deployment) -> None:
-    w = _populate(dep)
-    assert dep.worker().tenant_key("acme", "resnet").key == w.tenant_key
-    dep.client().revoke(w.owner, "resnet", "acme")
+    _populate(dep)
+    assert dep.worker_keys().tenant_key("acme", "resnet").key == dep.tenant_keys["acme"]
+    _client(dep).revoke(dep.ks_tokens["zoo"], "resnet", "acme")
     with pytest.raises(PermissionDenied):
-        dep.worker().tenant_key("acme", "resnet")
+        dep.worker_keys().tenant_key("acme", "resnet")
 
 
 def test_grant_for_one_model_does_not_cover_another(dep: Deployment) -> None:
-    w = _populate(dep)
-    c = dep.client()
+    _populate(dep)
+    c = _client(dep)
     c.attest()
-    c.upload_model_key(w.owner, "mlp", "dk1", new_key())
+    c.upload_model_key(dep.ks_tokens["zoo"], "mlp", "dk1", new_key())
     with pytest.raises(PermissionDenied):
-        dep.worker().tenant_key("acme", "mlp")
+        dep.worker_keys().tenant_key("acme", "mlp")
 
 
 @pytest.mark.parametrize(
@@ -170,7 +111,7 @@ def test_grant_for_one_model_does_not_cover_another(dep: Deployment) -> None:
 def test_other_workers_are_refused(dep: Deployment, kw: dict, match: str) -> None:
     _populate(dep)
     with pytest.raises(AttestationFailed, match=match):
-        dep.worker(**kw).model_key("resnet")
+        dep.worker_keys(**kw).model_key("resnet")
 
 
 def test_worker_from_another_platform_ca_is_refused(dep: Deployment) -> None:
@@ -197,13 +138,12 @@ def test_stolen_evidence_with_attacker_key_is_refused(dep: Deployment) -> None:
         dep.service.release(req)
 
 
-def test_nonce_is_single_use_and_expires(ca: SimulatedPlatformCA) -> None:
+def test_nonce_is_single_use_and_expires(platform_ca: SimulatedPlatformCA, tmp_path: Path) -> None:
     t = [time.time()]
-    store, kek = open_store("memory://"), new_key()
-    service = make_service(ca, store, kek, clock=lambda: t[0])
-    dep = Deployment(ca, store, kek, service)
+    dep = Deployment.create(platform_ca, tmp_path, clock=lambda: t[0])
+    service = dep.service
     _populate(dep)
-    tee = SimulatedTEE(ca, WORKER_MEASUREMENT)
+    tee = dep.worker_tee()
     pk = b"\x05" * 32
     nonce = service.issue_nonce().nonce
     req = ReleaseRequest(
@@ -225,7 +165,7 @@ def test_nonce_is_single_use_and_expires(ca: SimulatedPlatformCA) -> None:
 
 
 def test_client_refuses_unexpected_key_service(dep: Deployment) -> None:
-    c = dep.client(measurement=hashlib.sha256(b"the key service I expect").digest())
+    c = _client(dep, measurement=hashlib.sha256(b"the key service I expect").digest())
     with pytest.raises(AttestationFailed, match="allowed_measurements"):
         c.attest()
     with pytest.raises(AttestationFailed, match="not attested"):
@@ -233,13 +173,13 @@ def test_client_refuses_unexpected_key_service(dep: Deployment) -> None:
 
 
 def test_authentication_and_ownership(dep: Deployment) -> None:
-    w = _populate(dep)
-    c = dep.client()
+    _populate(dep)
+    c = _client(dep)
     c.attest()
     with pytest.raises(AuthenticationFailed):
         c.grant("zoo:not-the-token", "resnet", "acme")
     with pytest.raises(PermissionDenied, match="not a owner"):
-        c.grant(w.tenant, "resnet", "acme")
+        c.grant(dep.ks_tokens["acme"], "resnet", "acme")
     rival = c.register("rival", "owner")
     with pytest.raises(PermissionDenied, match="another owner"):
         c.upload_model_key(rival, "resnet", "dk2", new_key())
@@ -248,13 +188,13 @@ def test_authentication_and_ownership(dep: Deployment) -> None:
     with pytest.raises(Conflict):
         c.register("acme", "tenant")
     with pytest.raises(Conflict):
-        c.upload_tenant_key(w.tenant, "k1", new_key())
+        c.upload_tenant_key(dep.ks_tokens["acme"], "k1", new_key())
 
 
 def test_sealed_key_cannot_be_replayed_as_another(dep: Deployment) -> None:
     """A key sealed for tenant acme / k1 does not open as another key id or tenant's."""
-    w = _populate(dep)
-    c = dep.client()
+    _populate(dep)
+    c = _client(dep)
     c.attest()
     from infaas.keyservice.sealing import info_for, seal_to
 
@@ -262,53 +202,55 @@ def test_sealed_key_cannot_be_replayed_as_another(dep: Deployment) -> None:
         c.service_key, new_key(), info_for("tenant-key", {"tenant": "acme", "key_id": "k9"})
     )
     with pytest.raises(DecryptionFailed):
-        dep.service.set_tenant_key(w.tenant, "k8", sealed)
+        dep.service.set_tenant_key(dep.ks_tokens["acme"], "k8", sealed)
 
 
 def test_key_rotation(dep: Deployment) -> None:
-    w = _populate(dep)
-    c = dep.client()
+    _populate(dep)
+    c = _client(dep)
     c.attest()
     k2 = new_key()
-    c.upload_tenant_key(w.tenant, "k2", k2)
-    worker = dep.worker()
+    c.upload_tenant_key(dep.ks_tokens["acme"], "k2", k2)
+    worker = dep.worker_keys()
     assert worker.tenant_key("acme", "resnet").key_id == "k2"
     assert worker.tenant_key("acme", "resnet").key == k2
-    assert worker.tenant_key("acme", "resnet", key_id="k1").key == w.tenant_key
+    assert worker.tenant_key("acme", "resnet", key_id="k1").key == dep.tenant_keys["acme"]
     with pytest.raises(UnknownKey):
         worker.tenant_key("acme", "resnet", key_id="k7")
 
 
 def test_state_survives_restart_with_same_kek(dep: Deployment) -> None:
-    w = _populate(dep)
-    restarted = make_service(dep.ca, dep.store, dep.kek)
+    _populate(dep)
+    restarted = Deployment.key_service(dep.ca, dep.store, dep.kek)
     worker = WorkerKeyClient(restarted, SimulatedTEE(dep.ca, WORKER_MEASUREMENT))
-    assert worker.model_key("resnet").key == w.model_key
-    assert worker.tenant_key("acme", "resnet").key == w.tenant_key
+    assert worker.model_key("resnet").key == dep.model_keys["resnet"]
+    assert worker.tenant_key("acme", "resnet").key == dep.tenant_keys["acme"]
     # tokens still work after the restart
-    KeyServiceClient(restarted, dep.client()._verifier).grant(w.owner, "resnet", "acme")
+    KeyServiceClient(restarted, _client(dep)._verifier).grant(
+        dep.ks_tokens["zoo"], "resnet", "acme"
+    )
 
 
 def test_other_kek_cannot_read_state(dep: Deployment) -> None:
     _populate(dep)
-    thief = make_service(dep.ca, dep.store, new_key())
+    thief = Deployment.key_service(dep.ca, dep.store, new_key())
     with pytest.raises(DecryptionFailed, match="does not open under the KEK"):
         WorkerKeyClient(thief, SimulatedTEE(dep.ca, WORKER_MEASUREMENT)).model_key("resnet")
 
 
 def test_swapped_store_records_do_not_open(dep: Deployment) -> None:
     """The untrusted store cannot move one tenant's key record under another name."""
-    w = _populate(dep)
-    c = dep.client()
+    _populate(dep)
+    c = _client(dep)
     c.attest()
     globex = c.register("globex", "tenant")
     c.upload_tenant_key(globex, "k1", new_key())
-    c.grant(w.owner, "resnet", "globex")
+    c.grant(dep.ks_tokens["zoo"], "resnet", "globex")
     acme = dep.store.get_sealed(SealedTable.TENANT_KEY, "acme/k1")
     assert acme is not None
     dep.store.put_sealed(SealedTable.TENANT_KEY, "globex/k1", acme)
     with pytest.raises(DecryptionFailed):
-        dep.worker().tenant_key("globex", "resnet")
+        dep.worker_keys().tenant_key("globex", "resnet")
 
 
 def test_simulated_sealing_key_file(tmp_path: Path) -> None:
@@ -331,7 +273,7 @@ def test_http_flow_and_typed_errors(dep: Deployment) -> None:
     app = create_keyservice_app(dep.service)
     with TestClient(app) as http:
         remote = KeyServiceHttpClient(http)
-        c = dep.client(transport=remote)
+        c = _client(dep, transport=remote)
         c.attest()
         owner = c.register("zoo", "owner")
         tenant = c.register("acme", "tenant")

@@ -11,7 +11,6 @@ import asyncio
 import io
 import json
 import logging
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,10 +31,7 @@ from infaas.telemetry.reader import TelemetryReader, quantile_ms
 from infaas.telemetry.recorder import Recorder
 from infaas.telemetry.records import LATENCY_BUCKETS_MS
 from infaas.types import AutoscalerEvent
-
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from fastapi.testclient import TestClient
+from tests.asgi import TestClient
 
 VARIANT = "digits-mlp.int8.onnxruntime"
 STATUS = {

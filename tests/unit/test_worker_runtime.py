@@ -1,7 +1,8 @@
 """The TEE worker runtime end to end, in process: prepare a sealed model, serve tenants.
 
-An in-process key service on the simulated TEE, a memory store, sealed artifacts
-in a temp dir: registration -> preparation -> sealed inference of two tenants,
+The shared deployment (tests/deployment.py): an in-process key service on the
+simulated TEE, a memory store, sealed artifacts in a temp dir: registration ->
+preparation -> sealed inference of two tenants,
 with every refusal the envelope and the key service promise (and a good request
 after each one, to show one bad request breaks nothing).
 """
@@ -9,14 +10,8 @@ after each one, to show one bad request breaks nothing).
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import io
 import math
 import time
-import uuid
-import warnings
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,17 +19,7 @@ import pytest
 
 from enclave_workers.autoscaling import LoadAgent
 from enclave_workers.endpoint import create_worker_app, serve_app
-from enclave_workers.preparation import PreparationOptions, validation_artifact
-from enclave_workers.runtime import WorkerRuntime
-from infaas.artifacts import ArtifactStore
-from infaas.attestation import (
-    AttestationPolicy,
-    AttestationVerifier,
-    SimulatedPlatformCA,
-    SimulatedTEE,
-)
-from infaas.auth import TokenRegistry
-from infaas.envelope import Envelope, new_key, open_response, seal_artifact, seal_request
+from infaas.envelope import Envelope, open_response
 from infaas.errors import (
     AuthenticationFailed,
     DecryptionFailed,
@@ -44,166 +29,22 @@ from infaas.errors import (
     PermissionDenied,
     ReplayedRequest,
 )
-from infaas.keyservice import KeyService, KeyServiceClient
-from infaas.protocol import decode_response, encode_request
-from infaas.settings import ProfilerSettings, Settings
-from infaas.store import REPLAY_PRUNE_INTERVAL_S, MemoryStore
+from infaas.store import REPLAY_PRUNE_INTERVAL_S
 from infaas.types import BatchLatency, LatencyModel, Profile
 from infaas.wire import InferRequest, InferResponse
-from infaas.zoo import Manifest, load_model_bytes, load_validation
-from profiler.profile import ProfileOptions
 from scheduler.routing import RoutingHints
-from tests.zoo_fixtures import entry, small_manifest, small_zoo
+from tests.asgi import TestClient
+from tests.deployment import WORKER_MEASUREMENT, Deployment
 from variants.runtime import load_variant
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    from fastapi.testclient import TestClient
-
-__all__ = ["small_manifest", "small_zoo"]
-
 MODEL = "digits-mlp-small"
-KS_MEASUREMENT = hashlib.sha256(b"keyservice under test").digest()
-WORKER_MEASUREMENT = hashlib.sha256(b"worker under test").digest()
-
-
-def _policy(measurement: bytes) -> AttestationPolicy:
-    return AttestationPolicy(
-        allow_simulated=True, allowed_measurements=(measurement.hex(),), max_evidence_age_s=60
-    )
-
-
-@dataclass
-class World:
-    runtime: WorkerRuntime
-    store: MemoryStore
-    tenant_keys: dict[str, bytes]
-    api_tokens: dict[str, str]
-    x: np.ndarray
-    y: np.ndarray
-    onnx: bytes
-    variants: list[str]
-
-    def request(
-        self,
-        tenant: str,
-        x: np.ndarray,
-        *,
-        latency_ms: float = 1000.0,
-        min_accuracy: float = 0.0,
-        key_tenant: str | None = None,
-        variant_id: str | None = None,
-        binary: bool = True,
-        timestamp: float | None = None,
-    ) -> InferRequest:
-        rid = uuid.uuid4().hex
-        body = encode_request({"x": x}, request_id=rid, binary=binary)
-        env = seal_request(
-            {f"{tenant}-k1": self.tenant_keys[key_tenant or tenant]},
-            body,
-            tenant=tenant,
-            task="digits",
-            latency_ms=latency_ms,
-            min_accuracy=min_accuracy,
-            request_id=rid,
-            timestamp=timestamp,
-        )
-        return InferRequest(envelope=env, variant_id=variant_id)
-
-    def outputs(self, tenant: str, req: InferRequest, resp: InferResponse) -> np.ndarray:
-        plain = open_response(
-            resp.envelope,
-            {f"{tenant}-k1": self.tenant_keys[tenant]},
-            request_id=req.envelope.request_id,
-            tenant=tenant,
-        )
-        _, arrays = decode_response(bytes(plain))
-        return arrays["logits"]
-
-    def infer(self, tenant: str, req: InferRequest, token: str | None = None) -> InferResponse:
-        async def go() -> InferResponse:
-            return await self.runtime.infer(req, token or self.api_tokens[tenant])
-
-        return asyncio.run(go())
-
-    def good(self, tenant: str = "acme") -> None:
-        """A well-formed request still succeeds (after a refused one)."""
-        req = self.request(tenant, self.x[:3])
-        out = self.outputs(tenant, req, self.infer(tenant, req))
-        assert out.shape == (3, 10)
+World = Deployment
 
 
 @pytest.fixture(scope="module")
-def world(
-    small_zoo: Path, small_manifest: Manifest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[World]:
-    zoo_entry = entry(small_manifest, MODEL)
-    onnx = load_model_bytes(small_zoo, zoo_entry)
-    x, y = load_validation(small_zoo, zoo_entry)
-    assert y is not None
-    tmp = tmp_path_factory.mktemp("worker")
-    settings = Settings(
-        data_dir=tmp,
-        store_url="memory://",
-        profiler=ProfilerSettings(batch_sizes=(1, 2, 4, 8), validation_samples=128),
-    )
-    store = MemoryStore()
-    artifacts = ArtifactStore(tmp / "artifacts")
-    ca = SimulatedPlatformCA.generate("worker-test")
-    service = KeyService(
-        store,
-        new_key(),
-        SimulatedTEE(ca, KS_MEASUREMENT),
-        AttestationVerifier(_policy(WORKER_MEASUREMENT), extra_roots=[ca.root_cert]),
-    )
-    client = KeyServiceClient(
-        service, AttestationVerifier(_policy(KS_MEASUREMENT), extra_roots=[ca.root_cert])
-    )
-    client.attest()
-
-    # the owner registers the model: data key to the key service, sealed blobs, metadata
-    owner = client.register("owner1", "owner")
-    data_key = new_key()
-    client.upload_model_key(owner, MODEL, "m1", data_key)
-    artifacts.put(MODEL, seal_artifact(data_key, "m1", MODEL, onnx))
-    npz = io.BytesIO()
-    np.savez(npz, x=x, y=y)
-    name = validation_artifact(MODEL)
-    artifacts.put(name, seal_artifact(data_key, "m1", name, npz.getvalue()))
-    store.put_task(small_manifest.tasks["digits"])
-    store.put_model(zoo_entry.to_model_record())
-
-    # tenants: acme and globex are granted the model, initech is not
-    tenant_keys: dict[str, bytes] = {}
-    api_tokens: dict[str, str] = {}
-    registry = TokenRegistry(store)
-    for tenant in ("acme", "globex", "initech"):
-        ks_token = client.register(tenant, "tenant")
-        tenant_keys[tenant] = new_key()
-        client.upload_tenant_key(ks_token, f"{tenant}-k1", tenant_keys[tenant])
-        if tenant != "initech":
-            client.grant(owner, MODEL, tenant)
-        api_tokens[tenant] = registry.issue(tenant, "tenant")
-
-    prep = PreparationOptions(
-        pool="cpu",
-        max_batch=8,
-        profile=ProfileOptions(
-            batch_sizes=(1, 2, 4, 8), warmup_runs=1, min_runs=3, min_time_s=0.01
-        ),
-        validation_samples=128,
-        calibration_samples=32,
-    )
-    runtime = WorkerRuntime(
-        settings, store, artifacts, service, SimulatedTEE(ca, WORKER_MEASUREMENT),
-        batch_wait_ms=50.0, refresh_s=3600.0, preparation=prep,
-    )  # fmt: skip
-    runtime.start()
-    job = runtime.prepare_model(MODEL)
-    assert job.state == "ready", job.message
-    variants = [v.variant_id for v in store.list_variants(model_id=MODEL)]
-    yield World(runtime, store, tenant_keys, api_tokens, x, y, onnx, variants)
-    asyncio.run(runtime.close())
+def world(deployment: Deployment) -> Deployment:
+    """The shared deployment (tests/conftest.py): the digits model prepared by its worker."""
+    return deployment
 
 
 def test_preparation_registers_sealed_profiled_variants(world: World) -> None:
@@ -220,7 +61,9 @@ def test_preparation_registers_sealed_profiled_variants(world: World) -> None:
     assert len(world.runtime.candidates) == len(world.variants)
 
 
-def test_two_tenants_concurrently_get_the_fp32_answer_each_only_their_own(world: World) -> None:
+def test_two_tenants_concurrently_get_the_fp32_answer_each_only_their_own(
+    world: World,
+) -> None:
     fp32 = f"{MODEL}.fp32.onnxruntime"
     reference = load_variant(world.store.get_variant(fp32), world.onnx).run(world.x[:8])
     for tenant in ("acme", "globex"):  # keys released and the variant loaded beforehand
@@ -393,7 +236,9 @@ def test_wrong_shape_or_dtype_is_400(world: World) -> None:
     world.good()
 
 
-def test_a_starting_replica_loads_the_planned_variants_before_any_request(world: World) -> None:
+def test_a_starting_replica_loads_the_planned_variants_before_any_request(
+    world: World,
+) -> None:
     loaded = set(world.runtime.load_report("probe").loaded)
     cold = [v for v in world.variants if v not in loaded]
     if len(cold) < 2:
