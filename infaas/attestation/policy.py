@@ -320,6 +320,11 @@ class AttestationPolicy(BaseModel):
     tdx: TdxPolicy = Field(default_factory=TdxPolicy, description="TD identity beyond MRTD")
     snp: SnpPolicy = Field(default_factory=SnpPolicy, description="SEV-SNP guest rules")
     gpu: GpuPolicy = Field(default_factory=GpuPolicy, description="NVIDIA GPU rules")
+    require_gpu: bool = Field(
+        False,
+        description="a GPU pool: refuse CPU evidence without GPU evidence bound to the same "
+        "nonce (composite attestation)",
+    )
 
     _base_dir: Path = PrivateAttr(default=Path("."))
 
@@ -418,7 +423,10 @@ class AttestationPolicy(BaseModel):
         m = verified.measurement.hex()
         add(
             "measurement",
-            self.any_measurement or m in self.allowed_measurements,
+            # a GPU is judged by its blocks' reference values (gpu_measurements)
+            isinstance(verified, VerifiedGpuReport)
+            or self.any_measurement
+            or m in self.allowed_measurements,
             f"measurement {m} reported (no list required)"
             if m not in self.allowed_measurements
             else f"measurement {m[:16]}… allowed",

@@ -14,17 +14,31 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.hashes import SHA256
 
+from infaas.attestation.appraisal import CompositeAppraisal, appraise
 from infaas.attestation.backends import report_data_for
+from infaas.attestation.chain import CERT_ERRORS
 from infaas.attestation.policy import AttestationPolicy, Verdict
+from infaas.attestation.spdm import verify_gpu_report
 from infaas.attestation.verify import VerifiedQuote, verify_quote
 from infaas.errors import AttestationFailed
 
 NONCE_LEN = 32
+
+
+@dataclass(frozen=True)
+class GpuEvidence:
+    """A GPU's SPDM report (its nonce = SHA-256(worker key || verifier nonce)) and its
+    device certificate chain (PEM, leaf first)."""
+
+    report: bytes
+    chain_pem: bytes
 
 
 class AttestationVerifier:
@@ -36,11 +50,13 @@ class AttestationVerifier:
         *,
         extra_roots: Sequence[x509.Certificate] = (),
         collateral: Any = None,
+        gpu_roots: Sequence[x509.Certificate] = (),
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.policy = policy
         self.roots: tuple[x509.Certificate, ...] = (*policy.roots, *extra_roots)
         self.collateral = collateral
+        self.gpu_roots = tuple(gpu_roots)
         self._clock = clock
         if not self.roots:
             raise AttestationFailed("attestation policy trusts no root certificate")
@@ -71,6 +87,45 @@ class AttestationVerifier:
             verified, report_data_for(public_key, nonce), t, nonce_issued_at=nonce_issued_at
         )
         return verified, verdict
+
+    def verify_composite(
+        self,
+        evidence: bytes,
+        *,
+        public_key: bytes,
+        nonce: bytes,
+        gpu: GpuEvidence | None = None,
+        nonce_issued_at: float | None = None,
+        now: float | None = None,
+    ) -> CompositeAppraisal:
+        """CPU evidence and, for a GPU pool (`policy.require_gpu`), GPU evidence whose SPDM
+        nonce is the same binding of `public_key` and `nonce`; raise AttestationFailed
+        naming the first failed check, or return the normalised appraisal."""
+        t = self._clock() if now is None else now
+        verified, verdict = self.verify(
+            evidence, public_key=public_key, nonce=nonce, nonce_issued_at=nonce_issued_at, now=t
+        )
+        cpu = appraise(verified, verdict)
+        if gpu is None:
+            if self.policy.require_gpu:
+                raise AttestationFailed(
+                    "policy: a GPU-pool worker must present GPU evidence (composite)",
+                    rule="gpu_evidence",
+                    failed_rules=["gpu_evidence"],
+                )
+            return CompositeAppraisal(cpu)
+        try:
+            chain = list(x509.load_pem_x509_certificates(gpu.chain_pem))
+        except CERT_ERRORS as exc:
+            raise AttestationFailed(f"GPU device chain could not be parsed: {exc}") from None
+        pins = {p.lower() for p in self.policy.gpu.root_sha256}
+        roots = [*self.gpu_roots, *(c for c in chain if c.fingerprint(SHA256()).hex() in pins)]
+        if not roots:
+            raise AttestationFailed("GPU device chain ends at no pinned root", check="device_chain")
+        gv = verify_gpu_report(gpu.report, chain, roots, now=datetime.fromtimestamp(t, UTC))
+        # the same binding as the CPU's report data: SHA-256(public key || nonce)
+        gverdict = self.policy.check(gv, report_data_for(public_key, nonce)[:32], t)
+        return CompositeAppraisal(cpu, appraise(gv, gverdict))
 
 
 class NonceIssuer:

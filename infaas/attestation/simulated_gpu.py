@@ -1,0 +1,116 @@
+"""A simulated NVIDIA GPU: SPDM GET_MEASUREMENTS evidence under a local device CA — NOT
+confidential.
+
+It produces exactly the format `infaas.attestation.spdm` verifies on genuine Hopper
+reports (request, response, measurement blocks, ECDSA P-384 signature over
+SHA-384(request || response)), with a per-deployment device chain whose root carries
+the simulated marker. It lets a GPU pool's composite evidence (CPU + GPU bound to one
+nonce) run end to end on a machine without a GPU; anyone with the host can forge it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import struct
+from collections.abc import Mapping
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.x509.oid import NameOID
+
+from infaas.attestation.simulated import SIMULATED_LABEL, _key_usage
+from infaas.attestation.spdm import NONCE_LEN
+from infaas.attestation.verify import SIMULATED_MARKER_OID
+
+DEFAULT_MEASUREMENTS: Mapping[int, bytes] = {
+    i: hashlib.sha384(f"infaas simulated GPU measurement {i}".encode()).digest()
+    for i in range(1, 9)
+}
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(
+                NameOID.ORGANIZATION_NAME, "infaas simulated GPU (not confidential)"
+            ),
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+        ]
+    )
+
+
+class SimulatedGPU:
+    """Evidence of a GPU that is not there: labelled simulated everywhere."""
+
+    name = "simulated-gpu"
+    simulated = True
+
+    def __init__(self, measurements: Mapping[int, bytes] = DEFAULT_MEASUREMENTS) -> None:
+        self.measurements = dict(measurements)
+        now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+        until = now + dt.timedelta(days=3650)
+        root_key = ec.generate_private_key(ec.SECP384R1())
+        root_name = _name("infaas Simulated Device Identity CA")
+        self.root_cert = (
+            x509.CertificateBuilder()
+            .subject_name(root_name)
+            .issuer_name(root_name)
+            .public_key(root_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(until)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(_key_usage(cert_sign=True), critical=True)
+            .add_extension(
+                x509.UnrecognizedExtension(SIMULATED_MARKER_OID, b"\x0c\x0fnot-confidential"),
+                critical=False,
+            )
+            .sign(root_key, hashes.SHA384())
+        )
+        self._key = ec.generate_private_key(ec.SECP384R1())
+        self.leaf_cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name("infaas Simulated GPU device"))
+            .issuer_name(root_name)
+            .public_key(self._key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(until)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(_key_usage(cert_sign=False), critical=True)
+            .sign(root_key, hashes.SHA384())
+        )
+
+    def __repr__(self) -> str:
+        return f"SimulatedGPU({SIMULATED_LABEL})"
+
+    def status(self) -> str:
+        return f"simulated GPU ({SIMULATED_LABEL})"
+
+    @property
+    def chain_pem(self) -> bytes:
+        enc = serialization.Encoding.PEM
+        return self.leaf_cert.public_bytes(enc) + self.root_cert.public_bytes(enc)
+
+    def generate(self, nonce: bytes) -> bytes:
+        """A GET_MEASUREMENTS request with `nonce` (32 bytes) and its signed response."""
+        if len(nonce) != NONCE_LEN:
+            raise ValueError(f"SPDM nonce is {NONCE_LEN} bytes, got {len(nonce)}")
+        request = bytes([0x11, 0xE0, 0x01, 0xFF]) + nonce + b"\x00"
+        record = b"".join(
+            struct.pack("<BBH", i, 0x01, 3 + len(v)) + struct.pack("<BH", 0x01, len(v)) + v
+            for i, v in sorted(self.measurements.items())
+        )
+        response = (
+            bytes([0x11, 0x60, 0x00, 0x00, len(self.measurements)])
+            + len(record).to_bytes(3, "little")
+            + record
+            + os.urandom(NONCE_LEN)
+            + (0).to_bytes(2, "little")
+        )
+        r, s = decode_dss_signature(self._key.sign(request + response, ec.ECDSA(hashes.SHA384())))
+        return request + response + r.to_bytes(48, "big") + s.to_bytes(48, "big")
