@@ -92,6 +92,10 @@ class ReleaseRequest(_Wire):
     public_key: bytes = Field(min_length=32, max_length=32, description="ephemeral X25519")
     nonce: bytes = Field(min_length=32, max_length=32)
     keys: tuple[KeyRequest, ...] = Field(min_length=1, max_length=64)
+    gpu_evidence: bytes | None = Field(
+        None, max_length=65536, description="GPU pools: SPDM report, nonce = report data[:32]"
+    )
+    gpu_chain: bytes | None = Field(None, max_length=65536, description="GPU device chain PEM")
 
 
 class WrappedKey(_Wire):

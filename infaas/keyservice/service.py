@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from infaas.attestation.backends import EvidenceGenerator, report_data_for
-from infaas.attestation.verifier import AttestationVerifier, NonceIssuer
+from infaas.attestation.verifier import AttestationVerifier, GpuEvidence, NonceIssuer
 from infaas.envelope import KEY_LEN, canonical_json
 from infaas.errors import (
     AuthenticationFailed,
@@ -252,10 +252,13 @@ class KeyService:
         All or nothing: if any requested key may not be released, none is.
         """
         issued_at = self._nonces.consume(req.nonce)
-        verified, _ = self._verifier.verify(
+        # a GPU-pool verifier (policy.require_gpu) needs the GPU's evidence too (composite)
+        gpu = GpuEvidence(req.gpu_evidence, req.gpu_chain or b"") if req.gpu_evidence else None
+        appraisal = self._verifier.verify_composite(
             req.evidence,
             public_key=req.public_key,
             nonce=req.nonce,
+            gpu=gpu,
             nonce_issued_at=issued_at,
             now=self._clock(),
         )
@@ -278,7 +281,7 @@ class KeyService:
         log.info(
             "released %d key(s) to worker %s…: %s",
             len(out),
-            verified.measurement.hex()[:16],
+            appraisal.cpu.measurement[:16],
             [(w.kind, w.model_id, w.tenant, w.key_id) for w in out],
         )
         return ReleaseResponse(keys=tuple(out))
