@@ -163,3 +163,58 @@ def test_one_claim_set_for_every_vendor(attestation_data: Path) -> None:
     assert [a.status for a in appraisals] == ["affirming", "contraindicated", "affirming"]
     assert not any(a.simulated for a in appraisals)
     assert len({frozenset(a.claims()) for a in appraisals}) == 1
+
+
+def test_key_service_never_answers_5xx_to_bad_evidence(
+    attestation_data: Path, ca: SimulatedPlatformCA, gpu: SimulatedGPU
+) -> None:
+    import base64
+    import random
+
+    from infaas.keyservice import create_keyservice_app
+    from tests.asgi import TestClient
+
+    service = KeyService(
+        open_store("memory://"),
+        new_key(),
+        SimulatedTEE(ca, KS_M),
+        _verifier(ca, gpu, WORKER_M, require_gpu=True),
+    )
+    genuine = [
+        (attestation_data / p).read_bytes()
+        for p in (
+            "sgx/phala_sgx_quote_v3.bin",
+            "tdx/phala_tdx_quote_v4.bin",
+            "tdx/go_tdx_guest_quote_v5.bin",
+            "snp/go_sev_guest_milan_report_v2.bin",
+        )
+    ]
+    rng = random.Random(0)
+    bodies: list[bytes] = [b"\x00" * 64, rng.randbytes(4000)]
+    for raw in genuine:
+        for _ in range(6):
+            b = bytearray(raw)
+            b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
+            bodies.append(bytes(b[: rng.choice([len(b), len(b) // 2])]))
+    b64 = base64.urlsafe_b64encode
+    pk = x25519_raw(X25519PrivateKey.generate().public_key())
+    codes: set[int] = set()
+    with TestClient(create_keyservice_app(service)) as http:
+        for body in bodies:
+            nonce = base64.urlsafe_b64decode(http.post("/v1/keyservice/nonce").json()["nonce"])
+            cpu, g = _evidence(ca, gpu, pk, nonce)
+            for evidence, gpu_ev in ((body, g.report), (cpu, body)):
+                r = http.post(
+                    "/v1/keyservice/release",
+                    json={
+                        "evidence": b64(evidence).decode(),
+                        "public_key": b64(pk).decode(),
+                        "nonce": b64(nonce).decode(),
+                        "keys": [{"kind": "model", "model_id": "llm"}],
+                        "gpu_evidence": b64(gpu_ev).decode(),
+                        "gpu_chain": b64(g.chain_pem).decode(),
+                    },
+                )
+                assert r.status_code in (400, 403, 422), (r.status_code, r.text[:200])
+                codes.add(r.status_code)
+    assert 403 in codes  # the evidence reached the verifier, which refused it by type
