@@ -187,7 +187,7 @@ class _Analysis:
 
         self.onnx = onnx
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
         self.ranks: dict[str, int] = {}
         self.shapes: dict[str, tuple[int | None, ...]] = {}
         self._collect_shapes(inferred.graph)
@@ -224,7 +224,8 @@ class _Analysis:
         numpy_helper = self.onnx.numpy_helper
         for init in graph.initializer:
             env[init.name] = CONST
-            self.values[init.name] = numpy_helper.to_array(init)
+            if _is_small_int(init):  # shapes, axes, indices: the only values a rule reads
+                self.values[init.name] = numpy_helper.to_array(init)
         for sparse in graph.sparse_initializer:
             env[sparse.values.name] = CONST
         for node in graph.node:
@@ -521,6 +522,44 @@ class _Analysis:
         if len(positions) != 1:
             raise _Mixed("operands carry the batch on different axes")
         return Batch(positions.pop())
+
+
+# Initializers up to this many elements are kept as values (axes, shapes, indices);
+# larger ones are weights, whose values no rule reads.
+_SMALL = 64
+
+
+def _is_small_int(tensor: Any) -> bool:
+    from onnx import TensorProto
+
+    ints = (TensorProto.INT64, TensorProto.INT32)
+    return tensor.data_type in ints and int(np.prod(tensor.dims, dtype=np.int64)) <= _SMALL
+
+
+def _skeleton(model: Any) -> Any:
+    """`model` with its weights turned into typed graph inputs, for cheap shape inference.
+
+    Shape inference copies the whole model through C++; the weights' values do not
+    matter to it, only their types and shapes.
+    """
+    from onnx import ModelProto, helper
+
+    skeleton = ModelProto()
+    skeleton.ir_version = model.ir_version
+    skeleton.opset_import.extend(model.opset_import)
+    graph, src = skeleton.graph, model.graph
+    graph.name = src.name
+    graph.node.extend(src.node)
+    graph.input.extend(src.input)
+    graph.output.extend(src.output)
+    graph.value_info.extend(src.value_info)
+    listed = {i.name for i in src.input}
+    for init in src.initializer:
+        if _is_small_int(init):
+            graph.initializer.append(init)
+        elif init.name not in listed:
+            graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, init.dims))
+    return skeleton
 
 
 def check_row_independence(model: Any) -> RowIndependence:
