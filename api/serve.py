@@ -22,7 +22,6 @@ the workers.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,12 +47,9 @@ _QUIET = {"enable_access_log": False}
 
 def worker_measurements(settings: Settings) -> list[bytes]:
     """The measurements of this deployment's workers, which the key service releases keys to."""
-    try:
-        measurement = importlib.import_module("enclave_workers.measurement")
-    except ImportError:
-        return []
-    fn = getattr(measurement, "worker_measurement", None)
-    return [fn(settings)] if callable(fn) else []
+    from enclave_workers.measurement import worker_measurement
+
+    return [worker_measurement(settings)]
 
 
 @serve.deployment(
@@ -123,29 +119,21 @@ def deploy(settings: Settings) -> list[str]:
     """Run the three applications on the Serve instance already started; their names.
 
     The key service comes first (workers fetch keys from it as they start),
-    then the workers, then the control plane that holds their handle. If the
-    worker package offers no `build_infer_app`, the control plane runs alone
-    and says so in `/readyz`.
+    then the workers, then the control plane that holds their handle.
     """
+    from enclave_workers.deployment import build_infer_app
+
     serve.run(build_keyservice_app(settings), name=KEYSERVICE_APP, route_prefix=KEYSERVICE_PREFIX)
     apps = [KEYSERVICE_APP]
-    try:
-        build_infer_app = importlib.import_module("enclave_workers.deployment").build_infer_app
-    except (ImportError, AttributeError) as e:
-        log.warning("no worker application (%s): inference is unavailable", e)
-        build_infer_app = None
-    if build_infer_app is not None:
-        serve.run(
-            build_infer_app(settings, local_url(settings)),
-            name=INFER_APP,
-            route_prefix=INFER_PREFIX,
-        )
-        apps.append(INFER_APP)
-        if settings.autoscaler.policy != "off":
-            serve.run(build_autoscaler_app(settings), name=AUTOSCALER_APP, route_prefix=None)
-            apps.append(AUTOSCALER_APP)
     serve.run(
-        build_control_app(settings, with_workers=build_infer_app is not None),
+        build_infer_app(settings, local_url(settings)), name=INFER_APP, route_prefix=INFER_PREFIX
+    )
+    apps.append(INFER_APP)
+    if settings.autoscaler.policy != "off":
+        serve.run(build_autoscaler_app(settings), name=AUTOSCALER_APP, route_prefix=None)
+        apps.append(AUTOSCALER_APP)
+    serve.run(
+        build_control_app(settings, with_workers=True),
         name=CONTROL_APP,
         route_prefix="/",
     )
