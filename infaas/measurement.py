@@ -78,7 +78,7 @@ def _absolute(node: ast.ImportFrom, name: str, is_package: bool) -> str:
     return ".".join([*base, *([node.module] if node.module else [])])
 
 
-def _imports(nodes: Iterable[ast.AST], name: str, is_package: bool) -> set[str]:
+def imported_modules(nodes: Iterable[ast.AST], name: str, is_package: bool) -> set[str]:
     """Dotted names imported anywhere under `nodes`, TYPE_CHECKING blocks excepted."""
     found: set[str] = set()
     stack = list(nodes)
@@ -133,7 +133,7 @@ def _parse_source(path: Path, name: str) -> _Parsed:
                         lazy.append((alias.asname or alias.name, frozenset({module})))
         else:
             body.append(stmt)
-    return _Parsed(frozenset(_imports(body, name, is_package)), tuple(lazy))
+    return _Parsed(frozenset(imported_modules(body, name, is_package)), tuple(lazy))
 
 
 def _with_parents(name: str) -> list[str]:
