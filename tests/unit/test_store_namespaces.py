@@ -5,12 +5,12 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import infaas.store as store_module
+import infaas.store.contract as store_module
 from infaas.store import SealedTable
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("infaas", "variants", "profiler", "scheduler", "enclave_workers", "api", "bench")
-STORE = ROOT / "infaas" / "store.py"
+STORE = ROOT / "infaas" / "store" / "contract.py"
 RAW_API = {
     "put_record",
     "put_record_if_absent",
