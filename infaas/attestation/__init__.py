@@ -16,6 +16,7 @@ from infaas.attestation.backends import EvidenceGenerator as EvidenceGenerator
 from infaas.attestation.backends import GramineSGX as GramineSGX
 from infaas.attestation.backends import measure_code as measure_code
 from infaas.attestation.backends import report_data_for as report_data_for
+from infaas.attestation.evidence import CheckResult as CheckResult
 from infaas.attestation.policy import AttestationPolicy as AttestationPolicy
 from infaas.attestation.policy import Verdict as Verdict
 from infaas.attestation.quote import Quote as Quote
@@ -25,7 +26,6 @@ from infaas.attestation.simulated import SimulatedPlatformCA as SimulatedPlatfor
 from infaas.attestation.simulated import SimulatedTEE as SimulatedTEE
 from infaas.attestation.verifier import AttestationVerifier as AttestationVerifier
 from infaas.attestation.verifier import NonceIssuer as NonceIssuer
-from infaas.attestation.verify import CheckResult as CheckResult
 from infaas.attestation.verify import VerifiedQuote as VerifiedQuote
 from infaas.attestation.verify import inspect_quote as inspect_quote
 from infaas.attestation.verify import load_roots as load_roots

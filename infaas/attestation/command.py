@@ -20,11 +20,12 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from rich.console import Console
 from rich.table import Table
 
+from infaas.attestation.evidence import CheckResult
 from infaas.attestation.policy import AttestationPolicy
 from infaas.attestation.quote import parse_quote
 from infaas.attestation.snp import REPORT_LEN, inspect_snp_report, parse_snp_report
 from infaas.attestation.spdm import decode_gpu_report, inspect_gpu_report, parse_gpu_report
-from infaas.attestation.verify import CheckResult, inspect_quote, load_roots, quote_summary
+from infaas.attestation.verify import inspect_quote, load_roots, quote_summary
 from infaas.errors import AttestationFailed
 
 PLATFORMS = ("auto", "sgx", "tdx", "snp", "nvidia")

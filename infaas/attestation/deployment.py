@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from infaas.attestation.backends import ConfigfsTsm, EvidenceGenerator, GramineSGX
+from infaas.attestation.collateral import collateral_entries
 from infaas.attestation.policy import AttestationPolicy
 from infaas.attestation.simulated import SimulatedPlatformCA, SimulatedTEE
 from infaas.attestation.verifier import AttestationVerifier
-from infaas.attestation.verify import collateral_entries
 from infaas.errors import AttestationFailed
 from infaas.settings import REPO_CONFIGS, Settings
 

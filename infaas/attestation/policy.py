@@ -18,10 +18,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from infaas.attestation.evidence import CheckResult
 from infaas.attestation.quote import TdReport
 from infaas.attestation.snp import PINNED_ARKS, SnpTcb, VerifiedSnpReport
 from infaas.attestation.spdm import NVIDIA_DEVICE_IDENTITY_ROOT_SHA256, VerifiedGpuReport
-from infaas.attestation.verify import CheckResult, VerifiedQuote, load_roots
+from infaas.attestation.verify import VerifiedQuote, load_roots
 from infaas.errors import AttestationFailed
 
 HexDigest = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$|^[0-9a-fA-F]{96}$")]

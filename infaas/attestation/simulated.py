@@ -34,7 +34,7 @@ from infaas.attestation._sgx_extension import (
     encode_sgx_extension,
 )
 from infaas.attestation.backends import _check_report_data
-from infaas.attestation.verify import SIMULATED_MARKER_OID, raw_p256_point
+from infaas.attestation.evidence import SIMULATED_MARKER_OID, raw_p256_point
 from infaas.logs import get_logger
 
 log = get_logger(__name__)

@@ -22,9 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from infaas.attestation.evidence import SIMULATED_MARKER_OID
 from infaas.attestation.simulated import SIMULATED_LABEL, _key_usage
 from infaas.attestation.spdm import NONCE_LEN
-from infaas.attestation.verify import SIMULATED_MARKER_OID
 
 DEFAULT_MEASUREMENTS: Mapping[int, bytes] = {
     i: hashlib.sha384(f"infaas simulated GPU measurement {i}".encode()).digest()

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.utils import CryptographyDeprecationWarning
 
 from infaas.attestation.chain import CERT_ERRORS
-from infaas.attestation.verify import CheckResult, is_simulated_root
+from infaas.attestation.evidence import CheckResult, RootedEvidence, is_simulated_root
 from infaas.errors import AttestationFailed
 
 REPORT_LEN = 0x4A0
@@ -288,7 +288,7 @@ def _is_ca(cert: x509.Certificate) -> bool:
 
 
 @dataclass(frozen=True)
-class VerifiedSnpReport:
+class VerifiedSnpReport(RootedEvidence):
     """A report whose signature and AMD chain verified."""
 
     report: SnpReport
@@ -301,14 +301,6 @@ class VerifiedSnpReport:
     @property
     def root(self) -> x509.Certificate:
         return self.ark
-
-    @property
-    def root_fingerprint(self) -> str:
-        return self.ark.fingerprint(hashes.SHA256()).hex()
-
-    @property
-    def simulated(self) -> bool:
-        return is_simulated_root(self.ark)
 
     @property
     def measurement(self) -> bytes:

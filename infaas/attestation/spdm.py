@@ -32,13 +32,11 @@ from datetime import datetime
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from infaas.attestation.chain import CERT_ERRORS, verify_chain
-from infaas.attestation.verify import CheckResult, is_simulated_root
+from infaas.attestation.evidence import CheckResult, RootedEvidence, verify_raw
 from infaas.errors import AttestationFailed
 
 NVIDIA_DEVICE_IDENTITY_ROOT_SHA256 = (
@@ -195,21 +193,13 @@ def parse_gpu_report(data: bytes) -> GpuReport:
 
 
 @dataclass(frozen=True)
-class VerifiedGpuReport:
+class VerifiedGpuReport(RootedEvidence):
     """A GPU report whose signature and device chain verified."""
 
     report: GpuReport
     chain: tuple[x509.Certificate, ...]
     root: x509.Certificate
     checks: tuple[CheckResult, ...]
-
-    @property
-    def simulated(self) -> bool:
-        return is_simulated_root(self.root)
-
-    @property
-    def root_fingerprint(self) -> str:
-        return self.root.fingerprint(hashes.SHA256()).hex()
 
     @property
     def measurement(self) -> bytes:
@@ -273,13 +263,7 @@ def _verify_signature(leaf: x509.Certificate, report: GpuReport) -> bool:
         return False
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
         return False
-    r = int.from_bytes(report.signature[:48], "big")
-    s = int.from_bytes(report.signature[48:], "big")
-    try:
-        key.verify(encode_dss_signature(r, s), report.signed, ec.ECDSA(hashes.SHA384()))
-    except InvalidSignature:
-        return False
-    return True
+    return verify_raw(key, report.signature, report.signed, size=48, algorithm=hashes.SHA384())
 
 
 def verify_gpu_report(
