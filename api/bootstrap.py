@@ -4,7 +4,8 @@ Everything goes through the public API and the attested key service exactly
 as a remote owner and tenant would: an administrator token (issued here, on the
 host, once), a ``zoo-owner`` that attests the key service, registers each zoo
 model sealed under its own data key and grants it to ``demo``, and a ``demo``
-tenant with its own request key. Credentials land in
+tenant with its own request key that accepts the zoo owner (a grant alone sends
+no tenant's data to a model: the tenant consents too). Credentials land in
 ``DATA_DIR/credentials/{admin,zoo-owner,demo}.json`` (mode 0600). Each step is
 skipped when its result exists, so an interrupted first start resumes.
 """
@@ -126,6 +127,7 @@ def bootstrap(
         manifest = load_manifest(settings.zoo_dir)
     owner = _owner(settings, admin)
     demo = _tenant(settings, admin, DEMO)
+    demo.accept(ZOO_OWNER)
     registered: list[str] = []
     for entry in manifest.models:
         try:

@@ -132,6 +132,7 @@ def bench_release(n: int) -> dict[str, float]:
     client.upload_model_key(owner, "m", "dk1", new_key())
     client.upload_tenant_key(tenant, "k1", new_key())
     client.grant(owner, "m", "acme")
+    client.accept(tenant, "owner", "zoo")
     worker = WorkerKeyClient(service, SimulatedTEE(ca, worker_m))
     reqs = [
         KeyRequest(kind="model", model_id="m"),

@@ -349,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
             store.put_model(e.to_model_record())
             ks.grant(owner, model_id, "bench")
             registered.append(Registered(model_id, e.architecture, e.task, x[:1].copy(), data_key))
+        ks.accept(ks_tenant, "owner", "bench-owner")
 
         serve.run(
             build_infer_app(

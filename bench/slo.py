@@ -172,6 +172,7 @@ def ensure_tenant(data_dir: Path, url: str, tenant: str) -> None:
         client = admin.with_credentials(admin.create_tenant(tenant, "SLO benchmark tenant"))
         client.attest_keyservice()
         client.register_tenant()
+        client.accept("zoo-owner")
         client.save_credentials(path)
         client.close()
     with Client.from_credentials(creds / "zoo-owner.json", base_url=url) as owner:

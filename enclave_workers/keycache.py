@@ -2,9 +2,24 @@
 
 Every miss is a release from the key service over fresh attestation evidence
 (`WorkerKeyClient`: ephemeral X25519 key, service nonce, quote). Hits cost a
-dict lookup. Tenant keys expire after `tenant_ttl_s`, so a revoked grant stops
-serving that tenant within that time; a refusal (no grant) is never cached.
-Concurrent misses for one key share one release (single flight).
+dict lookup. A tenant's key comes with the models it may serve (granted by
+their owner and accepted by the tenant: `TenantAccess`) and expires after
+`tenant_ttl_s`, so a revoked grant or a withdrawn acceptance stops serving that
+tenant within that time.
+
+A tenant chooses the key id its requests name, so a flood of random key ids
+must not cost a release each nor grow this worker's memory:
+
+* entries are bounded: at most `keys_per_tenant` key ids per tenant and
+  `max_tenants` tenants (least recently used go first);
+* an unknown key id is remembered for `refusal_ttl_s` in the same bounded
+  table, so repeating it costs a lookup;
+* releases for one tenant are rate limited (a token bucket of
+  `release_burst`, refilled at `releases_per_s`): beyond it the tenant gets
+  `Overloaded` (503, Retry-After) without a release, and other tenants are
+  served as before;
+* concurrent misses share a lock from a fixed set (striped by key), never a
+  lock per key id.
 
 Key material lives only in this process's memory and never appears in a repr,
 a log line or an exception.
@@ -15,24 +30,52 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from infaas.envelope import Keyring
-from infaas.errors import InfaasError
+from infaas.errors import InfaasError, Overloaded, UnknownKey
 from infaas.keyservice import KeyRequest, ReleasedKey, WorkerKeyClient
 from infaas.logs import get_logger
 
 log = get_logger(__name__)
 
 _ModelKeyId = tuple[str, str]  # (model id, key id)
-_TenantKeyId = tuple[str, str, str | None]  # (tenant, model id, key id or current)
+_STRIPES = 64
+
+
+@dataclass(frozen=True)
+class TenantAccess:
+    """A tenant's request key (a one-key keyring) and the models it may serve."""
+
+    keyring: Keyring
+    models: frozenset[str]
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """A refusal to repeat: raised anew each time (re-raising one instance would grow
+    its traceback with every request)."""
+
+    kind: type[InfaasError]
+    message: str
+    detail: dict[str, object]
+
+    def error(self) -> InfaasError:
+        return self.kind(self.message, **self.detail)
 
 
 @dataclass
 class _Cached:
-    keyring: Keyring
+    value: TenantAccess | _Refusal
     expires_at: float
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
 
 
 class KeyCache:
@@ -43,15 +86,27 @@ class KeyCache:
         client: WorkerKeyClient,
         *,
         tenant_ttl_s: float = 60.0,
+        refusal_ttl_s: float = 2.0,
+        max_tenants: int = 4096,
+        keys_per_tenant: int = 4,
+        release_burst: float = 8.0,
+        releases_per_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
         self._ttl = tenant_ttl_s
+        self._refusal_ttl = refusal_ttl_s
+        self._max_tenants = max_tenants
+        self._keys_per_tenant = keys_per_tenant
+        self._burst = release_burst
+        self._rate = releases_per_s
         self._clock = clock
         self._models: dict[_ModelKeyId, bytes] = {}
         self._current_model_key: dict[str, str] = {}
-        self._tenants: dict[_TenantKeyId, _Cached] = {}
-        self._locks: dict[object, threading.Lock] = {}
+        # tenant -> key id (None: current) -> access or refusal; both levels LRU-bounded
+        self._tenants: OrderedDict[str, OrderedDict[str | None, _Cached]] = OrderedDict()
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+        self._stripes = tuple(threading.Lock() for _ in range(_STRIPES))
         self._guard = threading.Lock()
         self._retry_at: dict[str, float] = {}
         self.releases = 0
@@ -59,13 +114,12 @@ class KeyCache:
 
     def __repr__(self) -> str:
         return (
-            f"KeyCache(model_keys={len(self._models)}, tenant_keys={len(self._tenants)}, "
+            f"KeyCache(model_keys={len(self._models)}, tenants={len(self._tenants)}, "
             f"releases={self.releases})"
         )
 
     def _lock_for(self, what: object) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(what, threading.Lock())
+        return self._stripes[hash(what) % _STRIPES]
 
     def _fetch(self, requests: list[KeyRequest]) -> list[ReleasedKey]:
         released = self._client.fetch(requests)
@@ -76,6 +130,7 @@ class KeyCache:
     # --- model data keys ----------------------------------------------------------------
 
     def _remember_model(self, rk: ReleasedKey, current: bool) -> None:
+        assert rk.model_id is not None  # a model key always names its model
         self._models[(rk.model_id, rk.key_id)] = rk.key
         if current:
             self._current_model_key[rk.model_id] = rk.key_id
@@ -130,41 +185,94 @@ class KeyCache:
 
     # --- tenant request keys ------------------------------------------------------------
 
-    def _tenant_hit(self, ident: _TenantKeyId) -> Keyring | None:
-        hit = self._tenants.get(ident)
-        if hit is not None and hit.expires_at > self._clock():
-            return hit.keyring
-        return None
+    def _lookup(self, tenant: str, key_id: str | None) -> TenantAccess | None:
+        """A live cached access (or the cached refusal, raised); None on a miss."""
+        with self._guard:
+            keys = self._tenants.get(tenant)
+            hit = keys.get(key_id) if keys is not None else None
+            if hit is None or hit.expires_at <= self._clock():
+                return None
+            self._tenants.move_to_end(tenant)
+            value = hit.value
+        if isinstance(value, _Refusal):
+            raise value.error()
+        return value
 
-    def tenant_key(self, tenant: str, model_id: str, key_id: str | None) -> Keyring:
-        """The tenant's request key `key_id` (as a one-key keyring, its AES context built
-        once), released only if the tenant may use the model."""
-        ident = (tenant, model_id, key_id)
-        if (hit := self._tenant_hit(ident)) is not None:
-            return hit
-        with self._lock_for(("tenant", *ident)):
-            if (hit := self._tenant_hit(ident)) is not None:
+    def _admit(self, tenant: str) -> None:
+        """Take one release from the tenant's bucket, or refuse (503) without a release."""
+        now = self._clock()
+        with self._guard:
+            b = self._buckets.pop(tenant, None) or _Bucket(self._burst, now)
+            b.tokens = min(self._burst, b.tokens + (now - b.at) * self._rate)
+            b.at = now
+            self._buckets[tenant] = b
+            while len(self._buckets) > self._max_tenants:
+                self._buckets.popitem(last=False)
+            if b.tokens < 1.0:
+                wait_s = (1.0 - b.tokens) / self._rate
+                raise Overloaded(
+                    f"too many key releases for tenant {tenant!r} (unknown or new key ids); "
+                    f"retry in {wait_s:.1f} s",
+                    retry_after_s=wait_s,
+                    tenant=tenant,
+                )
+            b.tokens -= 1.0
+
+    def _remember(self, tenant: str, key_id: str | None, value: TenantAccess | _Refusal) -> None:
+        ttl = self._ttl if isinstance(value, TenantAccess) else self._refusal_ttl
+        with self._guard:
+            keys = self._tenants.pop(tenant, None) or OrderedDict()
+            keys.pop(key_id, None)
+            keys[key_id] = _Cached(value, self._clock() + ttl)
+            while len(keys) > self._keys_per_tenant:
+                keys.popitem(last=False)
+            self._tenants[tenant] = keys
+            while len(self._tenants) > self._max_tenants:
+                self._tenants.popitem(last=False)
+
+    def _release_tenant(self, tenant: str, key_id: str | None) -> TenantAccess:
+        with self._lock_for((tenant, key_id)):
+            if (hit := self._lookup(tenant, key_id)) is not None:
                 return hit
-            req = KeyRequest(kind="tenant", tenant=tenant, model_id=model_id, key_id=key_id)
-            (rk,) = self._fetch([req])
-            ring = Keyring({rk.key_id: rk.key})
-            self._tenants[ident] = _Cached(ring, self._clock() + self._ttl)
-            return ring
+            req = KeyRequest(kind="tenant", tenant=tenant, model_id=None, key_id=key_id)
+            try:
+                (rk,) = self._fetch([req])
+            except UnknownKey as e:
+                # not a refusal for lack of grant or consent: that one is asked again, so
+                # a tenant that just accepted an owner is served at once
+                self._remember(tenant, key_id, _Refusal(type(e), e.message, dict(e.detail)))
+                raise
+            access = TenantAccess(Keyring({rk.key_id: rk.key}), frozenset(rk.models or ()))
+            self._remember(tenant, key_id, access)
+            return access
 
-    async def tenant_key_async(self, tenant: str, model_id: str, key_id: str | None) -> Keyring:
-        """`tenant_key` without blocking the event loop on a miss."""
-        hit = self._tenant_hit((tenant, model_id, key_id))
-        if hit is not None:
+    def tenant_access(self, tenant: str, key_id: str | None) -> TenantAccess:
+        """The tenant's request key `key_id` (its AES context built once) with the models
+        it may serve; released only if there is one. Blocking on a miss."""
+        if (hit := self._lookup(tenant, key_id)) is not None:
             return hit
-        return await asyncio.to_thread(self.tenant_key, tenant, model_id, key_id)
+        self._admit(tenant)
+        return self._release_tenant(tenant, key_id)
+
+    async def tenant_access_async(self, tenant: str, key_id: str | None) -> TenantAccess:
+        """`tenant_access` without blocking the event loop on a miss (a refused or
+        rate-limited miss never leaves the loop)."""
+        if (hit := self._lookup(tenant, key_id)) is not None:
+            return hit
+        self._admit(tenant)
+        return await asyncio.to_thread(self._release_tenant, tenant, key_id)
 
     def forget_tenant(self, tenant: str) -> None:
-        for ident in [i for i in self._tenants if i[0] == tenant]:
-            self._tenants.pop(ident, None)
+        with self._guard:
+            self._tenants.pop(tenant, None)
 
     def stats(self) -> dict[str, int]:
+        with self._guard:
+            entries = sum(len(k) for k in self._tenants.values())
         return {
             "model_keys": len(self._models),
-            "tenant_keys": len(self._tenants),
+            "tenant_keys": entries,
+            "tenants": len(self._tenants),
+            "rate_limited_tenants": len(self._buckets),
             "releases": self.releases,
         }

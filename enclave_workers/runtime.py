@@ -6,9 +6,10 @@
 For each `InferRequest`::
 
     API token -> tenant            (TokenRegistry; must equal envelope.tenant, else 403)
-    select(candidates, query, SLO, this worker's load)        metadata only
-    tenant key for (tenant, chosen model)   cached; released by the key service only
-                                            to attested workers, only if granted
+    tenant key + the models it may serve    cached; released by the key service only
+                                            to attested workers, with the models the
+                                            owner granted *and* the tenant accepted
+    select(candidates within those models, query, SLO, this worker's load)  metadata only
     open_request (AES-GCM over the envelope metadata, time window, replay guard)
     chosen variant's accuracy >= envelope.min_accuracy   (authenticated now: an
                                             untrusted scheduler cannot downgrade)
@@ -82,11 +83,9 @@ from scheduler.policy import (
     CandidateSet,
     LoadSnapshot,
     Query,
-    QueryKind,
     Selection,
     demand_key,
     route_select,
-    select,
 )
 from scheduler.routing import LoadReport, RoutingHints
 from variants.runtime import LoadedVariant, load_variant
@@ -174,7 +173,6 @@ class WorkerRuntime:
         self._refreshed_at = -math.inf
         self._refreshing = False
         self._refresh_lock = threading.Lock()
-        self._denied: dict[tuple[str, str], float] = {}
         self._preparing: dict[str, threading.Lock] = {}
         self._preparing_guard = threading.Lock()
         self._preparation = preparation or PreparationOptions.from_settings(
@@ -319,50 +317,20 @@ class WorkerRuntime:
         self._token_cache[digest] = (principal, now + self._token_cache_s)
         return principal
 
-    def _is_denied(self, tenant: str, model_id: str) -> bool:
-        until = self._denied.get((tenant, model_id))
-        return until is not None and until > time.monotonic()
-
     async def _choose(
         self, request: InferRequest, query: Query, slo: SLO
     ) -> tuple[Selection, Keyring]:
-        """The cheapest feasible variant of a model the tenant may use, and the tenant's key."""
+        """The cheapest feasible variant among the models the tenant may use (granted to it
+        and accepted by it, as the key service released its key), and the tenant's key."""
         env = request.envelope
-        cands = self._candidates
+        access = await self._keys.tenant_access_async(env.tenant, env.key_id)
         load = LoadSnapshot(self.host.loads())
         decision_started = time.perf_counter()
-        first = route_select(cands, query, slo, load, self.routing)
-        self.telemetry.decided(time.perf_counter() - decision_started)
-        tried: set[str] = set()
-        error: InfaasError | None = None  # built when needed: not on every request
-        options: list[Selection | str] = [first]
-        if query.kind not in (QueryKind.VARIANT, QueryKind.MODEL):
-            options += [c.spec.model_id for c in cands.matching(query)]
-        for option in options:
-            model_id = option.candidate.spec.model_id if isinstance(option, Selection) else option
-            if model_id in tried:
-                continue
-            tried.add(model_id)
-            if self._is_denied(env.tenant, model_id):
-                continue
-            if isinstance(option, Selection):
-                selection = option
-            else:
-                try:
-                    selection = select(cands, Query.for_model(model_id), slo, load)
-                except NoFeasibleVariant as e:
-                    error = e
-                    continue
-            try:
-                key = await self._keys.tenant_key_async(env.tenant, model_id, env.key_id)
-            except PermissionDenied as e:
-                self._denied[(env.tenant, model_id)] = time.monotonic() + 5.0
-                error = e
-                continue
-            return selection, key
-        raise error or PermissionDenied(
-            f"tenant {env.tenant!r} may use no model that serves {query}", tenant=env.tenant
+        selection = route_select(
+            self._candidates, query, slo, load, self.routing, allowed=access.models
         )
+        self.telemetry.decided(time.perf_counter() - decision_started)
+        return selection, access.keyring
 
     def _query(self, request: InferRequest) -> Query:
         if request.variant_id is not None:

@@ -221,11 +221,29 @@ def _cmd_tenant_create(args: argparse.Namespace, settings: Settings, admin: Any)
     return 0
 
 
+def _cmd_tenant_consent(args: argparse.Namespace, settings: Settings, tenant: Any) -> int:
+    kind = "model" if args.model else "owner"
+    if args.tenant_command == "accept":
+        policy = tenant.accept(args.name, kind=kind)
+    elif args.tenant_command == "unaccept":
+        policy = tenant.unaccept(args.name, kind=kind)
+    else:
+        policy = tenant.accepted()
+    if args.json:
+        _print_json(policy.model_dump(mode="json"))
+        return 0
+    owners = ", ".join(policy.owners) or "none"
+    models = ", ".join(f"{m} (of {o})" for m, o in policy.models.items()) or "none"
+    print(f"tenant {tenant.principal} accepts owners: {owners}; models: {models}")
+    return 0
+
+
 _CLIENT_COMMANDS = {
     "infer": _cmd_infer,
     "models": _cmd_models,
     "register": _cmd_register,
     "tenant-create": _cmd_tenant_create,
+    "tenant-consent": _cmd_tenant_consent,
 }
 
 
@@ -358,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--no-wait", action="store_true", help="return once queued")
     rg.set_defaults(client_command="register")
 
-    tn = sub.add_parser("tenant", help="tenants (admin)")
+    tn = sub.add_parser("tenant", help="tenants: create (admin); accept model owners (tenant)")
     tn_sub = tn.add_subparsers(dest="tenant_command", metavar="ACTION", required=True)
     tc = tn_sub.add_parser(
         "create",
@@ -371,6 +389,30 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument("name", help="tenant id")
     tc.add_argument("--out", type=Path, help="where to write the tenant's credentials")
     tc.set_defaults(client_command="tenant-create")
+    for action, what in (
+        ("accept", "let this tenant's requests reach a model owner's models (or one model)"),
+        ("unaccept", "withdraw an acceptance"),
+    ):
+        ta = tn_sub.add_parser(
+            action,
+            help=what,
+            description=f"As a tenant: {what}. A model owner's grant alone never sends your "
+            "requests to its models; the key service releases your key for a model only when "
+            "the owner granted it and you accepted it or its owner. Uses "
+            "DATA_DIR/credentials/demo.json by default.",
+        )
+        client_opts(ta, "demo")
+        ta.add_argument("name", help="model owner id (or model id with --model)")
+        ta.add_argument("--model", action="store_true", help="NAME is one model, not an owner")
+        ta.set_defaults(client_command="tenant-consent")
+    tl = tn_sub.add_parser(
+        "accepted",
+        help="the owners and models this tenant accepted",
+        description="As a tenant: list the owners and models your requests may reach (once "
+        "their owner grants them). Uses DATA_DIR/credentials/demo.json by default.",
+    )
+    client_opts(tl, "demo")
+    tl.set_defaults(client_command="tenant-consent", model=False)
 
     ev = sub.add_parser("evidence", help="attestation evidence")
     ev_sub = ev.add_subparsers(dest="evidence_command", metavar="ACTION", required=True)

@@ -27,6 +27,11 @@ FIFO in full batches, the batch in flight counted as a whole batch ahead,
 which is conservative. Measured arrival rate is the autoscaler's input; the
 instantaneous queue (``outstanding``) already reflects it here.
 
+Consent: a worker passes ``allowed``, the models the tenant may use (its owner
+granted it and the tenant accepted it or its owner, as the key service released
+them); selection then happens inside that set only, a query naming a model or
+variant outside it is refused (403), and the 422 says "a model you accepted".
+
 Everything per variant that does not depend on the request is computed once in
 `CandidateSet.build`, when profiles change, so a decision is a short loop over
 pre-sorted candidates with an early exit on cost.
@@ -40,12 +45,12 @@ loop's `RoutingHints`; `demand_key` names the demand classes both count.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from infaas.errors import ModelNotFound, NoFeasibleVariant, VariantNotFound
+from infaas.errors import ModelNotFound, NoFeasibleVariant, PermissionDenied, VariantNotFound
 from infaas.settings import Pool
 from infaas.types import SLO, Profile, VariantSpec
 
@@ -414,16 +419,47 @@ class CandidateSet:
         return self._by_key.get((QueryKind.TASK, task), ())
 
 
+def _within(
+    cands: Sequence[Candidate], query: Query, allowed: Set[str] | None
+) -> Sequence[Candidate]:
+    """`cands` restricted to the models the tenant may use (all when `allowed` is None)."""
+    if allowed is None:
+        return cands
+    if query.kind in (QueryKind.MODEL, QueryKind.VARIANT) and cands:
+        model_id = cands[0].spec.model_id
+        if model_id not in allowed:
+            raise PermissionDenied(
+                f"model {model_id!r} is not one you accepted (accept it or its owner) "
+                "and were granted by its owner",
+                model_id=model_id,
+            )
+    inside = [c for c in cands if c.spec.model_id in allowed]
+    if not inside:
+        raise NoFeasibleVariant(
+            f"no model you accepted (and were granted) serves {query}; "
+            f"{len({c.spec.model_id for c in cands})} other model(s) do",
+            reason="consent",
+            query=str(query),
+        )
+    return inside
+
+
 def _infeasible(
-    cands: Sequence[Candidate], query: Query, slo: SLO, loads: Mapping[str, VariantLoad]
+    cands: Sequence[Candidate],
+    query: Query,
+    slo: SLO,
+    loads: Mapping[str, VariantLoad],
+    allowed: Set[str] | None = None,
 ) -> NoFeasibleVariant:
     """Why nothing fits, most fundamental reason first, with the closest option."""
+    cands = _within(cands, query, allowed)
     base = {"query": str(query), "latency_ms": slo.latency_ms, "min_accuracy": slo.min_accuracy}
+    what = f"a model you accepted for {query}" if allowed is not None else str(query)
     accurate = [c for c in cands if c.accuracy >= slo.min_accuracy]
     if not accurate:
         best = max(cands, key=lambda c: (c.accuracy, -c.cost_per_request))
         return NoFeasibleVariant(
-            f"no variant of {query} reaches min_accuracy {slo.min_accuracy:g} "
+            f"no variant of {what} reaches min_accuracy {slo.min_accuracy:g} "
             f"(best {best.accuracy:g}: {best.variant_id})",
             reason="accuracy",
             closest=_describe(best, None, None),
@@ -436,7 +472,7 @@ def _infeasible(
         cold = loads.get(c.variant_id, IDLE).loaded_replicas == 0
         why = f", {c.load_ms:.1f} ms of it cold start" if cold and c.load_ms > 0 else ""
         return NoFeasibleVariant(
-            f"no variant of {query} with accuracy >= {slo.min_accuracy:g} meets "
+            f"no variant of {what} with accuracy >= {slo.min_accuracy:g} meets "
             f"{slo.latency_ms:g} ms p99 under current load (fastest {c.variant_id} "
             f"predicts {p:.1f} ms p99{why})",
             reason="latency",
@@ -446,7 +482,7 @@ def _infeasible(
     p, c = min(fast, key=lambda pc: (pc[1].cost_per_request, pc[0]))
     cold = loads.get(c.variant_id, IDLE).loaded_replicas == 0
     return NoFeasibleVariant(
-        f"no variant of {query} meeting accuracy {slo.min_accuracy:g} and "
+        f"no variant of {what} meeting accuracy {slo.min_accuracy:g} and "
         f"{slo.latency_ms:g} ms p99 costs at most {slo.max_cost:g} per 1000 requests "
         f"(cheapest {c.variant_id} costs {c.cost_per_request * 1000:.4g})",
         reason="cost",
@@ -456,12 +492,21 @@ def _infeasible(
     )
 
 
-def select(candidates: CandidateSet, query: Query, slo: SLO, load: LoadSnapshot) -> Selection:
-    """The cheapest feasible variant for `query` under `slo` and `load`.
+def select(
+    candidates: CandidateSet,
+    query: Query,
+    slo: SLO,
+    load: LoadSnapshot,
+    *,
+    allowed: Set[str] | None = None,
+) -> Selection:
+    """The cheapest feasible variant for `query` under `slo` and `load`, among the models
+    in `allowed` when given (the tenant's: granted to it and accepted by it).
 
     Raises `NoFeasibleVariant` (422) saying which constraint nothing meets, with
     the closest option in ``detail["closest"]``; `VariantNotFound` /
-    `ModelNotFound` when the query names nothing registered.
+    `ModelNotFound` when the query names nothing registered; `PermissionDenied`
+    when it names a model outside `allowed`.
     """
     cands = candidates.matching(query)
     min_acc = slo.min_accuracy
@@ -475,19 +520,24 @@ def select(candidates: CandidateSet, query: Query, slo: SLO, load: LoadSnapshot)
         cost = c.cost_per_request
         if cost > best_cost or cost > max_cost:
             break
-        if c.accuracy < min_acc:
+        if c.accuracy < min_acc or (allowed is not None and c.spec.model_id not in allowed):
             continue
         p = predict_p99_ms(c, loads.get(c.variant_id, IDLE))
         if p <= target and p < best_p:
             best, best_p, best_cost = c, p, cost
     if best is None:
-        raise _infeasible(cands, query, slo, loads)
+        raise _infeasible(cands, query, slo, loads, allowed)
     cold = loads.get(best.variant_id, IDLE).loaded_replicas == 0
     return Selection(best, best_p, cold, query, slo)
 
 
 def select_least_slack(
-    candidates: CandidateSet, query: Query, slo: SLO, load: LoadSnapshot
+    candidates: CandidateSet,
+    query: Query,
+    slo: SLO,
+    load: LoadSnapshot,
+    *,
+    allowed: Set[str] | None = None,
 ) -> Selection:
     """INFaaS-style baseline: the feasible variant with the least latency slack.
 
@@ -513,7 +563,7 @@ def select_least_slack(
         if key < best_key:
             best, best_key, best_p = c, key, p
     if best is None:
-        raise _infeasible(cands, query, slo.model_copy(update={"max_cost": None}), loads)
+        raise _infeasible(cands, query, slo.model_copy(update={"max_cost": None}), loads, allowed)
     return Selection(best, best_p, best_key[0], query, slo)
 
 
@@ -523,8 +573,12 @@ def route_select(
     slo: SLO,
     load: LoadSnapshot,
     hints: RoutingHints | None,
+    *,
+    allowed: Set[str] | None = None,
 ) -> Selection:
     """The variant a worker serves a request with, given the loop's routing hints (pure).
+
+    `allowed`: the models the tenant may use; neither hints nor the fallback leave them.
 
     Only model-less (task) queries follow hints; a caller naming a model or a
     variant gets what it named. Accuracy is never relaxed: a hinted variant
@@ -545,13 +599,15 @@ def route_select(
     """
     fallback = select_least_slack if hints and hints.mode == "least_slack" else select
     if hints is None or query.kind is not QueryKind.TASK:
-        return fallback(candidates, query, slo, load)
+        return fallback(candidates, query, slo, load, allowed=allowed)
     key = demand_key(query.name, slo.latency_ms, slo.min_accuracy)
     hinted = hints.routes.get(key) or hints.by_task.get(query.name) or []
     best_effort: Selection | None = None
     for vid in hinted:
         c = candidates.get(vid)
         if c is None or c.spec.task != query.name or c.accuracy < slo.min_accuracy:
+            continue
+        if allowed is not None and c.spec.model_id not in allowed:
             continue
         vl = load.by_variant.get(vid, IDLE)
         p99 = predict_p99_ms(c, vl)
@@ -560,7 +616,7 @@ def route_select(
             return chosen
         best_effort = best_effort or chosen
     try:
-        return fallback(candidates, query, slo, load)
+        return fallback(candidates, query, slo, load, allowed=allowed)
     except NoFeasibleVariant:
         if best_effort is None:
             raise

@@ -47,6 +47,7 @@ def second_tenant(url: str, data_dir: Path) -> Client:
         acme = admin.with_credentials(creds)
     acme.attest_keyservice()
     acme.register_tenant()
+    acme.accept("zoo-owner")
     acme.save_credentials(path)
     with Client.from_credentials(
         data_dir / "credentials" / "zoo-owner.json", base_url=url

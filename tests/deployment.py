@@ -136,9 +136,11 @@ class Deployment:
         owner: str | None = None,
         grant: tuple[str, ...] = (),
         key_id: str | None = None,
+        accept: bool = True,
     ) -> None:
         """Register a tenant with a request key (id `key_id`, by default ``f"{tenant}-k1"``,
-        the id `request` seals under), granted the models in `grant` by `owner`."""
+        the id `request` seals under), granted the models in `grant` by `owner`; the tenant
+        accepts `owner` unless `accept` is false (a grant alone serves nothing)."""
         ks_token = self.keys.register(tenant, "tenant")
         self.ks_tokens[tenant] = ks_token
         self.tenant_keys[tenant] = new_key()
@@ -146,6 +148,8 @@ class Deployment:
         for model_id in grant:
             assert owner is not None
             self.keys.grant(self.ks_tokens[owner], model_id, tenant)
+        if owner is not None and accept:
+            self.keys.accept(ks_token, "owner", owner)
         self.api_tokens[tenant] = self.tokens.issue(tenant, "tenant")
 
     # -- the model --------------------------------------------------------------------------

@@ -122,6 +122,7 @@ def worker(work: Path) -> None:
     tenant_key = new_key()
     ks.upload_tenant_key(tenant_ks, "acme-k1", tenant_key)
     ks.grant(owner, model["model_id"], "acme")
+    ks.accept(tenant_ks, "owner", "owner")
     api_token = TokenRegistry(store).issue("acme", "tenant")
 
     prep = PreparationOptions(

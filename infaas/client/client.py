@@ -37,6 +37,7 @@ from infaas.errors import (
     ModelNotFound,
 )
 from infaas.keyservice.client import KeyServiceClient, KeyServiceHttpClient
+from infaas.keyservice.models import ConsentKind, ConsentPolicy
 from infaas.protocol import DTYPES, encode_request
 from infaas.types import Task, TensorSpec
 from infaas.wire import (
@@ -311,6 +312,31 @@ class Client:
 
     def revoke(self, model_id: str, tenant: str) -> None:
         self._keyservice().revoke(self._owner_ks_token(), model_id, tenant)
+
+    # -- consent (tenant) -------------------------------------------------------------------
+
+    def _tenant_ks_token(self) -> str:
+        if self.ks_token is None:
+            raise AuthenticationFailed("no key service token: call register_tenant first")
+        return self.ks_token
+
+    def accept(self, owner_or_model: str, *, kind: ConsentKind = "owner") -> ConsentPolicy:
+        """Let this tenant's requests reach the models of owner `owner_or_model` (or, with
+        ``kind="model"``, that one model) once their owner grants them; the policy after.
+
+        An owner's grant alone never sends a request to a model: the key service
+        releases this tenant's key for a model only when both hold, and model-less
+        selection happens inside that set.
+        """
+        return self._keyservice().accept(self._tenant_ks_token(), kind, owner_or_model)
+
+    def unaccept(self, owner_or_model: str, *, kind: ConsentKind = "owner") -> ConsentPolicy:
+        """Withdraw an acceptance (workers stop within their key cache's lifetime)."""
+        return self._keyservice().unaccept(self._tenant_ks_token(), kind, owner_or_model)
+
+    def accepted(self) -> ConsentPolicy:
+        """The owners and models this tenant accepted."""
+        return self._keyservice().consent(self._tenant_ks_token())
 
     # -- models (owner) ---------------------------------------------------------------------
 

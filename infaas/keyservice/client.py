@@ -30,6 +30,9 @@ from infaas.attestation.verifier import AttestationVerifier
 from infaas.attestation.verify import VerifiedQuote
 from infaas.errors import AttestationFailed, InvalidInput, error_from_code
 from infaas.keyservice.models import (
+    ConsentKind,
+    ConsentPolicy,
+    ConsentRequest,
     EvidenceResponse,
     GrantRequest,
     KeyRequest,
@@ -42,7 +45,7 @@ from infaas.keyservice.models import (
 )
 from infaas.keyservice.sealing import info_for, open_sealed, seal_to, x25519_raw
 from infaas.keyservice.server import PREFIX
-from infaas.keyservice.service import Role
+from infaas.keyservice.service import Role, release_info
 
 
 class KeyServiceTransport(Protocol):
@@ -54,6 +57,9 @@ class KeyServiceTransport(Protocol):
     def set_model_key(self, token: str, model_id: str, key_id: str, sealed_key: bytes) -> None: ...
     def grant(self, token: str, model_id: str, tenant: str) -> None: ...
     def revoke(self, token: str, model_id: str, tenant: str) -> None: ...
+    def accept(self, token: str, kind: ConsentKind, name: str) -> ConsentPolicy: ...
+    def unaccept(self, token: str, kind: ConsentKind, name: str) -> ConsentPolicy: ...
+    def consent(self, token: str) -> ConsentPolicy: ...
     def issue_nonce(self) -> NonceResponse: ...
     def release(self, req: ReleaseRequest) -> ReleaseResponse: ...
 
@@ -110,6 +116,18 @@ class KeyServiceHttpClient:
     def revoke(self, token: str, model_id: str, tenant: str) -> None:
         self._call("DELETE", f"/models/{model_id}/grants/{tenant}", token)
 
+    def accept(self, token: str, kind: ConsentKind, name: str) -> ConsentPolicy:
+        body = ConsentRequest(kind=kind, name=name)
+        r = self._call("POST", "/consent", token, content=body.model_dump_json())
+        return ConsentPolicy.model_validate_json(r.content)
+
+    def unaccept(self, token: str, kind: ConsentKind, name: str) -> ConsentPolicy:
+        r = self._call("DELETE", f"/consent/{kind}s/{name}", token)
+        return ConsentPolicy.model_validate_json(r.content)
+
+    def consent(self, token: str) -> ConsentPolicy:
+        return ConsentPolicy.model_validate_json(self._call("GET", "/consent", token).content)
+
     def issue_nonce(self) -> NonceResponse:
         return NonceResponse.model_validate_json(self._call("POST", "/nonce").content)
 
@@ -160,14 +178,25 @@ class KeyServiceClient:
     def revoke(self, token: str, model_id: str, tenant: str) -> None:
         self._t.revoke(token, model_id, tenant)
 
+    def accept(self, token: str, kind: ConsentKind, name: str) -> ConsentPolicy:
+        return self._t.accept(token, kind, name)
+
+    def unaccept(self, token: str, kind: ConsentKind, name: str) -> ConsentPolicy:
+        return self._t.unaccept(token, kind, name)
+
+    def consent(self, token: str) -> ConsentPolicy:
+        return self._t.consent(token)
+
 
 @dataclass(frozen=True)
 class ReleasedKey:
     kind: str
-    model_id: str
+    model_id: str | None
     tenant: str | None
     key_id: str
     key: bytes
+    models: tuple[str, ...] | None = None
+    """A tenant key asked for without a model: the models it may serve."""
 
     def __repr__(self) -> str:  # never show key material
         return f"ReleasedKey({self.kind}, {self.model_id}, {self.tenant}, {self.key_id})"
@@ -193,7 +222,10 @@ class WorkerKeyClient:
     def model_key(self, model_id: str, key_id: str | None = None) -> ReleasedKey:
         return self.fetch([KeyRequest(kind="model", model_id=model_id, key_id=key_id)])[0]
 
-    def tenant_key(self, tenant: str, model_id: str, key_id: str | None = None) -> ReleasedKey:
+    def tenant_key(
+        self, tenant: str, model_id: str | None, key_id: str | None = None
+    ) -> ReleasedKey:
+        """The tenant's key for `model_id`, or (None) with every model it may serve."""
         req = KeyRequest(kind="tenant", model_id=model_id, tenant=tenant, key_id=key_id)
         return self.fetch([req])[0]
 
@@ -202,13 +234,6 @@ def unwrap_released(resp: ReleaseResponse, private_key: X25519PrivateKey) -> lis
     """Open each wrapped key with the worker's ephemeral private key."""
     out: list[ReleasedKey] = []
     for w in resp.keys:
-        info = info_for(
-            "release",
-            {"kind": w.kind, "model_id": w.model_id, "tenant": w.tenant, "key_id": w.key_id},
-        )
-        out.append(
-            ReleasedKey(
-                w.kind, w.model_id, w.tenant, w.key_id, open_sealed(private_key, w.sealed_key, info)
-            )
-        )
+        key = open_sealed(private_key, w.sealed_key, release_info(w))
+        out.append(ReleasedKey(w.kind, w.model_id, w.tenant, w.key_id, key, w.models))
     return out

@@ -73,7 +73,6 @@ class KeyServiceIngress:
             else gramine_sealing_key()
         )
         self._service = KeyService(store, kek, tee, verifier)
-        self._max_request_bytes = settings.max_request_bytes
         # key releases and refusals (by code) -> the store, for the dashboard and /metrics
         self._telemetry = Recorder("keyservice")
         info: dict[str, Any] = {"measurement": tee.measurement.hex(), "tee_backend": tee.name}
@@ -81,6 +80,6 @@ class KeyServiceIngress:
         Flusher(store, self._telemetry, status=lambda: info).start()
 
     def __serve_build_asgi_app__(self) -> _UnprefixedRoot:
-        app = create_keyservice_app(self._service, max_request_bytes=self._max_request_bytes)
+        app = create_keyservice_app(self._service)
         app.add_middleware(KeyServiceTelemetry, recorder=self._telemetry)
         return _UnprefixedRoot(app)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from infaas.types import Identifier
 
@@ -62,6 +62,30 @@ class GrantRequest(_Wire):
     tenant: Identifier
 
 
+ConsentKind = Literal["owner", "model"]
+
+
+class ConsentRequest(_Wire):
+    """A tenant accepts a model owner (every model it owns) or one model.
+
+    ``{"kind": "owner", "name": "zoo-owner"}`` or ``{"kind": "model", "name": "digits-mlp"}``
+    """
+
+    kind: ConsentKind = "owner"
+    name: Identifier
+
+
+class ConsentPolicy(_Wire):
+    """The models a tenant's requests may reach: those of the owners it accepted, and the
+    models it accepted (each bound to the owner it had when accepted).
+
+    ``{"owners": ["zoo-owner"], "models": {"digits-mlp": "zoo-owner"}}``
+    """
+
+    owners: tuple[str, ...] = ()
+    models: dict[str, str] = Field(default_factory=dict)
+
+
 class NonceResponse(_Wire):
     """``{"nonce": "<b64, 32 bytes>", "issued_at": 1763760000.0, "ttl_s": 60.0}``"""
 
@@ -75,14 +99,25 @@ class KeyRequest(_Wire):
 
     ``{"kind": "model", "model_id": "resnet", "key_id": null}`` — the model's data key;
     ``{"kind": "tenant", "tenant": "acme", "model_id": "resnet", "key_id": "k1"}`` —
-    a tenant's request key, released only if the tenant is granted that model.
-    `key_id` null means the current key.
+    a tenant's request key, released only if the owner granted the tenant that model
+    *and* the tenant accepted it (or its owner);
+    ``{"kind": "tenant", "tenant": "acme", "model_id": null, "key_id": "k1"}`` — the
+    request key with the models it may serve (grant and consent both hold), released
+    only if there is one. `key_id` null means the current key.
     """
 
     kind: Literal["model", "tenant"]
-    model_id: Identifier
+    model_id: Identifier | None = None
     tenant: Identifier | None = None
     key_id: KeyId | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> KeyRequest:
+        if self.kind == "model" and self.model_id is None:
+            raise ValueError("a model key request must name the model")
+        if self.kind == "tenant" and self.tenant is None:
+            raise ValueError("a tenant key request must name the tenant")
+        return self
 
 
 class ReleaseRequest(_Wire):
@@ -99,13 +134,18 @@ class ReleaseRequest(_Wire):
 
 
 class WrappedKey(_Wire):
-    """A released key, HPKE-sealed to the worker's attested ephemeral key."""
+    """A released key, HPKE-sealed to the worker's attested ephemeral key.
+
+    A tenant key asked for without a model carries `models`: the models it may serve,
+    bound into the seal (HPKE info) so nobody on the way can widen them.
+    """
 
     kind: Literal["model", "tenant"]
-    model_id: str
+    model_id: str | None
     tenant: str | None
     key_id: str
     sealed_key: bytes
+    models: tuple[str, ...] | None = None
 
 
 class ReleaseResponse(_Wire):

@@ -9,6 +9,9 @@ POST     /v1/keyservice/tenant-keys         tenant's request key, sealed to the 
 POST     /v1/keyservice/models/{id}/keys    owner's model data key, sealed to the service
 POST     /v1/keyservice/models/{id}/grants  owner grants a tenant the model
 DELETE   /v1/keyservice/models/{id}/grants/{tenant}   owner revokes
+GET      /v1/keyservice/consent             tenant's accepted owners and models
+POST     /v1/keyservice/consent             tenant accepts an owner or a model
+DELETE   /v1/keyservice/consent/{owners|models}/{name}   tenant withdraws acceptance
 POST     /v1/keyservice/nonce               a single-use nonce for worker evidence
 POST     /v1/keyservice/release             worker evidence + nonce + key requests
 =======  =================================  ==========================================
@@ -26,6 +29,8 @@ from fastapi.responses import Response
 from infaas.edge import BodyLimit, bearer_token, install_error_handlers
 from infaas.errors import InvalidInput
 from infaas.keyservice.models import (
+    ConsentPolicy,
+    ConsentRequest,
     EvidenceResponse,
     GrantRequest,
     NonceResponse,
@@ -38,6 +43,10 @@ from infaas.keyservice.models import (
 from infaas.keyservice.service import KeyService
 
 PREFIX = "/v1/keyservice"
+
+MAX_REQUEST_BYTES = 1 << 20
+"""The largest body the key service reads: a release with the largest evidence allowed
+(three 64 KiB fields, base64) fits several times over; keys and grants are tiny."""
 
 
 Authorization = Annotated[str | None, Header()]
@@ -81,6 +90,22 @@ def create_keyservice_router(service: KeyService) -> APIRouter:
         service.revoke(bearer_token(authorization), model_id, tenant)
         return Response(status_code=204)
 
+    @router.get("/consent")
+    def consent(authorization: Authorization = None) -> ConsentPolicy:
+        return service.consent(bearer_token(authorization))
+
+    @router.post("/consent")
+    def accept(body: ConsentRequest, authorization: Authorization = None) -> ConsentPolicy:
+        return service.accept(bearer_token(authorization), body.kind, body.name)
+
+    @router.delete("/consent/owners/{name}")
+    def unaccept_owner(name: str, authorization: Authorization = None) -> ConsentPolicy:
+        return service.unaccept(bearer_token(authorization), "owner", name)
+
+    @router.delete("/consent/models/{name}")
+    def unaccept_model(name: str, authorization: Authorization = None) -> ConsentPolicy:
+        return service.unaccept(bearer_token(authorization), "model", name)
+
     @router.post("/nonce")
     def nonce() -> NonceResponse:
         return service.issue_nonce()
@@ -92,15 +117,15 @@ def create_keyservice_router(service: KeyService) -> APIRouter:
     return router
 
 
-def create_keyservice_app(service: KeyService, *, max_request_bytes: int | None = None) -> FastAPI:
+def create_keyservice_app(
+    service: KeyService, *, max_request_bytes: int = MAX_REQUEST_BYTES
+) -> FastAPI:
     """A FastAPI app serving only the key service, answering errors as the edge does.
 
-    With `max_request_bytes`, larger bodies are refused (413) before they are read.
+    Bodies over `max_request_bytes` are refused (413) before they are read.
     """
     app = FastAPI(title="infaas key service", docs_url=None, redoc_url=None)
     install_error_handlers(app)
     app.include_router(create_keyservice_router(service))
-    if max_request_bytes is not None:
-        limit = max_request_bytes
-        app.add_middleware(BodyLimit, limit_for=lambda scope: limit)
+    app.add_middleware(BodyLimit, limit_for=lambda scope: max_request_bytes)
     return app

@@ -8,7 +8,14 @@ proves itself with fresh evidence over a service-issued nonce, checked against
 the worker policy, and receives exactly the keys it asked for and may have,
 sealed to its attested ephemeral key.
 
-State (principals, keys, grants) lives in the MetadataStore, each record
+Consent: an owner's grant alone never sends a tenant's data to a model. Each
+tenant keeps its own policy here (the owners and models it accepted, changed
+only with its own key-service token), and a tenant's key is released for a
+model only when the owner granted it *and* the tenant accepted it or its owner.
+Asked for without a model, the tenant's key comes with the models for which
+both hold, bound into the seal: the worker selects among those only.
+
+State (principals, keys, grants, consent) lives in the MetadataStore, each record
 AES-256-GCM-encrypted under the KEK with "namespace/key" as associated data, so
 records cannot be swapped either. Tokens are stored as SHA-256 hashes only.
 """
@@ -43,6 +50,8 @@ from infaas.errors import (
     UnknownKey,
 )
 from infaas.keyservice.models import (
+    ConsentKind,
+    ConsentPolicy,
     EvidenceResponse,
     KeyRequest,
     NonceResponse,
@@ -95,6 +104,22 @@ class _SealedRecords:
             ) from None
         out: dict[str, Any] = json.loads(plain)
         return out
+
+    def keys(self, namespace: SealedTable) -> list[str]:
+        return sorted(self._store.sealed_records(namespace))
+
+
+def release_info(w: WrappedKey) -> bytes:
+    """HPKE info of a released key: what it is, and for a tenant key the models it serves."""
+    fields: dict[str, Any] = {
+        "kind": w.kind,
+        "model_id": w.model_id,
+        "tenant": w.tenant,
+        "key_id": w.key_id,
+    }
+    if w.models is not None:
+        fields["models"] = list(w.models)
+    return info_for("release", fields)
 
 
 def _b64(b: bytes) -> str:
@@ -240,6 +265,69 @@ class KeyService:
             self._records.put(SealedTable.MODEL, model_id, model | {"grants": grants})
         log.info("owner %s revoked tenant %s from model %s", owner, tenant, model_id)
 
+    # --- consent (the tenant's own policy) ------------------------------------------------
+
+    def accept(self, token: str, kind: ConsentKind, name: str) -> ConsentPolicy:
+        """The tenant accepts owner `name` (all its models) or model `name` (bound to the
+        owner it has now): its requests may reach them once their owner grants them."""
+        tenant = self.authenticate(token, "tenant")
+        with self._lock:
+            rec, policy = self._consent(tenant)
+            if kind == "owner":
+                owner = self._records.get(SealedTable.PRINCIPAL, name)
+                if owner is None or owner.get("role") != "owner":
+                    raise NotFound(f"no model owner {name!r} is registered", owner=name)
+                policy = ConsentPolicy(
+                    owners=tuple(sorted({*policy.owners, name})), models=policy.models
+                )
+            else:
+                model = self._model(name)
+                policy = ConsentPolicy(
+                    owners=policy.owners, models=policy.models | {name: str(model["owner"])}
+                )
+            self._put_consent(tenant, rec, policy)
+        log.info("tenant %s accepted %s %s", tenant, kind, name)
+        return policy
+
+    def unaccept(self, token: str, kind: ConsentKind, name: str) -> ConsentPolicy:
+        """The tenant withdraws its acceptance of owner or model `name`."""
+        tenant = self.authenticate(token, "tenant")
+        with self._lock:
+            rec, policy = self._consent(tenant)
+            if kind == "owner":
+                policy = ConsentPolicy(
+                    owners=tuple(o for o in policy.owners if o != name), models=policy.models
+                )
+            else:
+                models = {m: o for m, o in policy.models.items() if m != name}
+                policy = ConsentPolicy(owners=policy.owners, models=models)
+            self._put_consent(tenant, rec, policy)
+        log.info("tenant %s withdrew its acceptance of %s %s", tenant, kind, name)
+        return policy
+
+    def consent(self, token: str) -> ConsentPolicy:
+        """The tenant's accepted owners and models."""
+        return self._consent(self.authenticate(token, "tenant"))[1]
+
+    def _consent(self, tenant: str) -> tuple[dict[str, Any], ConsentPolicy]:
+        rec = self._records.get(SealedTable.PRINCIPAL, tenant) or {}
+        return rec, ConsentPolicy.model_validate(rec.get("consent") or {})
+
+    def _put_consent(self, tenant: str, rec: dict[str, Any], policy: ConsentPolicy) -> None:
+        self._records.put(
+            SealedTable.PRINCIPAL, tenant, rec | {"consent": policy.model_dump(mode="json")}
+        )
+
+    @staticmethod
+    def _may_use(tenant: str, policy: ConsentPolicy, model_id: str, model: dict[str, Any]) -> str:
+        """Why `tenant` may not use `model_id` ('' when grant and consent both hold)."""
+        if tenant not in model["grants"]:
+            return f"tenant {tenant!r} is not granted model {model_id!r}"
+        owner = model["owner"]
+        if owner not in policy.owners and policy.models.get(model_id) != owner:
+            return f"tenant {tenant!r} has not accepted model {model_id!r} or its owner {owner!r}"
+        return ""
+
     # --- release to workers -------------------------------------------------------------
 
     def issue_nonce(self) -> NonceResponse:
@@ -264,19 +352,18 @@ class KeyService:
         )
         resolved = [self._resolve(k) for k in req.keys]
         out: list[WrappedKey] = []
-        for k, key_id, key in resolved:
-            info = info_for(
-                "release",
-                {"kind": k.kind, "model_id": k.model_id, "tenant": k.tenant, "key_id": key_id},
+        for k, key_id, key, models in resolved:
+            wrapped = WrappedKey(
+                kind=k.kind,
+                model_id=k.model_id,
+                tenant=k.tenant,
+                key_id=key_id,
+                sealed_key=b"",
+                models=models,
             )
+            info = release_info(wrapped)
             out.append(
-                WrappedKey(
-                    kind=k.kind,
-                    model_id=k.model_id,
-                    tenant=k.tenant,
-                    key_id=key_id,
-                    sealed_key=seal_to(req.public_key, key, info),
-                )
+                wrapped.model_copy(update={"sealed_key": seal_to(req.public_key, key, info)})
             )
         log.info(
             "released %d key(s) to worker %s…: %s",
@@ -288,26 +375,47 @@ class KeyService:
 
     # --- internals ----------------------------------------------------------------------
 
-    def _resolve(self, k: KeyRequest) -> tuple[KeyRequest, str, bytes]:
-        model = self._model(k.model_id)
+    def _resolve(self, k: KeyRequest) -> tuple[KeyRequest, str, bytes, tuple[str, ...] | None]:
         if k.kind == "model":
+            assert k.model_id is not None  # KeyRequest checks it
+            model = self._model(k.model_id)
             key_id = k.key_id or model["current_key_id"]
             rec = self._records.get(SealedTable.MODEL_KEY, f"{k.model_id}/{key_id}")
             if key_id is None or rec is None:
                 raise UnknownKey(f"model {k.model_id!r} has no key id {key_id!r}")
-            return k, str(key_id), _unb64(rec["key"])
+            return k, str(key_id), _unb64(rec["key"]), None
         if k.tenant is None:
             raise InvalidInput("a tenant key request must name the tenant")
-        if k.tenant not in model["grants"]:
-            raise PermissionDenied(
-                f"tenant {k.tenant!r} is not granted model {k.model_id!r}: key not released"
-            )
-        tenant_rec = self._records.get(SealedTable.PRINCIPAL, k.tenant)
-        key_id = k.key_id or (tenant_rec or {}).get("current_key_id")
+        tenant_rec, policy = self._consent(k.tenant)
+        models: tuple[str, ...] | None = None
+        if k.model_id is not None:
+            why = self._may_use(k.tenant, policy, k.model_id, self._model(k.model_id))
+            if why:
+                raise PermissionDenied(f"{why}: key not released", tenant=k.tenant)
+        else:
+            models = self._usable_models(k.tenant, policy)
+            if not models:
+                raise PermissionDenied(
+                    f"tenant {k.tenant!r} may use no model: it must accept a model or its "
+                    "owner, and the owner grant it: key not released",
+                    tenant=k.tenant,
+                )
+        key_id = k.key_id or tenant_rec.get("current_key_id")
         rec = self._records.get(SealedTable.TENANT_KEY, f"{k.tenant}/{key_id}")
         if key_id is None or rec is None:
             raise UnknownKey(f"tenant {k.tenant!r} has no key id {key_id!r}")
-        return k, str(key_id), _unb64(rec["key"])
+        return k, str(key_id), _unb64(rec["key"]), models
+
+    def _usable_models(self, tenant: str, policy: ConsentPolicy) -> tuple[str, ...]:
+        """The models `tenant` may use: granted by their owner and accepted by the tenant."""
+        if not policy.owners and not policy.models:
+            return ()
+        out = []
+        for model_id in self._records.keys(SealedTable.MODEL):
+            model = self._records.get(SealedTable.MODEL, model_id)
+            if model is not None and not self._may_use(tenant, policy, model_id, model):
+                out.append(model_id)
+        return tuple(out)
 
     def _model(self, model_id: str) -> dict[str, Any]:
         model = self._records.get(SealedTable.MODEL, model_id)

@@ -68,6 +68,7 @@ def beta(served: Served, owner: Client) -> Iterator[Client]:
         c.register_tenant()
         for m in c.models(task="digits"):
             owner.grant(m.model.model_id, "beta")
+        c.accept("zoo-owner")
         yield c
 
 
@@ -138,8 +139,8 @@ def test_two_tenants_two_tasks_different_slos(served: Served, demo: Client, beta
     )
     if ".fp32." in i.variant_id:
         np.testing.assert_allclose(i.outputs, _fp32(served, parent, xi), rtol=1e-3, atol=1e-3)
-    # beta was not granted the image models
-    with pytest.raises(PermissionDenied):
+    # beta was not granted the image models: model-less selection stays inside its set
+    with pytest.raises(NoFeasibleVariant, match="no model you accepted"):
         beta.infer(task="images", inputs=xi, latency_ms=5_000)
 
 
@@ -329,6 +330,10 @@ def test_the_readme_commands_work(served: Served) -> None:
     r = _cli("infer", *common, "--credentials", str(path), "--task", "digits", "--example")
     # gamma has its own key but no grant yet: a clear refusal, not a crash
     assert r.returncode == 2 and "infaas: error:" in r.stderr, r.stderr
+    r = _cli("tenant", "accept", "zoo-owner", *common, "--credentials", str(path), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["owners"] == ["zoo-owner"], r.stderr
+    r = _cli("tenant", "accepted", *common, "--credentials", str(path))
+    assert r.returncode == 0 and "zoo-owner" in r.stdout, r.stderr
     r = _cli(
         "infer",
         *common,

@@ -103,6 +103,7 @@ def served(
         tenant_key = new_key()
         client.upload_tenant_key(ks_token, "acme-k1", tenant_key)
         client.grant(owner, MODEL, "acme")
+        client.accept(ks_token, "owner", "owner1")
         api_token = TokenRegistry(store).issue("acme", "tenant")
 
         serve.run(build_infer_app(settings, url), name=APP_NAME, route_prefix=ROUTE_PREFIX)

@@ -128,6 +128,7 @@ def _serve_the_marker_model(owner: Client, tenant: Client) -> None:
         "marker-model", "marker", "gemm", marker_model(), x_val, y_val, num_classes=N_OUT
     )
     owner.grant("marker-model", "marker-tenant")
+    tenant.accept(str(owner.principal))
     job = owner.wait_ready("marker-model", progress=False, timeout_s=900)
     assert job.state == "ready"
     result = tenant.infer(

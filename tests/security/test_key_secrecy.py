@@ -79,6 +79,7 @@ def test_no_key_in_logs_or_store(tmp_path: Path, caplog: pytest.LogCaptureFixtur
         c.upload_model_key(owner, "resnet", "dk1", model_key)
         c.upload_tenant_key(tenant, "k1", tenant_key)
         c.grant(owner, "resnet", "acme")
+        c.accept(tenant, "owner", "zoo")
         c.upload_tenant_key(tenant, "k2", tenant_key2)
         worker = WorkerKeyClient(remote, SimulatedTEE(ca, WORKER_M))
         released = worker.fetch(

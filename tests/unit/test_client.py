@@ -235,6 +235,9 @@ def test_upload_grant_and_infer(world: World) -> None:
     # the served model's owner grants it to our tenant, through its own client
     served_owner = world.client(dep.api_tokens["owner1"], ks_token=dep.ks_tokens["owner1"])
     served_owner.grant(MODEL, str(tenant.principal))
+    with pytest.raises(PermissionDenied, match="may use no model"):
+        tenant.infer(task="digits", inputs=x[:2], latency_ms=50)  # a grant alone serves nothing
+    assert tenant.accept("owner1").owners == ("owner1",)
     fp32 = f"{MODEL}.fp32.onnxruntime"
     reference = load_variant(dep.store.get_variant(fp32), dep.onnx).run(x[:3])
     result = tenant.infer(

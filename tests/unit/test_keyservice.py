@@ -246,6 +246,7 @@ def test_swapped_store_records_do_not_open(dep: Deployment) -> None:
     globex = c.register("globex", "tenant")
     c.upload_tenant_key(globex, "k1", new_key())
     c.grant(dep.ks_tokens["zoo"], "resnet", "globex")
+    c.accept(globex, "owner", "zoo")
     acme = dep.store.get_sealed(SealedTable.TENANT_KEY, "acme/k1")
     assert acme is not None
     dep.store.put_sealed(SealedTable.TENANT_KEY, "globex/k1", acme)
@@ -284,6 +285,9 @@ def test_http_flow_and_typed_errors(dep: Deployment) -> None:
         with pytest.raises(PermissionDenied):
             worker.tenant_key("acme", "resnet")
         c.grant(owner, "resnet", "acme")
+        with pytest.raises(PermissionDenied, match="has not accepted"):
+            worker.tenant_key("acme", "resnet")  # a grant alone is not enough
+        assert c.accept(tenant, "owner", "zoo").owners == ("zoo",)
         assert worker.tenant_key("acme", "resnet").key == tk
         assert worker.model_key("resnet").key == mk
         c.revoke(owner, "resnet", "acme")
