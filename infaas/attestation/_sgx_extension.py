@@ -10,6 +10,7 @@ parser.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from cryptography import x509
 from pyasn1.codec.der import decoder, encoder
@@ -67,6 +68,9 @@ def _int(d: dict[str, object], key: str) -> int:
     return int(v)
 
 
+# pure function of the bytes: a verifier sees the same few PCK certificates at every release,
+# and pyasn1's decoding is most of a quote's verification time
+@lru_cache(maxsize=256)
 def parse_sgx_extension(der: bytes) -> SgxPckExtension:
     """Decode the extension's DER value; AttestationFailed if it is malformed or incomplete."""
     try:
