@@ -45,11 +45,12 @@ INFER_PREFIX = "/v1/infer"
 _QUIET = {"enable_access_log": False}
 
 
-def worker_measurements(settings: Settings) -> list[bytes]:
-    """The measurements of this deployment's workers, which the key service releases keys to."""
+def worker_measurements(settings: Settings) -> dict[str, bytes]:
+    """The measurement of this deployment's workers in each pool, by pool name: what the key
+    service releases keys to (a GPU pool's workers only with their GPU's evidence)."""
     from enclave_workers.measurement import worker_measurement
 
-    return [worker_measurement(settings)]
+    return {p.name: worker_measurement(settings, pool=p.name) for p in settings.pools}
 
 
 @serve.deployment(
@@ -98,7 +99,7 @@ class ControlIngress:
 
 
 def build_keyservice_app(settings: Settings) -> serve.Application:
-    measurements = [m.hex() for m in worker_measurements(settings)]
+    measurements = {pool: m.hex() for pool, m in worker_measurements(settings).items()}
     app: serve.Application = KeyServiceIngress.bind(settings, measurements)  # type: ignore[attr-defined]
     return app
 

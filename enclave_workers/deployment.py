@@ -18,7 +18,8 @@ through a handle for everything else::
 Each replica reserves its pool's resources (`settings.pools[0]` unless named),
 accepts more concurrent requests than its largest batch (so batches can fill),
 and talks to the key service over HTTP (`KeyServiceHttpClient`), proving itself with
-fresh evidence of its measurement (`worker_measurement`) at every key release.
+fresh evidence of its measurement (`worker_measurement`, which covers its pool) at every
+key release; a GPU pool's replica adds its GPU's evidence over the same nonce.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from enclave_workers.endpoint import WorkerASGI, serve_app
 from enclave_workers.measurement import worker_measurement
 from enclave_workers.runtime import DEFAULT_MEMORY_BUDGET_BYTES, WorkerRuntime
 from infaas.artifacts import ArtifactStore
-from infaas.attestation.deployment import create_tee
+from infaas.attestation.deployment import create_gpu, create_tee
 from infaas.keyservice import KeyServiceHttpClient
 from infaas.logs import configure_logging, get_logger
 from infaas.settings import Pool, Settings
@@ -66,7 +67,7 @@ class EnclaveWorker:
         pool = settings.pool(pool_name) if pool_name else settings.pools[0]
         store = open_store(settings.resolved_store_url)
         artifacts = ArtifactStore(settings.data_dir / "artifacts")
-        tee = create_tee(settings, worker_measurement(settings))
+        tee = create_tee(settings, worker_measurement(settings, pool=pool.name))
         transport = KeyServiceHttpClient(httpx.Client(base_url=keyservice_url, timeout=30.0))
         self._settings = settings
         self._runtime = WorkerRuntime(
@@ -75,6 +76,7 @@ class EnclaveWorker:
             artifacts,
             transport,
             tee,
+            gpu=create_gpu(settings, pool),
             pool=pool,
             memory_budget_bytes=memory_budget_bytes,
             batch_wait_ms=batch_wait_ms,

@@ -3,7 +3,7 @@
 With the simulated TEE this stands in for MRENCLAVE / MRTD: SHA-256 over the
 import closure of the worker deployment module (every project module a worker
 replica loads, by package-relative path; `infaas.measurement`) and the
-settings that change its behaviour. Change a line of code the worker runs or
+settings that change its behaviour, and the pool it serves. Change a line of code the worker runs or
 its serving config and the key service stops releasing keys to it until its
 policy allows the new value; the client, the CLI and the example zoo are not
 part of it. Host-specific paths (data dir, store URL, ports) are not either.
@@ -26,8 +26,9 @@ def worker_source_files(root: Path = REPO) -> dict[str, Path]:
     return closure_files(WORKER_ENTRY, root)
 
 
-def worker_config(settings: Settings) -> bytes:
-    """The measured part of the settings: canonical JSON of what changes worker behaviour."""
+def worker_config(settings: Settings, pool: str | None = None) -> bytes:
+    """The measured part of the settings: canonical JSON of what changes worker behaviour,
+    and the worker's pool (the key service tells a GPU pool's workers by it)."""
     data = settings.model_dump(
         mode="json",
         include={
@@ -39,9 +40,11 @@ def worker_config(settings: Settings) -> bytes:
             "profiler",
         },
     )
+    data["pool"] = pool or settings.pools[0].name
     return canonical_json(data)
 
 
-def worker_measurement(settings: Settings, root: Path = REPO) -> bytes:
-    """The 32-byte measurement a worker built from the tree at `root` and `settings` reports."""
-    return measure_files(worker_source_files(root), worker_config(settings))
+def worker_measurement(settings: Settings, root: Path = REPO, *, pool: str | None = None) -> bytes:
+    """The 32-byte measurement a worker of `pool` (default: the first) built from the tree
+    at `root` and `settings` reports."""
+    return measure_files(worker_source_files(root), worker_config(settings, pool))

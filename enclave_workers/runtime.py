@@ -52,7 +52,7 @@ from enclave_workers.packer import VariantHost
 from enclave_workers.preparation import PreparationOptions, prepare_model
 from infaas.artifacts import ArtifactStore
 from infaas.attestation import SIMULATED_LABEL
-from infaas.attestation.backends import EvidenceGenerator
+from infaas.attestation.backends import EvidenceGenerator, GpuEvidenceGenerator
 from infaas.auth import TokenRegistry
 from infaas.envelope import (
     Keyring,
@@ -130,6 +130,7 @@ class WorkerRuntime:
         key_transport: KeyServiceTransport,
         tee: EvidenceGenerator,
         *,
+        gpu: GpuEvidenceGenerator | None = None,
         pool: Pool | None = None,
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
         inference_threads: int | None = None,
@@ -150,7 +151,10 @@ class WorkerRuntime:
         self.tee = tee
         self.pool = pool or settings.pools[0]
         self.measurement = tee.measurement
-        self._keys = KeyCache(WorkerKeyClient(key_transport, tee), tenant_ttl_s=tenant_key_ttl_s)
+        self.gpu = gpu
+        self._keys = KeyCache(
+            WorkerKeyClient(key_transport, tee, gpu), tenant_ttl_s=tenant_key_ttl_s
+        )
         self._tokens = TokenRegistry(store)
         self._token_cache: dict[str, tuple[str, float]] = {}
         self._token_cache_s = token_cache_s
@@ -454,6 +458,7 @@ class WorkerRuntime:
             "tee_backend": self.tee.name,
             "simulated": self.tee.simulated,
             "tee_status": self.tee.status(),
+            "gpu_status": self.gpu.status() if self.gpu is not None else None,
             "warning": SIMULATED_LABEL if self.tee.simulated else "",
             "attested_at": self._keys.last_release_at,
             "key_releases": self._keys.releases,

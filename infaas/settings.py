@@ -20,8 +20,34 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from infaas.attestation.policy import GpuPolicy
+
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = REPO_CONFIGS / "default.yaml"
+
+
+class GpuAttestation(BaseModel):
+    """How the GPUs of a GPU pool prove themselves to the key service.
+
+    A worker of the pool presents composite evidence: its CPU TEE's quote and its GPU's
+    SPDM report, both bound to the one verifier nonce; the key service releases keys to
+    it only for that composite, judged by `policy` (recorded reference measurements per
+    block and the pinned device identity roots).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    backend: Literal["simulated"] = Field(
+        "simulated",
+        description="simulated: a per-deployment simulated GPU (data_dir/simulated-gpu, "
+        "NOT confidential; production settings refuse it). No hardware GPU backend is "
+        "wired yet: the verifier checks genuine Hopper reports, nothing here produces one",
+    )
+    policy: GpuPolicy = Field(
+        default_factory=GpuPolicy,
+        description="what the pool's GPU evidence must show: reference measurements by "
+        "block index, pinned device identity roots",
+    )
 
 
 class Pool(BaseModel):
@@ -40,6 +66,20 @@ class Pool(BaseModel):
     memory_bytes: int = Field(
         4 * 1024**3, gt=0, description="model packer budget of one replica: loaded variants fit it"
     )
+    gpu_attestation: GpuAttestation | None = Field(
+        None,
+        description="GPU pools: how their GPUs are attested; a worker of the pool gets keys "
+        "only for composite evidence (CPU TEE + GPU, one nonce)",
+    )
+
+    @model_validator(mode="after")
+    def _attested_gpus(self) -> Pool:
+        if self.num_gpus > 0 and self.gpu_attestation is None:
+            raise ValueError(
+                f"pool {self.name!r} reserves GPUs but says nothing of gpu_attestation: "
+                "plaintext would reach a device nobody attested"
+            )
+        return self
 
 
 class ProfilerSettings(BaseModel):
@@ -240,6 +280,16 @@ class Settings(BaseSettings):
         if self.production and self.tee_backend == "simulated":
             raise ValueError(
                 "production settings refuse the simulated TEE backend: it is not confidential"
+            )
+        simulated_gpus = [
+            p.name
+            for p in self.pools
+            if p.gpu_attestation is not None and p.gpu_attestation.backend == "simulated"
+        ]
+        if self.production and simulated_gpus:
+            raise ValueError(
+                f"production settings refuse the simulated GPU of pools {simulated_gpus}: "
+                "it is not confidential"
             )
         names = [p.name for p in self.pools]
         if len(names) != len(set(names)):

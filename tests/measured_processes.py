@@ -43,7 +43,10 @@ def keyservice(work: Path) -> None:
 
     settings = Settings(data_dir=work, store_url="memory://")
     # the class as written, below Serve's ASGI wrapper (whose constructor needs a replica)
-    replica = ingress.func_or_class.__mro__[1](settings, [])
+    # (the measurement its pool's workers would report; none connects here)
+    replica = ingress.func_or_class.__mro__[1](
+        settings, {p.name: "00" * 32 for p in settings.pools}
+    )
     with _testclient()(replica.__serve_build_asgi_app__()) as http:
         client = KeyServiceClient(
             KeyServiceHttpClient(http),

@@ -7,14 +7,13 @@ Verifier side::
 
 Attester side::
 
-    tee = SimulatedTEE(SimulatedPlatformCA.load_or_create(dir), measure_code(files, cfg))
+    tee = SimulatedTEE(SimulatedPlatformCA.load_or_create(dir), measurement)
     quote = tee.generate(report_data_for(pk, nonce))
 """
 
 from infaas.attestation.backends import ConfigfsTsm as ConfigfsTsm
 from infaas.attestation.backends import EvidenceGenerator as EvidenceGenerator
 from infaas.attestation.backends import GramineSGX as GramineSGX
-from infaas.attestation.backends import measure_code as measure_code
 from infaas.attestation.backends import report_data_for as report_data_for
 from infaas.attestation.evidence import CheckResult as CheckResult
 from infaas.attestation.policy import AttestationPolicy as AttestationPolicy
@@ -47,7 +46,6 @@ __all__ = [
     "VerifiedQuote",
     "inspect_quote",
     "load_roots",
-    "measure_code",
     "parse_quote",
     "report_data_for",
     "verify_quote",

@@ -1,6 +1,7 @@
 """Where evidence comes from: the `EvidenceGenerator` interface and its hardware backends.
 
-A backend turns 64 bytes of report data into a quote. `SimulatedTEE`
+A backend turns 64 bytes of report data into a quote; a GPU pool's worker also has a
+`GpuEvidenceGenerator` (`infaas.attestation.simulated_gpu` without hardware). `SimulatedTEE`
 (`infaas.attestation.simulated`) is the default on machines without TEE
 hardware; `GramineSGX` and `ConfigfsTsm` talk to real devices and refuse to
 start where the device is absent. Report data binds a public key to a
@@ -12,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import uuid
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -25,21 +25,6 @@ REPORT_DATA_LEN = 64
 def report_data_for(public_key: bytes, nonce: bytes) -> bytes:
     """SHA-256(public key || nonce), zero-padded to the 64 bytes of a report's REPORTDATA."""
     return hashlib.sha256(public_key + nonce).digest().ljust(REPORT_DATA_LEN, b"\x00")
-
-
-def measure_code(paths: Iterable[Path | str], config: bytes = b"") -> bytes:
-    """SHA-256 over a worker's source files (sorted, each named and length-prefixed) + config.
-
-    This stands in for MRENCLAVE in the simulated backend: change a line of
-    code or the runtime config and the measurement changes.
-    """
-    h = hashlib.sha256(b"infaas-measurement-v1\x00")
-    for p in sorted(Path(x) for x in paths):
-        data = p.read_bytes()
-        name = p.name.encode()
-        h.update(len(name).to_bytes(4, "big") + name + len(data).to_bytes(8, "big") + data)
-    h.update(len(config).to_bytes(8, "big") + config)
-    return h.digest()
 
 
 @runtime_checkable
@@ -62,6 +47,26 @@ class EvidenceGenerator(Protocol):
     def status(self) -> str:
         """One human-readable line for status pages."""
         ...
+
+
+@runtime_checkable
+class GpuEvidenceGenerator(Protocol):
+    """A GPU that can attest: `generate(nonce)` returns an SPDM GET_MEASUREMENTS request and
+    its signed response over that 32-byte nonce; `chain_pem` is its device chain, leaf first.
+    A GPU-pool worker calls it with the same binding its CPU TEE quotes (`report_data_for`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def simulated(self) -> bool: ...
+
+    @property
+    def chain_pem(self) -> bytes: ...
+
+    def generate(self, nonce: bytes) -> bytes: ...
+
+    def status(self) -> str: ...
 
 
 def _check_report_data(report_data: bytes) -> bytes:

@@ -304,8 +304,9 @@ class SimulatedPlatformCA:
 class SimulatedTEE:
     """An `EvidenceGenerator` producing SGX ECDSA quote v3 under a simulated platform CA.
 
-    `measurement` is what MRENCLAVE would be (see `measure_code`); `debug=True`
-    sets ATTRIBUTES.DEBUG so policies can be tested against it.
+    `measurement` is what MRENCLAVE would be (here `infaas.measurement`'s hash of the
+    process's code and config); `debug=True` sets ATTRIBUTES.DEBUG so policies can be
+    tested against it.
     """
 
     name = "simulated"

@@ -15,6 +15,7 @@ import hashlib
 import os
 import struct
 from collections.abc import Mapping
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from infaas.attestation.evidence import SIMULATED_MARKER_OID
-from infaas.attestation.simulated import SIMULATED_LABEL, _key_usage
+from infaas.attestation.simulated import SIMULATED_LABEL, _key_usage, _pem_key
 from infaas.attestation.spdm import NONCE_LEN
 
 DEFAULT_MEASUREMENTS: Mapping[int, bytes] = {
@@ -44,46 +45,46 @@ def _name(cn: str) -> x509.Name:
 
 
 class SimulatedGPU:
-    """Evidence of a GPU that is not there: labelled simulated everywhere."""
+    """Evidence of a GPU that is not there: labelled simulated everywhere.
+
+    `SimulatedGPU()` makes a fresh device identity (root and device certificates, device
+    key); `load_or_create(dir)` keeps one per deployment, so that the key service trusts
+    the root its workers' GPUs chain to.
+    """
 
     name = "simulated-gpu"
     simulated = True
 
-    def __init__(self, measurements: Mapping[int, bytes] = DEFAULT_MEASUREMENTS) -> None:
+    def __init__(
+        self,
+        measurements: Mapping[int, bytes] = DEFAULT_MEASUREMENTS,
+        *,
+        identity: tuple[x509.Certificate, ec.EllipticCurvePrivateKey, x509.Certificate]
+        | None = None,
+    ) -> None:
         self.measurements = dict(measurements)
-        now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-        until = now + dt.timedelta(days=3650)
-        root_key = ec.generate_private_key(ec.SECP384R1())
-        root_name = _name("infaas Simulated Device Identity CA")
-        self.root_cert = (
-            x509.CertificateBuilder()
-            .subject_name(root_name)
-            .issuer_name(root_name)
-            .public_key(root_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
-            .not_valid_after(until)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(_key_usage(cert_sign=True), critical=True)
-            .add_extension(
-                x509.UnrecognizedExtension(SIMULATED_MARKER_OID, b"\x0c\x0fnot-confidential"),
-                critical=False,
-            )
-            .sign(root_key, hashes.SHA384())
-        )
-        self._key = ec.generate_private_key(ec.SECP384R1())
-        self.leaf_cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name("infaas Simulated GPU device"))
-            .issuer_name(root_name)
-            .public_key(self._key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
-            .not_valid_after(until)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(cert_sign=False), critical=True)
-            .sign(root_key, hashes.SHA384())
-        )
+        self.root_cert, self._key, self.leaf_cert = identity or _new_identity()
+
+    @classmethod
+    def load_or_create(cls, directory: Path) -> SimulatedGPU:
+        """The deployment's simulated GPU identity under `directory` (0600 key on first use)."""
+        files = {n: directory / n for n in ("root.pem", "device.pem", "device.key")}
+        if all(p.exists() for p in files.values()):
+            key = serialization.load_pem_private_key(files["device.key"].read_bytes(), None)
+            if not isinstance(key, ec.EllipticCurvePrivateKey):
+                raise ValueError(f"simulated GPU key under {directory} is not P-384")
+            root = x509.load_pem_x509_certificate(files["root.pem"].read_bytes())
+            leaf = x509.load_pem_x509_certificate(files["device.pem"].read_bytes())
+            return cls(identity=(root, key, leaf))
+        gpu = cls()
+        directory.mkdir(parents=True, exist_ok=True)
+        pem = serialization.Encoding.PEM
+        files["root.pem"].write_bytes(gpu.root_cert.public_bytes(pem))
+        files["device.pem"].write_bytes(gpu.leaf_cert.public_bytes(pem))
+        fd = os.open(files["device.key"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(_pem_key(gpu._key))
+        return gpu
 
     def __repr__(self) -> str:
         return f"SimulatedGPU({SIMULATED_LABEL})"
@@ -114,3 +115,41 @@ class SimulatedGPU:
         )
         r, s = decode_dss_signature(self._key.sign(request + response, ec.ECDSA(hashes.SHA384())))
         return request + response + r.to_bytes(48, "big") + s.to_bytes(48, "big")
+
+
+def _new_identity() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A simulated device identity CA (its key is discarded) and a device certificate."""
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    until = now + dt.timedelta(days=3650)
+    root_key = ec.generate_private_key(ec.SECP384R1())
+    root_name = _name("infaas Simulated Device Identity CA")
+    root_cert = (
+        x509.CertificateBuilder()
+        .subject_name(root_name)
+        .issuer_name(root_name)
+        .public_key(root_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(until)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=True), critical=True)
+        .add_extension(
+            x509.UnrecognizedExtension(SIMULATED_MARKER_OID, b"\x0c\x0fnot-confidential"),
+            critical=False,
+        )
+        .sign(root_key, hashes.SHA384())
+    )
+    key = ec.generate_private_key(ec.SECP384R1())
+    leaf_cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("infaas Simulated GPU device"))
+        .issuer_name(root_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(until)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(cert_sign=False), critical=True)
+        .sign(root_key, hashes.SHA384())
+    )
+    return root_cert, key, leaf_cert

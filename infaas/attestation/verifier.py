@@ -3,8 +3,11 @@
 `AttestationVerifier.verify(evidence, public_key=..., nonce=...)` runs the
 chain and signature checks of `verify.py` against the policy's roots (plus any
 the deployment adds, e.g. its simulated platform CA), then the policy rules,
-including that report data = SHA-256(public key || nonce). `NonceIssuer` hands
-out single-use nonces and remembers when each was issued, for freshness.
+including that report data = SHA-256(public key || nonce). `verify_composite` adds,
+for a GPU pool, the GPU's evidence bound to the same nonce. `PoolVerifiers` is the key
+service's judge of worker evidence: one verifier per pool, chosen by the worker's
+measurement. `NonceIssuer` hands out single-use nonces and remembers when each was
+issued, for freshness.
 """
 
 from __future__ import annotations
@@ -13,10 +16,10 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives.hashes import SHA256
@@ -25,6 +28,7 @@ from infaas.attestation.appraisal import CompositeAppraisal, appraise
 from infaas.attestation.backends import report_data_for
 from infaas.attestation.chain import CERT_ERRORS
 from infaas.attestation.policy import AttestationPolicy, Verdict
+from infaas.attestation.quote import parse_quote
 from infaas.attestation.spdm import verify_gpu_report
 from infaas.attestation.verify import VerifiedQuote, verify_quote
 from infaas.errors import AttestationFailed
@@ -126,6 +130,71 @@ class AttestationVerifier:
         # the same binding as the CPU's report data: SHA-256(public key || nonce)
         gverdict = self.policy.check(gv, report_data_for(public_key, nonce)[:32], t)
         return CompositeAppraisal(cpu, appraise(gv, gverdict))
+
+
+class WorkerVerifier(Protocol):
+    """What the key service asks of the judge of worker evidence."""
+
+    def verify_composite(
+        self,
+        evidence: bytes,
+        *,
+        public_key: bytes,
+        nonce: bytes,
+        gpu: GpuEvidence | None = None,
+        nonce_issued_at: float | None = None,
+        now: float | None = None,
+    ) -> CompositeAppraisal: ...
+
+
+class PoolVerifiers:
+    """One verifier per worker measurement: each pool's workers measure differently (the
+    pool is part of the measured config), so a GPU pool's workers are judged by their
+    pool's verifier, which requires the composite, and cannot pass as another pool's.
+
+    The measurement read from the evidence only picks the verifier; that verifier then
+    checks the signature over it and admits exactly its own pool's measurement. Evidence
+    of a measurement no pool has goes to `default` (the policy file's own list), if any.
+    """
+
+    def __init__(
+        self,
+        by_measurement: Mapping[bytes, AttestationVerifier],
+        default: AttestationVerifier | None = None,
+    ) -> None:
+        self._by = dict(by_measurement)
+        self._default = default
+
+    def verifier_for(self, measurement: bytes) -> AttestationVerifier:
+        """The verifier of workers reporting `measurement` (AttestationFailed if none)."""
+        v = self._by.get(measurement, self._default)
+        if v is None:
+            raise AttestationFailed(
+                f"policy: measurement {measurement.hex()} is not in allowed_measurements",
+                rule="measurement",
+                failed_rules=["measurement"],
+            )
+        return v
+
+    def verify_composite(
+        self,
+        evidence: bytes,
+        *,
+        public_key: bytes,
+        nonce: bytes,
+        gpu: GpuEvidence | None = None,
+        nonce_issued_at: float | None = None,
+        now: float | None = None,
+    ) -> CompositeAppraisal:
+        """`AttestationVerifier.verify_composite` by the verifier of the evidence's pool."""
+        return self.verifier_for(parse_quote(evidence).measurement).verify_composite(
+            evidence,
+            public_key=public_key,
+            nonce=nonce,
+            gpu=gpu,
+            nonce_issued_at=nonce_issued_at,
+            now=now,
+        )
 
 
 class NonceIssuer:

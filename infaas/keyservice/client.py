@@ -7,8 +7,9 @@ SHA-256(service public key || nonce). Only then does it seal keys to that
 public key.
 
 `WorkerKeyClient` runs inside a TEE worker: it makes an ephemeral X25519 key,
-asks for a nonce, quotes SHA-256(ephemeral public key || nonce), and unwraps
-the released keys with the ephemeral private key, which never leaves memory.
+asks for a nonce, quotes SHA-256(ephemeral public key || nonce) (in a GPU pool its
+GPU signs the same binding: composite evidence), and unwraps the released keys
+with the ephemeral private key, which never leaves memory.
 
 Both talk to a `KeyServiceTransport`: the in-process `KeyService` itself or
 `KeyServiceHttpClient` (httpx) for a remote one.
@@ -25,7 +26,7 @@ from typing import Protocol
 import httpx
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from infaas.attestation.backends import EvidenceGenerator, report_data_for
+from infaas.attestation.backends import EvidenceGenerator, GpuEvidenceGenerator, report_data_for
 from infaas.attestation.verifier import AttestationVerifier
 from infaas.attestation.verify import VerifiedQuote
 from infaas.errors import AttestationFailed, InvalidInput, error_from_code
@@ -203,21 +204,38 @@ class ReleasedKey:
 
 
 class WorkerKeyClient:
-    """Worker side: prove itself with fresh evidence, unwrap the released keys."""
+    """Worker side: prove itself with fresh evidence, unwrap the released keys.
 
-    def __init__(self, transport: KeyServiceTransport, tee: EvidenceGenerator) -> None:
+    A GPU-pool worker also has its `gpu`: its report is over the same binding of the
+    ephemeral key and the service's nonce as the CPU quote (composite evidence).
+    """
+
+    def __init__(
+        self,
+        transport: KeyServiceTransport,
+        tee: EvidenceGenerator,
+        gpu: GpuEvidenceGenerator | None = None,
+    ) -> None:
         self._t = transport
         self._tee = tee
+        self._gpu = gpu
 
     def fetch(self, requests: Sequence[KeyRequest]) -> list[ReleasedKey]:
         sk = X25519PrivateKey.generate()
         pk = x25519_raw(sk.public_key())
         nonce = self._t.issue_nonce().nonce
-        evidence = self._tee.generate(report_data_for(pk, nonce))
-        resp = self._t.release(
-            ReleaseRequest(evidence=evidence, public_key=pk, nonce=nonce, keys=tuple(requests))
+        binding = report_data_for(pk, nonce)
+        req = ReleaseRequest(
+            evidence=self._tee.generate(binding), public_key=pk, nonce=nonce, keys=tuple(requests)
         )
-        return unwrap_released(resp, sk)
+        if self._gpu is not None:
+            req = req.model_copy(
+                update={
+                    "gpu_evidence": self._gpu.generate(binding[:32]),
+                    "gpu_chain": self._gpu.chain_pem,
+                }
+            )
+        return unwrap_released(self._t.release(req), sk)
 
     def model_key(self, model_id: str, key_id: str | None = None) -> ReleasedKey:
         return self.fetch([KeyRequest(kind="model", model_id=model_id, key_id=key_id)])[0]

@@ -4,8 +4,9 @@
 TEE, verifier of worker evidence, sealing key), serves `create_keyservice_app`
 under the route prefix ``/v1/keyservice`` and flushes its release counters
 (`KeyServiceTelemetry`) to the store for the dashboard. The worker
-measurements it releases keys to are given by the composition root
-(`api.serve`), which knows the worker deployment.
+measurements it releases keys to, one per pool, are given by the composition root
+(`api.serve`), which knows the worker deployment; a GPU pool's workers get keys only
+for composite evidence (`create_worker_verifiers`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from fastapi import FastAPI
 from ray import serve
 from starlette.types import Receive, Scope, Send
 
-from infaas.attestation.deployment import create_tee, create_verifier
+from infaas.attestation.deployment import create_tee, create_worker_verifiers
 from infaas.keyservice.measurement import keyservice_measurement
 from infaas.keyservice.sealing import gramine_sealing_key, simulated_sealing_key
 from infaas.keyservice.server import create_keyservice_app
@@ -60,12 +61,12 @@ class _UnprefixedRoot:
 class KeyServiceIngress:
     """The key service as a Serve replica; one replica owns its store namespace."""
 
-    def __init__(self, settings: Settings, worker_measurements_hex: list[str]) -> None:
+    def __init__(self, settings: Settings, worker_measurements_hex: dict[str, str]) -> None:
         configure_logging()
         store = open_store(settings.resolved_store_url)
         tee = create_tee(settings, keyservice_measurement())
-        verifier = create_verifier(
-            settings, measurements=[bytes.fromhex(m) for m in worker_measurements_hex]
+        verifier = create_worker_verifiers(
+            settings, {pool: bytes.fromhex(m) for pool, m in worker_measurements_hex.items()}
         )
         kek = (
             simulated_sealing_key(settings.data_dir)

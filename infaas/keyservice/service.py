@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from infaas.attestation.backends import EvidenceGenerator, report_data_for
-from infaas.attestation.verifier import AttestationVerifier, GpuEvidence, NonceIssuer
+from infaas.attestation.verifier import GpuEvidence, NonceIssuer, WorkerVerifier
 from infaas.envelope import KEY_LEN, canonical_json
 from infaas.errors import (
     AuthenticationFailed,
@@ -138,7 +138,7 @@ class KeyService:
         store: MetadataStore,
         kek: bytes,
         tee: EvidenceGenerator,
-        worker_verifier: AttestationVerifier,
+        worker_verifier: WorkerVerifier,
         *,
         nonce_ttl_s: float = 60.0,
         clock: Callable[[], float] = time.time,
@@ -340,7 +340,7 @@ class KeyService:
         All or nothing: if any requested key may not be released, none is.
         """
         issued_at = self._nonces.consume(req.nonce)
-        # a GPU-pool verifier (policy.require_gpu) needs the GPU's evidence too (composite)
+        # a GPU pool's verifier (policy.require_gpu) needs the GPU's evidence too (composite)
         gpu = GpuEvidence(req.gpu_evidence, req.gpu_chain or b"") if req.gpu_evidence else None
         appraisal = self._verifier.verify_composite(
             req.evidence,

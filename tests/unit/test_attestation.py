@@ -21,7 +21,6 @@ from infaas.attestation import (
     SimulatedTEE,
     inspect_quote,
     load_roots,
-    measure_code,
     parse_quote,
     report_data_for,
     verify_quote,
@@ -436,16 +435,6 @@ def test_nonce_issuer_single_use_and_expiry() -> None:
     t[0] += 11
     with pytest.raises(AttestationFailed, match="stale nonce"):
         issuer.consume(n2)
-
-
-def test_measure_code_covers_code_and_config(tmp_path: Path) -> None:
-    a = tmp_path / "a.py"
-    a.write_text("x = 1\n")
-    m1 = measure_code([a], b"cfg")
-    assert measure_code([a], b"cfg") == m1
-    assert measure_code([a], b"cfg2") != m1
-    a.write_text("x = 2\n")
-    assert measure_code([a], b"cfg") != m1
 
 
 def test_platform_ca_persists(tmp_path: Path) -> None:
