@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -422,15 +422,7 @@ def solve_milp(p: AllocationProblem) -> Allocation:
         options={"time_limit": p.time_limit_s, "mip_rel_gap": 1e-6},
     )
     if res.x is None:
-        return Allocation(
-            greedy.workers,
-            greedy.routes,
-            greedy.unserved_rps,
-            greedy.cost_per_s,
-            "greedy",
-            greedy_obj,
-            (*greedy.notes, f"milp failed: {res.message}"),
-        )
+        return _fall_back(greedy, greedy_obj, f"milp failed: {res.message}")
     x = res.x
     workers = []
     wcost = 0.0
@@ -464,16 +456,13 @@ def solve_milp(p: AllocationProblem) -> Allocation:
     objective = float(res.fun) + p.unserved_penalty_per_rps * sum(dead.values())
     if not res.success and greedy_obj < objective:
         # stopped at the time limit with an incumbent worse than the greedy plan
-        return Allocation(
-            greedy.workers,
-            greedy.routes,
-            greedy.unserved_rps,
-            greedy.cost_per_s,
-            "greedy",
-            greedy_obj,
-            (*greedy.notes, f"milp incumbent worse than greedy: {res.message}"),
-        )
+        return _fall_back(greedy, greedy_obj, f"milp incumbent worse than greedy: {res.message}")
     return Allocation(tuple(workers), routes, unserved, wcost, "milp", objective, notes)
+
+
+def _fall_back(greedy: Allocation, objective: float, why: str) -> Allocation:
+    """The greedy plan with its objective, noting why the MILP's plan was not taken."""
+    return replace(greedy, method="greedy", objective=objective, notes=(*greedy.notes, why))
 
 
 def _objective(p: AllocationProblem, a: Allocation) -> float:

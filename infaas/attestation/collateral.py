@@ -13,10 +13,10 @@ SVNs (and for TDX the TEE TCB SVN) reach, combined with the QE's level.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -26,6 +26,8 @@ from infaas.attestation.chain import verify_chain
 from infaas.attestation.evidence import Checks, verify_raw
 from infaas.attestation.quote import Quote, TdReport
 from infaas.errors import AttestationFailed
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -73,12 +75,15 @@ def select_collateral(collateral: Any, fmspc: bytes, tee: str) -> dict[str, Any]
 
 def _verify_signed_json(
     name: str,
-    body: str,
-    sig_hex: str,
-    issuer_chain_pem: str,
+    entry: dict[str, Any],
+    field: str,
     roots: Sequence[x509.Certificate],
     now: datetime,
 ) -> dict[str, Any]:
+    """The collateral's document `field`, verified by its `_signature` and `_issuer_chain`."""
+    body: str = entry[field]
+    sig_hex: str = entry[f"{field}_signature"]
+    issuer_chain_pem: str = entry[f"{field}_issuer_chain"]
     try:
         chain = list(x509.load_pem_x509_certificates(issuer_chain_pem.encode()))
     except ValueError as exc:
@@ -118,8 +123,13 @@ def _check_crl(
         )
 
 
-def _step(checks: Checks, name: str, fn: Any) -> Any:
-    """Run one collateral step; a malformed document fails the step, never escapes."""
+def _step(
+    checks: Checks, name: str, fn: Callable[[], T], passed: Callable[[T], str] | None = None
+) -> T | None:
+    """Run one collateral step; a malformed document fails the step, never escapes.
+
+    When it succeeds and `passed` is given, the step is recorded with `passed`'s detail.
+    """
     try:
         out = fn()
     except AttestationFailed as exc:
@@ -128,6 +138,8 @@ def _step(checks: Checks, name: str, fn: Any) -> Any:
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         checks.add(name, False, f"{name}: collateral malformed ({type(exc).__name__}: {exc})")
         return None
+    if passed is not None:
+        checks.add(name, True, passed(out))
     return out
 
 
@@ -157,50 +169,44 @@ def evaluate_collateral(
     tcb_info = _step(
         checks,
         "tcb_info",
-        lambda: _verify_signed_json(
-            "TCB info",
-            entry["tcb_info"],
-            entry["tcb_info_signature"],
-            entry["tcb_info_issuer_chain"],
-            roots,
-            now,
-        ),
+        lambda: _verify_signed_json("TCB info", entry, "tcb_info", roots, now),
+        lambda doc: f"TCB info signed, current, for FMSPC {doc['fmspc']}",
     )
     if tcb_info is None:
         return None
-    checks.add("tcb_info", True, f"TCB info signed, current, for FMSPC {tcb_info['fmspc']}")
     qe_id = _step(
         checks,
         "qe_identity_collateral",
-        lambda: _verify_signed_json(
-            "QE identity",
-            entry["qe_identity"],
-            entry["qe_identity_signature"],
-            entry["qe_identity_issuer_chain"],
-            roots,
-            now,
-        ),
+        lambda: _verify_signed_json("QE identity", entry, "qe_identity", roots, now),
+        lambda doc: f"QE identity {doc.get('id')} signed, current",
     )
     if qe_id is None:
         return None
-    checks.add("qe_identity_collateral", True, f"QE identity {qe_id.get('id')} signed, current")
-    if _step(checks, "crl", lambda: _check_crls(entry, chain, roots, now)) is None:
+    crl = _step(
+        checks,
+        "crl",
+        lambda: _check_crls(entry, chain, roots, now),
+        lambda _: "no certificate of the chain is revoked by current CRLs",
+    )
+    if crl is None:
         return None
-    checks.add("crl", True, "no certificate of the chain is revoked by current CRLs")
-    qe_level = _step(checks, "qe_identity", lambda: _match_qe_identity(q, qe_id))
+    qe_level = _step(
+        checks,
+        "qe_identity",
+        lambda: _match_qe_identity(q, qe_id),
+        lambda _: f"quoting enclave matches Intel's {qe_id.get('id')} identity",
+    )
     if qe_level is None:
         return None
-    checks.add("qe_identity", True, f"quoting enclave matches Intel's {qe_id.get('id')} identity")
-    result = _step(checks, "tcb_level", lambda: _tcb_level(q, pck, tcb_info, qe_level))
-    if result is None:
-        return None
-    checks.add(
+    return _step(
+        checks,
         "tcb_level",
-        True,
-        f"TCB status {result.status}"
-        + (f", advisories {', '.join(result.advisory_ids)}" if result.advisory_ids else ""),
+        lambda: _tcb_level(q, pck, tcb_info, qe_level),
+        lambda result: (
+            f"TCB status {result.status}"
+            + (f", advisories {', '.join(result.advisory_ids)}" if result.advisory_ids else "")
+        ),
     )
-    return result  # type: ignore[no-any-return]
 
 
 def _check_crls(

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infaas.attestation.evidence import CheckResult
-from infaas.attestation.policy import AttestationPolicy
+from infaas.attestation.policy import AttestationPolicy, VerifiedEvidence
 from infaas.attestation.quote import parse_quote
 from infaas.attestation.snp import REPORT_LEN, inspect_snp_report, parse_snp_report
 from infaas.attestation.spdm import decode_gpu_report, inspect_gpu_report, parse_gpu_report
@@ -65,6 +65,17 @@ def _load_certs(paths: list[Path]) -> list[x509.Certificate]:
     return out
 
 
+def _unverified_fields(platform: str, raw: bytes) -> dict[str, Any]:
+    """The evidence's fields as parsed, for evidence that did not verify."""
+    if platform in ("sgx", "tdx"):
+        return quote_summary(parse_quote(raw))
+    if platform == "snp":
+        return parse_snp_report(raw).summary()
+    if platform == "nvidia":
+        return parse_gpu_report(raw).summary()
+    return {}
+
+
 def evidence_verify_command(args: argparse.Namespace) -> int:
     """Exit 0 only if the evidence verifies and satisfies the policy (production by default)."""
     console = Console()
@@ -106,42 +117,29 @@ def evidence_verify_command(args: argparse.Namespace) -> int:
     now = _now(args)
 
     checks: list[CheckResult]
+    verified: VerifiedEvidence | None = None
     policy_checks: list[CheckResult] = []
     fields: dict[str, Any] = {}
-    simulated = False
     if platform in ("sgx", "tdx"):
         chain_pem = b"".join(c.public_bytes(Encoding.PEM) for c in extra_certs) or None
         checks, verified = inspect_quote(
             raw, roots, now=now, collateral=collateral, pck_chain_pem=chain_pem
         )
-        if verified is not None:
-            policy_checks = list(policy.evaluate(verified, None, now.timestamp()).checks)
-            simulated = verified.simulated
-        with contextlib.suppress(AttestationFailed):
-            fields = verified.summary() if verified is not None else quote_summary(parse_quote(raw))
-        ok = verified is not None and all(c.ok for c in policy_checks)
     elif platform == "snp":
         vcek = args.cert[0].read_bytes() if getattr(args, "cert", None) else None
-        checks, snp = inspect_snp_report(
+        checks, verified = inspect_snp_report(
             raw, vcek, roots, now=now, pinned_arks=policy.snp.ark_sha256
         )
-        if snp is not None:
-            policy_checks = list(policy.evaluate(snp, None, now.timestamp()).checks)
-            simulated = snp.simulated
-        with contextlib.suppress(AttestationFailed):
-            fields = snp.summary() if snp is not None else parse_snp_report(raw).summary()
-        ok = snp is not None and all(c.ok for c in policy_checks)
     elif platform == "nvidia":
-        checks, gpu = inspect_gpu_report(raw, extra_certs, roots, now=now)
-        if gpu is not None:
-            policy_checks = list(policy.evaluate(gpu, None, now.timestamp()).checks)
-            simulated = gpu.simulated
-        with contextlib.suppress(AttestationFailed):
-            fields = gpu.summary() if gpu is not None else parse_gpu_report(raw).summary()
-        ok = gpu is not None and all(c.ok for c in policy_checks)
+        checks, verified = inspect_gpu_report(raw, extra_certs, roots, now=now)
     else:
         checks = [CheckResult("parse", False, f"unknown evidence format ({platform})")]
-        ok = False
+    if verified is not None:
+        policy_checks = list(policy.evaluate(verified, None, now.timestamp()).checks)
+    with contextlib.suppress(AttestationFailed):
+        fields = verified.summary() if verified is not None else _unverified_fields(platform, raw)
+    ok = verified is not None and all(c.ok for c in policy_checks)
+    simulated = verified is not None and verified.simulated
 
     if args.json:
         print(

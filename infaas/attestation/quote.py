@@ -21,6 +21,7 @@ import struct
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from infaas.attestation._reader import FieldReader
 from infaas.errors import AttestationFailed
 
 HEADER_LEN = 48
@@ -198,32 +199,10 @@ class Quote:
         return _PEM_CERT.findall(self.cert_data)
 
 
-class _Reader:
-    def __init__(self, data: bytes, pos: int = 0) -> None:
-        self.data = data
-        self.pos = pos
-
-    def take(self, n: int, what: str) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
-            raise AttestationFailed(
-                f"quote truncated: {what} needs {n} bytes at offset {self.pos}, "
-                f"{len(self.data) - self.pos} left"
-            )
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def u16(self, what: str) -> int:
-        return int(struct.unpack("<H", self.take(2, what))[0])
-
-    def u32(self, what: str) -> int:
-        return int(struct.unpack("<I", self.take(4, what))[0])
-
-
 def parse_quote(raw: bytes) -> Quote:
     """Parse an SGX v3 / TDX v4 / TDX v5 quote; raise AttestationFailed if malformed."""
     raw = bytes(raw)
-    r = _Reader(raw)
+    r = FieldReader(raw, "quote")
     hdr_raw = r.take(HEADER_LEN, "header")
     version, akt, tee_type, qe_svn, pce_svn = struct.unpack_from("<HHIHH", hdr_raw, 0)
     header = QuoteHeader(
@@ -255,8 +234,8 @@ def parse_quote(raw: bytes) -> Quote:
         else:
             raise AttestationFailed(f"unknown tee type {tee_type:#x}")
     else:
-        body_type = r.u16("v5 body type")
-        body_size = r.u32("v5 body size")
+        body_type = r.uint(2, "v5 body type")
+        body_size = r.uint(4, "v5 body size")
         body_start = r.pos
         chunk = r.take(body_size, "v5 report body")
         if body_type == 1:
@@ -267,12 +246,12 @@ def parse_quote(raw: bytes) -> Quote:
             raise AttestationFailed(f"unknown quote v5 body type {body_type}")
     regions["body"] = (body_start, r.pos)
     signed = raw[: r.pos]
-    sig_len = r.u32("signature data length")
+    sig_len = r.uint(4, "signature data length")
     sig_start = r.pos
     sig_data = r.take(sig_len, "signature data")
     trailing = raw[r.pos :]
 
-    s = _Reader(sig_data)
+    s = FieldReader(sig_data, "quote")
     base = sig_start
     signature = s.take(64, "quote signature")
     regions["signature"] = (base, base + 64)
@@ -282,25 +261,25 @@ def parse_quote(raw: bytes) -> Quote:
     if version == 3:
         inner, inner_base = s, base
     else:
-        outer_type = s.u16("certification data type")
-        outer_len = s.u32("certification data length")
+        outer_type = s.uint(2, "certification data type")
+        outer_len = s.uint(4, "certification data length")
         if outer_type != CERT_TYPE_QE_REPORT:
             raise AttestationFailed(
                 f"quote v{version} needs certification data type 6, got {outer_type}"
             )
         inner_base = base + s.pos
-        inner = _Reader(s.take(outer_len, "QE report certification data"))
+        inner = s.sub(outer_len, "QE report certification data")
     qe_start = inner_base + inner.pos
     qe_report = EnclaveReport.parse(inner.take(SGX_REPORT_LEN, "QE report"))
     regions["qe_report"] = (qe_start, qe_start + SGX_REPORT_LEN)
     qe_sig = inner.take(64, "QE report signature")
     regions["qe_report_signature"] = (qe_start + SGX_REPORT_LEN, qe_start + SGX_REPORT_LEN + 64)
-    auth_len = inner.u16("QE authentication data length")
+    auth_len = inner.uint(2, "QE authentication data length")
     auth_start = inner_base + inner.pos
     qe_auth = inner.take(auth_len, "QE authentication data")
     regions["qe_auth_data"] = (auth_start, auth_start + auth_len)
-    cert_type = inner.u16("certification data type")
-    cert_len = inner.u32("certification data length")
+    cert_type = inner.uint(2, "certification data type")
+    cert_len = inner.uint(4, "certification data length")
     cert_start = inner_base + inner.pos
     cert_data = inner.take(cert_len, "certification data")
     regions["cert_chain"] = (cert_start, cert_start + cert_len)

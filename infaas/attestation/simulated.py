@@ -72,6 +72,43 @@ def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
     )
 
 
+def issue_certificate(
+    subject: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    issuer: x509.Name,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    ca: bool,
+    path_length: int | None = None,
+    extensions: tuple[x509.ExtensionType, ...] = (),
+    algorithm: hashes.SHA256 | hashes.SHA384 | None = None,
+) -> x509.Certificate:
+    """A certificate for a simulated CA (`ca`) or signing key, with non-critical `extensions`.
+
+    A root is self-issued: `issuer` is `subject` and `issuer_key` its own key.
+    """
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length), critical=True)
+        .add_extension(_key_usage(cert_sign=ca), critical=True)
+    )
+    for extension in extensions:
+        builder = builder.add_extension(extension, critical=False)
+    return builder.sign(issuer_key, algorithm or hashes.SHA256())
+
+
+SIMULATED_MARKER = x509.UnrecognizedExtension(SIMULATED_MARKER_OID, b"\x0c\x0fnot-confidential")
+"""The extension that marks a simulated root (`SIMULATED_MARKER_OID`, value "not-confidential")."""
+
+
 def _name(cn: str) -> x509.Name:
     return x509.Name(
         [
@@ -111,21 +148,16 @@ class SimulatedPlatformCA:
         until = now + dt.timedelta(days=validity_days)
         root_key = ec.generate_private_key(ec.SECP256R1())
         root_name = _name(f"infaas Simulated Platform CA ({deployment})")
-        root_cert = (
-            x509.CertificateBuilder()
-            .subject_name(root_name)
-            .issuer_name(root_name)
-            .public_key(root_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
-            .not_valid_after(until)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
-            .add_extension(_key_usage(cert_sign=True), critical=True)
-            .add_extension(
-                x509.UnrecognizedExtension(SIMULATED_MARKER_OID, b"\x0c\x0fnot-confidential"),
-                critical=False,
-            )
-            .sign(root_key, hashes.SHA256())
+        root_cert = issue_certificate(
+            root_name,
+            root_key.public_key(),
+            issuer=root_name,
+            issuer_key=root_key,
+            not_before=now,
+            not_after=until,
+            ca=True,
+            path_length=1,
+            extensions=(SIMULATED_MARKER,),
         )
         pck_key = ec.generate_private_key(ec.SECP256R1())
         pck_cert = _issue_pck(root_key, root_name, pck_key, now, until)
@@ -203,17 +235,14 @@ class SimulatedPlatformCA:
             return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
         signing_key = ec.generate_private_key(ec.SECP256R1())
-        signing_cert = (
-            x509.CertificateBuilder()
-            .subject_name(_name("infaas Simulated TCB Signing"))
-            .issuer_name(self.root_cert.subject)
-            .public_key(signing_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(issued)
-            .not_valid_after(self.root_cert.not_valid_after_utc)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(_key_usage(cert_sign=False), critical=True)
-            .sign(self.root_key, hashes.SHA256())
+        signing_cert = issue_certificate(
+            _name("infaas Simulated TCB Signing"),
+            signing_key.public_key(),
+            issuer=self.root_cert.subject,
+            issuer_key=self.root_key,
+            not_before=issued,
+            not_after=self.root_cert.not_valid_after_utc,
+            ca=False,
         )
         pem = serialization.Encoding.PEM
         signer_chain = (signing_cert.public_bytes(pem) + self.root_pem).decode()
@@ -395,21 +424,17 @@ def _issue_pck(
     not_before: dt.datetime,
     not_after: dt.datetime,
 ) -> x509.Certificate:
-    return (
-        x509.CertificateBuilder()
-        .subject_name(_name("infaas Simulated PCK Certificate"))
-        .issuer_name(root_name)
-        .public_key(pck_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
-        .add_extension(
+    return issue_certificate(
+        _name("infaas Simulated PCK Certificate"),
+        pck_key.public_key(),
+        issuer=root_name,
+        issuer_key=root_key,
+        not_before=not_before,
+        not_after=not_after,
+        ca=False,
+        extensions=(
             x509.UnrecognizedExtension(SGX_EXTENSION_OID, encode_sgx_extension(SIMULATED_PCK)),
-            critical=False,
-        )
-        .sign(root_key, hashes.SHA256())
+        ),
     )
 
 

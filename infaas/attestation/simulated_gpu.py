@@ -23,8 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from infaas.attestation.evidence import SIMULATED_MARKER_OID
-from infaas.attestation.simulated import SIMULATED_LABEL, _key_usage, _pem_key
+from infaas.attestation.simulated import (
+    SIMULATED_LABEL,
+    SIMULATED_MARKER,
+    _pem_key,
+    issue_certificate,
+)
 from infaas.attestation.spdm import NONCE_LEN
 
 DEFAULT_MEASUREMENTS: Mapping[int, bytes] = {
@@ -123,33 +127,26 @@ def _new_identity() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, x509.
     until = now + dt.timedelta(days=3650)
     root_key = ec.generate_private_key(ec.SECP384R1())
     root_name = _name("infaas Simulated Device Identity CA")
-    root_cert = (
-        x509.CertificateBuilder()
-        .subject_name(root_name)
-        .issuer_name(root_name)
-        .public_key(root_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(until)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=True), critical=True)
-        .add_extension(
-            x509.UnrecognizedExtension(SIMULATED_MARKER_OID, b"\x0c\x0fnot-confidential"),
-            critical=False,
-        )
-        .sign(root_key, hashes.SHA384())
+    root_cert = issue_certificate(
+        root_name,
+        root_key.public_key(),
+        issuer=root_name,
+        issuer_key=root_key,
+        not_before=now,
+        not_after=until,
+        ca=True,
+        extensions=(SIMULATED_MARKER,),
+        algorithm=hashes.SHA384(),
     )
     key = ec.generate_private_key(ec.SECP384R1())
-    leaf_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("infaas Simulated GPU device"))
-        .issuer_name(root_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(until)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(_key_usage(cert_sign=False), critical=True)
-        .sign(root_key, hashes.SHA384())
+    leaf_cert = issue_certificate(
+        _name("infaas Simulated GPU device"),
+        key.public_key(),
+        issuer=root_name,
+        issuer_key=root_key,
+        not_before=now,
+        not_after=until,
+        ca=False,
+        algorithm=hashes.SHA384(),
     )
     return root_cert, key, leaf_cert

@@ -35,6 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from infaas.attestation._reader import FieldReader
 from infaas.attestation.chain import CERT_ERRORS, verify_chain
 from infaas.attestation.evidence import CheckResult, RootedEvidence, verify_raw
 from infaas.errors import AttestationFailed
@@ -101,27 +102,6 @@ class GpuReport:
         }
 
 
-class _Reader:
-    def __init__(self, data: bytes, pos: int = 0) -> None:
-        self.data, self.pos = data, pos
-
-    def take(self, n: int, what: str) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
-            raise AttestationFailed(f"GPU report truncated: {what} needs {n} bytes at {self.pos}")
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def u8(self, what: str) -> int:
-        return self.take(1, what)[0]
-
-    def u16(self, what: str) -> int:
-        return int.from_bytes(self.take(2, what), "little")
-
-    def u24(self, what: str) -> int:
-        return int.from_bytes(self.take(3, what), "little")
-
-
 def decode_gpu_report(data: bytes) -> bytes:
     """The report's bytes: NVIDIA tools write it as hex text; raw bytes pass through."""
     if data[:1] in (b"1",) and _HEX.match(data) is not None:
@@ -135,7 +115,7 @@ def decode_gpu_report(data: bytes) -> bytes:
 def parse_gpu_report(data: bytes) -> GpuReport:
     """Parse request + response; AttestationFailed if malformed."""
     raw = decode_gpu_report(data)
-    r = _Reader(raw)
+    r = FieldReader(raw, "GPU report")
     request = r.take(REQUEST_LEN, "GET_MEASUREMENTS request")
     version, code, param1 = request[0], request[1], request[2]
     if code != SPDM_GET_MEASUREMENTS or version >> 4 != 1:
@@ -143,21 +123,22 @@ def parse_gpu_report(data: bytes) -> GpuReport:
     if not param1 & 0x01:
         raise AttestationFailed("GET_MEASUREMENTS did not ask for a signature")
     resp_start = r.pos
-    rv, rc = r.u8("response version"), r.u8("response code")
+    rv, rc = r.uint(1, "response version"), r.uint(1, "response code")
     if rc != SPDM_MEASUREMENTS or rv != version:
         raise AttestationFailed(f"not a MEASUREMENTS response to it ({rv:#x} {rc:#x})")
     r.take(2, "response params")
-    n_blocks = r.u8("number of blocks")
-    record_len = r.u24("measurement record length")
+    n_blocks = r.uint(1, "number of blocks")
+    record_len = r.uint(3, "measurement record length")
     record_start = r.pos
-    record = _Reader(r.take(record_len, "measurement record"))
+    record = r.sub(record_len, "measurement record")
     blocks: list[MeasurementBlock] = []
     while record.pos < len(record.data):
-        index, spec, size = record.u8("block index"), record.u8("block spec"), record.u16("size")
-        body = _Reader(record.take(size, f"measurement block {index}"))
+        index, spec = record.uint(1, "block index"), record.uint(1, "block spec")
+        size = record.uint(2, "size")
+        body = record.sub(size, f"measurement block {index}")
         if not spec & 0x01:
             raise AttestationFailed(f"measurement block {index} is not in DMTF format")
-        vtype, vsize = body.u8("value type"), body.u16("value size")
+        vtype, vsize = body.uint(1, "value type"), body.uint(2, "value size")
         value = body.take(vsize, f"measurement {index} value")
         if body.pos != size:
             raise AttestationFailed(f"measurement block {index} has bytes after its value")
@@ -167,7 +148,7 @@ def parse_gpu_report(data: bytes) -> GpuReport:
     if len({b.index for b in blocks}) != len(blocks):
         raise AttestationFailed("measurement block indices repeat")
     responder_nonce = r.take(NONCE_LEN, "responder nonce")
-    opaque = r.take(r.u16("opaque data length"), "opaque data")
+    opaque = r.take(r.uint(2, "opaque data length"), "opaque data")
     signed_end = r.pos
     sig_start = r.pos
     signature = r.take(SIGNATURE_LEN, "signature")

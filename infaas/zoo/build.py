@@ -57,6 +57,15 @@ def build_zoo(
 
     entries: list[ZooEntry] = []
 
+    def reused(model_id: str) -> bool:
+        """Announce `model_id`; True when its built files are kept (listed as they are)."""
+        if progress:
+            progress(model_id)
+        e = reusable(model_id)
+        if e is not None:
+            entries.append(e)
+        return e is not None
+
     def write(
         model_id: str, task: str, arch: str, onnx_bytes: bytes, n_params: int, **extra: Any
     ) -> None:
@@ -85,10 +94,7 @@ def build_zoo(
     np.savez(zoo_dir / "digits.calib.npz", x=x_tr[:64])
     for arch, train in digits_models(x_tr, y_tr):
         model_id = f"digits-{arch}"
-        if progress:
-            progress(model_id)
-        if (e := reusable(model_id)) is not None:
-            entries.append(e)
+        if reused(model_id):
             continue
         layers = train()
         onnx_bytes, n_params = mlp_onnx(model_id, layers, 64)
@@ -117,10 +123,7 @@ def build_zoo(
     np.savez(zoo_dir / "images.calib.npz", x=calib)
     for arch in RESNETS:
         model_id = f"images-{arch}"
-        if progress:
-            progress(model_id)
-        if (e := reusable(model_id)) is not None:
-            entries.append(e)
+        if reused(model_id):
             continue
         onnx_bytes, n_params = resnet_onnx(arch, small, res, templates)
         write(

@@ -355,7 +355,7 @@ def test_an_owner_registers_a_model_from_the_command_line(
     entry = _entries(served, "digits")[0]
     x, y = load_validation(zoo, entry)
     np.savez(tmp_path / "val.npz", x=x, y=y)
-    r = _cli(
+    register = (
         "register",
         "--data-dir",
         str(served.data_dir),
@@ -368,10 +368,8 @@ def test_an_owner_registers_a_model_from_the_command_line(
         "digits",
         "--validation",
         str(tmp_path / "val.npz"),
-        "--grant",
-        "demo",
-        "--json",
     )
+    r = _cli(*register, "--grant", "demo", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["state"] == "ready"
     got = demo.infer(
@@ -382,20 +380,7 @@ def test_an_owner_registers_a_model_from_the_command_line(
     )
     np.testing.assert_allclose(got.outputs, _fp32(served, entry, x[:4]), rtol=1e-4, atol=1e-4)
     # the same id again is a conflict, reported as such
-    r = _cli(
-        "register",
-        "--data-dir",
-        str(served.data_dir),
-        "--url",
-        served.url,
-        str(zoo / entry.file),
-        "--model-id",
-        "digits-from-cli",
-        "--task",
-        "digits",
-        "--validation",
-        str(tmp_path / "val.npz"),
-    )
+    r = _cli(*register)
     assert r.returncode == 2 and "already" in r.stderr, r.stderr
 
 

@@ -10,10 +10,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from infaas.settings import Settings
+from tests.conftest import free_port
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def serve_settings(tmp: Path, **overrides: Any) -> Settings:
+    """Settings for a Serve test: data and SQLite store under `tmp`, a free port, 2 CPUs."""
+    return Settings(
+        data_dir=tmp,
+        store_url=f"sqlite:///{tmp / 'infaas.db'}",
+        http_port=free_port(),
+        num_cpus=2,
+        **overrides,
+    )
 
 
 @contextmanager

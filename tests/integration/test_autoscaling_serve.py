@@ -23,8 +23,7 @@ from infaas.types import ModelRecord
 from scheduler.policy import demand_key
 from scheduler.routing import LoadReport, read_target
 from scheduler.synthetic import synthetic_variant
-from tests.conftest import free_port
-from tests.integration.serve_stack import ray_serve_with_keyservice
+from tests.integration.serve_stack import ray_serve_with_keyservice, serve_settings
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
@@ -53,13 +52,8 @@ def wait_for(cond: Callable[[], bool], timeout_s: float, step: Callable[[], None
 
 @pytest.fixture(scope="module")
 def settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    tmp = tmp_path_factory.mktemp("autoscale")
-    port = free_port()
-    s = Settings(
-        data_dir=tmp,
-        store_url=f"sqlite:///{tmp / 'infaas.db'}",
-        http_port=port,
-        num_cpus=2,
+    s = serve_settings(
+        tmp_path_factory.mktemp("autoscale"),
         pools=(POOL,),
         autoscaler=AutoscalerSettings(policy="infaas", min_replicas=1, max_replicas=3),
     )

@@ -31,8 +31,7 @@ from infaas.settings import Pool, ProfilerSettings, Settings
 from infaas.store import open_store
 from infaas.wire import InferRequest, InferResponse, JobStatus
 from infaas.zoo import Manifest, load_model_bytes, load_validation
-from tests.conftest import free_port
-from tests.integration.serve_stack import ray_serve_with_keyservice
+from tests.integration.serve_stack import ray_serve_with_keyservice, serve_settings
 from tests.zoo_fixtures import entry, small_manifest, small_zoo
 from variants.runtime import load_variant
 
@@ -62,13 +61,8 @@ def served(
 ) -> Iterator[Served]:
     from infaas.keyservice.measurement import keyservice_measurement
 
-    tmp = tmp_path_factory.mktemp("serve")
-    port = free_port()
-    settings = Settings(
-        data_dir=tmp,
-        store_url=f"sqlite:///{tmp / 'infaas.db'}",
-        http_port=port,
-        num_cpus=2,
+    settings = serve_settings(
+        tmp_path_factory.mktemp("serve"),
         pools=(Pool(name="cpu", num_cpus=1.0, cost_per_replica_s=1.0),),
         profiler=ProfilerSettings(
             batch_sizes=(1, 2, 4, 8), warmup_runs=1, min_runs=3, min_time_s=0.02,

@@ -99,15 +99,20 @@ def test_gpu_pool_refuses_anything_but_the_composite(
     assert ei.value.status_code == 403
 
 
-def test_key_service_releases_to_gpu_pool_worker_only_for_composite(
-    ca: SimulatedPlatformCA, gpu: SimulatedGPU
-) -> None:
-    service = KeyService(
+@pytest.fixture
+def service(ca: SimulatedPlatformCA, gpu: SimulatedGPU) -> KeyService:
+    """A key service whose workers belong to a GPU pool (composite evidence required)."""
+    return KeyService(
         open_store("memory://"),
         new_key(),
         SimulatedTEE(ca, KS_M),
         _verifier(ca, gpu, WORKER_M, require_gpu=True),
     )
+
+
+def test_key_service_releases_to_gpu_pool_worker_only_for_composite(
+    ca: SimulatedPlatformCA, gpu: SimulatedGPU, service: KeyService
+) -> None:
     c = KeyServiceClient(service, _verifier(ca, gpu, KS_M))  # type: ignore[arg-type]
     c.attest()
     owner = c.register("zoo", "owner")
@@ -166,7 +171,7 @@ def test_one_claim_set_for_every_vendor(attestation_data: Path) -> None:
 
 
 def test_key_service_never_answers_5xx_to_bad_evidence(
-    attestation_data: Path, ca: SimulatedPlatformCA, gpu: SimulatedGPU
+    attestation_data: Path, ca: SimulatedPlatformCA, gpu: SimulatedGPU, service: KeyService
 ) -> None:
     import base64
     import random
@@ -174,12 +179,6 @@ def test_key_service_never_answers_5xx_to_bad_evidence(
     from infaas.keyservice import create_keyservice_app
     from tests.asgi import TestClient
 
-    service = KeyService(
-        open_store("memory://"),
-        new_key(),
-        SimulatedTEE(ca, KS_M),
-        _verifier(ca, gpu, WORKER_M, require_gpu=True),
-    )
     genuine = [
         (attestation_data / p).read_bytes()
         for p in (
