@@ -20,12 +20,16 @@ The hierarchy::
     │   └── ExpiredRequest (400)
     ├── NoFeasibleVariant (422)
     ├── VariantUnsupported (422)           a backend cannot run a variant on this hardware
+    ├── RateLimited (429, Retry-After)
     ├── Overloaded (503, Retry-After)
     ├── StoreUnavailable (503)
-    └── TeeUnavailable (503)           the configured TEE device is absent
+    ├── TeeUnavailable (503)           the configured TEE device is absent
+    ├── Unreachable (503)              client side: no connection to the service
+    └── Timeout (504)                  client side: the call's deadline passed
 
 The client maps the `code` of an API error body back to the same class through
-`error_from_code`, so callers catch the same types locally and remotely.
+`error_from_code`, so callers catch the same types locally and remotely. Any
+error may carry `retry_after_s`, the server's ``Retry-After`` hint.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class InfaasError(Exception):
 
     status_code: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
+    retry_after_s: float | None = None
+    """Seconds the server asked the caller to wait before trying again (``Retry-After``)."""
 
     def __init__(self, message: str, **detail: Any) -> None:
         super().__init__(message)
@@ -134,9 +140,15 @@ class VariantUnsupported(InfaasError):
     code = "variant_unsupported"
 
 
+class RateLimited(InfaasError):
+    status_code = 429
+    code = "rate_limited"
+
+
 class Overloaded(InfaasError):
     status_code = 503
     code = "overloaded"
+    retry_after_s: float = 1.0
 
     def __init__(self, message: str, retry_after_s: float = 1.0, **detail: Any) -> None:
         super().__init__(message, retry_after_s=retry_after_s, **detail)
@@ -173,3 +185,17 @@ class TeeUnavailable(InfaasError):
 
     status_code = 503
     code = "tee_unavailable"
+
+
+class Unreachable(InfaasError):
+    """The client could not connect to the service (refused, reset, DNS, TLS)."""
+
+    status_code = 503
+    code = "unreachable"
+
+
+class Timeout(InfaasError):
+    """The client's deadline for a call passed before an answer came."""
+
+    status_code = 504
+    code = "timeout"

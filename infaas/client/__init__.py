@@ -26,19 +26,37 @@ key-service token, request key) save to and load from a 0600 JSON file.
 =================  ===========================================================
 module             concept
 =================  ===========================================================
-``client``         `Client`: credentials, principals, the key service, models,
+``base``           what both clients share: credentials, sealing and opening
+                   without I/O, a call's deadline, `infer_many`'s chunks
+``client``         `Client` (sync): principals, the key service, models,
                    inference (the user-facing calls)
+``aio``            `AsyncClient`: inference, tasks and models over asyncio
+``retry``          which failures are tried again, how long to wait (tenacity)
 ``credentials``    `KeyServiceTrust` and the 0600 credentials file
 ``sealing``        one inference's request sealing and answer checking
-``transport``      HTTP to the control plane and typed errors (`problem_error`)
+``transport``      HTTP to the service (sync and async) and typed errors
+                   (`problem_error`, `Timeout`, `Unreachable`)
 =================  ===========================================================
 """
 
-from infaas.client.client import DEFAULT_URL as DEFAULT_URL
+from infaas.client.aio import AsyncClient as AsyncClient
+from infaas.client.base import DEFAULT_URL as DEFAULT_URL
+from infaas.client.base import Role as Role
 from infaas.client.client import Client as Client
-from infaas.client.client import Role as Role
 from infaas.client.credentials import KeyServiceTrust as KeyServiceTrust
+from infaas.client.retry import RetryPolicy as RetryPolicy
+from infaas.client.sealing import InferManyResult as InferManyResult
 from infaas.client.sealing import InferResult as InferResult
 from infaas.client.transport import problem_error as problem_error
 
-__all__ = ["DEFAULT_URL", "Client", "InferResult", "KeyServiceTrust", "Role", "problem_error"]
+__all__ = [
+    "DEFAULT_URL",
+    "AsyncClient",
+    "Client",
+    "InferManyResult",
+    "InferResult",
+    "KeyServiceTrust",
+    "RetryPolicy",
+    "Role",
+    "problem_error",
+]

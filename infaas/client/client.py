@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
-import base64
 import io
-import os
 import secrets
 import time
-import uuid
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any, Literal, TypeVar
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
 from pydantic import BaseModel, TypeAdapter
+from tenacity import Retrying
 
 from infaas.attestation.policy import AttestationPolicy
 from infaas.attestation.verifier import AttestationVerifier
 from infaas.attestation.verify import load_roots
-from infaas.client.credentials import KeyServiceTrust, read_credentials, write_credentials
-from infaas.client.sealing import (
-    InferResult,
-    named_inputs,
-    open_infer_response,
-    seal_infer_request,
-)
-from infaas.client.transport import send
+from infaas.client.base import DEFAULT_URL, ClientBase, Inputs, merged
+from infaas.client.credentials import KeyServiceTrust
+from infaas.client.retry import RetryPolicy, retrying
+from infaas.client.sealing import Ask, InferManyResult, InferResult
+from infaas.client.transport import problem_error, send, transport_error
 from infaas.envelope import new_key, seal_artifact
 from infaas.errors import (
     AttestationFailed,
@@ -38,11 +33,12 @@ from infaas.errors import (
 )
 from infaas.keyservice.client import KeyServiceClient, KeyServiceHttpClient
 from infaas.keyservice.models import ConsentKind, ConsentPolicy
-from infaas.protocol import DTYPES, encode_request
-from infaas.types import Task, TensorSpec
+from infaas.protocol import DTYPES
+from infaas.types import Task, Tenant, TensorSpec
 from infaas.wire import (
     CreateTenantRequest,
     Credentials,
+    Health,
     InferRequest,
     InferResponse,
     JobStatus,
@@ -51,45 +47,29 @@ from infaas.wire import (
 )
 
 _M = TypeVar("_M", bound=BaseModel)
-Role = Literal["tenant", "owner", "admin"]
-
-DEFAULT_URL = "http://127.0.0.1:8000"
 
 
-class Client:
-    """A synchronous infaas client (httpx). Use as a context manager or call `close()`."""
+class Client(ClientBase):
+    """A synchronous infaas client (httpx). Use as a context manager or call `close()`.
 
-    infer_path = "/v1/infer"
+    Calls that fail because the service is unreachable or answers 429 / 503 are
+    tried again under `retry` (`infaas.client.retry`); `timeout_s` is a call's
+    default deadline, all its attempts together.
+    """
 
     def __init__(
         self,
         base_url: str = DEFAULT_URL,
         *,
-        api_token: str | None = None,
-        ks_token: str | None = None,
-        principal: str | None = None,
-        role: Role | None = None,
-        request_key: bytes | None = None,
-        key_id: str | None = None,
-        keyservice: KeyServiceTrust | None = None,
-        timeout_s: float = 120.0,
         http: httpx.Client | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        **kwargs: Any,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.api_token = api_token
-        self.ks_token = ks_token
-        self.principal = principal or (api_token.rpartition(".")[0] if api_token else None)
-        self.role = role
-        self.key_id = key_id
-        self._request_key = request_key
-        self.keyservice = keyservice
-        self._http = http or httpx.Client(base_url=self.base_url, timeout=timeout_s)
+        super().__init__(base_url, **kwargs)
+        self._http = http or httpx.Client(base_url=self.base_url, timeout=self.timeout_s)
         self._owns_http = http is None
+        self._sleep = sleep
         self._ks: KeyServiceClient | None = None
-        self._tasks: dict[str, Task] = {}
-
-    def __repr__(self) -> str:  # never show tokens or keys
-        return f"Client({self.base_url!r}, principal={self.principal!r}, role={self.role!r})"
 
     def __enter__(self) -> Client:
         return self
@@ -101,69 +81,20 @@ class Client:
         if self._owns_http:
             self._http.close()
 
-    # -- credentials ------------------------------------------------------------------------
-
-    def credentials(self) -> dict[str, Any]:
-        """What `save_credentials` writes (secrets included: keep it private)."""
-        return {
-            "base_url": self.base_url,
-            "principal": self.principal,
-            "role": self.role,
-            "api_token": self.api_token,
-            "ks_token": self.ks_token,
-            "key_id": self.key_id,
-            "request_key": base64.b64encode(self._request_key).decode()
-            if self._request_key
-            else None,
-            "keyservice": self.keyservice.to_json() if self.keyservice else None,
-        }
-
-    def save_credentials(self, path: str | os.PathLike[str]) -> Path:
-        """Write the credentials to `path` with mode 0600 (atomically, never world-readable)."""
-        return write_credentials(path, self.credentials())
-
-    @classmethod
-    def from_credentials(
-        cls, path: str | os.PathLike[str], *, base_url: str | None = None, **kwargs: Any
-    ) -> Client:
-        """A client from a credentials file (refused if others can read it)."""
-        data = read_credentials(path)
-        key = data.get("request_key")
-        ks = data.get("keyservice")
-        return cls(
-            base_url or data.get("base_url") or DEFAULT_URL,
-            api_token=data.get("api_token"),
-            ks_token=data.get("ks_token"),
-            principal=data.get("principal"),
-            role=data.get("role"),
-            request_key=base64.b64decode(key) if key else None,
-            key_id=data.get("key_id"),
-            keyservice=KeyServiceTrust.from_json(ks) if ks else None,
-            **kwargs,
-        )
-
     # -- HTTP -------------------------------------------------------------------------------
 
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json_body: Any = None,
-        content: bytes | None = None,
-        params: Mapping[str, str] | None = None,
-        auth: bool = True,
-    ) -> httpx.Response:
-        return send(
-            self._http,
-            method,
-            path,
-            token=self.api_token if auth else None,
-            base_url=self.base_url,
-            json_body=json_body,
-            content=content,
-            params=params,
-        )
+    def _request(self, method: str, path: str, *, auth: bool = True, **kw: Any) -> httpx.Response:
+        """One call (keywords of `transport.request_options`), retried when it is a GET."""
+        deadline = self._deadline(kw.pop("timeout_s", None))
+        token = self.api_token if auth else None
+        for attempt in self._attempts(self._retry_for(method), deadline):
+            with attempt:
+                timeout_s = self._remaining(deadline)
+                return send(self._http, method, path, token=token, timeout_s=timeout_s, **kw)
+        raise AssertionError("tenacity re-raises the last error")
+
+    def _attempts(self, policy: RetryPolicy, deadline: float) -> Retrying:
+        return retrying(policy, deadline=deadline, clock=self._clock, sleep=self._sleep)
 
     def _get(self, path: str, cls: type[_M], **params: str) -> _M:
         return cls.model_validate_json(self._request("GET", path, params=params or None).content)
@@ -181,6 +112,17 @@ class Client:
         except InfaasError:
             return False
         return True
+
+    def status(self) -> Health:
+        """Readiness of the service, its worker deployment's status in `detail` (one try:
+        a degraded service answers too)."""
+        try:
+            r = self._http.get("/readyz", timeout=self.timeout_s)
+        except httpx.TransportError as e:
+            raise transport_error(e, self.base_url) from e
+        if r.status_code not in (200, 503) or "status" not in r.text:
+            raise problem_error(r)
+        return Health.model_validate_json(r.content)
 
     def tasks(self) -> list[Task]:
         tasks = TypeAdapter(list[Task]).validate_json(self._request("GET", "/v1/tasks").content)
@@ -206,6 +148,10 @@ class Client:
         r = self._request("POST", "/v1/tenants", content=body.encode())
         return Credentials.model_validate_json(r.content)
 
+    def tenants(self) -> list[Tenant]:
+        """Admin: every tenant."""
+        return TypeAdapter(list[Tenant]).validate_json(self._request("GET", "/v1/tenants").content)
+
     def create_owner(self, owner_id: str, name: str = "") -> Credentials:
         """Admin: a new model owner and its API token (shown once)."""
         r = self._request("POST", "/v1/owners", json_body={"owner_id": owner_id, "name": name})
@@ -219,7 +165,8 @@ class Client:
             principal=creds.principal,
             role=creds.role,
             keyservice=self.keyservice,
-            timeout_s=self._http.timeout.read or 120.0,
+            timeout_s=self.timeout_s,
+            retry=self.retry,
         )
 
     # -- the key service --------------------------------------------------------------------
@@ -406,7 +353,7 @@ class Client:
         *,
         timeout_s: float = 1800.0,
         poll_s: float = 0.5,
-        progress: bool = True,
+        progress: bool = False,
     ) -> JobStatus:
         """Poll the model's job until ready; raise the failure if it fails or times out."""
         deadline = time.monotonic() + timeout_s
@@ -455,82 +402,85 @@ class Client:
     def _task(self, name: str) -> Task:
         if name not in self._tasks:
             self.tasks()
-        try:
-            return self._tasks[name]
-        except KeyError:
-            raise InvalidInput(
-                f"unknown task {name!r}; known: {sorted(self._tasks)}", task=name
-            ) from None
+        if name not in self._tasks:
+            raise self._unknown_task(name)
+        return self._tasks[name]
 
     def seal_infer(
         self,
         *,
-        task: str,
-        inputs: np.ndarray | Mapping[str, np.ndarray],
-        latency_ms: float,
-        min_accuracy: float = 0.0,
-        architecture: str | None = None,
-        variant_id: str | None = None,
+        inputs: Inputs | None = None,
         request_id: str | None = None,
         cast: bool = True,
         binary: bool = True,
         plaintext: bytes | None = None,
+        **ask: Any,
     ) -> InferRequest:
-        """The sealed request `infer` would send (tests use it to tamper or replay)."""
-        if self._request_key is None or self.key_id is None or self.principal is None:
-            raise AuthenticationFailed("no request key: call register_tenant or load credentials")
-        rid = request_id or str(uuid.uuid4())
-        if plaintext is None:
-            spec = None if isinstance(inputs, Mapping) else self._task(task).input
-            plaintext = encode_request(named_inputs(inputs, spec, cast=cast), rid, binary=binary)
-        return seal_infer_request(
-            plaintext,
-            key_id=self.key_id,
-            key=self._request_key,
-            tenant=self.principal,
-            task=task,
-            latency_ms=latency_ms,
-            min_accuracy=min_accuracy,
-            request_id=rid,
-            architecture=architecture,
-            variant_id=variant_id,
+        """The sealed request `infer` would send (tests use it to tamper or replay).
+
+        `ask` as `infer`'s keywords; `plaintext` is an encoded body sealed as it is.
+        """
+        a = Ask(**ask)
+        spec = self._task(a.task) if self._needs_task(inputs, plaintext) else None
+        return self._seal(
+            spec, a, inputs, request_id=request_id, cast=cast, binary=binary, plaintext=plaintext
         )
 
-    def send_infer(self, request: InferRequest | bytes) -> InferResponse:
-        """POST a sealed request (or raw body bytes) to /v1/infer; the sealed answer."""
+    def send_infer(
+        self, request: InferRequest | bytes, *, timeout_s: float | None = None
+    ) -> InferResponse:
+        """POST a sealed request (or raw body bytes) to /v1/infer once; the sealed answer."""
         raw = request if isinstance(request, bytes) else request.model_dump_json().encode()
-        r = self._request("POST", self.infer_path, content=raw)
+        r = self._request("POST", self.infer_path, content=raw, timeout_s=timeout_s)
         return InferResponse.model_validate_json(r.content)
-
-    def open_infer(self, request: InferRequest, response: InferResponse) -> InferResult:
-        """Decrypt an answer and check it answers `request` (same id, tenant, task, SLO)."""
-        if self._request_key is None or self.key_id is None:
-            raise AuthenticationFailed("no request key")
-        return open_infer_response(
-            request,
-            response,
-            key_id=self.key_id,
-            key=self._request_key,
-            task=self._tasks.get(request.envelope.task),
-        )
 
     def infer(
         self,
         *,
         task: str,
-        inputs: np.ndarray | Mapping[str, np.ndarray],
+        inputs: Inputs,
         latency_ms: float,
         min_accuracy: float = 0.0,
         architecture: str | None = None,
         variant_id: str | None = None,
+        timeout_s: float | None = None,
     ) -> InferResult:
-        """Run `inputs` (a batch, ``(n, *task input shape)``) under an SLO, confidentially."""
-        request = self.seal_infer(
-            task=task,
-            inputs=inputs,
-            latency_ms=latency_ms,
-            min_accuracy=min_accuracy,
-            architecture=architecture,
-            variant_id=variant_id,
-        )
-        return self.open_infer(request, self.send_infer(request))
+        """Run `inputs` (a batch, ``(n, *task input shape)``) under an SLO, confidentially.
+
+        Unreachable, 429 and 503 are tried again under the retry policy, each
+        attempt sealed anew (a new request id); `timeout_s` bounds the whole call.
+        """
+        ask = Ask(task, latency_ms, min_accuracy, architecture, variant_id)
+        return self._infer(ask, inputs, timeout_s)
+
+    def _infer(self, ask: Ask, inputs: Inputs, timeout_s: float | None) -> InferResult:
+        deadline = self._deadline(timeout_s)
+        spec = self._task(ask.task) if self._needs_task(inputs, None) else None
+        for attempt in self._attempts(self.retry, deadline):
+            with attempt:
+                request = self._seal(spec, ask, inputs)
+                response = self.send_infer(request, timeout_s=self._remaining(deadline))
+        return self.open_infer(request, response)
+
+    def infer_many(
+        self,
+        *,
+        task: str,
+        inputs: np.ndarray,
+        latency_ms: float,
+        min_accuracy: float = 0.0,
+        architecture: str | None = None,
+        variant_id: str | None = None,
+        concurrency: int = 4,
+        progress: bool = False,
+        timeout_s: float | None = None,
+    ) -> InferManyResult:
+        """`infer` for a batch of any size: cut into chunks every candidate variant of the
+        task accepts (`chunk_rows`), run `concurrency` at a time, outputs in input order."""
+        ask = Ask(task, latency_ms, min_accuracy, architecture, variant_id)
+        pieces = self.chunks(inputs, self.chunk_rows(self.models(task=task), ask))
+        with (
+            self._progress(len(pieces), progress, task) as step,
+            ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool,
+        ):
+            return merged(list(pool.map(lambda x: step(self._infer(ask, x, timeout_s)), pieces)))

@@ -39,6 +39,20 @@ class InferResult:
     all_outputs: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
 
 
+@dataclass(frozen=True)
+class InferManyResult:
+    """A large batch's outputs, sent in chunks the task's variants accept (`infer_many`)."""
+
+    outputs: np.ndarray
+    """The task's output tensor for every input row, in input order."""
+    chunks: tuple[InferResult, ...]
+    """Each chunk's own answer: what served it, its latency, its request id."""
+
+    @property
+    def variant_ids(self) -> list[str]:
+        return [c.variant_id for c in self.chunks]
+
+
 def named_inputs(
     inputs: np.ndarray | Mapping[str, np.ndarray], spec: TensorSpec | None, *, cast: bool = True
 ) -> dict[str, np.ndarray]:
@@ -58,31 +72,32 @@ def named_inputs(
     return {spec.name: arr}
 
 
+@dataclass(frozen=True)
+class Ask:
+    """What one inference asks for: a task, its SLO and, optionally, a narrower choice."""
+
+    task: str
+    latency_ms: float
+    min_accuracy: float = 0.0
+    architecture: str | None = None
+    variant_id: str | None = None
+
+
 def seal_infer_request(
-    plaintext: bytes,
-    *,
-    key_id: str,
-    key: bytes,
-    tenant: str,
-    task: str,
-    latency_ms: float,
-    min_accuracy: float,
-    request_id: str,
-    architecture: str | None = None,
-    variant_id: str | None = None,
+    plaintext: bytes, ask: Ask, *, key_id: str, key: bytes, tenant: str, request_id: str
 ) -> InferRequest:
     """The sealed `/v1/infer` request for an encoded body."""
     envelope = seal_request(
         {key_id: key},
         plaintext,
         tenant=tenant,
-        task=task,
-        latency_ms=latency_ms,
-        min_accuracy=min_accuracy,
+        task=ask.task,
+        latency_ms=ask.latency_ms,
+        min_accuracy=ask.min_accuracy,
         request_id=request_id,
         key_id=key_id,
     )
-    return InferRequest(envelope=envelope, architecture=architecture, variant_id=variant_id)
+    return InferRequest(envelope=envelope, architecture=ask.architecture, variant_id=ask.variant_id)
 
 
 def open_infer_response(

@@ -27,7 +27,7 @@ from api.app import create_app
 from enclave_workers.endpoint import serve_app
 from infaas import Client
 from infaas.attestation import SimulatedPlatformCA
-from infaas.client import KeyServiceTrust, problem_error
+from infaas.client import AsyncClient, InferManyResult, KeyServiceTrust, problem_error
 from infaas.envelope import open_artifact
 from infaas.errors import (
     AttestationFailed,
@@ -42,7 +42,7 @@ from infaas.errors import (
 )
 from infaas.keyservice import create_keyservice_router
 from infaas.settings import load_settings
-from infaas.wire import InferResponse
+from infaas.wire import InferRequest, InferResponse
 from tests.asgi import TestClient
 from tests.deployment import KS_MEASUREMENT, WORKER_MEASUREMENT, Deployment
 from variants.runtime import load_variant
@@ -336,35 +336,110 @@ def test_credentials_file_is_private_and_round_trips(world: World, tmp_path: Pat
         Client.from_credentials(path)
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [
-        [],
-        ["serve"],
-        ["infer"],
-        ["models"],
-        ["register"],
-        ["tenant"],
-        ["tenant", "create"],
-        ["zoo", "build"],
-        ["profile"],
-        ["evidence", "verify"],
-    ],
-    ids=lambda a: " ".join(a) or "infaas",
-)
-def test_every_cli_command_has_help(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    from infaas.cli import main
+class Refusing(httpx.BaseTransport):
+    """In front of the real path: the first `n` inference requests get 503 with
+    ``Retry-After``, as an overloaded worker answers; every envelope's request id is kept."""
 
-    with pytest.raises(SystemExit) as e:
-        main([*argv, "--help"])
-    assert e.value.code == 0
-    assert "usage: infaas" in capsys.readouterr().out
+    def __init__(self, upstream: httpx.BaseTransport, n: int, retry_after_s: int) -> None:
+        self.upstream = upstream
+        self.left = n
+        self.retry_after_s = retry_after_s
+        self.request_ids: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == Client.infer_path:
+            body = InferRequest.model_validate_json(request.read())
+            self.request_ids.append(body.envelope.request_id)
+            if self.left > 0:
+                self.left -= 1
+                busy = Overloaded("the worker's queue is full", retry_after_s=self.retry_after_s)
+                headers = {"Retry-After": str(self.retry_after_s)}
+                return httpx.Response(503, json=busy.to_problem(), headers=headers)
+        return self.upstream.handle_request(request)
 
 
-def test_cli_without_credentials_says_where_they_come_from(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+class ToThread(httpx.AsyncBaseTransport):
+    """The (sync) path to the in-process deployment, for an `AsyncClient`."""
+
+    def __init__(self, upstream: httpx.BaseTransport) -> None:
+        self.upstream = upstream
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await request.aread()
+        response = await asyncio.to_thread(self.upstream.handle_request, request)
+        return httpx.Response(
+            response.status_code, headers=response.headers, content=response.read()
+        )
+
+
+def test_a_503_with_retry_after_is_retried_resealed_after_the_wait(world: World) -> None:
+    dep = world.dep
+    refusing = Refusing(world.path, n=1, retry_after_s=3)
+    waits: list[float] = []
+    now = [0.0]
+
+    def sleep(s: float) -> None:
+        waits.append(s)
+        now[0] += s
+
+    tenant = Client(
+        "http://testserver",
+        api_token=dep.api_tokens["acme"],
+        principal="acme",
+        request_key=dep.tenant_keys["acme"],
+        key_id="acme-k1",
+        http=httpx.Client(base_url="http://testserver", transport=refusing),
+        sleep=sleep,
+        clock=lambda: now[0],
+    )
+    result = tenant.infer(task="digits", inputs=dep.x[:2], latency_ms=200)
+    assert result.outputs.shape == (2, 10)
+    # two attempts, each sealed anew: the replay guard would refuse a re-sent envelope
+    assert len(refusing.request_ids) == 2 and len(set(refusing.request_ids)) == 2
+    assert result.request_id == refusing.request_ids[1]
+    assert len(waits) == 1 and waits[0] >= 3.0
+
+
+def _reference(dep: Deployment, x: np.ndarray) -> np.ndarray:
+    fp32 = f"{MODEL}.fp32.onnxruntime"
+    return load_variant(dep.store.get_variant(fp32), dep.onnx).run(x)  # type: ignore[no-any-return]
+
+
+def test_infer_many_splits_a_large_batch_into_chunks_the_variants_accept(
+    world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from infaas.cli import main
+    dep = world.dep
+    x = np.concatenate([dep.x] * (54 // len(dep.x) + 1))[:54]
+    tenant = world.client(
+        dep.api_tokens["acme"],
+        principal="acme",
+        request_key=dep.tenant_keys["acme"],
+        key_id="acme-k1",
+    )
+    fp32 = f"{MODEL}.fp32.onnxruntime"
+    # 54 rows in one request: more than any of the task's variants takes (max_batch 8)
+    with pytest.raises(InfaasError, match=r"outside 1\.\.8"):
+        tenant.infer(task="digits", inputs=x, latency_ms=500, variant_id=fp32)
+    many = tenant.infer_many(task="digits", inputs=x, latency_ms=500, variant_id=fp32)
+    assert [len(c.outputs) for c in many.chunks] == [8] * 6 + [6]
+    np.testing.assert_allclose(many.outputs, _reference(dep, x), rtol=1e-5)
+    assert len({c.request_id for c in many.chunks}) == 7
+    assert capsys.readouterr().out == ""  # no progress bar unless asked for
 
-    assert main(["models", "--data-dir", str(tmp_path)]) == 2
-    assert "infaas serve" in capsys.readouterr().err
+    async def run() -> InferManyResult:
+        http = httpx.AsyncClient(base_url="http://testserver", transport=ToThread(world.path))
+        async with AsyncClient(
+            "http://testserver",
+            api_token=dep.api_tokens["acme"],
+            principal="acme",
+            request_key=dep.tenant_keys["acme"],
+            key_id="acme-k1",
+            http=http,
+        ) as client:
+            return await client.infer_many(
+                task="digits", inputs=x, latency_ms=500, variant_id=fp32, concurrency=3
+            )
+
+    again = asyncio.run(run())
+    np.testing.assert_allclose(again.outputs, many.outputs, rtol=1e-5)
+    assert capsys.readouterr().out == ""
