@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import time
 from pathlib import Path
 from types import FrameType
 
 from infaas.logs import get_logger
+from infaas.running import Running
 from infaas.settings import Settings
 
 log = get_logger(__name__)
@@ -69,6 +71,8 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
         )
         apps = deploy(settings)
         url = local_url(settings)
+        running = Running(os.getpid(), url)
+        running.write(settings.data_dir)  # `infaas status` and `infaas stop` find it here
         print(f"infaas is up at {url} (applications: {', '.join(apps)}); docs at {url}/docs")
         if args.no_zoo:
             path = bootstrap_admin(settings, url)
@@ -91,6 +95,7 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     except KeyboardInterrupt:
         print("shutting down Serve…", flush=True)
     finally:
+        Running(os.getpid(), "").remove(settings.data_dir)
         t0 = time.monotonic()
         try:
             serve.shutdown()  # type: ignore[no-untyped-call]

@@ -12,9 +12,16 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from infaas.errors import InfaasError
+from infaas import __version__
+from infaas.errors import (
+    AuthenticationFailed,
+    InfaasError,
+    PermissionDenied,
+    Timeout,
+    Unreachable,
+)
 from infaas.settings import Settings, load_settings
 
 
@@ -66,10 +73,45 @@ def _client(args: argparse.Namespace, settings: Settings) -> Any:
 
     path = args.credentials or settings.data_dir / "credentials" / f"{args.default_principal}.json"
     if not path.is_file():
-        raise FileNotFoundError(
+        raise AuthenticationFailed(
             f"no credentials at {path}: start `infaas serve` (it writes them) or pass --credentials"
         )
     return Client.from_credentials(path, base_url=args.url)
+
+
+def _service_url(args: argparse.Namespace, settings: Settings) -> str:
+    """--url, else the URL the running `infaas serve` of this data dir recorded, else
+    the settings' port on this machine."""
+    from infaas.running import Running
+
+    if args.url:
+        return str(args.url)
+    running = Running.read(settings.data_dir)
+    return running.url if running else f"http://127.0.0.1:{settings.http_port}"
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from infaas.client import Client
+    from infaas.client.command import status_command
+
+    settings = _settings(args)
+    with Client(_service_url(args, settings), timeout_s=args.timeout_s) as client:
+        return status_command(args, client)
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from infaas.running import Running
+
+    settings = _settings(args)
+    running = Running.read(settings.data_dir)
+    if running is None:
+        raise Unreachable(f"no running `infaas serve` is recorded in {settings.data_dir}")
+    running.stop(args.timeout_s)
+    if args.json:
+        _print_json({"stopped": running.pid, "url": running.url})
+    else:
+        print(f"stopped infaas serve (pid {running.pid}, {running.url})")
+    return 0
 
 
 def _print_json(obj: Any) -> None:
@@ -206,59 +248,70 @@ def _cmd_register(args: argparse.Namespace, settings: Settings, client: Any) -> 
     return 0
 
 
-def _cmd_tenant_create(args: argparse.Namespace, settings: Settings, admin: Any) -> int:
-    creds = admin.create_tenant(args.name)
-    tenant = admin.with_credentials(creds)
-    tenant.attest_keyservice()
-    tenant.register_tenant()
-    out = tenant.save_credentials(
-        args.out or settings.data_dir / "credentials" / f"{args.name}.json"
-    )
-    if args.json:
-        _print_json({"tenant": args.name, "credentials": str(out)})
-    else:
-        print(f"tenant {args.name} created; its credentials (API token, request key) are in {out}")
-    return 0
-
-
-def _cmd_tenant_consent(args: argparse.Namespace, settings: Settings, tenant: Any) -> int:
-    kind = "model" if args.model else "owner"
-    if args.tenant_command == "accept":
-        policy = tenant.accept(args.name, kind=kind)
-    elif args.tenant_command == "unaccept":
-        policy = tenant.unaccept(args.name, kind=kind)
-    else:
-        policy = tenant.accepted()
-    if args.json:
-        _print_json(policy.model_dump(mode="json"))
-        return 0
-    owners = ", ".join(policy.owners) or "none"
-    models = ", ".join(f"{m} (of {o})" for m, o in policy.models.items()) or "none"
-    print(f"tenant {tenant.principal} accepts owners: {owners}; models: {models}")
-    return 0
-
-
 _CLIENT_COMMANDS = {
     "infer": _cmd_infer,
     "models": _cmd_models,
     "register": _cmd_register,
-    "tenant-create": _cmd_tenant_create,
-    "tenant-consent": _cmd_tenant_consent,
 }
 
 
 def _cmd_client(args: argparse.Namespace) -> int:
+    from infaas.client import command
+
+    commands = {
+        **_CLIENT_COMMANDS,
+        "grant": command.grant_command,
+        "revoke": command.grant_command,
+        "tenant-list": command.tenant_list_command,
+        "tenant-create": command.principal_create_command,
+        "tenant-consent": command.consent_command,
+        "owner-create": command.principal_create_command,
+    }
     settings = _settings(args)
     with _client(args, settings) as client:
-        code: int = _CLIENT_COMMANDS[args.client_command](args, settings, client)
+        code: int = commands[args.client_command](args, settings, client)
     return code
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+EXIT_RUNTIME, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 1, 2, 3, 4
+EPILOG = (
+    "exit status: 0 done, 1 failed at run time, 2 usage error, 3 service unreachable "
+    "(or no answer in time), 4 authentication or permission refused. With --json, errors "
+    'are one JSON object on stderr: {"error": {...problem...}, "exit_code": N}.'
+)
+
+
+def exit_code(e: InfaasError) -> int:
+    """The exit status for an error (see `EPILOG`)."""
+    if isinstance(e, Unreachable | Timeout):
+        return EXIT_UNREACHABLE
+    if isinstance(e, AuthenticationFailed | PermissionDenied):
+        return EXIT_AUTH
+    return EXIT_RUNTIME
+
+
+def _print_error(problem: dict[str, Any], code: int, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"error": problem, "exit_code": code}), file=sys.stderr)
+    else:
+        print(f"infaas: error: {problem.get('message') or problem.get('detail')}", file=sys.stderr)
+
+
+def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
+    class Parser(argparse.ArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            if not json_errors:
+                super().error(message)
+            problem = {"code": "usage", "message": f"{self.prog}: {message}"}
+            _print_error(problem, EXIT_USAGE, as_json=True)
+            sys.exit(EXIT_USAGE)
+
+    parser = Parser(
         prog="infaas",
         description="Model-less, confidential inference-as-a-service.",
+        epilog=EPILOG,
     )
+    parser.add_argument("--version", action="version", version=f"infaas {__version__}")
     parser.add_argument("--config", type=Path, default=None, help="YAML settings file")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -376,43 +429,33 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--no-wait", action="store_true", help="return once queued")
     rg.set_defaults(client_command="register")
 
-    tn = sub.add_parser("tenant", help="tenants: create (admin); accept model owners (tenant)")
-    tn_sub = tn.add_subparsers(dest="tenant_command", metavar="ACTION", required=True)
-    tc = tn_sub.add_parser(
-        "create",
-        help="create a tenant with its own request key",
-        description="As the administrator, create a tenant and its API token; then, as that "
-        "tenant, attest the key service, register and upload a fresh request key. Writes the "
-        "tenant's credentials (0600) to --out (default DATA_DIR/credentials/NAME.json).",
+    from infaas.client.command import add_principal_commands
+
+    add_principal_commands(sub, client_opts)
+
+    st = sub.add_parser(
+        "status",
+        help="is the service up and ready?",
+        description="Ask the service's readiness (its worker deployment included); exit 0 "
+        "when ready, 1 when degraded, 3 when unreachable. The URL is --url, else the one "
+        "the running `infaas serve` of DATA_DIR recorded, else this machine's port.",
     )
-    client_opts(tc, "admin")
-    tc.add_argument("name", help="tenant id")
-    tc.add_argument("--out", type=Path, help="where to write the tenant's credentials")
-    tc.set_defaults(client_command="tenant-create")
-    for action, what in (
-        ("accept", "let this tenant's requests reach a model owner's models (or one model)"),
-        ("unaccept", "withdraw an acceptance"),
-    ):
-        ta = tn_sub.add_parser(
-            action,
-            help=what,
-            description=f"As a tenant: {what}. A model owner's grant alone never sends your "
-            "requests to its models; the key service releases your key for a model only when "
-            "the owner granted it and you accepted it or its owner. Uses "
-            "DATA_DIR/credentials/demo.json by default.",
-        )
-        client_opts(ta, "demo")
-        ta.add_argument("name", help="model owner id (or model id with --model)")
-        ta.add_argument("--model", action="store_true", help="NAME is one model, not an owner")
-        ta.set_defaults(client_command="tenant-consent")
-    tl = tn_sub.add_parser(
-        "accepted",
-        help="the owners and models this tenant accepted",
-        description="As a tenant: list the owners and models your requests may reach (once "
-        "their owner grants them). Uses DATA_DIR/credentials/demo.json by default.",
+    common(st)
+    st.add_argument("--url", help="infaas base URL")
+    st.add_argument("--timeout-s", type=float, default=10.0, help="give up after (seconds)")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(func=_cmd_status)
+
+    sp = sub.add_parser(
+        "stop",
+        help="stop the `infaas serve` of this data dir",
+        description="Send SIGTERM to the `infaas serve` that DATA_DIR's serve.json names and "
+        "wait for it to shut down; exit 3 when none runs.",
     )
-    client_opts(tl, "demo")
-    tl.set_defaults(client_command="tenant-consent", model=False)
+    common(sp)
+    sp.add_argument("--timeout-s", type=float, default=120.0, help="wait at most (seconds)")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(func=_cmd_stop)
 
     ev = sub.add_parser("evidence", help="attestation evidence")
     ev_sub = ev.add_subparsers(dest="evidence_command", metavar="ACTION", required=True)
@@ -459,8 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in argv
+    args = build_parser(json_errors=as_json).parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.INFO
     if args.command == "serve":
         from infaas.logs import configure_logging
@@ -474,11 +518,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
     except InfaasError as e:
-        print(f"infaas: error: {e.message}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as e:
-        print(f"infaas: error: {e}", file=sys.stderr)
-        return 2
+        code = exit_code(e)
+        _print_error(e.to_problem(), code, as_json)
+    except OSError as e:  # a file named on the command line
+        code = EXIT_USAGE
+        _print_error({"code": "usage", "message": str(e)}, code, as_json)
     return code
 
 
