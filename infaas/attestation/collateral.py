@@ -123,9 +123,13 @@ def _check_crl(
         )
 
 
+class _StepFailed(Exception):
+    """A collateral step failed; its check is recorded already."""
+
+
 def _step(
     checks: Checks, name: str, fn: Callable[[], T], passed: Callable[[T], str] | None = None
-) -> T | None:
+) -> T:
     """Run one collateral step; a malformed document fails the step, never escapes.
 
     When it succeeds and `passed` is given, the step is recorded with `passed`'s detail.
@@ -134,10 +138,10 @@ def _step(
         out = fn()
     except AttestationFailed as exc:
         checks.add(name, False, exc.message)
-        return None
+        raise _StepFailed from None
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         checks.add(name, False, f"{name}: collateral malformed ({type(exc).__name__}: {exc})")
-        return None
+        raise _StepFailed from None
     if passed is not None:
         checks.add(name, True, passed(out))
     return out
@@ -163,50 +167,43 @@ def evaluate_collateral(
     checks: Checks,
 ) -> TcbResult | None:
     """Run the collateral checks into `checks`; the TCB result, or None if one failed."""
-    entry = _step(checks, "collateral", lambda: select_collateral(collateral, pck.fmspc, q.tee))
-    if entry is None:
+    try:
+        entry = _step(checks, "collateral", lambda: select_collateral(collateral, pck.fmspc, q.tee))
+        tcb_info = _step(
+            checks,
+            "tcb_info",
+            lambda: _verify_signed_json("TCB info", entry, "tcb_info", roots, now),
+            lambda doc: f"TCB info signed, current, for FMSPC {doc['fmspc']}",
+        )
+        qe_id = _step(
+            checks,
+            "qe_identity_collateral",
+            lambda: _verify_signed_json("QE identity", entry, "qe_identity", roots, now),
+            lambda doc: f"QE identity {doc.get('id')} signed, current",
+        )
+        _step(
+            checks,
+            "crl",
+            lambda: _check_crls(entry, chain, roots, now),
+            lambda _: "no certificate of the chain is revoked by current CRLs",
+        )
+        qe_level = _step(
+            checks,
+            "qe_identity",
+            lambda: _match_qe_identity(q, qe_id),
+            lambda _: f"quoting enclave matches Intel's {qe_id.get('id')} identity",
+        )
+        return _step(
+            checks,
+            "tcb_level",
+            lambda: _tcb_level(q, pck, tcb_info, qe_level),
+            lambda r: (
+                f"TCB status {r.status}"
+                + (f", advisories {', '.join(r.advisory_ids)}" if r.advisory_ids else "")
+            ),
+        )
+    except _StepFailed:
         return None
-    tcb_info = _step(
-        checks,
-        "tcb_info",
-        lambda: _verify_signed_json("TCB info", entry, "tcb_info", roots, now),
-        lambda doc: f"TCB info signed, current, for FMSPC {doc['fmspc']}",
-    )
-    if tcb_info is None:
-        return None
-    qe_id = _step(
-        checks,
-        "qe_identity_collateral",
-        lambda: _verify_signed_json("QE identity", entry, "qe_identity", roots, now),
-        lambda doc: f"QE identity {doc.get('id')} signed, current",
-    )
-    if qe_id is None:
-        return None
-    crl = _step(
-        checks,
-        "crl",
-        lambda: _check_crls(entry, chain, roots, now),
-        lambda _: "no certificate of the chain is revoked by current CRLs",
-    )
-    if crl is None:
-        return None
-    qe_level = _step(
-        checks,
-        "qe_identity",
-        lambda: _match_qe_identity(q, qe_id),
-        lambda _: f"quoting enclave matches Intel's {qe_id.get('id')} identity",
-    )
-    if qe_level is None:
-        return None
-    return _step(
-        checks,
-        "tcb_level",
-        lambda: _tcb_level(q, pck, tcb_info, qe_level),
-        lambda result: (
-            f"TCB status {result.status}"
-            + (f", advisories {', '.join(result.advisory_ids)}" if result.advisory_ids else "")
-        ),
-    )
 
 
 def _check_crls(
@@ -214,7 +211,7 @@ def _check_crls(
     chain: Sequence[x509.Certificate],
     roots: Sequence[x509.Certificate],
     now: datetime,
-) -> bool:
+) -> None:
     if "pck_crl" not in entry or "pck_crl_issuer_chain" not in entry:
         raise AttestationFailed("collateral has no PCK CRL")
     issuers = list(x509.load_pem_x509_certificates(entry["pck_crl_issuer_chain"].encode()))
@@ -225,7 +222,6 @@ def _check_crls(
             root = next((r for r in roots if r.subject == cert.issuer), None)
             if root is not None and cert not in roots:
                 _check_crl("root CA CRL", entry["root_ca_crl"], root, cert, now)
-    return True
 
 
 def _match_qe_identity(q: Quote, qe_id: dict[str, Any]) -> dict[str, Any]:

@@ -72,41 +72,70 @@ def _key_usage(*, cert_sign: bool) -> x509.KeyUsage:
     )
 
 
-def issue_certificate(
+_SIMULATED_MARKER = x509.UnrecognizedExtension(SIMULATED_MARKER_OID, b"\x0c\x0fnot-confidential")
+
+
+def _issue(
     subject: x509.Name,
     public_key: ec.EllipticCurvePublicKey,
-    *,
     issuer: x509.Name,
     issuer_key: ec.EllipticCurvePrivateKey,
-    not_before: dt.datetime,
-    not_after: dt.datetime,
+    validity: tuple[dt.datetime, dt.datetime],
+    *,
     ca: bool,
     path_length: int | None = None,
     extensions: tuple[x509.ExtensionType, ...] = (),
-    algorithm: hashes.SHA256 | hashes.SHA384 | None = None,
 ) -> x509.Certificate:
-    """A certificate for a simulated CA (`ca`) or signing key, with non-critical `extensions`.
-
-    A root is self-issued: `issuer` is `subject` and `issuer_key` its own key.
-    """
+    # a P-384 CA signs with SHA-384 (NVIDIA's device chains), a P-256 one with SHA-256 (Intel's)
+    p384 = isinstance(issuer_key.curve, ec.SECP384R1)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(issuer)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
+        .not_valid_before(validity[0])
+        .not_valid_after(validity[1])
         .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length), critical=True)
         .add_extension(_key_usage(cert_sign=ca), critical=True)
     )
     for extension in extensions:
         builder = builder.add_extension(extension, critical=False)
-    return builder.sign(issuer_key, algorithm or hashes.SHA256())
+    return builder.sign(issuer_key, hashes.SHA384() if p384 else hashes.SHA256())
 
 
-SIMULATED_MARKER = x509.UnrecognizedExtension(SIMULATED_MARKER_OID, b"\x0c\x0fnot-confidential")
-"""The extension that marks a simulated root (`SIMULATED_MARKER_OID`, value "not-confidential")."""
+def issue_root(
+    name: x509.Name,
+    key: ec.EllipticCurvePrivateKey,
+    validity: tuple[dt.datetime, dt.datetime],
+    *,
+    path_length: int | None = None,
+) -> x509.Certificate:
+    """A self-issued simulated CA, carrying the marker (`SIMULATED_MARKER_OID`) a policy reads."""
+    return _issue(
+        name,
+        key.public_key(),
+        name,
+        key,
+        validity,
+        ca=True,
+        path_length=path_length,
+        extensions=(_SIMULATED_MARKER,),
+    )
+
+
+def issue_leaf(
+    subject: x509.Name,
+    public_key: ec.EllipticCurvePublicKey,
+    issuer: x509.Name,
+    issuer_key: ec.EllipticCurvePrivateKey,
+    validity: tuple[dt.datetime, dt.datetime],
+    *extensions: x509.ExtensionType,
+) -> x509.Certificate:
+    """A simulated signing key's certificate (not a CA), with non-critical `extensions`."""
+    return _issue(
+        subject, public_key, issuer, issuer_key, validity, ca=False, extensions=extensions
+    )
 
 
 def _name(cn: str) -> x509.Name:
@@ -148,17 +177,7 @@ class SimulatedPlatformCA:
         until = now + dt.timedelta(days=validity_days)
         root_key = ec.generate_private_key(ec.SECP256R1())
         root_name = _name(f"infaas Simulated Platform CA ({deployment})")
-        root_cert = issue_certificate(
-            root_name,
-            root_key.public_key(),
-            issuer=root_name,
-            issuer_key=root_key,
-            not_before=now,
-            not_after=until,
-            ca=True,
-            path_length=1,
-            extensions=(SIMULATED_MARKER,),
-        )
+        root_cert = issue_root(root_name, root_key, (now, until), path_length=1)
         pck_key = ec.generate_private_key(ec.SECP256R1())
         pck_cert = _issue_pck(root_key, root_name, pck_key, now, until)
         return cls(root_key, root_cert, pck_key, pck_cert)
@@ -235,14 +254,12 @@ class SimulatedPlatformCA:
             return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
         signing_key = ec.generate_private_key(ec.SECP256R1())
-        signing_cert = issue_certificate(
+        signing_cert = issue_leaf(
             _name("infaas Simulated TCB Signing"),
             signing_key.public_key(),
-            issuer=self.root_cert.subject,
-            issuer_key=self.root_key,
-            not_before=issued,
-            not_after=self.root_cert.not_valid_after_utc,
-            ca=False,
+            self.root_cert.subject,
+            self.root_key,
+            (issued, self.root_cert.not_valid_after_utc),
         )
         pem = serialization.Encoding.PEM
         signer_chain = (signing_cert.public_bytes(pem) + self.root_pem).decode()
@@ -424,17 +441,13 @@ def _issue_pck(
     not_before: dt.datetime,
     not_after: dt.datetime,
 ) -> x509.Certificate:
-    return issue_certificate(
+    return issue_leaf(
         _name("infaas Simulated PCK Certificate"),
         pck_key.public_key(),
-        issuer=root_name,
-        issuer_key=root_key,
-        not_before=not_before,
-        not_after=not_after,
-        ca=False,
-        extensions=(
-            x509.UnrecognizedExtension(SGX_EXTENSION_OID, encode_sgx_extension(SIMULATED_PCK)),
-        ),
+        root_name,
+        root_key,
+        (not_before, not_after),
+        x509.UnrecognizedExtension(SGX_EXTENSION_OID, encode_sgx_extension(SIMULATED_PCK)),
     )
 
 

@@ -25,9 +25,9 @@ from cryptography.x509.oid import NameOID
 
 from infaas.attestation.simulated import (
     SIMULATED_LABEL,
-    SIMULATED_MARKER,
     _pem_key,
-    issue_certificate,
+    issue_leaf,
+    issue_root,
 )
 from infaas.attestation.spdm import NONCE_LEN
 
@@ -127,26 +127,8 @@ def _new_identity() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey, x509.
     until = now + dt.timedelta(days=3650)
     root_key = ec.generate_private_key(ec.SECP384R1())
     root_name = _name("infaas Simulated Device Identity CA")
-    root_cert = issue_certificate(
-        root_name,
-        root_key.public_key(),
-        issuer=root_name,
-        issuer_key=root_key,
-        not_before=now,
-        not_after=until,
-        ca=True,
-        extensions=(SIMULATED_MARKER,),
-        algorithm=hashes.SHA384(),
-    )
+    root_cert = issue_root(root_name, root_key, (now, until))
     key = ec.generate_private_key(ec.SECP384R1())
-    leaf_cert = issue_certificate(
-        _name("infaas Simulated GPU device"),
-        key.public_key(),
-        issuer=root_name,
-        issuer_key=root_key,
-        not_before=now,
-        not_after=until,
-        ca=False,
-        algorithm=hashes.SHA384(),
-    )
+    device = _name("infaas Simulated GPU device")
+    leaf_cert = issue_leaf(device, key.public_key(), root_name, root_key, (now, until))
     return root_cert, key, leaf_cert

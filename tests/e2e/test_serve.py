@@ -301,24 +301,12 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_the_readme_commands_work(served: Served) -> None:
     common = ["--data-dir", str(served.data_dir), "--url", served.url]
-    r = _cli(
-        "infer",
-        *common,
-        "--task",
-        "digits",
-        "--latency-ms",
-        "50",
-        "--min-accuracy",
-        "0.9",
-        "--example",
-        "--batch",
-        "4",
-        "--json",
-    )
+    digits = ("infer", *common, "--task", "digits", "--latency-ms", "50")
+    r = _cli(*digits, "--min-accuracy", "0.9", "--example", "--batch", "4", "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert len(out["top1"]) == 4 and out["simulated_tee"] is True
-    r = _cli("infer", *common, "--task", "digits", "--latency-ms", "50", "--example")
+    r = _cli(*digits, "--example")
     assert r.returncode == 0 and "SIMULATED TEE" in r.stdout, r.stderr
     r = _cli("models", *common, "--json")
     assert r.returncode == 0, r.stderr
@@ -334,17 +322,7 @@ def test_the_readme_commands_work(served: Served) -> None:
     assert r.returncode == 0 and json.loads(r.stdout)["owners"] == ["zoo-owner"], r.stderr
     r = _cli("tenant", "accepted", *common, "--credentials", str(path))
     assert r.returncode == 0 and "zoo-owner" in r.stdout, r.stderr
-    r = _cli(
-        "infer",
-        *common,
-        "--task",
-        "digits",
-        "--latency-ms",
-        "50",
-        "--min-accuracy",
-        "0.9999",
-        "--example",
-    )
+    r = _cli(*digits, "--min-accuracy", "0.9999", "--example")
     assert r.returncode == 2 and "error" in r.stderr
 
 
