@@ -104,8 +104,22 @@ class EnclaveWorker:
         return self._runtime.status()
 
 
-def deployment_options(pool: Pool, max_batch: int, num_replicas: int) -> dict[str, Any]:
-    """Ray Serve options of EnclaveWorker on `pool` (pure; see the module docstring)."""
+def deployment_options(
+    pool: Pool,
+    max_batch: int,
+    num_replicas: int,
+    *,
+    max_queued_requests: int = 256,
+    retry_after_s: float = 1.0,
+) -> dict[str, Any]:
+    """Ray Serve options of EnclaveWorker on `pool` (pure; see the module docstring).
+
+    Requests are handed to a replica up to one past what it holds
+    (`max_queued_requests`), so a flood meets the replica's own shedding (a
+    problem answer with ``Retry-After``); what still waits in Serve's router,
+    when every replica is full, is bounded by Serve's ``max_queued_requests``
+    (503 with the same ``Retry-After``), so no queue grows without bound.
+    """
     actor: dict[str, Any] = {"num_cpus": pool.num_cpus}
     if pool.num_gpus:
         actor["num_gpus"] = pool.num_gpus
@@ -115,8 +129,11 @@ def deployment_options(pool: Pool, max_batch: int, num_replicas: int) -> dict[st
         "name": DEPLOYMENT_NAME,
         "num_replicas": num_replicas,
         "ray_actor_options": actor,
-        # requests must be able to queue at the replica for a batch to fill
-        "max_ongoing_requests": max(4 * max_batch, 16),
+        # requests must be able to queue at the replica for a batch to fill, and reach it
+        # when it is full, to be shed there
+        "max_ongoing_requests": max(4 * max_batch, 16, max_queued_requests + 1),
+        "max_queued_requests": max_queued_requests,
+        "backpressure_config": {"status_code": 503, "retry_after_s": retry_after_s},
         "health_check_period_s": 10.0,
         # Serve's access log costs ~12 % of a small request's CPU
         "logging_config": {"enable_access_log": False},
@@ -147,7 +164,16 @@ def build_infer_app(
     pool = settings.pool(pool_name) if pool_name else settings.pools[0]
     max_batch = max(settings.profiler.batch_sizes)
     ingress = serve.ingress()(EnclaveWorker)
-    options = scaled_options(settings, deployment_options(pool, max_batch, num_replicas))
+    options = scaled_options(
+        settings,
+        deployment_options(
+            pool,
+            max_batch,
+            num_replicas,
+            max_queued_requests=settings.max_queued_requests,
+            retry_after_s=settings.shed_retry_after_s,
+        ),
+    )
     deployment = serve.deployment(**options)(ingress)
     budget = pool.memory_bytes if memory_budget_bytes is None else memory_budget_bytes
     app: Application = deployment.bind(

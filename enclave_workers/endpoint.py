@@ -8,6 +8,11 @@ carries ``Retry-After``); bodies over ``max_request_bytes`` refused with 413
 before any parsing, by the declared Content-Length, else while the body
 streams in.
 
+Load shedding: a replica holds at most `Admission.limit` inference requests at
+once (running, batching or waiting for a batch); one more is answered at once
+with 503 ``overloaded`` and ``Retry-After`` (through the edge), before its body
+is read, instead of joining a queue that only grows under a flood.
+
 `WorkerASGI` is what a replica serves: ``POST`` at the root goes straight to
 the runtime as raw ASGI (no framework layers on the hot path, where every
 microsecond is visible next to plain Ray Serve); anything else falls through
@@ -18,7 +23,8 @@ exception logs of a TEE worker would leak metadata to whatever collects them.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -35,8 +41,9 @@ from infaas.edge import (
     problem_headers,
     read_body,
 )
-from infaas.errors import InfaasError, InvalidInput
+from infaas.errors import InfaasError, InvalidInput, Overloaded
 from infaas.logs import get_logger
+from infaas.settings import Settings
 from infaas.wire import InferRequest
 
 log = get_logger(__name__)
@@ -53,19 +60,54 @@ def parse_infer_request(body: bytes) -> InferRequest:
         raise InvalidInput(f"invalid InferRequest at {where}: {first['msg']}") from None
 
 
+class Admission:
+    """At most `limit` requests held at once; the next is refused with `Overloaded`."""
+
+    def __init__(self, limit: int, retry_after_s: float = 1.0) -> None:
+        if limit < 1:
+            raise ValueError("the admission limit must be at least 1")
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        self.held = 0
+        self.shed = 0
+        """Requests refused so far (a counter for status and metrics)."""
+
+    @classmethod
+    def of(cls, settings: Settings) -> Admission:
+        """The settings' `max_queued_requests` and `shed_retry_after_s`."""
+        return cls(settings.max_queued_requests, settings.shed_retry_after_s)
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        if self.held >= self.limit:
+            self.shed += 1
+            raise Overloaded(
+                f"this worker holds {self.held} requests, its limit; try again shortly",
+                retry_after_s=self.retry_after_s,
+                queued=self.held,
+            )
+        self.held += 1
+        try:
+            yield
+        finally:
+            self.held -= 1
+
+
 async def answer(
     runtime: WorkerRuntime,
     authorization: str | None,
     content_length: str | None,
     chunks: AsyncIterator[bytes],
     max_bytes: int,
+    admission: Admission,
 ) -> tuple[int, bytes, dict[str, str]]:
     """(status, JSON body, extra headers) for one ``POST /v1/infer``; never raises."""
     try:
-        token = bearer_token(authorization)
-        check_declared_length(content_length, max_bytes)
-        request = parse_infer_request(await read_body(chunks, max_bytes))
-        response = await runtime.infer(request, token)
+        with admission.admit():
+            token = bearer_token(authorization)
+            check_declared_length(content_length, max_bytes)
+            request = parse_infer_request(await read_body(chunks, max_bytes))
+            response = await runtime.infer(request, token)
     except InfaasError as e:
         return e.status_code, problem_body(e), problem_headers(e)
     except Exception:  # one request's bug must not become another's problem
@@ -82,10 +124,13 @@ class WorkerASGI:
     prefix (``/v1/infer``) is the root too, without a 307 to ``/v1/infer/``.
     """
 
-    def __init__(self, runtime: WorkerRuntime, app: FastAPI, *, max_request_bytes: int) -> None:
+    def __init__(
+        self, runtime: WorkerRuntime, app: FastAPI, *, max_request_bytes: int, admission: Admission
+    ) -> None:
         self.runtime = runtime
         self.app = app
         self.max_request_bytes = max_request_bytes
+        self.admission = admission
 
     def add_exception_handler(self, *args: Any, **kwargs: Any) -> None:
         self.app.add_exception_handler(*args, **kwargs)
@@ -116,7 +161,12 @@ class WorkerASGI:
                     return
 
         status, body, extra = await answer(
-            self.runtime, authorization, content_length, chunks(), self.max_request_bytes
+            self.runtime,
+            authorization,
+            content_length,
+            chunks(),
+            self.max_request_bytes,
+            self.admission,
         )
         headers = [(b"content-type", _JSON), (b"content-length", str(len(body)).encode())]
         headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
@@ -124,8 +174,11 @@ class WorkerASGI:
         await send({"type": "http.response.body", "body": body})
 
 
-def create_worker_app(runtime: WorkerRuntime, *, max_request_bytes: int) -> FastAPI:
+def create_worker_app(
+    runtime: WorkerRuntime, *, max_request_bytes: int, admission: Admission | None = None
+) -> FastAPI:
     """The FastAPI app of one worker replica around `runtime` (no global state)."""
+    admission = admission or Admission.of(runtime.settings)
     app = FastAPI(
         title="infaas worker",
         docs_url=None,
@@ -144,6 +197,7 @@ def create_worker_app(runtime: WorkerRuntime, *, max_request_bytes: int) -> Fast
             request.headers.get("content-length"),
             request.stream(),
             max_request_bytes,
+            admission,
         )
         return Response(body, status_code=status, headers=extra, media_type="application/json")
 
@@ -151,7 +205,11 @@ def create_worker_app(runtime: WorkerRuntime, *, max_request_bytes: int) -> Fast
     return app
 
 
-def serve_app(runtime: WorkerRuntime, *, max_request_bytes: int) -> WorkerASGI:
-    """What a replica serves: `WorkerASGI` around `create_worker_app`."""
-    app = create_worker_app(runtime, max_request_bytes=max_request_bytes)
-    return WorkerASGI(runtime, app, max_request_bytes=max_request_bytes)
+def serve_app(
+    runtime: WorkerRuntime, *, max_request_bytes: int, admission: Admission | None = None
+) -> WorkerASGI:
+    """What a replica serves: `WorkerASGI` around `create_worker_app`, one `Admission` for
+    both (by default the runtime's settings: `max_queued_requests`, `shed_retry_after_s`)."""
+    admission = admission or Admission.of(runtime.settings)
+    app = create_worker_app(runtime, max_request_bytes=max_request_bytes, admission=admission)
+    return WorkerASGI(runtime, app, max_request_bytes=max_request_bytes, admission=admission)

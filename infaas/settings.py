@@ -267,6 +267,15 @@ class Settings(BaseSettings):
         1 << 30, ge=1024, description="largest sealed model (or validation set) to register"
     )
     request_window_s: float = Field(300.0, gt=0, description="replay window for request ids")
+    max_queued_requests: int = Field(
+        256,
+        ge=1,
+        description="inference requests one worker replica holds at once, running or waiting; "
+        "beyond it a request is answered 503 with Retry-After at once instead of queuing",
+    )
+    shed_retry_after_s: float = Field(
+        1.0, gt=0, description="the Retry-After of a request shed because the queue is full"
+    )
     pools: tuple[Pool, ...] = Field(
         (Pool(name="cpu", num_cpus=1.0, cost_per_replica_s=1.0, threads_per_replica=1),),
         min_length=1,
