@@ -15,8 +15,10 @@ from starlette.types import Scope
 
 from api.dashboard import install_dashboard
 from api.deps import ControlPlane, PrepareFn, WorkerStatusFn
+from api.openapi import create_problems_router, install_openapi
 from api.routes.health import SIMULATED_WARNING, create_health_router
 from api.routes.models import create_models_router
+from api.routes.oip import create_oip_router
 from api.routes.tenants import create_tenants_router
 from infaas.artifacts import ArtifactStore
 from infaas.auth import TokenRegistry
@@ -29,7 +31,10 @@ Control plane of **infaas**, model-less confidential inference-as-a-service:
 register sealed models, follow their variant generation and profiling, list
 tasks, models and profiles, create tenants. Inference is `POST /v1/infer`, served
 by the attested worker replicas; key custody is the attested key service under
-`/v1/keyservice`. Errors are JSON problems: `{"code", "status", "message", "detail"}`.
+`/v1/keyservice`; `/v2` is the Open Inference Protocol's health and metadata (its
+inference goes through `infaas proxy`, which seals it). Errors are RFC 9457
+problems (`application/problem+json`): `type`, `title`, `status`, `detail`, and the
+`code` clients map to typed exceptions, with the error's fields beside it.
 """
 
 
@@ -64,7 +69,10 @@ def create_app(
     app.include_router(create_health_router())
     app.include_router(create_models_router())
     app.include_router(create_tenants_router())
+    app.include_router(create_oip_router())
+    app.include_router(create_problems_router())
     install_dashboard(app)  # /dashboard (admin) and /metrics
+    install_openapi(app)
 
     @app.get("/", include_in_schema=False)
     def index() -> dict[str, Any]:

@@ -118,12 +118,16 @@ class PlainServe:
     async def __call__(self, request: Any) -> Any:
         from starlette.responses import Response
 
-        from infaas.protocol import decode_request, encode_response
+        from infaas.protocol import decode_request, encode_response, parse_header_length
 
-        oip, x = decode_request(await request.body(), self.input, self.max_batch)
+        header_length = parse_header_length(request.headers.get("inference-header-content-length"))
+        oip, x = decode_request(await request.body(), self.input, self.max_batch, header_length)
         y = await self.batched(x)
-        body = encode_response({"logits": y}, self.name, oip.id, binary=True)
-        return Response(body, media_type="application/octet-stream")
+        body = encode_response({"logits": y}, self.name, oip)
+        headers = {}
+        if body.header_length is not None:
+            headers["Inference-Header-Content-Length"] = str(body.header_length)
+        return Response(body.content, media_type="application/octet-stream", headers=headers)
 
 
 # --------------------------------------------------------------------------- load generation
@@ -147,7 +151,7 @@ class Phase:
         }
 
 
-Maker = Callable[[], tuple[bytes, dict[str, str], Callable[[bytes], None]]]
+Maker = Callable[[], tuple[bytes, dict[str, str], Callable[[bytes, int | None], None]]]
 
 
 def closed_loop(
@@ -176,7 +180,9 @@ def closed_loop(
             t1 = time.perf_counter()
             ok = resp.status == 200
             if ok:
-                check(data)
+                # Triton's binary-data extension: the JSON header's length, when binary follows
+                header_length = resp.getheader("Inference-Header-Content-Length")
+                check(data, int(header_length) if header_length else None)
             if now >= measure_from and t1 <= stop:
                 if ok:
                     mine.append((t1 - t0) * 1e3)
@@ -441,23 +447,23 @@ def bench_model(
     from variants.runtime import load_variant
 
     x1 = np.ascontiguousarray(r.x1, dtype=np.float32)
-    oip = encode_request({"x": x1})
+    oip, oip_header_length = encode_request({"x": x1})
     keys = {"b1": tenant_key}
     auth = {"Authorization": f"Bearer {api_token}", "Content-Type": "application/json"}
     served: dict[str, int] = {}
 
-    def confidential() -> tuple[bytes, dict[str, str], Callable[[bytes], None]]:
+    def confidential() -> tuple[bytes, dict[str, str], Callable[[bytes, int | None], None]]:
         rid = uuid.uuid4().hex
         env = seal_request(
             keys, oip, tenant="bench", task=r.task, latency_ms=10_000.0, min_accuracy=0.0,
-            request_id=rid,
+            request_id=rid, header_length=oip_header_length,
         )  # fmt: skip
         body = InferRequest(envelope=env, architecture=r.architecture).model_dump_json().encode()
 
-        def check(data: bytes) -> None:
+        def check(data: bytes, header_length: int | None) -> None:
             resp = InferResponse.model_validate_json(data)
             plain = open_response(resp.envelope, keys, request_id=rid, tenant="bench")
-            _, out = decode_response(bytes(plain))
+            _, out = decode_response(bytes(plain), resp.envelope.header_length)
             assert out["logits"].shape[0] == 1
             served[resp.variant_id] = served.get(resp.variant_id, 0) + 1
 
@@ -482,11 +488,14 @@ def bench_model(
         name=plain_app,
         route_prefix=plain_prefix,
     )
-    plain_headers = {"Content-Type": "application/octet-stream"}
+    plain_headers = {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(oip_header_length),
+    }
 
-    def plain() -> tuple[bytes, dict[str, str], Callable[[bytes], None]]:
-        def check(data: bytes) -> None:
-            _, out = decode_response(data)
+    def plain() -> tuple[bytes, dict[str, str], Callable[[bytes, int | None], None]]:
+        def check(data: bytes, header_length: int | None) -> None:
+            _, out = decode_response(data, header_length)
             assert out["logits"].shape[0] == 1
 
         return oip, plain_headers, check

@@ -34,6 +34,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from enclave_workers.runtime import WorkerRuntime
 from infaas.edge import (
+    PROBLEM_JSON,
     bearer_token,
     check_declared_length,
     install_error_handlers,
@@ -49,6 +50,7 @@ from infaas.wire import InferRequest
 log = get_logger(__name__)
 
 _JSON = b"application/json"
+_PROBLEM = PROBLEM_JSON.encode()
 
 
 def parse_infer_request(body: bytes) -> InferRequest:
@@ -168,7 +170,8 @@ class WorkerASGI:
             self.max_request_bytes,
             self.admission,
         )
-        headers = [(b"content-type", _JSON), (b"content-length", str(len(body)).encode())]
+        kind = _JSON if status == 200 else _PROBLEM
+        headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode())]
         headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -199,7 +202,8 @@ def create_worker_app(
             max_request_bytes,
             admission,
         )
-        return Response(body, status_code=status, headers=extra, media_type="application/json")
+        kind = "application/json" if status == 200 else PROBLEM_JSON
+        return Response(body, status_code=status, headers=extra, media_type=kind)
 
     app.add_route("/", infer, methods=["POST"], include_in_schema=False)
     return app

@@ -73,7 +73,7 @@ from infaas.errors import (
 )
 from infaas.keyservice import KeyServiceTransport, WorkerKeyClient
 from infaas.logs import get_logger
-from infaas.protocol import BINARY_MAGIC, decode_request, encode_response
+from infaas.protocol import decode_request, encode_response
 from infaas.settings import Pool, Settings
 from infaas.store import MetadataStore
 from infaas.telemetry.recorder import Recorder
@@ -406,22 +406,30 @@ class WorkerRuntime:
             task = self._tasks.get(cand.spec.task)
             if task is None:
                 raise InvalidInput(f"task {cand.spec.task!r} is not registered")
-            binary = bytes(plaintext[: len(BINARY_MAGIC)]) == BINARY_MAGIC
             # decode reads the wipeable buffer in place (bytes-typed, bytearray-safe)
-            oip, x = decode_request(plaintext, task.input, cand.max_batch)
+            oip, x = decode_request(
+                plaintext,
+                task.input,
+                cand.max_batch,
+                env.header_length,
+                task=task.name,
+                outputs=(task.output_name,),
+            )
             limit = batch_limit(cand.profile.latency_model, env.latency_ms / 2, cand.max_batch)
             out, batch, queue_ms = await self.host.execute(cand, x, limit)
             body = encode_response(
-                {task.output_name: out},
-                model_name=cand.variant_id,
-                request_id=oip.id,
-                binary=binary,
+                {task.output_name: out}, task.name, oip, model_version=cand.variant_id
             )
             if shared is not None:
                 await shared
                 shared = None
             sealed = seal_response(
-                keys, env, body, variant_id=cand.variant_id, measurement=self.measurement
+                keys,
+                env,
+                body.content,
+                variant_id=cand.variant_id,
+                measurement=self.measurement,
+                header_length=body.header_length,
             )
         finally:
             wipe(plaintext)

@@ -255,6 +255,12 @@ _CLIENT_COMMANDS = {
 }
 
 
+def _cmd_proxy(args: argparse.Namespace, settings: Settings, client: Any) -> int:
+    from infaas.proxy import proxy_command
+
+    return proxy_command(args, settings, client)
+
+
 def _cmd_client(args: argparse.Namespace) -> int:
     from infaas.client import command
 
@@ -266,6 +272,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
         "tenant-create": command.principal_create_command,
         "tenant-consent": command.consent_command,
         "owner-create": command.principal_create_command,
+        "proxy": _cmd_proxy,
     }
     settings = _settings(args)
     with _client(args, settings) as client:
@@ -432,6 +439,22 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     from infaas.client.command import add_principal_commands
 
     add_principal_commands(sub, client_opts)
+
+    px = sub.add_parser(
+        "proxy",
+        help="a local Open Inference Protocol v2 endpoint that seals each request",
+        description="Attest the service, then serve plain OIP v2 (JSON and Triton's binary "
+        "data) on HOST:PORT for tritonclient or KServe's client: each inference is sealed "
+        "under the tenant's key and sent to /v1/infer, the answer opened and returned in OIP "
+        "v2; health and metadata are forwarded. The SLO comes from each request's parameters "
+        "latency_ms and min_accuracy, else from the options below. Uses the demo tenant's "
+        "credentials by default.",
+    )
+    client_opts(px, "demo")
+    px.add_argument("--listen", default="127.0.0.1:8001", help="HOST:PORT (default %(default)s)")
+    px.add_argument("--latency-ms", type=float, help="default p99 latency target")
+    px.add_argument("--min-accuracy", type=float, default=None, help="default least accuracy")
+    px.set_defaults(client_command="proxy")
 
     st = sub.add_parser(
         "status",

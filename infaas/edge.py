@@ -6,18 +6,21 @@ They answer errors, read credentials and bound request bodies the same way,
 written once here:
 
 Problem answers
-    Every error is the JSON body of `InfaasError.to_problem()` with the error's
-    status (the error tree in `infaas.errors` is the one source of statuses
-    and codes)::
+    Every error is an RFC 9457 problem, ``application/problem+json``, built by
+    `InfaasError.to_problem()` with the error's status (the error tree in
+    `infaas.errors` is the one source of statuses and codes)::
 
-        {"code": "model_not_found", "status": 404, "message": "no model 'x' is registered",
-         "detail": {"model_id": "x"}}
+        {"type": "/problems/model_not_found", "title": "Model not found", "status": 404,
+         "detail": "no model 'x' is registered", "code": "model_not_found", "model_id": "x"}
 
-    so `infaas.Client` rebuilds the same exception type with `error_from_code`.
-    A 503 carries ``Retry-After`` (whole seconds, at least 1: an `Overloaded`
-    error's own hint, else 1). Request-validation errors become 400
-    ``invalid_input`` naming the first field that failed, never echoing the
-    submitted value (it may be a large sealed blob); anything unexpected is a
+    so `infaas.Client` rebuilds the same exception type from `code` and the
+    extension members. Under ``/v2`` (the Open Inference Protocol, whose
+    clients read ``{"error": "..."}``) the problem also carries ``error``, the
+    same text as `detail`. A 503 carries ``Retry-After`` (whole seconds, at
+    least 1: an `Overloaded` error's own hint, else 1). Request-validation
+    errors become 400 ``invalid_input`` naming the first field that failed,
+    never echoing the submitted value (it may be a large sealed blob); an
+    unknown route or method is a problem too; anything unexpected is a
     generic 500 whose message is not shown.
 Bearer tokens
     ``Authorization: Bearer <token>`` (scheme case-insensitive); a malformed
@@ -47,6 +50,8 @@ from infaas.errors import (
     AuthenticationFailed,
     InfaasError,
     InvalidInput,
+    MethodNotAllowed,
+    NotFound,
     Overloaded,
     PayloadTooLarge,
 )
@@ -65,23 +70,45 @@ def problem_headers(exc: InfaasError) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(retry)))}
 
 
-def problem_body(exc: InfaasError) -> bytes:
-    """The JSON problem body of `exc`, encoded as `problem_response` sends it."""
+PROBLEM_JSON = "application/problem+json"
+OIP_PREFIX = "/v2"
+
+
+def problem(exc: InfaasError, *, oip: bool = False) -> dict[str, Any]:
+    """The problem body of `exc`; with `oip`, also the Open Inference Protocol's ``error``."""
+    body = exc.to_problem()
+    if oip:
+        body["error"] = exc.message
+    return body
+
+
+def is_oip_path(path: str) -> bool:
+    return path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/")
+
+
+def problem_body(exc: InfaasError, *, oip: bool = False) -> bytes:
+    """The problem body of `exc`, encoded as `problem_response` sends it."""
     return json.dumps(
-        exc.to_problem(), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+        problem(exc, oip=oip), ensure_ascii=False, allow_nan=False, separators=(",", ":")
     ).encode()
 
 
-def problem_response(exc: InfaasError) -> JSONResponse:
-    """The JSON problem answer for an infaas error (``Retry-After`` on 503)."""
-    return JSONResponse(exc.to_problem(), status_code=exc.status_code, headers=problem_headers(exc))
+class ProblemResponse(JSONResponse):
+    media_type = PROBLEM_JSON
 
 
-async def send_problem(send: Send, exc: InfaasError) -> None:
+def problem_response(exc: InfaasError, *, oip: bool = False) -> JSONResponse:
+    """The problem answer for an infaas error (``Retry-After`` on 503)."""
+    return ProblemResponse(
+        problem(exc, oip=oip), status_code=exc.status_code, headers=problem_headers(exc)
+    )
+
+
+async def send_problem(send: Send, exc: InfaasError, *, oip: bool = False) -> None:
     """Answer with the problem for `exc` from raw ASGI (and close the connection)."""
-    body = problem_body(exc)
+    body = problem_body(exc, oip=oip)
     headers: list[tuple[bytes, bytes]] = [
-        (b"content-type", b"application/json"),
+        (b"content-type", PROBLEM_JSON.encode()),
         (b"content-length", str(len(body)).encode()),
         (b"connection", b"close"),
     ]
@@ -115,53 +142,82 @@ def validation_problem(exc: RequestValidationError) -> InvalidInput:
     return InvalidInput(message, errors=slim)
 
 
-_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 401: "authentication_failed"}
+def http_problem(status: int, message: str) -> InfaasError:
+    """A framework's own HTTP error (unknown route, wrong method) as an infaas error."""
+    if status == 404:
+        return NotFound(message or "no such route")
+    if status == 405:
+        return MethodNotAllowed(message or "method not allowed")
+    if status == 401:
+        return AuthenticationFailed(message)
+    if 400 <= status < 500:
+        return InvalidInput(message)
+    return InfaasError("internal error")
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """One handler per error family on `app`, all answering with the problem body."""
 
+    def answer(
+        request: Request, exc: InfaasError, headers: dict[str, str] | None = None
+    ) -> JSONResponse:
+        response = problem_response(exc, oip=is_oip_path(request.url.path))
+        response.headers.update(headers or {})
+        return response
+
     @app.exception_handler(InfaasError)
     async def _infaas(request: Request, exc: InfaasError) -> JSONResponse:
         if exc.status_code >= 500:
             log.warning("%s %s -> %s: %s", request.method, request.url.path, exc.code, exc)
-        return problem_response(exc)
+        return answer(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return problem_response(validation_problem(exc))
+        return answer(request, validation_problem(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         if isinstance(exc, _BodyTooLarge):
-            return problem_response(too_large(exc.limit, exc.seen))
-        body = {
-            "code": _HTTP_CODES.get(exc.status_code, "http_error"),
-            "status": exc.status_code,
-            "message": str(exc.detail),
-        }
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+            return answer(request, too_large(exc.limit, exc.seen))
+        err = http_problem(exc.status_code, str(exc.detail))
+        return answer(request, err, dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # the message may contain anything: log the type only, answer generically
         log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
-        return problem_response(InfaasError("internal error"))
+        return answer(request, InfaasError("internal error"))
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "An RFC 9457 problem; the error's own fields are extension members.",
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "code"],
+    "properties": {
+        "type": {"type": "string", "format": "uri-reference", "example": "/problems/not_found"},
+        "title": {"type": "string", "example": "Not found"},
+        "status": {"type": "integer", "example": 404},
+        "detail": {"type": "string", "example": "no task 'x' is registered"},
+        "code": {
+            "type": "string",
+            "description": "the error's code; clients map it to a typed exception",
+            "example": "not_found",
+        },
+        "error": {
+            "type": "string",
+            "description": "under /v2 only: the Open Inference Protocol's error text",
+        },
+    },
+    "additionalProperties": True,
+}
 
 
 def problem_schema() -> dict[str, Any]:
-    """OpenAPI description of the problem body, for route `responses=`."""
+    """OpenAPI description of a problem answer, for route `responses=`."""
     return {
-        "description": "an infaas error as a JSON problem body",
-        "content": {
-            "application/json": {
-                "example": {
-                    "code": "invalid_input",
-                    "status": 400,
-                    "message": "invalid body field 'model_id': String should match pattern",
-                }
-            }
-        },
+        "description": "an RFC 9457 problem (application/problem+json)",
+        "content": {PROBLEM_JSON: {"schema": PROBLEM_SCHEMA}},
     }
 
 
@@ -238,10 +294,11 @@ class BodyLimit:
             await self.app(scope, receive, send)
             return
         limit = self.limit_for(scope)
+        oip = is_oip_path(str(scope.get("path", "")))
         try:
             check_declared_length(dict(scope.get("headers") or []).get(b"content-length"), limit)
         except InfaasError as e:
-            await send_problem(send, e)
+            await send_problem(send, e, oip=oip)
             return
         seen = 0
         started = False
@@ -265,7 +322,7 @@ class BodyLimit:
             await self.app(scope, counting_receive, tracking_send)
         except _BodyTooLarge as e:
             if not started:
-                await send_problem(send, too_large(e.limit, e.seen))
+                await send_problem(send, too_large(e.limit, e.seen), oip=oip)
 
 
 class _BodyTooLarge(StarletteHTTPException):

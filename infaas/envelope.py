@@ -122,12 +122,16 @@ class Envelope(BaseModel):
           "key_id": "k1",
           "variant_id": null,
           "measurement": null,
+          "header_length": 96,
           "nonce": "q83vEjRWeJCrze8S",
           "ciphertext": "3q2+7w…"
         }
 
     A response has `"kind": "response"`, the same request fields, and the
-    `variant_id` and hex `measurement` of the worker that served it. Every
+    `variant_id` and hex `measurement` of the worker that served it.
+    `header_length` is the plaintext's ``Inference-Header-Content-Length``
+    (Triton's binary-data extension: the Open Inference Protocol body is a JSON
+    header of that many bytes, then raw tensors; null when it is all JSON). Every
     field but `nonce` and `ciphertext` is authenticated as associated data.
     """
 
@@ -146,6 +150,9 @@ class Envelope(BaseModel):
     key_id: str = Field(min_length=1, max_length=128)
     variant_id: str | None = None
     measurement: str | None = Field(None, description="hex measurement of the serving worker")
+    header_length: int | None = Field(
+        None, ge=0, description="Inference-Header-Content-Length of the sealed body"
+    )
     nonce: bytes = Field(min_length=NONCE_LEN, max_length=NONCE_LEN)
     ciphertext: bytes = Field(min_length=TAG_LEN)
 
@@ -186,8 +193,12 @@ def seal_request(
     request_id: str,
     key_id: str | None = None,
     timestamp: float | None = None,
+    header_length: int | None = None,
 ) -> Envelope:
-    """Encrypt a request body under the tenant's key (`key_id`, default: current)."""
+    """Encrypt a request body under the tenant's key (`key_id`, default: current).
+
+    `header_length`: the body's ``Inference-Header-Content-Length`` (None: all JSON).
+    """
     ring = _as_keyring(keys)
     kid = key_id or ring.current
     meta: dict[str, Any] = {
@@ -202,6 +213,7 @@ def seal_request(
         "key_id": kid,
         "variant_id": None,
         "measurement": None,
+        "header_length": header_length,
     }
     Envelope.model_validate(meta | {"nonce": b"\0" * NONCE_LEN, "ciphertext": b"\0" * TAG_LEN})
     nonce, ct = _seal(ring.get(kid), _aad(meta), plaintext)
@@ -245,13 +257,18 @@ def seal_response(
     variant_id: str,
     measurement: bytes,
     timestamp: float | None = None,
+    header_length: int | None = None,
 ) -> Envelope:
-    """Encrypt a response under the request's key id, binding variant and worker measurement."""
+    """Encrypt a response under the request's key id, binding variant and worker measurement.
+
+    `header_length`: the response body's ``Inference-Header-Content-Length``.
+    """
     meta = request.model_dump(exclude={"nonce", "ciphertext"}) | {
         "kind": "response",
         "variant_id": variant_id,
         "measurement": measurement.hex(),
         "timestamp": float(time.time() if timestamp is None else timestamp),
+        "header_length": header_length,
     }
     nonce, ct = _seal(_as_keyring(keys).get(request.key_id), _aad(meta), plaintext)
     return Envelope.model_construct(**meta, nonce=nonce, ciphertext=ct)

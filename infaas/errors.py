@@ -5,6 +5,7 @@ The hierarchy::
     InfaasError (500)
     ├── InvalidInput (400)
     │   ├── InvalidModel (400)             not ONNX, unsupported ops, bad validation set
+    │   ├── SealingRequired (400)          plain OIP v2 inference sent to the service
     │   └── PayloadTooLarge (413)
     ├── AuthenticationFailed (401)
     ├── PermissionDenied (403)
@@ -12,6 +13,7 @@ The hierarchy::
     ├── NotFound (404)
     │   ├── ModelNotFound (404)
     │   └── VariantNotFound (404)
+    ├── MethodNotAllowed (405)
     ├── Conflict (409)
     ├── CryptoError (400)
     │   ├── DecryptionFailed (400)         wrong key, tampered ciphertext or associated data
@@ -27,14 +29,29 @@ The hierarchy::
     ├── Unreachable (503)              client side: no connection to the service
     └── Timeout (504)                  client side: the call's deadline passed
 
-The client maps the `code` of an API error body back to the same class through
-`error_from_code`, so callers catch the same types locally and remotely. Any
-error may carry `retry_after_s`, the server's ``Retry-After`` hint.
+Over HTTP each error is an RFC 9457 problem (`to_problem`, ``application/problem+json``)::
+
+    {"type": "/problems/model_not_found", "title": "Model not found", "status": 404,
+     "detail": "no model 'x' is registered", "code": "model_not_found", "model_id": "x"}
+
+`detail` is the message; the keyword arguments an error was raised with are
+extension members beside it. The client maps the `code` back to the same class
+through `error_from_problem`, so callers catch the same types locally and
+remotely. Any error may carry `retry_after_s`, the server's ``Retry-After`` hint.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar
+
+PROBLEM_MEMBERS = frozenset({"type", "title", "status", "detail", "instance", "code"})
+"""The members RFC 9457 defines, and ours (`code`); an error's own fields never replace them."""
+
+
+def problem_type(code: str) -> str:
+    """The problem type URI of an error code: a reference the control plane resolves."""
+    return f"/problems/{code}"
 
 
 class InfaasError(Exception):
@@ -50,15 +67,22 @@ class InfaasError(Exception):
         self.message = message
         self.detail = detail
 
+    @classmethod
+    def title(cls) -> str:
+        """A short summary of the problem type, the same for every occurrence."""
+        words = re.sub(r"(?<!^)(?=[A-Z])", " ", cls.__name__).lower()
+        return (words[:1].upper() + words[1:]) if cls is not InfaasError else "Internal error"
+
     def to_problem(self) -> dict[str, Any]:
-        """The JSON problem body the API answers with."""
+        """The RFC 9457 problem body the API answers with (the fields as extension members)."""
         body: dict[str, Any] = {
-            "code": self.code,
+            "type": problem_type(self.code),
+            "title": self.title(),
             "status": self.status_code,
-            "message": self.message,
+            "detail": self.message,
+            "code": self.code,
         }
-        if self.detail:
-            body["detail"] = self.detail
+        body.update((k, v) for k, v in self.detail.items() if k not in PROBLEM_MEMBERS)
         return body
 
 
@@ -69,6 +93,12 @@ class InvalidInput(InfaasError):
 
 class InvalidModel(InvalidInput):
     code = "invalid_model"
+
+
+class SealingRequired(InvalidInput):
+    """Inference in the clear is refused: tensors cross the host only sealed."""
+
+    code = "sealing_required"
 
 
 class PayloadTooLarge(InvalidInput):
@@ -101,6 +131,13 @@ class ModelNotFound(NotFound):
 
 class VariantNotFound(NotFound):
     code = "variant_not_found"
+
+
+class MethodNotAllowed(InfaasError):
+    """The route exists, the method does not."""
+
+    status_code = 405
+    code = "method_not_allowed"
 
 
 class Conflict(InfaasError):
@@ -168,11 +205,21 @@ def _all_subclasses(cls: type[InfaasError]) -> list[type[InfaasError]]:
     return out
 
 
+def error_classes() -> dict[str, type[InfaasError]]:
+    """Every error class by its code."""
+    classes: list[type[InfaasError]] = [InfaasError, *_all_subclasses(InfaasError)]
+    return {c.code: c for c in classes}
+
+
+def error_from_problem(body: dict[str, Any]) -> InfaasError:
+    """The typed error an RFC 9457 problem body names (its `code`; its extension members)."""
+    fields = {k: v for k, v in body.items() if k not in PROBLEM_MEMBERS}
+    return error_from_code(str(body.get("code", "")), str(body.get("detail", "")), fields)
+
+
 def error_from_code(code: str, message: str, detail: dict[str, Any] | None = None) -> InfaasError:
     """Rebuild the typed error an API problem body names (unknown codes give the base)."""
-    classes: list[type[InfaasError]] = [InfaasError, *_all_subclasses(InfaasError)]
-    registry = {c.code: c for c in classes}
-    cls = registry.get(code, InfaasError)
+    cls = error_classes().get(code, InfaasError)
     err: InfaasError = cls.__new__(cls)
     InfaasError.__init__(err, message, **(detail or {}))
     if isinstance(err, Overloaded):

@@ -130,3 +130,64 @@ class Health(_Wire):
     tee_backend: str
     simulated_tee: bool
     detail: dict[str, str] = Field(default_factory=dict)
+
+
+# --- Open Inference Protocol v2: health and metadata (``/v2``) --------------------------
+
+
+class ServerMetadata(_Wire):
+    """``GET /v2``: ``{"name": "infaas", "version": "0.1.0", "extensions": []}``."""
+
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class Liveness(_Wire):
+    """``GET /v2/health/live``: ``{"live": true}``."""
+
+    live: bool
+
+
+class Readiness(_Wire):
+    """``GET /v2/health/ready``: ``{"ready": true}``."""
+
+    ready: bool
+
+
+class TensorMetadata(_Wire):
+    """One input or output of a model: ``{"name": "input", "datatype": "FP32",
+    "shape": [-1, 64]}`` (-1: the batch axis, any size)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(_Wire):
+    """``GET /v2/models/{task}[/versions/{variant}]``: a task seen as an OIP model.
+
+    ::
+
+        {"name": "digits", "versions": ["digits-mlp-small.int8.openvino", ...],
+         "platform": "infaas", "inputs": [{"name": "input", "datatype": "FP32",
+         "shape": [-1, 64]}], "outputs": [{"name": "logits", "datatype": "FP32",
+         "shape": [-1, 10]}]}
+
+    The model name is the task; its versions are the variants that may serve it
+    (a version in the path pins one).
+    """
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ModelReadiness(_Wire):
+    """``GET /v2/models/{task}[/versions/{variant}]/ready``: ``{"name": "digits",
+    "ready": true}`` (ready: at least one such variant is profiled)."""
+
+    name: str
+    ready: bool

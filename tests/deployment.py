@@ -227,7 +227,7 @@ class Deployment:
     ) -> InferRequest:
         """`x` sealed by `tenant` (under `key_tenant`'s key, if given: a wrong key)."""
         rid = uuid.uuid4().hex
-        body = encode_request({"x": x}, request_id=rid, binary=binary)
+        body, header_length = encode_request({"x": x}, request_id=rid, binary=binary)
         env = seal_request(
             {f"{tenant}-k1": self.tenant_keys[key_tenant or tenant]},
             body,
@@ -237,6 +237,7 @@ class Deployment:
             min_accuracy=min_accuracy,
             request_id=rid,
             timestamp=timestamp,
+            header_length=header_length,
         )
         return InferRequest(envelope=env, variant_id=variant_id)
 
@@ -248,7 +249,7 @@ class Deployment:
             request_id=req.envelope.request_id,
             tenant=tenant,
         )
-        _, arrays = decode_response(bytes(plain))
+        _, arrays = decode_response(bytes(plain), resp.envelope.header_length)
         return arrays["logits"]
 
     def infer(self, tenant: str, req: InferRequest, token: str | None = None) -> InferResponse:

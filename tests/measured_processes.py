@@ -145,9 +145,11 @@ def worker(work: Path) -> None:
 
     rid = uuid.uuid4().hex
     task = model["task"]["name"]
+    body, header_length = encode_request({"x": x[:2]}, request_id=rid)
     envelope = seal_request(
         {"acme-k1": tenant_key},
-        encode_request({"x": x[:2]}, request_id=rid),
+        body,
+        header_length=header_length,
         tenant="acme",
         task=task,
         latency_ms=10_000.0,
@@ -164,7 +166,7 @@ def worker(work: Path) -> None:
     assert r.status_code == 200, r.text
     answer = InferResponse.model_validate_json(r.content)
     plain = open_response(answer.envelope, {"acme-k1": tenant_key}, request_id=rid, tenant="acme")
-    _, outputs = decode_response(bytes(plain))
+    _, outputs = decode_response(bytes(plain), answer.envelope.header_length)
     assert next(iter(outputs.values())).shape[0] == 2
     asyncio.run(runtime.close())
 

@@ -20,7 +20,7 @@ Everything confidential happens here or in an attested worker::
   the model. The control plane sees ciphertext and metadata only.
 
 Errors come back as the same `infaas.errors` types the server raised (the
-problem body's `code`, through `error_from_code`). Credentials (API token,
+problem body's `code`, through `error_from_problem`). Credentials (API token,
 key-service token, request key) save to and load from a 0600 JSON file.
 
 =================  ===========================================================

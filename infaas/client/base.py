@@ -157,25 +157,30 @@ class ClientBase:
         cast: bool = True,
         binary: bool = True,
         plaintext: bytes | None = None,
+        header_length: int | None = None,
     ) -> InferRequest:
-        """Seal one attempt of `ask` (a fresh request id unless given)."""
+        """Seal one attempt of `ask` (a fresh request id unless given); `plaintext`, an OIP
+        v2 body encoded elsewhere, with its ``Inference-Header-Content-Length``."""
         if self._request_key is None or self.key_id is None or self.principal is None:
             raise AuthenticationFailed("no request key: call register_tenant or load credentials")
         rid = request_id or str(uuid.uuid4())
         if plaintext is None:
             tensor = None if spec is None else spec.input
-            plaintext = encode_request(
+            plaintext, header_length = encode_request(
                 named_inputs(inputs if inputs is not None else {}, tensor, cast=cast),
                 rid,
                 binary=binary,
             )
         return seal_infer_request(
             plaintext, ask, key_id=self.key_id, key=self._request_key, tenant=self.principal,
-            request_id=rid,
+            request_id=rid, header_length=header_length,
         )  # fmt: skip
 
-    def open_infer(self, request: InferRequest, response: InferResponse) -> InferResult:
-        """Decrypt an answer and check it answers `request` (same id, tenant, task, SLO)."""
+    def open_infer(
+        self, request: InferRequest, response: InferResponse, *, body_id: str | None = None
+    ) -> InferResult:
+        """Decrypt an answer and check it answers `request` (same id, tenant, task, SLO;
+        `body_id`: the OIP body's own id, when it is not the envelope's)."""
         if self._request_key is None or self.key_id is None:
             raise AuthenticationFailed("no request key")
         return open_infer_response(
@@ -184,6 +189,7 @@ class ClientBase:
             key_id=self.key_id,
             key=self._request_key,
             task=self._tasks.get(request.envelope.task),
+            body_id=body_id,
         )
 
     @staticmethod

@@ -414,17 +414,20 @@ class Client(ClientBase):
         cast: bool = True,
         binary: bool = True,
         plaintext: bytes | None = None,
+        header_length: int | None = None,
         **ask: Any,
     ) -> InferRequest:
         """The sealed request `infer` would send (tests use it to tamper or replay).
 
-        `ask` as `infer`'s keywords; `plaintext` is an encoded body sealed as it is.
+        `ask` as `infer`'s keywords; `plaintext` is an encoded body sealed as it is
+        (`header_length`: its ``Inference-Header-Content-Length``).
         """
         a = Ask(**ask)
         spec = self._task(a.task) if self._needs_task(inputs, plaintext) else None
         return self._seal(
-            spec, a, inputs, request_id=request_id, cast=cast, binary=binary, plaintext=plaintext
-        )
+            spec, a, inputs, request_id=request_id, cast=cast, binary=binary,
+            plaintext=plaintext, header_length=header_length,
+        )  # fmt: skip
 
     def send_infer(
         self, request: InferRequest | bytes, *, timeout_s: float | None = None
@@ -461,6 +464,29 @@ class Client(ClientBase):
                 request = self._seal(spec, ask, inputs)
                 response = self.send_infer(request, timeout_s=self._remaining(deadline))
         return self.open_infer(request, response)
+
+    def infer_body(
+        self,
+        body: bytes,
+        *,
+        header_length: int | None = None,
+        body_id: str | None = None,
+        timeout_s: float | None = None,
+        **ask: Any,
+    ) -> InferResult:
+        """Run an Open Inference Protocol v2 request body encoded elsewhere (by tritonclient,
+        through `infaas proxy`) as it is; the answer's body is `InferResult.body`.
+
+        `ask` as `infer`'s keywords; `body_id` is the body's own ``id``. Retried as
+        `infer` is, each attempt sealed anew.
+        """
+        a = Ask(**ask)
+        deadline = self._deadline(timeout_s)
+        for attempt in self._attempts(self.retry, deadline):
+            with attempt:
+                request = self._seal(None, a, None, plaintext=body, header_length=header_length)
+                response = self.send_infer(request, timeout_s=self._remaining(deadline))
+        return self.open_infer(request, response, body_id=body_id)
 
     def infer_many(
         self,

@@ -37,6 +37,10 @@ class InferResult:
     batch_size: int
     request_id: str
     all_outputs: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    body: bytes = field(repr=False, default=b"")
+    """The opened Open Inference Protocol v2 response body, as the worker encoded it."""
+    header_length: int | None = None
+    """Its ``Inference-Header-Content-Length`` (None: all JSON)."""
 
 
 @dataclass(frozen=True)
@@ -84,9 +88,17 @@ class Ask:
 
 
 def seal_infer_request(
-    plaintext: bytes, ask: Ask, *, key_id: str, key: bytes, tenant: str, request_id: str
+    plaintext: bytes,
+    ask: Ask,
+    *,
+    key_id: str,
+    key: bytes,
+    tenant: str,
+    request_id: str,
+    header_length: int | None = None,
 ) -> InferRequest:
-    """The sealed `/v1/infer` request for an encoded body."""
+    """The sealed `/v1/infer` request for an encoded body (`header_length`: its
+    ``Inference-Header-Content-Length``, None when it is all JSON)."""
     envelope = seal_request(
         {key_id: key},
         plaintext,
@@ -96,6 +108,7 @@ def seal_infer_request(
         min_accuracy=ask.min_accuracy,
         request_id=request_id,
         key_id=key_id,
+        header_length=header_length,
     )
     return InferRequest(envelope=envelope, architecture=ask.architecture, variant_id=ask.variant_id)
 
@@ -107,8 +120,13 @@ def open_infer_response(
     key_id: str,
     key: bytes,
     task: Task | None,
+    body_id: str | None = None,
 ) -> InferResult:
-    """Decrypt an answer and check it answers `request` (same id, tenant, task, SLO)."""
+    """Decrypt an answer and check it answers `request` (same id, tenant, task, SLO).
+
+    `body_id` is the ``id`` inside the request's OIP body when it is not the
+    envelope's request id (a body another OIP client wrote).
+    """
     req, env = request.envelope, response.envelope
     plain = open_response(env, {key_id: key}, request_id=req.request_id, tenant=req.tenant)
     # the clear metadata beside the envelope must agree with the authenticated one
@@ -120,8 +138,9 @@ def open_infer_response(
         raise DecryptionFailed("response answers another task or SLO than was asked")
     if env.variant_id != response.variant_id or env.measurement != response.measurement:
         raise DecryptionFailed("response metadata disagrees with its sealed envelope")
-    meta, outputs = decode_response(bytes(plain))
-    if meta.id is not None and meta.id != req.request_id:
+    body = bytes(plain)
+    meta, outputs = decode_response(body, env.header_length)
+    if meta.id is not None and meta.id != (req.request_id if body_id is None else body_id):
         raise DecryptionFailed("response body answers another request id")
     if not outputs:
         raise InvalidInput("response carries no outputs")
@@ -137,4 +156,6 @@ def open_infer_response(
         batch_size=response.batch_size,
         request_id=req.request_id,
         all_outputs=outputs,
+        body=body,
+        header_length=env.header_length,
     )

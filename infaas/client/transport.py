@@ -24,12 +24,12 @@ from infaas.errors import (
     RateLimited,
     Timeout,
     Unreachable,
-    error_from_code,
+    error_from_problem,
 )
 
 
 def _headers(token: str | None, content: bytes | None) -> dict[str, str]:
-    headers = {"Accept": "application/json"}
+    headers = {"Accept": "application/json, application/problem+json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     if content is not None:
@@ -124,12 +124,7 @@ def _problem_error(response: httpx.Response) -> InfaasError:
     except ValueError:
         body = None
     if isinstance(body, dict) and "code" in body:
-        detail = body.get("detail")
-        return error_from_code(
-            str(body["code"]),
-            str(body.get("message", "")),
-            detail if isinstance(detail, dict) else None,
-        )
+        return error_from_problem(body)
     status = response.status_code
     text = response.text[:200]
     if status == 413:

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from infaas.attestation.backends import EvidenceGenerator, GpuEvidenceGenerator, report_data_for
 from infaas.attestation.verifier import AttestationVerifier
 from infaas.attestation.verify import VerifiedQuote
-from infaas.errors import AttestationFailed, InvalidInput, error_from_code
+from infaas.errors import AttestationFailed, InvalidInput, error_from_problem
 from infaas.keyservice.models import (
     ConsentKind,
     ConsentPolicy,
@@ -85,9 +85,7 @@ class KeyServiceHttpClient:
         except ValueError:
             body = None
         if isinstance(body, dict) and "code" in body:
-            raise error_from_code(
-                str(body["code"]), str(body.get("message", "")), body.get("detail")
-            )
+            raise error_from_problem(body)
         if r.status_code == 422:
             raise InvalidInput("key service refused the request body", errors=body)
         r.raise_for_status()

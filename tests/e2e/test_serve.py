@@ -13,6 +13,7 @@ import json
 import stat
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
+import tritonclient.http as triton
 
 from infaas import Client
 from infaas.envelope import open_response
@@ -40,7 +42,7 @@ from infaas.types import Profile
 from infaas.zoo import ZooEntry, load_manifest, load_validation
 from scheduler.policy import CandidateSet
 from tests.e2e.conftest import MAX_REQUEST_BYTES
-from tests.e2e.server import Served
+from tests.e2e.server import Served, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -221,7 +223,7 @@ def test_bad_requests_get_precise_4xx_and_the_service_keeps_serving(
     r = _post(served, demo, b'{"envelope": {')
     assert r.status_code == 400 and r.json()["code"] == "invalid_input"
     r = _post(served, demo, b'{"envelope": {"v": 1}}')
-    assert r.status_code == 400 and "envelope" in r.json()["message"]
+    assert r.status_code == 400 and "envelope" in r.json()["detail"]
 
     with pytest.raises(InvalidInput, match="JSON"):  # malformed JSON inside the envelope
         demo.send_infer(demo.seal_infer(inputs=x, plaintext=b'{"inputs": [', **ok))
@@ -370,3 +372,51 @@ def test_the_readme_python_example_runs(served: Served, capsys: pytest.CaptureFi
     exec(compile(code, "README.md", "exec"), {})  # the README's own example, as FastAPI does
     printed = capsys.readouterr().out
     assert ".onnxruntime" in printed or ".openvino" in printed
+
+
+def test_tritonclient_against_serve_and_through_infaas_proxy(served: Served) -> None:
+    """OIP v2 health and metadata straight from `infaas serve`; inference through
+    `infaas proxy`, run as a user runs it, with the demo tenant's credentials."""
+    host = served.url.removeprefix("http://")
+    with served.client("demo") as demo:
+        token = demo.api_token
+    service = triton.InferenceServerClient(host)
+    try:
+        assert service.is_server_live() and service.is_server_ready()
+        meta = service.get_model_metadata("digits", headers={"Authorization": f"Bearer {token}"})
+        assert meta["name"] == "digits" and meta["inputs"][0]["shape"] == [-1, 64]
+    finally:
+        service.close()
+
+    port = free_port()
+    creds = str(served.credentials("demo"))
+    cmd = [sys.executable, "-m", "infaas.cli", "proxy", "--credentials", creds,
+           "--url", served.url, "--listen", f"127.0.0.1:{port}"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        proxy = triton.InferenceServerClient(f"127.0.0.1:{port}")
+        for _ in range(300):
+            try:
+                if proxy.is_server_live():
+                    break
+            except Exception:
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            time.sleep(0.1)
+        entry = _entries(served, "digits")[0]
+        x, _ = _samples(served, "digits", 4)
+        t = triton.InferInput(entry.input.name, list(x.shape), "FP32")
+        t.set_data_from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        fp32 = f"{entry.model_id}.fp32.onnxruntime"
+        result = proxy.infer("digits", [t], model_version=fp32, parameters={"latency_ms": 10_000})
+        np.testing.assert_allclose(
+            result.as_numpy("logits"), _fp32(served, entry, x), rtol=1e-4, atol=1e-4
+        )
+        proxy.close()
+        # the README's tritonclient example, against this proxy
+        readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+        blocks = [b.split("```", 1)[0] for b in readme.split("```python\n")[1:]]
+        block = next(b for b in blocks if "tritonclient" in b)
+        exec(compile(block.replace("127.0.0.1:8001", f"127.0.0.1:{port}"), "README.md", "exec"))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

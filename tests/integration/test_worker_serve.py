@@ -117,9 +117,11 @@ def test_one_sealed_request_over_http(served: Served) -> None:
     fp32 = f"{MODEL}.fp32.onnxruntime"
     rid = uuid.uuid4().hex
     x = served.x[:4]
+    body, header_length = encode_request({"x": x}, request_id=rid)
     env = seal_request(
         {"acme-k1": served.tenant_key},
-        encode_request({"x": x}, request_id=rid),
+        body,
+        header_length=header_length,
         tenant="acme",
         task="digits",
         latency_ms=500.0,
@@ -135,7 +137,7 @@ def test_one_sealed_request_over_http(served: Served) -> None:
     plain = open_response(
         resp.envelope, {"acme-k1": served.tenant_key}, request_id=rid, tenant="acme"
     )
-    _, outputs = decode_response(bytes(plain))
+    _, outputs = decode_response(bytes(plain), resp.envelope.header_length)
     spec = next(
         v for v in open_store(served.settings.resolved_store_url).list_variants()
         if v.variant_id == fp32

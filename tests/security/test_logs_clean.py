@@ -158,10 +158,11 @@ def secrets(world: World) -> dict[str, set[bytes]]:
 
 def _request(w: World, tenant: str, *, key_of: str | None = None, **slo: float) -> InferRequest:
     rid = str(uuid.uuid4())
-    body = encode_request({"x": INPUT}, request_id=rid, binary=True)
+    body, header_length = encode_request({"x": INPUT}, request_id=rid, binary=True)
     env = seal_request(
         {f"{tenant}-k1": w.tenant_keys[key_of or tenant]},
         body,
+        header_length=header_length,
         tenant=tenant,
         task=TASK,
         latency_ms=slo.get("latency_ms", 1000.0),
@@ -211,7 +212,7 @@ def test_logs_dashboard_and_metrics_hold_no_plaintext_or_keys(
                     request_id=req.envelope.request_id,
                     tenant=tenant,
                 )
-                got = decode_response(bytes(plain))[1]["logits"]
+                got = decode_response(bytes(plain), resp.envelope.header_length)[1]["logits"]
                 np.testing.assert_allclose(got, INPUT @ WEIGHTS, rtol=1e-5)
                 with pytest.raises(InfaasError):  # replay
                     await rt.infer(req, world.api_tokens[tenant])

@@ -147,9 +147,30 @@ def test_readyz_without_workers_is_degraded(tmp_path: Path) -> None:
 
 
 def test_openapi_documents_the_routes(api: Api) -> None:
-    paths = api.http.get("/openapi.json").json()["paths"]
+    doc = api.http.get("/openapi.json").json()
+    paths = doc["paths"]
     for p in ("/v1/models", "/v1/jobs/{model_id}", "/v1/tasks", "/v1/tenants", "/readyz"):
         assert p in paths
+    # the worker's and the key service's routes, and the Open Inference Protocol's
+    infer = paths["/v1/infer"]["post"]
+    assert infer["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/InferRequest"
+    )
+    assert "problem+json" in str(infer["responses"]["default"])
+    for p in ("/v1/keyservice/evidence", "/v1/keyservice/release", "/v1/keyservice/principals"):
+        assert p in paths
+    for p in (
+        "/v2",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/v2/models/{name}",
+        "/v2/models/{name}/versions/{version}",
+        "/v2/models/{name}/ready",
+        "/v2/models/{name}/versions/{version}/ready",
+        "/v2/models/{name}/infer",
+    ):
+        assert p in paths, p
+    assert set(doc["components"]["schemas"]) >= {"ModelMetadata", "InferResponse", "Envelope"}
     assert api.http.get("/docs").status_code == 200
 
 
@@ -162,7 +183,7 @@ def test_tenants_need_an_admin(api: Api) -> None:
     )
     assert r.status_code == 401
     r = api.http.post("/v1/tenants", json={"tenant_id": "acme"}, headers={"Authorization": "x"})
-    assert r.status_code == 401 and "Bearer" in r.json()["message"]
+    assert r.status_code == 401 and "Bearer" in r.json()["detail"]
     token = api.principal("/v1/tenants", {"tenant_id": "acme", "name": "Acme"})
     assert token.startswith("acme.")
     r = api.http.post("/v1/tenants", json={"tenant_id": "evil"}, headers=api.as_(token))
@@ -221,22 +242,22 @@ def test_registration_is_validated(api: Api) -> None:
 
     r = post(registration(model_id="../etc"))
     assert r.status_code == 400 and r.json()["code"] == "invalid_input"
-    assert "model_id" in r.json()["message"]
+    assert "model_id" in r.json()["detail"]
     r = post(registration(input={"name": "x", "shape": [0], "datatype": "FP32"}))
-    assert r.status_code == 400 and "input" in r.json()["message"]
+    assert r.status_code == 400 and "input" in r.json()["detail"]
     r = post(registration(num_classes=1))
-    assert r.status_code == 400 and "num_classes" in r.json()["message"]
+    assert r.status_code == 400 and "num_classes" in r.json()["detail"]
     r = post(registration(artifact=b"plain onnx bytes, not sealed"))
     assert r.status_code == 400 and r.json()["code"] == "invalid_model"
     wrong_kid = bytes(seal_artifact(DATA_KEY, "other", "digits-a", b"onnx"))
     r = post(registration(artifact=wrong_kid))
-    assert r.status_code == 400 and "key id" in r.json()["message"]
+    assert r.status_code == 400 and "key id" in r.json()["detail"]
     r = api.http.post(
         "/v1/models",
         content=b'{"model_id": "x",',
         headers=owner | {"Content-Type": "application/json"},
     )
-    assert r.status_code == 400 and "JSON" in r.json()["message"]
+    assert r.status_code == 400 and "JSON" in r.json()["detail"]
     r = post(registration(extra_field=1))
     assert r.status_code == 400
     assert api.worker.prepared == []
@@ -244,10 +265,10 @@ def test_registration_is_validated(api: Api) -> None:
 
     assert post(registration()).status_code == 202
     r = post(registration())
-    assert r.status_code == 409 and "already registered" in r.json()["message"]
+    assert r.status_code == 409 and "already registered" in r.json()["detail"]
     # the first model of a task fixes its signature
     r = post(registration("digits-b", num_classes=11))
-    assert r.status_code == 409 and "task 'digits'" in r.json()["message"]
+    assert r.status_code == 409 and "task 'digits'" in r.json()["detail"]
     assert not api.artifacts.exists("digits-b")
     r = post(registration("digits-c", input={"name": "x", "shape": [8, 8], "datatype": "FP32"}))
     assert r.status_code == 409
@@ -261,7 +282,7 @@ def test_oversized_bodies_get_413(api: Api) -> None:
     # everything else obeys settings.max_request_bytes (4096 here)
     r = api.http.post("/v1/tenants", json={"tenant_id": "a", "name": "n" * 5000}, headers=api.admin)
     assert r.status_code == 413
-    assert r.json()["detail"]["limit_bytes"] == 4096
+    assert r.json()["limit_bytes"] == 4096
 
     def chunks() -> Iterator[bytes]:
         for _ in range(10):
@@ -313,12 +334,111 @@ def test_error_handler_shapes(api: Api) -> None:
 
     r = api.http.get("/test/overloaded")
     assert r.status_code == 503 and r.headers["Retry-After"] == "3"
+    assert r.headers["content-type"] == "application/problem+json"
     assert r.json() == {
-        "code": "overloaded",
+        "type": "/problems/overloaded",
+        "title": "Overloaded",
         "status": 503,
-        "message": "queue full",
-        "detail": {"retry_after_s": 2.5},
+        "detail": "queue full",
+        "code": "overloaded",
+        "retry_after_s": 2.5,
     }
+    # the type resolves on the service
+    kind = api.http.get("/problems/overloaded").json()
+    assert kind["status"] == 503 and kind["title"] == "Overloaded"
+    assert api.http.get("/problems/nope").json()["code"] == "not_found"
+    r = api.http.put("/v1/tasks")
+    assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
+    assert r.headers["content-type"] == "application/problem+json"
     r = api.http.get("/test/crash")
     assert r.status_code == 500 and r.json()["code"] == "internal_error"
     assert "leak" not in r.text
+
+
+def _task_with_variants(api: Api) -> None:
+    from infaas.types import (
+        Backend,
+        ModelRecord,
+        Precision,
+        Quantization,
+        Task,
+        TensorSpec,
+        VariantSpec,
+    )
+
+    spec = TensorSpec(name="input", shape=(64,), datatype="FP32")
+    api.store.put_task(Task(name="digits", input=spec, num_classes=10))
+    api.store.put_model(
+        ModelRecord(
+            model_id="m",
+            task="digits",
+            architecture="mlp",
+            artifact_sha256="0" * 64,
+            size_bytes=1,
+            num_parameters=0,
+        )
+    )
+    for precision, quantization in [
+        (Precision.FP32, Quantization.NONE),
+        (Precision.INT8, Quantization.STATIC_QDQ),
+    ]:
+        api.store.put_variant(
+            VariantSpec(
+                variant_id=f"m.{precision.value}.openvino",
+                model_id="m",
+                task="digits",
+                architecture="mlp",
+                precision=precision,
+                backend=Backend.OPENVINO,
+                quantization=quantization,
+            )
+        )
+
+
+def test_oip_v2_health_and_metadata(api: Api) -> None:
+    _task_with_variants(api)
+    tenant = api.as_(api.principal("/v1/tenants", {"tenant_id": "t"}))
+    assert api.http.get("/v2").json() == {"name": "infaas", "version": "0.1.0", "extensions": []}
+    assert api.http.get("/v2/health/live").json() == {"live": True}
+    assert api.http.get("/v2/health/ready").json() == {"ready": True}
+    api.worker.status_error = RuntimeError("replica gone")
+    assert api.http.get("/v2/health/ready").status_code == 503
+    api.worker.status_error = None
+
+    meta = api.http.get("/v2/models/digits", headers=tenant).json()
+    assert meta == {
+        "name": "digits",
+        "versions": ["m.fp32.openvino", "m.int8.openvino"],
+        "platform": "infaas",
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, 64]}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 10]}],
+    }
+    pinned = api.http.get("/v2/models/digits/versions/m.int8.openvino", headers=tenant).json()
+    assert pinned["versions"] == ["m.int8.openvino"]
+    # metadata needs a token, as /v1/tasks does
+    assert api.http.get("/v2/models/digits").status_code == 401
+    # no variant profiled yet: not ready
+    r = api.http.get("/v2/models/digits/ready", headers=tenant)
+    assert r.status_code == 503 and r.json() == {"name": "digits", "ready": False}
+
+
+def test_oip_v2_errors_are_problems_a_triton_client_reads(api: Api) -> None:
+    _task_with_variants(api)
+    tenant = api.as_(api.principal("/v1/tenants", {"tenant_id": "t"}))
+    for path, code in [
+        ("/v2/models/nope", "not_found"),
+        ("/v2/models/digits/versions/other", "variant_not_found"),
+        ("/v2/models/nope/ready", "not_found"),
+    ]:
+        r = api.http.get(path, headers=tenant)
+        assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+        body = r.json()
+        assert body["code"] == code and body["error"] == body["detail"]
+    # tensors in the clear are refused, whatever the model, pointing at the proxy
+    r = api.http.post("/v2/models/digits/infer", json={"inputs": []})
+    assert r.status_code == 400 and r.json()["code"] == "sealing_required"
+    assert "infaas proxy" in r.json()["error"]
+    r = api.http.post("/v2/models/digits/versions/m.fp32.openvino/infer", content=b"x")
+    assert r.json()["code"] == "sealing_required"
+    # the /v1 problems do not carry the OIP member
+    assert "error" not in api.http.get("/v1/models/nope", headers=tenant).json()

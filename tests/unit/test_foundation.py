@@ -100,8 +100,10 @@ def test_error_codes_round_trip() -> None:
     for cls in [errors.ModelNotFound, errors.DecryptionFailed, errors.NoFeasibleVariant]:
         err = cls("boom", thing=1)
         body = err.to_problem()
-        back = errors.error_from_code(body["code"], body["message"], body["detail"])
-        assert type(back) is cls
+        assert body["type"] == f"/problems/{cls.code}" and body["detail"] == "boom"
+        assert body["status"] == cls.status_code and body["thing"] == 1
+        back = errors.error_from_problem(body)
+        assert type(back) is cls and back.message == "boom"
         assert back.status_code == err.status_code and back.detail == {"thing": 1}
     over = errors.error_from_code("overloaded", "busy", {"retry_after_s": 2.5})
     assert isinstance(over, errors.Overloaded) and over.retry_after_s == 2.5
