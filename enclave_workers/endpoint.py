@@ -3,7 +3,7 @@
 Mounted by Ray Serve at the route prefix ``/v1/infer``, so the app's root path
 is the inference endpoint and a request crosses proxy -> replica only, as plain
 Ray Serve does. Errors, the bearer token and the body limit are the shared
-HTTP edge's (`infaas.edge`): the JSON problem body with its status (a 503
+HTTP edge's (`infaas.edge`): the RFC 9457 problem with its status (a 503
 carries ``Retry-After``); bodies over ``max_request_bytes`` refused with 413
 before any parsing, by the declared Content-Length, else while the body
 streams in.

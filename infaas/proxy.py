@@ -19,8 +19,9 @@ local endpoint)::
   the worker encoded it, with ``Inference-Header-Content-Length`` when it
   carries binary data, and what served it in ``Infaas-Variant``,
   ``Infaas-Measurement`` and ``Infaas-Simulated-Tee`` headers.
-- Health and metadata (``/v2``, ``/v2/health/*``, ``/v2/models/...``) are
-  forwarded to the service, with the tenant's token where it needs one.
+- Health and model metadata (``/v2/health/*``, ``/v2/models/...``) are
+  forwarded to the service, with the tenant's token where it needs one; ``/v2``
+  names the ``binary_tensor_data`` extension the proxy speaks.
 - Errors are the service's RFC 9457 problems, with the OIP's ``error`` member.
 
 It listens on loopback by default: whoever reaches it uses the tenant's keys.
@@ -45,6 +46,7 @@ from infaas.logs import get_logger
 from infaas.protocol import parse_header_length, read_request_header
 from infaas.settings import Settings
 from infaas.types import SLO
+from infaas.wire import ServerMetadata
 
 log = get_logger(__name__)
 
@@ -142,8 +144,9 @@ def create_proxy_app(gateway: Gateway, *, max_request_bytes: int) -> FastAPI:
         return await run_in_threadpool(gateway.forward, path, token=token)
 
     @app.get("/v2")
-    async def server_metadata() -> Response:
-        return await forward("/v2", False)
+    def server_metadata() -> ServerMetadata:
+        # the proxy, not the service, takes tensors: it speaks Triton's binary extension
+        return ServerMetadata(name="infaas", version="0.1.0", extensions=["binary_tensor_data"])
 
     @app.get("/v2/health/{what}")
     async def health(what: str) -> Response:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
@@ -186,7 +187,9 @@ def test_tritonclient_infers_through_the_proxy_and_the_service_sees_only_sealed_
     client = triton.InferenceServerClient(stack.proxy.address)
     try:
         assert client.is_server_live() and client.is_server_ready()
+        assert client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
         assert client.get_model_metadata("digits")["inputs"][0]["shape"] == [-1, 64]
+        assert client.is_model_ready("digits")
         # binary in and out, pinned to the FP32 variant: the exact answer
         result = client.infer(
             "digits",
@@ -217,6 +220,17 @@ def test_tritonclient_infers_through_the_proxy_and_the_service_sees_only_sealed_
         assert e.value.status() == "400"
     finally:
         client.close()
+    # malformed bodies and framing: a precise 400 from the proxy, nothing sent on
+    url = f"http://{stack.proxy.address}/v2/models/digits/infer"
+    for content, headers, message in [
+        (b"{not json", {}, "malformed JSON in the inference header"),
+        (b'{"inputs": []}', {}, "inputs"),
+        (b"{}", {"Inference-Header-Content-Length": "abc"}, "decimal byte count"),
+        (b"{}", {"Inference-Header-Content-Length": "9"}, "the body has 2 bytes"),
+    ]:
+        r = httpx.post(url, content=content, headers=headers)
+        assert r.status_code == 400 and r.headers["content-type"] == "application/problem+json"
+        assert message in r.json()["error"] and r.json()["code"] == "invalid_input"
 
     infers = [(m, p, b) for m, p, b in stack.recorder.seen if m == "POST"]
     assert [p for _, p, _ in infers] == [Client.infer_path] * 3  # the bad SLO never left
