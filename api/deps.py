@@ -86,8 +86,8 @@ def _principal(*roles: Role) -> Callable[[TokenRegistry, str | None], Principal]
     return dep
 
 
-AnyPrincipal = Annotated[Principal, Depends(_principal())]
-"""Any valid API token (tenant, owner or admin)."""
+AnyPrincipal = Annotated[Principal, Depends(_principal("tenant", "owner"))]
+"""A tenant's, owner's or admin's token (a scraper's read-only ``metrics`` token is not)."""
 Owner = Annotated[Principal, Depends(_principal("owner"))]
 """A model owner's token (admin passes too)."""
 Admin = Annotated[Principal, Depends(_principal("admin"))]

@@ -32,7 +32,7 @@ from ray import serve
 from ray.serve import Application
 
 from enclave_workers.autoscaling import LoadAgent, scaled_options
-from enclave_workers.endpoint import WorkerASGI, serve_app
+from enclave_workers.endpoint import Admission, WorkerASGI, serve_app
 from enclave_workers.measurement import worker_measurement
 from enclave_workers.runtime import DEFAULT_MEMORY_BUDGET_BYTES, WorkerRuntime
 from infaas.artifacts import ArtifactStore
@@ -83,8 +83,9 @@ class EnclaveWorker:
             shared_replay_guard=shared_replay_guard,
         )
         self._runtime.start()
+        self._admission = Admission.of(settings)
         # per-request aggregates and this replica's status -> the store, once a second
-        self._telemetry = Flusher(store, self._runtime.telemetry, status=self._runtime.status)
+        self._telemetry = Flusher(store, self._runtime.telemetry, status=self._status)
         self._telemetry.start()
         # the autoscaler's measurements and routing hints (settings.autoscaler.policy); the
         # variants the plan keeps are loaded before this constructor returns
@@ -93,15 +94,22 @@ class EnclaveWorker:
         )
 
     def __serve_build_asgi_app__(self) -> WorkerASGI:
-        return serve_app(self._runtime, max_request_bytes=self._settings.max_request_bytes)
+        return serve_app(
+            self._runtime,
+            max_request_bytes=self._settings.max_request_bytes,
+            admission=self._admission,
+        )
+
+    def _status(self) -> dict[str, Any]:
+        return {**self._runtime.status(), "admission": self._admission.snapshot()}
 
     async def prepare_model(self, model_id: str) -> JobStatus:
         """Generate, profile and register a stored model's variants (in a thread)."""
         return await asyncio.to_thread(self._runtime.prepare_model, model_id)
 
     async def status(self) -> dict[str, Any]:
-        """Measurement, TEE kind, attestation time, packer, queues, counters."""
-        return self._runtime.status()
+        """Measurement, TEE kind, attestation time, packer, queues, admission, counters."""
+        return self._status()
 
 
 def deployment_options(

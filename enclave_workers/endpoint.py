@@ -45,6 +45,7 @@ from infaas.edge import (
 from infaas.errors import InfaasError, InvalidInput, Overloaded
 from infaas.logs import get_logger
 from infaas.settings import Settings
+from infaas.telemetry.records import QUEUE_BUCKETS
 from infaas.wire import InferRequest
 
 log = get_logger(__name__)
@@ -73,14 +74,30 @@ class Admission:
         self.held = 0
         self.shed = 0
         """Requests refused so far (a counter for status and metrics)."""
+        self.arrivals = [0] * (len(QUEUE_BUCKETS) + 1)
+        """Histogram of the requests held when one arrived (bounds `QUEUE_BUCKETS`)."""
+        self.arrivals_sum = 0
 
     @classmethod
     def of(cls, settings: Settings) -> Admission:
         """The settings' `max_queued_requests` and `shed_retry_after_s`."""
         return cls(settings.max_queued_requests, settings.shed_retry_after_s)
 
+    def snapshot(self) -> dict[str, Any]:
+        """Metadata for the replica's status record: limit, held, shed, the histogram."""
+        return {
+            "limit": self.limit,
+            "held": self.held,
+            "shed": self.shed,
+            "queue_buckets": list(self.arrivals),
+            "queue_sum": self.arrivals_sum,
+        }
+
     @contextmanager
     def admit(self) -> Iterator[None]:
+        i = next((i for i, b in enumerate(QUEUE_BUCKETS) if self.held <= b), len(QUEUE_BUCKETS))
+        self.arrivals[i] += 1
+        self.arrivals_sum += self.held
         if self.held >= self.limit:
             self.shed += 1
             raise Overloaded(

@@ -2,7 +2,8 @@
 
 A token reads ``<principal>.<secret>``; the principal part lets a verifier find
 the one hash to compare against (in constant time) without scanning them all.
-Roles: ``tenant`` (infer), ``owner`` (register models), ``admin`` (tenants, dashboard).
+Roles: ``tenant`` (infer), ``owner`` (register models), ``admin`` (tenants, dashboard),
+``metrics`` (read ``/metrics`` only: what a Prometheus scraper is given).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Literal
 from infaas.errors import AuthenticationFailed, Conflict, PermissionDenied
 from infaas.store import MetadataStore
 
-Role = Literal["tenant", "owner", "admin"]
+Role = Literal["tenant", "owner", "admin", "metrics"]
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,7 @@ class Credentials(_Wire):
     "token": "…"}``."""
 
     principal: str
-    role: Literal["tenant", "owner", "admin"]
+    role: Literal["tenant", "owner", "admin", "metrics"]
     token: str
 
 

@@ -302,7 +302,9 @@ def create_dashboard_router(dash: Dashboard) -> APIRouter:
 
     @router.get("/metrics")
     def metrics(request: Request) -> Response:
-        dash.require_admin(request)
+        if dash.admin(request) is None:  # else a scraper's read-only token
+            token = optional_bearer_token(request.headers.get("authorization"))
+            dash.plane.tokens.verify(token, "metrics")
         return Response(generate_latest(dash.registry), media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -4,6 +4,8 @@
 POST     /v1/tenants   admin creates a tenant -> its API token, shown once
 GET      /v1/tenants   admin lists tenants
 POST     /v1/owners    admin creates a model owner -> its API token
+POST     /v1/scrapers  admin creates a metrics scraper -> a token that
+                       reads ``/metrics`` and nothing else
 =======  ============  ==================================================
 
 API tokens authenticate callers to the control plane and the inference
@@ -24,6 +26,14 @@ from infaas.types import Identifier, Tenant
 from infaas.wire import CreateTenantRequest, Credentials
 
 log = get_logger(__name__)
+
+
+class CreateScraperRequest(BaseModel):
+    """``POST /v1/scrapers`` (admin): ``{"scraper_id": "prometheus"}``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    scraper_id: Identifier
 
 
 class CreateOwnerRequest(BaseModel):
@@ -60,5 +70,12 @@ def create_tenants_router() -> APIRouter:
         token = tokens.issue(body.owner_id, "owner")
         log.info("admin %s created owner %s", admin.id, body.owner_id)
         return Credentials(principal=body.owner_id, role="owner", token=token)
+
+    @router.post("/v1/scrapers", status_code=201, summary="create a metrics scraper (admin)")
+    def create_scraper(body: CreateScraperRequest, admin: Admin, tokens: TokensDep) -> Credentials:
+        """A read-only token for ``/metrics`` (shown once)."""
+        token = tokens.issue(body.scraper_id, "metrics")
+        log.info("admin %s created metrics scraper %s", admin.id, body.scraper_id)
+        return Credentials(principal=body.scraper_id, role="metrics", token=token)
 
     return router

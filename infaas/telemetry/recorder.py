@@ -21,6 +21,7 @@ from typing import Any
 from infaas.envelope import Envelope
 from infaas.logs import get_logger
 from infaas.telemetry.records import (
+    BATCH_BUCKETS,
     INTERVAL_S,
     LATENCY_BUCKETS_MS,
     MAX_SERIES,
@@ -43,8 +44,8 @@ class _Counts:
     """The mutable, slotted twin of `Series` updated on the request path."""
 
     __slots__ = (
-        "decision_sum_ms", "decisions", "errors", "latency_buckets", "latency_sum_ms",
-        "requests", "samples", "slo_met",
+        "batch_buckets", "decision_sum_ms", "decisions", "errors", "latency_buckets",
+        "latency_sum_ms", "requests", "samples", "slo_met",
     )  # fmt: skip
 
     def __init__(self) -> None:
@@ -56,6 +57,7 @@ class _Counts:
         self.decisions = 0
         self.decision_sum_ms = 0.0
         self.samples = 0
+        self.batch_buckets = [0] * (len(BATCH_BUCKETS) + 1)
 
     def series(self, key: tuple[str, str, str]) -> Series:
         return Series(
@@ -70,14 +72,15 @@ class _Counts:
             decisions=self.decisions,
             decision_sum_ms=self.decision_sum_ms,
             samples=self.samples,
+            batch_buckets=list(self.batch_buckets),
         )
 
 
-def _bucket(latency_ms: float) -> int:
-    for i, bound in enumerate(LATENCY_BUCKETS_MS):
-        if latency_ms <= bound:
+def _bucket(value: float, bounds: tuple[float, ...] = LATENCY_BUCKETS_MS) -> int:
+    for i, bound in enumerate(bounds):
+        if value <= bound:
             return i
-    return len(LATENCY_BUCKETS_MS)
+    return len(bounds)
 
 
 def new_replica_id(kind: str) -> str:
@@ -231,6 +234,7 @@ class Recorder:
                     s.latency_sum_ms += latency_ms
                     s.latency_buckets[_bucket(latency_ms)] += 1
                     s.samples += batch
+                    s.batch_buckets[_bucket(batch, BATCH_BUCKETS)] += 1
                 else:
                     s.errors[code] = s.errors.get(code, 0) + 1
                 if decision_s is not None:

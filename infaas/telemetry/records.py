@@ -31,6 +31,12 @@ LATENCY_BUCKETS_MS: tuple[float, ...] = (
 )  # fmt: skip
 """Upper bounds of the latency histogram buckets; one more bucket counts the rest (+Inf)."""
 
+BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+"""Upper bounds of the batch-size histogram (the batch each answered request ran in)."""
+
+QUEUE_BUCKETS: tuple[float, ...] = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+"""Upper bounds of the queue-length histogram: requests a replica held when one arrived."""
+
 INFEASIBLE = "no_feasible_variant"
 """The error code of a request refused because no variant met its SLO."""
 
@@ -60,6 +66,7 @@ class Series(_Record):
     decisions: int = 0
     decision_sum_ms: float = 0.0
     samples: int = 0
+    batch_buckets: list[int] = Field(default_factory=lambda: [0] * (len(BATCH_BUCKETS) + 1))
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -80,6 +87,8 @@ class Series(_Record):
         self.decisions += other.decisions
         self.decision_sum_ms += other.decision_sum_ms
         self.samples += other.samples
+        for i, n in enumerate(other.batch_buckets[: len(self.batch_buckets)]):
+            self.batch_buckets[i] += n
 
 
 class ReplicaRecord(_Record):

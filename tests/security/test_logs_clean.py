@@ -251,7 +251,12 @@ def test_logs_dashboard_and_metrics_hold_no_plaintext_or_keys(
         assert len(r["request_id"]) == 36 and isinstance(r["latency_ms"], float)
     assert {"no_feasible_variant", "replayed_request"} <= {r["code"] for r in refused}
     # the dashboard and the metrics did see this traffic (so the scan below means something)
-    assert 'infaas_requests_total{task="logs-task",tenant="alice"' in metrics.text
+    assert any(
+        line.startswith("infaas_requests_total{")
+        and 'task="logs-task"' in line
+        and 'tenant="alice"' in line
+        for line in metrics.text.splitlines()
+    )
     assert VARIANT in pages[1].text and "alice" in pages[4].text
 
     everything = (logs + "".join(p.text for p in pages) + metrics.text).encode()

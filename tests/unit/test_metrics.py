@@ -30,10 +30,27 @@ from infaas.telemetry.flusher import Flusher
 from infaas.telemetry.reader import TelemetryReader, quantile_ms
 from infaas.telemetry.recorder import Recorder
 from infaas.telemetry.records import LATENCY_BUCKETS_MS
-from infaas.types import AutoscalerEvent
+from infaas.types import (
+    AutoscalerEvent,
+    Backend,
+    ModelRecord,
+    Precision,
+    Quantization,
+    VariantSpec,
+)
 from tests.asgi import TestClient
 
 VARIANT = "digits-mlp.int8.onnxruntime"
+SPEC = VariantSpec(
+    variant_id=VARIANT,
+    model_id="digits-mlp",
+    task="digits",
+    architecture="mlp",
+    precision=Precision.INT8,
+    backend=Backend.ONNXRUNTIME,
+    quantization=Quantization.STATIC_QDQ,
+)
+SPEC_LABELS = {"model": "digits-mlp", "precision": "int8", "backend": "onnxruntime"}
 STATUS = {
     "tee_backend": "simulated",
     "simulated": True,
@@ -47,6 +64,13 @@ STATUS = {
 class Deployment:
     def __init__(self, tmp: Path) -> None:
         self.store = MemoryStore()
+        self.store.put_model(
+            ModelRecord(
+                model_id="digits-mlp", task="digits", architecture="mlp",
+                artifact_sha256="0" * 64, size_bytes=1, num_parameters=1,
+            )
+        )  # fmt: skip
+        self.store.put_variant(SPEC)
         self.worker = Recorder("worker", pool="cpu")
         self.keyservice = Recorder("keyservice")
         self.flushers = [
@@ -100,9 +124,11 @@ def _get(samples: dict[Any, float], name: str, **labels: str) -> float:
 def test_metrics_parse_and_move_under_load(dep: Deployment) -> None:
     dep.flush()
     before = dep.scrape()
-    assert _get(before, "infaas_requests_total", tenant="demo", task="digits", variant=VARIANT) == 0
+    replica = dep.worker.replica
+    labels = {"replica": replica, "task": "digits", "variant": VARIANT, **SPEC_LABELS}
+    assert _get(before, "infaas_requests_total", tenant="demo", **labels) == 0
     assert _get(before, "infaas_worker_replicas", pool="cpu") == 1
-    assert _get(before, "infaas_queue_length", variant=VARIANT) == 3
+    assert _get(before, "infaas_queue_length", replica=replica, variant=VARIANT) == 3
 
     dep.serve(5)
     dep.serve(2, latency_ms=40.0)  # over the 10 ms target
@@ -117,27 +143,24 @@ def test_metrics_parse_and_move_under_load(dep: Deployment) -> None:
     )
     dep.flush()
     after = dep.scrape()
-    labels = {"task": "digits", "variant": VARIANT}
     assert _get(after, "infaas_requests_total", tenant="demo", **labels) == 7
     assert _get(after, "infaas_slo_violations_total", **labels) == 2
-    assert _get(after, "infaas_slo_infeasible_total", task="digits") == 1
-    assert (
-        _get(
-            after,
-            "infaas_request_errors_total",
-            tenant="demo",
-            task="digits",
-            code="no_feasible_variant",
-        )
-        == 1
-    )
+    assert _get(after, "infaas_slo_infeasible_total", replica=replica, task="digits") == 1
+    refused = {"replica": replica, "tenant": "demo", "task": "digits"}
+    assert _get(after, "infaas_request_errors_total", code="no_feasible_variant", **refused) == 1
     assert _get(after, "infaas_samples_total", **labels) == 14
     # the latency histogram: cumulative buckets in seconds, +Inf = count
     assert _get(after, "infaas_request_latency_seconds_count", **labels) == 7
     assert _get(after, "infaas_request_latency_seconds_bucket", le="0.005", **labels) == 5
     assert _get(after, "infaas_request_latency_seconds_bucket", le="+Inf", **labels) == 7
     assert _get(after, "infaas_request_latency_seconds_sum", **labels) == pytest.approx(0.1)
-    assert _get(after, "infaas_scheduler_decision_seconds_count", task="digits") == 7
+    assert (
+        _get(after, "infaas_scheduler_decision_seconds_count", replica=replica, task="digits") == 7
+    )
+    # every answered request ran in a batch of 2
+    assert _get(after, "infaas_batch_size_bucket", le="1.0", **labels) == 0
+    assert _get(after, "infaas_batch_size_bucket", le="2.0", **labels) == 7
+    assert _get(after, "infaas_batch_size_count", **labels) == 7
 
 
 def test_key_service_releases_refusals_and_attestation_failures(dep: Deployment) -> None:
@@ -167,11 +190,12 @@ def test_key_service_releases_refusals_and_attestation_failures(dep: Deployment)
         asyncio.run(app(scope, noop_receive, noop_send))
     dep.flush()
     m = dep.scrape()
-    assert _get(m, "infaas_keyservice_releases_total") == 1
-    assert _get(m, "infaas_keyservice_released_keys_total") == 2
-    assert _get(m, "infaas_keyservice_refusals_total", code="attestation_failed") == 1
-    assert _get(m, "infaas_keyservice_refusals_total", code="permission_denied") == 1
-    assert _get(m, "infaas_attestation_failures_total", component="keyservice") == 1
+    ks = {"replica": dep.keyservice.replica}
+    assert _get(m, "infaas_keyservice_releases_total", **ks) == 1
+    assert _get(m, "infaas_keyservice_released_keys_total", **ks) == 2
+    assert _get(m, "infaas_keyservice_refusals_total", code="attestation_failed", **ks) == 1
+    assert _get(m, "infaas_keyservice_refusals_total", code="permission_denied", **ks) == 1
+    assert _get(m, "infaas_attestation_failures_total", component="keyservice", **ks) == 1
 
 
 def test_dashboard_needs_an_admin(dep: Deployment) -> None:
