@@ -456,9 +456,9 @@ def bench_model(
         rid = uuid.uuid4().hex
         env = seal_request(
             keys, oip, tenant="bench", task=r.task, latency_ms=10_000.0, min_accuracy=0.0,
-            request_id=rid, header_length=oip_header_length,
+            request_id=rid, header_length=oip_header_length, architecture=r.architecture,
         )  # fmt: skip
-        body = InferRequest(envelope=env, architecture=r.architecture).model_dump_json().encode()
+        body = InferRequest(envelope=env).model_dump_json().encode()
 
         def check(data: bytes, header_length: int | None) -> None:
             resp = InferResponse.model_validate_json(data)

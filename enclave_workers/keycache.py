@@ -1,4 +1,5 @@
-"""Keys a worker holds in memory: model data keys and tenant request keys, fetched once.
+"""Keys a worker holds in memory: model data keys, model profile keys and tenant request
+keys, fetched once.
 
 Every miss is a release from the key service over fresh attestation evidence
 (`WorkerKeyClient`: ephemeral X25519 key, service nonce, quote). Hits cost a
@@ -103,6 +104,7 @@ class KeyCache:
         self._clock = clock
         self._models: dict[_ModelKeyId, bytes] = {}
         self._current_model_key: dict[str, str] = {}
+        self._profile_keys: dict[str, bytes] = {}
         # tenant -> key id (None: current) -> access or refusal; both levels LRU-bounded
         self._tenants: OrderedDict[str, OrderedDict[str | None, _Cached]] = OrderedDict()
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
@@ -149,8 +151,43 @@ class KeyCache:
             log.info("model key %s/%s released to this worker", model_id, rk.key_id)
             return rk.key_id, rk.key
 
+    def profile_key(self, model_id: str) -> bytes:
+        """The model's profile key (MACs the profiles and specs workers measure). Blocking.
+
+        A model whose key was refused is not asked for again for a minute
+        (`UnknownKey` meanwhile): the candidate refresh asks every few seconds.
+        """
+        if (hit := self._profile_keys.get(model_id)) is not None:
+            return hit
+        with self._lock_for(("profile", model_id)):
+            if (hit := self._profile_keys.get(model_id)) is not None:
+                return hit
+            if self._retry_at.get(model_id, 0.0) > self._clock():
+                raise UnknownKey(f"no profile key released for model {model_id!r} lately")
+            try:
+                (rk,) = self._fetch([KeyRequest(kind="profile", model_id=model_id)])
+            except InfaasError:
+                self._retry_at[model_id] = self._clock() + 60.0
+                raise
+            self._profile_keys[model_id] = rk.key
+            return rk.key
+
+    @staticmethod
+    def _wanted_for(model_id: str) -> list[KeyRequest]:
+        return [
+            KeyRequest(kind="model", model_id=model_id),
+            KeyRequest(kind="profile", model_id=model_id),
+        ]
+
+    def _remember_released(self, rk: ReleasedKey) -> None:
+        if rk.kind == "profile" and rk.model_id is not None:
+            self._profile_keys[rk.model_id] = rk.key
+        else:
+            self._remember_model(rk, current=True)
+
     def prefetch_models(self, model_ids: list[str]) -> int:
-        """Fetch the current data keys of these models, in one release where possible.
+        """Fetch the current data keys and the profile keys of these models, in one release
+        where possible.
 
         A release is all or nothing: if the batch is refused, each model is
         tried alone, and one that fails is not asked for again for a minute.
@@ -160,13 +197,14 @@ class KeyCache:
         wanted = [
             m
             for m in dict.fromkeys(model_ids)
-            if m not in self._current_model_key and self._retry_at.get(m, 0.0) <= now
+            if (m not in self._current_model_key or m not in self._profile_keys)
+            and self._retry_at.get(m, 0.0) <= now
         ]
         released = 0
-        for start in range(0, len(wanted), 64):  # a release carries at most 64 keys
-            chunk = wanted[start : start + 64]
+        for start in range(0, len(wanted), 32):  # a release carries at most 64 keys
+            chunk = wanted[start : start + 32]
             try:
-                keys = self._fetch([KeyRequest(kind="model", model_id=m) for m in chunk])
+                keys = self._fetch([r for m in chunk for r in self._wanted_for(m)])
             except InfaasError:
                 if len(chunk) == 1:
                     self._retry_at[chunk[0]] = now + 60.0
@@ -174,12 +212,12 @@ class KeyCache:
                 keys = []
                 for m in chunk:
                     try:
-                        keys += self._fetch([KeyRequest(kind="model", model_id=m)])
+                        keys += self._fetch(self._wanted_for(m))
                     except InfaasError as e:
                         self._retry_at[m] = now + 60.0
-                        log.warning("no data key released for model %s: %s", m, e.message)
+                        log.warning("no keys released for model %s: %s", m, e.message)
             for rk in keys:
-                self._remember_model(rk, current=True)
+                self._remember_released(rk)
                 released += 1
         return released
 
@@ -271,6 +309,7 @@ class KeyCache:
             entries = sum(len(k) for k in self._tenants.values())
         return {
             "model_keys": len(self._models),
+            "profile_keys": len(self._profile_keys),
             "tenant_keys": entries,
             "tenants": len(self._tenants),
             "rate_limited_tenants": len(self._buckets),

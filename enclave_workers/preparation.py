@@ -12,7 +12,10 @@ the `ModelRecord` and its `Task`), a worker:
 4. measures each (`profiler.profile.profile_variant`): accuracy on the labels
    when the set has ``y``, else declared accuracy times agreement with FP32;
 5. seals each variant's ONNX under the model's data key with the variant id as
-   the artifact name, and stores its `VariantSpec` and `Profile`.
+   the artifact name, and stores its `VariantSpec` and its `Profile`, the
+   latter bound to the spec and the sealed artifact under the model's profile
+   key (`authenticate`, `enclave_workers.profiles`): the only profiles any
+   worker will believe.
 
 Progress is the model's `JobStatus` record in the store (`MetadataStore.put_job`):
 queued -> running (done/total) -> ready | failed. The store is untrusted, so the job's
@@ -33,7 +36,7 @@ from infaas.errors import InfaasError, InvalidInput, InvalidModel, VariantUnsupp
 from infaas.logs import get_logger
 from infaas.settings import Settings
 from infaas.store import MetadataStore
-from infaas.types import ModelRecord, Precision, Task, VariantSpec
+from infaas.types import ModelRecord, Precision, Profile, Task, VariantSpec
 from infaas.wire import JobStatus
 from profiler.profile import ProfileOptions, profile_variant
 from variants.generate import GeneratedVariant, generate_variants
@@ -42,6 +45,9 @@ log = get_logger(__name__)
 
 KeySource = Callable[[str, str], bytes]
 """(model id, key id) -> the model's data key (blocking; the worker's key cache)."""
+
+Authenticate = Callable[[VariantSpec, Profile, bytearray], Profile]
+"""(spec, measured profile, sealed artifact) -> the profile as stored, MACed by this worker."""
 
 
 def validation_artifact(model_id: str) -> str:
@@ -115,6 +121,7 @@ def prepare_model(
     artifacts: ArtifactStore,
     keys: KeySource,
     options: PreparationOptions,
+    authenticate: Authenticate,
 ) -> JobStatus:
     """Generate, profile, seal and register every variant of a registered model.
 
@@ -126,7 +133,7 @@ def prepare_model(
     try:
         record = store.get_model(model_id)
         task = store.get_task(record.task)
-        return _prepare(record, task, store, artifacts, keys, options, job)
+        return _prepare(record, task, store, artifacts, keys, options, authenticate, job)
     except InfaasError as e:
         log.warning("preparing %s failed: %s", model_id, e.message)
         return store.put_job(job.model_copy(update={"state": "failed", "message": e.message}))
@@ -143,6 +150,7 @@ def _prepare(
     artifacts: ArtifactStore,
     keys: KeySource,
     options: PreparationOptions,
+    authenticate: Authenticate,
     job: JobStatus,
 ) -> JobStatus:
     model_id = record.model_id
@@ -185,9 +193,10 @@ def _prepare(
                 if reference is None and v.spec.precision is Precision.FP32:
                     reference = m.predictions  # the FP32 onnxruntime variant comes first
                 sealed = seal_artifact(data_key, blob_key_id, v.spec.variant_id, v.onnx_bytes)
+                profile = authenticate(v.spec, m.profile, sealed)
                 artifacts.put(v.spec.variant_id, sealed)
                 store.put_variant(v.spec)
-                store.put_profile(m.profile)
+                store.put_profile(profile)
                 ready.append(v.spec)
         else:
             skipped.append(f"{v.spec.variant_id}: {v.reason}")

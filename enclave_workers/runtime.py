@@ -10,16 +10,21 @@ For each `InferRequest`::
                                             to attested workers, with the models the
                                             owner granted *and* the tenant accepted
     select(candidates within those models, query, SLO, this worker's load)  metadata only
-    open_request (AES-GCM over the envelope metadata, time window, replay guard)
-    chosen variant's accuracy >= envelope.min_accuracy   (authenticated now: an
-                                            untrusted scheduler cannot downgrade)
+    open_request (AES-GCM over the envelope metadata and pins, time window, replay guard)
+    chosen variant's accuracy >= envelope.min_accuracy   (both authenticated now: no
+                                            hint, pin or store edit downgrades it)
     decode OIP v2 against the task's input spec
     VariantHost.execute: packer.use(variant) -> DynamicBatcher (cross-tenant batch,
                                             bounded thread pool; `enclave_workers.packer`)
-    encode_response -> seal_response under the tenant's key, bound to variant + measurement
+    encode_response -> seal_response under the tenant's key, bound to what served it
+                                            (variant, architecture, accuracy, pool, TEE kind,
+                                            measurement)
 
 The candidate set is rebuilt from the store at most every `refresh_s` seconds,
-off the request path. Replay protection is per-process memory first (cheap,
+off the request path, from the variants whose profile and spec verify under
+their model's profile key (`enclave_workers.profiles`): what an attested worker
+measured, not what the store says; a variant's sealed artifact must be the one
+its profile measured before it loads. Replay protection is per-process memory first (cheap,
 synchronous) and the shared store second; the store write overlaps the
 inference and is awaited before the response is sealed, so a replay at another
 replica gets 409 and no output. Variants load through the `ModelPacker`:
@@ -50,6 +55,7 @@ from enclave_workers.batcher import batch_limit
 from enclave_workers.keycache import KeyCache
 from enclave_workers.packer import VariantHost
 from enclave_workers.preparation import PreparationOptions, prepare_model
+from enclave_workers.profiles import artifact_digest, authenticate_profile, verified
 from infaas.artifacts import ArtifactStore
 from infaas.attestation import SIMULATED_LABEL
 from infaas.attestation.backends import EvidenceGenerator, GpuEvidenceGenerator
@@ -57,6 +63,7 @@ from infaas.auth import TokenRegistry
 from infaas.envelope import (
     Keyring,
     MemoryReplayGuard,
+    ServedBy,
     StoreReplayGuard,
     artifact_key_id,
     open_artifact,
@@ -70,6 +77,8 @@ from infaas.errors import (
     InvalidInput,
     NoFeasibleVariant,
     PermissionDenied,
+    UnverifiedProfile,
+    VariantNotFound,
 )
 from infaas.keyservice import KeyServiceTransport, WorkerKeyClient
 from infaas.logs import get_logger
@@ -77,12 +86,13 @@ from infaas.protocol import decode_request, encode_response
 from infaas.settings import Pool, Settings
 from infaas.store import MetadataStore
 from infaas.telemetry.recorder import Recorder
-from infaas.types import SLO, Task
+from infaas.types import SLO, Profile, Task, VariantSpec
 from infaas.wire import InferRequest, InferResponse, JobStatus
 from scheduler.policy import (
     CandidateSet,
     LoadSnapshot,
     Query,
+    QueryKind,
     Selection,
     demand_key,
     route_select,
@@ -163,6 +173,8 @@ class WorkerRuntime:
             StoreReplayGuard(store, settings.request_window_s) if shared_replay_guard else None
         )
         self._candidates = CandidateSet([])
+        self.refused_profiles: dict[str, str] = {}
+        """variant id -> why its profile or spec is not believed (edited, forged, copied)."""
         self.host = VariantHost(
             self._load_sync,
             lambda: self._candidates,
@@ -230,14 +242,32 @@ class WorkerRuntime:
     # --- candidates ---------------------------------------------------------------------
 
     def refresh_candidates(self) -> None:
-        """Rebuild the candidate set and task table from the store (blocking)."""
+        """Rebuild the candidate set and task table from the store (blocking).
+
+        Only variants whose profile an attested worker measured (its MAC verifies
+        under the model's profile key) become candidates; the others are refused,
+        logged once and listed in `status`.
+        """
         with self._refresh_lock:
-            variants = self.store.list_variants()
-            profiles = self.store.list_profiles()
+            checked = verified(
+                self.store.list_variants(), self.store.list_profiles(), self._profile_key
+            )
             tasks = {t.name: t for t in self.store.list_tasks()}
-            candidates = CandidateSet.build(variants, profiles, [self.pool])
+            candidates = CandidateSet.build(checked.variants, checked.profiles, [self.pool])
+            for vid, why in checked.refused.items():
+                if self.refused_profiles.get(vid) != why:
+                    log.warning("not using variant %s: %s", vid, why)
+            self.refused_profiles = checked.refused
             self._candidates, self._tasks = candidates, tasks
             self._refreshed_at = time.monotonic()
+
+    def _profile_key(self, model_id: str) -> bytes:
+        try:
+            return self._keys.profile_key(model_id)
+        except InfaasError:
+            raise
+        except Exception as e:  # key service unreachable: verify again at the next refresh
+            raise InfaasError(f"no profile key: {type(e).__name__}") from None
 
     def _maybe_refresh(self) -> None:
         if self._refreshing or time.monotonic() - self._refreshed_at < self._refresh_s:
@@ -279,18 +309,38 @@ class WorkerRuntime:
                 artifacts=self.artifacts,
                 keys=lambda m, k: self._keys.model_key(m, k)[1],
                 options=self._preparation,
+                authenticate=self._authenticate_profile,
             )
             self.refresh_candidates()
             return job
         finally:
             lock.release()
 
+    def _authenticate_profile(
+        self, spec: VariantSpec, profile: Profile, sealed_artifact: bytes | bytearray
+    ) -> Profile:
+        """What this worker measured, MACed under the model's profile key (attested release)."""
+        return authenticate_profile(
+            self._keys.profile_key(spec.model_id),
+            spec,
+            profile,
+            sealed_artifact=sealed_artifact,
+            measurement=self.measurement,
+        )
+
     # --- loading variants ---------------------------------------------------------------
 
     def _load_sync(self, variant_id: str) -> tuple[LoadedVariant, int]:
         cand = self._candidates.get(variant_id)
-        spec = cand.spec if cand is not None else self.store.get_variant(variant_id)
+        if cand is None:  # only verified candidates load: their spec says how to run them
+            raise VariantNotFound(f"variant {variant_id} is not a verified candidate here")
+        spec = cand.spec
         blob = self.artifacts.get(variant_id)
+        if artifact_digest(blob) != cand.profile.artifact_sha256:
+            raise UnverifiedProfile(
+                f"the stored artifact of {variant_id} is not the one its profile measured",
+                variant_id=variant_id,
+            )
         key_id = artifact_key_id(blob)
         _, key = self._keys.model_key(spec.model_id, key_id)
         plain = open_artifact({key_id: key}, variant_id, blob)
@@ -303,7 +353,7 @@ class WorkerRuntime:
         finally:
             wipe(plain)
             _scrub_bytes(raw)
-        peak = cand.profile.peak_memory_bytes if cand is not None else 0
+        peak = cand.profile.peak_memory_bytes
         log.info("loaded variant %s", variant_id)
         return loaded, max(peak, 3 * size)
 
@@ -327,6 +377,9 @@ class WorkerRuntime:
         """The cheapest feasible variant among the models the tenant may use (granted to it
         and accepted by it, as the key service released its key), and the tenant's key."""
         env = request.envelope
+        if query.kind is QueryKind.VARIANT and query.name in self.refused_profiles:
+            why = self.refused_profiles[query.name]
+            raise UnverifiedProfile(why, variant_id=query.name)
         access = await self._keys.tenant_access_async(env.tenant, env.key_id)
         load = LoadSnapshot(self.host.loads())
         decision_started = time.perf_counter()
@@ -337,11 +390,12 @@ class WorkerRuntime:
         return selection, access.keyring
 
     def _query(self, request: InferRequest) -> Query:
-        if request.variant_id is not None:
-            return Query.for_variant(request.variant_id)
-        if request.architecture is not None:
-            return Query.for_architecture(request.architecture)
-        return Query.for_task(request.envelope.task)
+        env = request.envelope  # the pins are associated data: checked when the request opens
+        if env.variant_id is not None:
+            return Query.for_variant(env.variant_id)
+        if env.architecture is not None:
+            return Query.for_architecture(env.architecture)
+        return Query.for_task(env.task)
 
     async def infer(self, request: InferRequest, token: str | None) -> InferResponse:
         """Serve one sealed request (see the module docstring); InfaasError on refusal."""
@@ -423,13 +477,16 @@ class WorkerRuntime:
             if shared is not None:
                 await shared
                 shared = None
-            sealed = seal_response(
-                keys,
-                env,
-                body.content,
+            served = ServedBy(
                 variant_id=cand.variant_id,
+                architecture=cand.spec.architecture,
+                accuracy=cand.accuracy,
+                pool=self.pool.name,
+                simulated_tee=self.tee.simulated,
                 measurement=self.measurement,
-                header_length=body.header_length,
+            )
+            sealed = seal_response(
+                keys, env, body.content, served=served, header_length=body.header_length
             )
         finally:
             wipe(plaintext)
@@ -474,6 +531,7 @@ class WorkerRuntime:
             "pid": os.getpid(),
             "pool": self.pool.name,
             "candidates": len(self._candidates),
+            "refused_profiles": dict(self.refused_profiles),
             "loaded_variants": list(stats.loaded),
             "packer": {
                 "used_bytes": stats.used_bytes,

@@ -2,11 +2,20 @@
 
 Each message is sealed under a tenant's request key (or a model's data key),
 named by a key id so keys can rotate. The clear metadata that the untrusted
-path needs (tenant, task, SLO, request id, time, key id; for responses also the
-variant that served it and the worker's measurement) is the *associated data*:
-canonical JSON with sorted keys and no spaces. So an ingress or scheduler can
-read it but cannot change it, e.g. to downgrade the accuracy asked for, without
-decryption failing.
+path needs is the *associated data*: canonical JSON with sorted keys and no
+spaces. So an ingress or scheduler can read it but cannot change it without
+decryption failing: not downgrade the accuracy asked for, not re-route a
+request pinned to a variant or architecture, not relabel an answer.
+
+* a request binds tenant, task, SLO, request id, time, key id and the caller's
+  pins (`variant_id`, `architecture`, null when not pinned);
+* a response binds the same plus what served it: the variant, its
+  architecture, its profiled accuracy, the pool, whether the TEE is simulated
+  and the worker's measurement.
+
+Version 2 of the envelope added the pins and the served-by fields to the
+associated data; version 1 envelopes are refused (their pins travelled in the
+clear).
 
 Errors are distinct: tampered ciphertext or metadata and wrong key give
 `DecryptionFailed`; an unknown key id `UnknownKey`; a timestamp outside the
@@ -28,6 +37,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from cryptography.exceptions import InvalidTag
@@ -42,7 +52,7 @@ if TYPE_CHECKING:  # the store's job records name `wire` types, which name the e
 KEY_LEN = 32
 NONCE_LEN = 12
 TAG_LEN = 16
-ENVELOPE_VERSION = 1
+ENVELOPE_VERSION = 2
 
 
 def new_key() -> bytes:
@@ -111,7 +121,7 @@ class Envelope(BaseModel):
     JSON (bytes as URL-safe base64, padded; standard base64 is accepted on input)::
 
         {
-          "v": 1,
+          "v": 2,
           "kind": "request",
           "tenant": "acme",
           "task": "digits",
@@ -121,25 +131,32 @@ class Envelope(BaseModel):
           "timestamp": 1763760000.25,
           "key_id": "k1",
           "variant_id": null,
+          "architecture": null,
+          "accuracy": null,
+          "pool": null,
+          "simulated_tee": null,
           "measurement": null,
           "header_length": 96,
           "nonce": "q83vEjRWeJCrze8S",
           "ciphertext": "3q2+7w…"
         }
 
-    A response has `"kind": "response"`, the same request fields, and the
-    `variant_id` and hex `measurement` of the worker that served it.
-    `header_length` is the plaintext's ``Inference-Header-Content-Length``
-    (Triton's binary-data extension: the Open Inference Protocol body is a JSON
-    header of that many bytes, then raw tensors; null when it is all JSON). Every
-    field but `nonce` and `ciphertext` is authenticated as associated data.
+    In a request, `variant_id` and `architecture` are the caller's pins. A
+    response has `"kind": "response"`, the request's tenant, task, SLO, request
+    id and key id, and what served it: `variant_id`, `architecture`,
+    `accuracy` (the variant's authenticated profiled accuracy), `pool`,
+    `simulated_tee` and the worker's hex `measurement`. `header_length` is the
+    plaintext's ``Inference-Header-Content-Length`` (Triton's binary-data
+    extension: the Open Inference Protocol body is a JSON header of that many
+    bytes, then raw tensors; null when it is all JSON). Every field but `nonce`
+    and `ciphertext` is authenticated as associated data.
     """
 
     model_config = ConfigDict(
         frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64"
     )
 
-    v: Literal[1] = 1
+    v: Literal[2] = 2
     kind: Literal["request", "response"]
     tenant: str = Field(min_length=1, max_length=128)
     task: str = Field(min_length=1, max_length=128)
@@ -148,7 +165,19 @@ class Envelope(BaseModel):
     request_id: str = Field(min_length=1, max_length=128)
     timestamp: float = Field(description="seconds since the epoch, set by the sender")
     key_id: str = Field(min_length=1, max_length=128)
-    variant_id: str | None = None
+    variant_id: str | None = Field(
+        None, max_length=200, description="request: the pinned variant; response: the served one"
+    )
+    architecture: str | None = Field(
+        None, max_length=128, description="request: the pinned architecture; response: served"
+    )
+    accuracy: float | None = Field(
+        None, ge=0.0, le=1.0, description="response: the served variant's profiled accuracy"
+    )
+    pool: str | None = Field(None, max_length=128, description="response: the serving pool")
+    simulated_tee: bool | None = Field(
+        None, description="response: true when the serving TEE is simulated (not confidential)"
+    )
     measurement: str | None = Field(None, description="hex measurement of the serving worker")
     header_length: int | None = Field(
         None, ge=0, description="Inference-Header-Content-Length of the sealed body"
@@ -193,11 +222,14 @@ def seal_request(
     request_id: str,
     key_id: str | None = None,
     timestamp: float | None = None,
+    variant_id: str | None = None,
+    architecture: str | None = None,
     header_length: int | None = None,
 ) -> Envelope:
     """Encrypt a request body under the tenant's key (`key_id`, default: current).
 
-    `header_length`: the body's ``Inference-Header-Content-Length`` (None: all JSON).
+    `variant_id` / `architecture` pin what may serve it (bound, so no ingress re-routes
+    it); `header_length`: the body's ``Inference-Header-Content-Length`` (None: all JSON).
     """
     ring = _as_keyring(keys)
     kid = key_id or ring.current
@@ -211,7 +243,11 @@ def seal_request(
         "request_id": request_id,
         "timestamp": float(time.time() if timestamp is None else timestamp),
         "key_id": kid,
-        "variant_id": None,
+        "variant_id": variant_id,
+        "architecture": architecture,
+        "accuracy": None,
+        "pool": None,
+        "simulated_tee": None,
         "measurement": None,
         "header_length": header_length,
     }
@@ -249,24 +285,41 @@ def check_fresh(timestamp: float, now: float, window_s: float) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class ServedBy:
+    """What served a request, bound into its sealed answer."""
+
+    variant_id: str
+    architecture: str
+    accuracy: float
+    """The variant's profiled accuracy, from its authenticated profile."""
+    pool: str
+    simulated_tee: bool
+    measurement: bytes
+    """The serving worker's measurement."""
+
+
 def seal_response(
     keys: Keyring | Mapping[str, bytes],
     request: Envelope,
     plaintext: bytes,
     *,
-    variant_id: str,
-    measurement: bytes,
+    served: ServedBy,
     timestamp: float | None = None,
     header_length: int | None = None,
 ) -> Envelope:
-    """Encrypt a response under the request's key id, binding variant and worker measurement.
+    """Encrypt a response under the request's key id, binding what served it.
 
     `header_length`: the response body's ``Inference-Header-Content-Length``.
     """
     meta = request.model_dump(exclude={"nonce", "ciphertext"}) | {
         "kind": "response",
-        "variant_id": variant_id,
-        "measurement": measurement.hex(),
+        "variant_id": served.variant_id,
+        "architecture": served.architecture,
+        "accuracy": float(served.accuracy),
+        "pool": served.pool,
+        "simulated_tee": served.simulated_tee,
+        "measurement": served.measurement.hex(),
         "timestamp": float(time.time() if timestamp is None else timestamp),
         "header_length": header_length,
     }

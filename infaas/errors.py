@@ -21,13 +21,15 @@ The hierarchy::
     │   ├── ReplayedRequest (409)
     │   └── ExpiredRequest (400)
     ├── NoFeasibleVariant (422)
+    │   └── UnverifiedProfile (422)        a profile or spec that no attested worker measured
     ├── VariantUnsupported (422)           a backend cannot run a variant on this hardware
     ├── RateLimited (429, Retry-After)
     ├── Overloaded (503, Retry-After)
     ├── StoreUnavailable (503)
     ├── TeeUnavailable (503)           the configured TEE device is absent
     ├── Unreachable (503)              client side: no connection to the service
-    └── Timeout (504)                  client side: the call's deadline passed
+    ├── Timeout (504)                  client side: the call's deadline passed
+    └── AnswerRejected (502)           client side: a sealed answer claims what was not asked
 
 Over HTTP each error is an RFC 9457 problem (`to_problem`, ``application/problem+json``)::
 
@@ -172,6 +174,13 @@ class NoFeasibleVariant(InfaasError):
     code = "no_feasible_variant"
 
 
+class UnverifiedProfile(NoFeasibleVariant):
+    """A variant's profile or spec does not verify under its model's profile key (edited,
+    forged, or copied from another variant): the worker does not use it."""
+
+    code = "unverified_profile"
+
+
 class VariantUnsupported(InfaasError):
     status_code = 422
     code = "variant_unsupported"
@@ -246,3 +255,12 @@ class Timeout(InfaasError):
 
     status_code = 504
     code = "timeout"
+
+
+class AnswerRejected(InfaasError):
+    """Client side: an answer that opened under the tenant's key claims what the request did
+    not allow (another variant or architecture than pinned, accuracy below the floor, a
+    simulated TEE when that is refused), or its clear copies disagree with the sealed ones."""
+
+    status_code = 502
+    code = "answer_rejected"

@@ -148,7 +148,14 @@ class BatchLatency(Frozen):
 
 
 class Profile(Frozen):
-    """What the profiler measured for one variant on one pool."""
+    """What the profiler measured for one variant on one pool.
+
+    The store is untrusted: a worker uses a profile only when its `mac` verifies
+    under the model's profile key, which only attested workers hold
+    (`enclave_workers.profiles`). The MAC covers the whole profile, the
+    variant's spec and `artifact_sha256`, so neither can be edited nor moved to
+    another variant.
+    """
 
     variant_id: str
     pool: Identifier = "cpu"
@@ -163,6 +170,17 @@ class Profile(Frozen):
     latency_model: LatencyModel
     threads: int = Field(ge=1)
     measured_at: float = Field(default_factory=time.time)
+    artifact_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the sealed artifact measured"
+    )
+    measured_by: str | None = Field(
+        None, max_length=128, description="hex measurement of the worker that measured it"
+    )
+    mac: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="HMAC-SHA256 under the model's profile key over spec and profile",
+    )
 
     def at_batch(self, batch: int) -> BatchLatency:
         for b in self.batches:

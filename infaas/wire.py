@@ -26,28 +26,29 @@ class InferRequest(_Wire):
 
     ::
 
-        {
-          "envelope": {<Envelope: tenant, task, latency_ms, min_accuracy, request_id, …>},
-          "architecture": null,
-          "variant_id": null
-        }
+        {"envelope": {<Envelope: tenant, task, latency_ms, min_accuracy, request_id, …,
+                       variant_id, architecture>}}
 
-    The task and SLO are the envelope's authenticated metadata; `architecture`
-    or `variant_id` narrow the choice as INFaaS allows (by task when both are
-    null). The Open Inference Protocol v2 body is the envelope's plaintext.
+    The task, SLO and pins are the envelope's authenticated metadata: its
+    `architecture` or `variant_id` narrow the choice as INFaaS allows (by task
+    when both are null), and no one on the path can change them. The Open
+    Inference Protocol v2 body is the envelope's plaintext.
     """
 
     envelope: Envelope
-    architecture: Identifier | None = None
-    variant_id: str | None = Field(None, max_length=200)
 
 
 class InferResponse(_Wire):
-    """``POST /v1/infer`` answer: the sealed outputs and what served them (clear metadata).
+    """``POST /v1/infer`` answer: the sealed outputs and what served them.
 
     ``{"envelope": {<Envelope kind=response>}, "variant_id": "…", "pool": "cpu",
     "measurement": "<hex>", "simulated_tee": true, "latency_ms": 3.2, "queue_ms": 0.4,
     "batch_size": 4}``
+
+    `variant_id`, `pool`, `measurement` and `simulated_tee` are clear copies of
+    the envelope's authenticated fields, for the untrusted path's metrics; the
+    client checks them against the envelope. The timings are the worker's
+    word, unauthenticated.
     """
 
     envelope: Envelope

@@ -69,6 +69,7 @@ __all__ = [
     "VariantLoad",
     "demand_key",
     "parse_demand_key",
+    "pinned",
     "predict_p99_ms",
     "route_select",
     "select",
@@ -523,6 +524,21 @@ def select_least_slack(
     return Selection(best, best_p, best_key[0], query, slo)
 
 
+def pinned(
+    candidates: CandidateSet,
+    query: Query,
+    slo: SLO,
+    load: LoadSnapshot,
+    *,
+    allowed: Set[str] | None = None,
+) -> Selection:
+    """The pinned variant (its model in `allowed`), unfiltered: its p99 is reported, and its
+    accuracy checked by the holder of the authenticated floor (the worker)."""
+    (c,) = _within(candidates.matching(query), query, allowed)
+    vl = load.get(c.variant_id)
+    return Selection(c, predict_p99_ms(c, vl), vl.loaded_replicas == 0, query, slo)
+
+
 def route_select(
     candidates: CandidateSet,
     query: Query,
@@ -536,8 +552,10 @@ def route_select(
 
     `allowed`: the models the tenant may use; neither hints nor the fallback leave them.
 
-    Only model-less (task) queries follow hints; a caller naming a model or a
-    variant gets what it named. Accuracy is never relaxed: a hinted variant
+    Only model-less (task) queries follow hints; a caller naming a model gets
+    its cheapest feasible variant, a caller pinning a variant gets exactly that
+    variant (`pinned`: the worker then checks its accuracy against the
+    caller's authenticated floor). Accuracy is never relaxed: a hinted variant
     below the caller's floor is skipped.
 
     * ``pin`` (static / queue-length baselines): the first hinted variant that
@@ -553,6 +571,8 @@ def route_select(
     target, the first hinted variant that meets the floor serves anyway: a
     late answer from the planned variant beats a refusal (and warms it).
     """
+    if query.kind is QueryKind.VARIANT:
+        return pinned(candidates, query, slo, load, allowed=allowed)
     fallback = select_least_slack if hints and hints.mode == "least_slack" else select
     if hints is None or query.kind is not QueryKind.TASK:
         return fallback(candidates, query, slo, load, allowed=allowed)

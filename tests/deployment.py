@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from enclave_workers.preparation import validation_artifact
+from enclave_workers.profiles import authenticate_profile
 from enclave_workers.runtime import WorkerRuntime
 from infaas.artifacts import ArtifactStore
 from infaas.attestation import (
@@ -36,7 +37,7 @@ from infaas.attestation import (
 )
 from infaas.auth import TokenRegistry
 from infaas.envelope import new_key, open_response, seal_artifact, seal_request
-from infaas.keyservice import KeyService, KeyServiceClient, WorkerKeyClient
+from infaas.keyservice import KeyRequest, KeyService, KeyServiceClient, WorkerKeyClient
 from infaas.protocol import decode_response, encode_request
 from infaas.settings import Settings
 from infaas.store import MemoryStore
@@ -178,12 +179,31 @@ class Deployment:
 
     def add_variant(self, spec: VariantSpec, profile: Profile, onnx: bytes) -> None:
         """What preparing a variant leaves: its graph sealed under the model's data key
-        (named by the variant id), its spec and its profile."""
+        (named by the variant id), its spec and its profile (MACed as an attested worker
+        that measured it does)."""
         sealed = seal_artifact(self.model_keys[spec.model_id], "m1", spec.variant_id, onnx)
         self.artifacts.put(spec.variant_id, sealed)
         self.store.put_variant(spec)
-        self.store.put_profile(profile)
+        self.put_profile(spec, profile)
         self.variants.append(spec.variant_id)
+
+    def profile_key(self, model_id: str) -> bytes:
+        """The model's profile key, as the key service releases it to an attested worker."""
+        (released,) = self.worker_keys().fetch([KeyRequest(kind="profile", model_id=model_id)])
+        return released.key
+
+    def put_profile(self, spec: VariantSpec, profile: Profile) -> Profile:
+        """Store `profile` for the variant as an attested worker that measured it would:
+        bound to the spec and the stored sealed artifact under the model's profile key."""
+        authentic = authenticate_profile(
+            self.profile_key(spec.model_id),
+            spec,
+            profile,
+            sealed_artifact=self.artifacts.get(spec.variant_id),
+            measurement=WORKER_MEASUREMENT,
+        )
+        self.store.put_profile(authentic)
+        return authentic
 
     def new_worker(self, **options: Any) -> WorkerRuntime:
         """A started worker runtime on this deployment (simulated TEE of `WORKER_MEASUREMENT`);
@@ -238,8 +258,9 @@ class Deployment:
             request_id=rid,
             timestamp=timestamp,
             header_length=header_length,
+            variant_id=variant_id,
         )
-        return InferRequest(envelope=env, variant_id=variant_id)
+        return InferRequest(envelope=env)
 
     def outputs(self, tenant: str, req: InferRequest, resp: InferResponse) -> np.ndarray:
         """The tenant opens the answer to `req`: its logits."""

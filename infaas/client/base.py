@@ -180,7 +180,8 @@ class ClientBase:
         self, request: InferRequest, response: InferResponse, *, body_id: str | None = None
     ) -> InferResult:
         """Decrypt an answer and check it answers `request` (same id, tenant, task, SLO;
-        `body_id`: the OIP body's own id, when it is not the envelope's)."""
+        `body_id`: the OIP body's own id, when it is not the envelope's) and that what
+        served it meets the request's pins and accuracy floor (`AnswerRejected`)."""
         if self._request_key is None or self.key_id is None:
             raise AuthenticationFailed("no request key")
         return open_infer_response(
@@ -190,6 +191,8 @@ class ClientBase:
             key=self._request_key,
             task=self._tasks.get(request.envelope.task),
             body_id=body_id,
+            # a caller that refuses a simulated key service refuses simulated workers too
+            allow_simulated=self.keyservice.allow_simulated if self.keyservice else True,
         )
 
     @staticmethod

@@ -1,10 +1,13 @@
 """The client's side of one inference: seal the request, open and check the answer.
 
 The request body (Open Inference Protocol v2) is sealed under the tenant's
-request key with the task and SLO as associated data. The answer is opened
-only if it is sealed for this request and tenant, and its clear metadata
-(task, SLO, variant, measurement) must agree with the authenticated one, so a
-rewriting proxy or a lying scheduler is caught here.
+request key with the task, SLO and pins (variant, architecture) as associated
+data. The answer is opened only if it is sealed for this request and tenant;
+then what it claims must hold: its clear copies agree with the authenticated
+fields, the variant and architecture that served it are the pinned ones, its
+profiled accuracy meets the caller's floor, and (when asked) the TEE is not
+simulated. Otherwise `AnswerRejected`: a rewriting proxy or a lying scheduler
+is caught here.
 """
 
 from __future__ import annotations
@@ -14,8 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from infaas.envelope import open_response, seal_request
-from infaas.errors import DecryptionFailed, InvalidInput
+from infaas.envelope import ServedBy, open_response, seal_request
+from infaas.errors import AnswerRejected, DecryptionFailed, InvalidInput
 from infaas.protocol import DTYPES, decode_response
 from infaas.types import Task, TensorSpec
 from infaas.wire import InferRequest, InferResponse
@@ -32,6 +35,8 @@ class InferResult:
     measurement: str
     """Hex measurement of the worker that served it (bound into the sealed answer)."""
     simulated_tee: bool
+    accuracy: float
+    """The served variant's profiled accuracy (bound into the sealed answer)."""
     latency_ms: float
     queue_ms: float
     batch_size: int
@@ -109,8 +114,10 @@ def seal_infer_request(
         request_id=request_id,
         key_id=key_id,
         header_length=header_length,
+        variant_id=ask.variant_id,
+        architecture=ask.architecture,
     )
-    return InferRequest(envelope=envelope, architecture=ask.architecture, variant_id=ask.variant_id)
+    return InferRequest(envelope=envelope)
 
 
 def open_infer_response(
@@ -121,23 +128,23 @@ def open_infer_response(
     key: bytes,
     task: Task | None,
     body_id: str | None = None,
+    allow_simulated: bool = True,
 ) -> InferResult:
-    """Decrypt an answer and check it answers `request` (same id, tenant, task, SLO).
+    """Decrypt an answer, check it answers `request` (same id, tenant, task, SLO) and that
+    what it claims meets the request (`check_served`).
 
     `body_id` is the ``id`` inside the request's OIP body when it is not the
     envelope's request id (a body another OIP client wrote).
     """
     req, env = request.envelope, response.envelope
     plain = open_response(env, {key_id: key}, request_id=req.request_id, tenant=req.tenant)
-    # the clear metadata beside the envelope must agree with the authenticated one
     if (env.task, env.latency_ms, env.min_accuracy) != (
         req.task,
         req.latency_ms,
         req.min_accuracy,
     ):
         raise DecryptionFailed("response answers another task or SLO than was asked")
-    if env.variant_id != response.variant_id or env.measurement != response.measurement:
-        raise DecryptionFailed("response metadata disagrees with its sealed envelope")
+    served = check_served(request, response, allow_simulated=allow_simulated)
     body = bytes(plain)
     meta, outputs = decode_response(body, env.header_length)
     if meta.id is not None and meta.id != (req.request_id if body_id is None else body_id):
@@ -147,10 +154,11 @@ def open_infer_response(
     name = task.output_name if task and task.output_name in outputs else next(iter(outputs))
     return InferResult(
         outputs=outputs[name],
-        variant_id=response.variant_id,
-        pool=response.pool,
-        measurement=response.measurement,
-        simulated_tee=response.simulated_tee,
+        variant_id=served.variant_id,
+        pool=served.pool,
+        measurement=served.measurement.hex(),
+        simulated_tee=served.simulated_tee,
+        accuracy=served.accuracy,
         latency_ms=response.latency_ms,
         queue_ms=response.queue_ms,
         batch_size=response.batch_size,
@@ -158,4 +166,61 @@ def open_infer_response(
         all_outputs=outputs,
         body=body,
         header_length=env.header_length,
+    )
+
+
+def check_served(
+    request: InferRequest, response: InferResponse, *, allow_simulated: bool = True
+) -> ServedBy:
+    """What served an opened answer, checked against the request; `AnswerRejected` if not.
+
+    Call it only on an answer that opened under the tenant's key: then its
+    envelope's fields are what the attested worker sealed, and the clear copies
+    beside it must agree with them.
+    """
+    req, env = request.envelope, response.envelope
+    if (
+        env.variant_id is None
+        or env.architecture is None
+        or env.accuracy is None
+        or env.pool is None
+        or env.simulated_tee is None
+        or env.measurement is None
+    ):
+        raise AnswerRejected("the sealed answer does not say what served it")
+    clear = (response.variant_id, response.pool, response.measurement, response.simulated_tee)
+    if clear != (env.variant_id, env.pool, env.measurement, env.simulated_tee):
+        raise AnswerRejected(
+            "the answer's clear metadata disagrees with its sealed envelope",
+            variant_id=env.variant_id,
+        )
+    if req.variant_id is not None and env.variant_id != req.variant_id:
+        raise AnswerRejected(
+            f"pinned variant {req.variant_id!r} but {env.variant_id!r} served the request",
+            variant_id=env.variant_id,
+        )
+    if req.architecture is not None and env.architecture != req.architecture:
+        raise AnswerRejected(
+            f"pinned architecture {req.architecture!r} but {env.architecture!r} served it",
+            variant_id=env.variant_id,
+        )
+    if env.accuracy < req.min_accuracy:
+        raise AnswerRejected(
+            f"variant {env.variant_id!r} has accuracy {env.accuracy:g}, below the "
+            f"{req.min_accuracy:g} asked for",
+            variant_id=env.variant_id,
+        )
+    if env.simulated_tee and not allow_simulated:
+        raise AnswerRejected("a simulated TEE (not confidential) served the request")
+    try:
+        measurement = bytes.fromhex(env.measurement)
+    except ValueError:
+        raise AnswerRejected("the sealed answer's measurement is not hex") from None
+    return ServedBy(
+        variant_id=env.variant_id,
+        architecture=env.architecture,
+        accuracy=env.accuracy,
+        pool=env.pool,
+        simulated_tee=env.simulated_tee,
+        measurement=measurement,
     )

@@ -103,18 +103,21 @@ class KeyRequest(_Wire):
     *and* the tenant accepted it (or its owner);
     ``{"kind": "tenant", "tenant": "acme", "model_id": null, "key_id": "k1"}`` — the
     request key with the models it may serve (grant and consent both hold), released
-    only if there is one. `key_id` null means the current key.
+    only if there is one;
+    ``{"kind": "profile", "model_id": "resnet"}`` — the model's profile key, with
+    which workers authenticate the profiles and specs they measure (no owner,
+    tenant or host ever holds it). `key_id` null means the current key.
     """
 
-    kind: Literal["model", "tenant"]
+    kind: Literal["model", "tenant", "profile"]
     model_id: Identifier | None = None
     tenant: Identifier | None = None
     key_id: KeyId | None = None
 
     @model_validator(mode="after")
     def _named(self) -> KeyRequest:
-        if self.kind == "model" and self.model_id is None:
-            raise ValueError("a model key request must name the model")
+        if self.kind in ("model", "profile") and self.model_id is None:
+            raise ValueError(f"a {self.kind} key request must name the model")
         if self.kind == "tenant" and self.tenant is None:
             raise ValueError("a tenant key request must name the tenant")
         return self
@@ -140,7 +143,7 @@ class WrappedKey(_Wire):
     bound into the seal (HPKE info) so nobody on the way can widen them.
     """
 
-    kind: Literal["model", "tenant"]
+    kind: Literal["model", "tenant", "profile"]
     model_id: str | None
     tenant: str | None
     key_id: str

@@ -15,6 +15,11 @@ model only when the owner granted it *and* the tenant accepted it or its owner.
 Asked for without a model, the tenant's key comes with the models for which
 both hold, bound into the seal: the worker selects among those only.
 
+Each model also has a *profile key*, made here (random, kept in the model's
+sealed record) and released only to attested workers: with it they MAC the
+profiles and variant specs they measure, so the host cannot edit a variant's
+accuracy in the store, and the owner cannot state one.
+
 State (principals, keys, grants, consent) lives in the MetadataStore, each record
 AES-256-GCM-encrypted under the KEK with "namespace/key" as associated data, so
 records cannot be swapped either. Tokens are stored as SHA-256 hashes only.
@@ -67,6 +72,9 @@ from infaas.store import MetadataStore, SealedTable
 log = get_logger(__name__)
 
 Role = Literal["tenant", "owner"]
+
+PROFILE_KEY_ID = "profile-1"
+"""Key id of every model's profile key (one per model; rotation would add another)."""
 
 
 class _SealedRecords:
@@ -376,6 +384,11 @@ class KeyService:
     # --- internals ----------------------------------------------------------------------
 
     def _resolve(self, k: KeyRequest) -> tuple[KeyRequest, str, bytes, tuple[str, ...] | None]:
+        if k.kind == "profile":
+            assert k.model_id is not None  # KeyRequest checks it
+            if k.key_id not in (None, PROFILE_KEY_ID):
+                raise UnknownKey(f"model {k.model_id!r} has no profile key id {k.key_id!r}")
+            return k, PROFILE_KEY_ID, self._profile_key(k.model_id), None
         if k.kind == "model":
             assert k.model_id is not None  # KeyRequest checks it
             model = self._model(k.model_id)
@@ -416,6 +429,15 @@ class KeyService:
             if model is not None and not self._may_use(tenant, policy, model_id, model):
                 out.append(model_id)
         return tuple(out)
+
+    def _profile_key(self, model_id: str) -> bytes:
+        """The model's profile key, made on first use (records from before it have none)."""
+        with self._lock:
+            model = self._model(model_id)
+            if "profile_key" not in model:
+                model = model | {"profile_key": _b64(secrets.token_bytes(KEY_LEN))}
+                self._records.put(SealedTable.MODEL, model_id, model)
+            return _unb64(model["profile_key"])
 
     def _model(self, model_id: str) -> dict[str, Any]:
         model = self._records.get(SealedTable.MODEL, model_id)

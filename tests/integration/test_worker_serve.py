@@ -127,8 +127,9 @@ def test_one_sealed_request_over_http(served: Served) -> None:
         latency_ms=500.0,
         min_accuracy=0.5,
         request_id=rid,
+        variant_id=fp32,
     )
-    body = InferRequest(envelope=env, variant_id=fp32).model_dump_json()
+    body = InferRequest(envelope=env).model_dump_json()
     headers = {"Authorization": f"Bearer {served.api_token}", "Content-Type": "application/json"}
     r = httpx.post(served.url + ROUTE_PREFIX, content=body, headers=headers, timeout=60.0)
     assert r.status_code == 200, r.text

@@ -23,7 +23,14 @@ from infaas.attestation import (
     SimulatedPlatformCA,
     SimulatedTEE,
 )
-from infaas.envelope import new_key, open_request, open_response, seal_request, seal_response
+from infaas.envelope import (
+    ServedBy,
+    new_key,
+    open_request,
+    open_response,
+    seal_request,
+    seal_response,
+)
 from infaas.keyservice import (
     KeyRequest,
     KeyService,
@@ -106,9 +113,8 @@ def test_no_key_in_logs_or_store(tmp_path: Path, caplog: pytest.LogCaptureFixtur
         request_id="r1",
     )
     assert open_request(req, {"k1": tenant_key}) == b"plain input"
-    resp = seal_response(
-        {"k1": tenant_key}, req, b"plain output", variant_id="v", measurement=WORKER_M
-    )
+    served = ServedBy("v", "mlp", 0.9, "cpu", simulated_tee=True, measurement=WORKER_M)
+    resp = seal_response({"k1": tenant_key}, req, b"plain output", served=served)
     assert open_response(resp, {"k1": tenant_key}, request_id="r1") == b"plain output"
     logging.getLogger("infaas.test").info("request %s response %s", req, resp)
     store.close()

@@ -30,6 +30,7 @@ from infaas.attestation import SimulatedPlatformCA
 from infaas.client import AsyncClient, InferManyResult, KeyServiceTrust, problem_error
 from infaas.envelope import open_artifact
 from infaas.errors import (
+    AnswerRejected,
     AttestationFailed,
     AuthenticationFailed,
     Conflict,
@@ -205,6 +206,16 @@ def _lie_about_worker(answer: InferResponse, previous: InferResponse | None) -> 
     return answer.model_copy(update={"measurement": hashlib.sha256(b"other").hexdigest()})
 
 
+def _lie_about_pool(answer: InferResponse, previous: InferResponse | None) -> InferResponse:
+    """Claims a dearer pool served it."""
+    return answer.model_copy(update={"pool": "gpu"})
+
+
+def _lie_about_tee(answer: InferResponse, previous: InferResponse | None) -> InferResponse:
+    """Claims a real (not simulated) TEE served it."""
+    return answer.model_copy(update={"simulated_tee": not answer.simulated_tee})
+
+
 def test_upload_grant_and_infer(world: World) -> None:
     owner, tenant = _owner_and_tenant(world)
     dep = world.dep
@@ -250,14 +261,16 @@ def test_upload_grant_and_infer(world: World) -> None:
 
     # the client refuses answers that do not answer its request, from a path that rewrites
     # what the real worker sealed
-    for rewrite, match in [
-        (_swap_id, "does not answer"),
-        (_replay_previous, "does not answer"),
-        (_lie_about_variant, "disagrees"),
-        (_lie_about_worker, "disagrees"),
+    for rewrite, error, match in [
+        (_swap_id, DecryptionFailed, "does not answer"),
+        (_replay_previous, DecryptionFailed, "does not answer"),
+        (_lie_about_variant, AnswerRejected, "disagrees"),
+        (_lie_about_worker, AnswerRejected, "disagrees"),
+        (_lie_about_pool, AnswerRejected, "disagrees"),
+        (_lie_about_tee, AnswerRejected, "disagrees"),
     ]:
         world.path.rewrite = rewrite
-        with pytest.raises(DecryptionFailed, match=match):
+        with pytest.raises(error, match=match):
             tenant.infer(task="digits", inputs=x[:1], latency_ms=50)
     world.path.rewrite = None
     assert tenant.infer(task="digits", inputs=x[:1], latency_ms=50).outputs.shape == (1, 10)

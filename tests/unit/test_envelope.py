@@ -12,6 +12,7 @@ from infaas.envelope import (
     Envelope,
     Keyring,
     MemoryReplayGuard,
+    ServedBy,
     StoreReplayGuard,
     artifact_key_id,
     canonical_json,
@@ -80,13 +81,37 @@ def test_tampered_ciphertext_is_decryption_failed() -> None:
         ("tenant", "mallory"),
         ("request_id", "r-2"),
         ("timestamp", T0 + 1),
+        ("variant_id", "mlp.int8.onnxruntime"),
+        ("architecture", "mlp"),
     ],
 )
 def test_tampered_metadata_is_decryption_failed(field: str, value: object) -> None:
-    """An untrusted scheduler cannot downgrade the SLO (or anything else) silently."""
+    """An untrusted scheduler cannot downgrade the SLO, or pin (re-route) an unpinned request,
+    silently."""
     bad = _req().model_copy(update={field: value})
     with pytest.raises(DecryptionFailed):
         open_request(bad, {"k1": KEY}, now=T0)
+
+
+def test_pins_are_associated_data() -> None:
+    """A pinned request: the pins are in the associated data; unpinning or re-pinning fails."""
+    env = _req(variant_id="mlp.fp32.onnxruntime", architecture="mlp")
+    ad = json.loads(env.associated_data())
+    assert (ad["variant_id"], ad["architecture"], ad["v"]) == ("mlp.fp32.onnxruntime", "mlp", 2)
+    assert open_request(env, {"k1": KEY}, now=T0) == b"tensor bytes"
+    for update in ({"variant_id": None}, {"variant_id": "mlp.int8.onnxruntime"},
+                   {"architecture": None}, {"architecture": "resnet"}):  # fmt: skip
+        with pytest.raises(DecryptionFailed):
+            open_request(env.model_copy(update=update), {"k1": KEY}, now=T0)
+
+
+def test_version_1_envelopes_are_refused() -> None:
+    """Version 1 carried the pins outside the associated data: not accepted any more."""
+    doc = json.loads(_req().model_dump_json())
+    for field in ("architecture", "accuracy", "pool", "simulated_tee"):
+        del doc[field]
+    with pytest.raises(ValueError, match="v"):
+        Envelope.model_validate(doc | {"v": 1})
 
 
 def test_wrong_key_is_decryption_failed() -> None:
@@ -151,15 +176,23 @@ def test_key_rotation() -> None:
     assert "11" * 8 not in repr(ring)
 
 
-def test_response_binds_variant_and_measurement() -> None:
+def test_response_binds_what_served_it() -> None:
     req = _req()
     m = b"\xaa" * 32
-    resp = seal_response(
-        {"k1": KEY}, req, b"logits", variant_id="mlp.int8.onnxruntime", measurement=m
-    )
+    served = ServedBy("mlp.int8.onnxruntime", "mlp", 0.91, "cpu", True, m)
+    resp = seal_response({"k1": KEY}, req, b"logits", served=served)
     assert resp.measurement == m.hex() and resp.kind == "response"
+    assert (resp.variant_id, resp.architecture, resp.accuracy) == (served.variant_id, "mlp", 0.91)
+    assert (resp.pool, resp.simulated_tee) == ("cpu", True)
     assert open_response(resp, {"k1": KEY}, request_id="r-1", tenant="acme") == b"logits"
-    for field, value in [("variant_id", "mlp.fp32.onnxruntime"), ("measurement", "bb" * 32)]:
+    for field, value in [
+        ("variant_id", "mlp.fp32.onnxruntime"),
+        ("architecture", "resnet"),
+        ("accuracy", 0.99),
+        ("pool", "gpu"),
+        ("simulated_tee", False),
+        ("measurement", "bb" * 32),
+    ]:
         with pytest.raises(DecryptionFailed):
             open_response(resp.model_copy(update={field: value}), {"k1": KEY}, request_id="r-1")
     with pytest.raises(DecryptionFailed, match="does not answer"):

@@ -114,6 +114,30 @@ def test_other_workers_are_refused(dep: Deployment, kw: dict, match: str) -> Non
         dep.worker_keys(**kw).model_key("resnet")
 
 
+def test_profile_keys_go_only_to_attested_workers_one_per_model(dep: Deployment) -> None:
+    """The key a worker MACs profiles with: released to attested workers only, never to a
+    worker of another measurement; one per model, the same after a restart."""
+    _populate(dep)
+    dep.add_model_key("zoo", "mlp", "dk2")
+    profile = KeyRequest(kind="profile", model_id="resnet")
+    (key,) = dep.worker_keys().fetch([profile])
+    assert key.kind == "profile" and len(key.key) == 32
+    assert key.key not in (dep.model_keys["resnet"], dep.tenant_keys["acme"])
+    (other,) = dep.worker_keys().fetch([KeyRequest(kind="profile", model_id="mlp")])
+    assert other.key != key.key
+    with pytest.raises(AttestationFailed, match="allowed_measurements"):
+        dep.worker_keys(hashlib.sha256(b"evil worker").digest()).fetch([profile])
+    with pytest.raises(UnknownKey):
+        dep.worker_keys().fetch([KeyRequest(kind="profile", model_id="resnet", key_id="p9")])
+    restarted = Deployment.key_service(dep.ca, dep.store, dep.kek)
+    worker = WorkerKeyClient(restarted, SimulatedTEE(dep.ca, WORKER_MEASUREMENT))
+    assert worker.fetch([profile])[0].key == key.key
+    # granting, revoking and a new data key keep it
+    dep.keys.grant(dep.ks_tokens["zoo"], "resnet", "acme")
+    dep.add_model_key("zoo", "resnet", "dk3")
+    assert dep.worker_keys().fetch([profile])[0].key == key.key
+
+
 def test_worker_from_another_platform_ca_is_refused(dep: Deployment) -> None:
     _populate(dep)
     other = SimulatedPlatformCA.generate("elsewhere")

@@ -137,12 +137,13 @@ def test_tight_and_loose_slos_pick_different_variants(world: World) -> None:
     assert fast in world.variants
     try:
         for vid in world.variants:
+            spec = world.store.get_variant(vid)
             if vid == cheap:
-                world.store.put_profile(_synthetic(vid, 200.0, 100_000.0, 0.95))
+                world.put_profile(spec, _synthetic(vid, 200.0, 100_000.0, 0.95))
             elif vid == fast:
-                world.store.put_profile(_synthetic(vid, 0.5, 10.0, 0.95))
+                world.put_profile(spec, _synthetic(vid, 0.5, 10.0, 0.95))
             else:
-                world.store.put_profile(_synthetic(vid, 400.0, 1.0, 0.95))
+                world.put_profile(spec, _synthetic(vid, 400.0, 1.0, 0.95))
         world.runtime.refresh_candidates()
         loose = world.request("acme", world.x[:1], latency_ms=2000.0)
         tight = world.request("acme", world.x[:1], latency_ms=20.0)
