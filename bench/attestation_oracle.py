@@ -43,6 +43,7 @@ def main() -> int:
             "agreed": r.agreed,
             "stricter": len(r.stricter),
             "problems": problems[:10],
+            "checks_named": sorted(r.checks_named),
             "ours_ms_per_flip": round(1000 * r.ours_s / r.flips, 3),
             "dcap_qvl_ms_per_flip": round(1000 * r.theirs_s / r.flips, 3),
             "wall_s": round(time.perf_counter() - t0, 1),

@@ -1,7 +1,8 @@
 """dcap-qvl (the Rust DCAP verifier) as a differential oracle on genuine quotes with collateral.
 
 For the quote and for one bit flipped at each chosen byte, our verifier must never accept
-what dcap-qvl refuses, and when both accept they must agree on the TCB status.
+what dcap-qvl refuses, and when both accept they must agree on the TCB status; each of
+our refusals names the failed check.
 
 Where we refuse and dcap-qvl accepts, the byte lies in data dcap-qvl does not read: the
 copy of Intel's root certificate the quote carries (it trusts its own root), the bytes
@@ -49,6 +50,10 @@ class Sweep:
     """Bytes where we accept what dcap-qvl refuses (or report another TCB status)."""
     stricter: list[int] = field(default_factory=list)
     """Bytes where we refuse what dcap-qvl accepts."""
+    unnamed: list[int] = field(default_factory=list)
+    """Bytes where we refuse without naming a failed check."""
+    checks_named: set[str] = field(default_factory=set)
+    """The failed checks the refusals named."""
     stricter_allowed: Callable[[int], bool] = lambda _pos: False
     ours_s: float = 0.0
     theirs_s: float = 0.0
@@ -59,6 +64,7 @@ class Sweep:
         if not (ours == theirs and ours[0]):
             out.append(f"genuine quote: ours {ours}, dcap-qvl {theirs}")
         out += [f"byte {p}: we accept what dcap-qvl refuses" for p in self.accepted_refused]
+        out += [f"byte {p}: refused without naming the check" for p in self.unnamed]
         out += [
             f"byte {p}: refused outside the data dcap-qvl ignores"
             for p in self.stricter
@@ -87,8 +93,11 @@ def sweep(data_dir: Path, quote: str, collateral: str, positions: str = "all") -
         ),
     )
 
+    failed: list[str] = []
+
     def ours(b: bytes) -> Outcome:
-        _, v = inspect_quote(b, roots, now=NOW, collateral=col)
+        checks, v = inspect_quote(b, roots, now=NOW, collateral=col)
+        failed[:] = [c.name for c in checks if not c.ok]
         return (v is not None, v.tcb.status if v is not None and v.tcb else None)
 
     def theirs(b: bytes) -> Outcome:
@@ -113,6 +122,10 @@ def sweep(data_dir: Path, quote: str, collateral: str, positions: str = "all") -
         result.ours_s += t1 - t0
         result.theirs_s += time.perf_counter() - t1
         result.flips += 1
+        if not a[0]:
+            result.checks_named.update(failed)
+            if not failed:
+                result.unnamed.append(pos)
         if a == b:
             result.agreed += 1
         elif a[0]:

@@ -1,6 +1,7 @@
 """dcap-qvl as a differential oracle on the genuine SGX/TDX quotes with collateral
 (tests/dcap_oracle.py): one bit flipped at every byte of the signed quote before the PCK
-chain, and at every CHAIN_STRIDE-th byte of the chain; never accept what dcap-qvl refuses.
+chain, and at every CHAIN_STRIDE-th byte of the chain; never accept what dcap-qvl refuses,
+and name the failed check of every refusal.
 
 Every byte of the chain too is ``python bench/attestation_oracle.py`` (about a minute of
 CPU: too long for the suite's budget, the same comparison).
@@ -29,3 +30,4 @@ def test_agrees_with_dcap_qvl_on_flipped_bytes(
     assert result.flips >= result.chain_start  # every byte before the chain was flipped
     assert result.problems() == []
     assert result.agreed > result.flips // 2
+    assert {"quote_signature", "qe_report_signature", "pck_chain"} <= result.checks_named

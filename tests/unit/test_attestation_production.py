@@ -27,7 +27,7 @@ from infaas.attestation import (
 )
 from infaas.attestation.chain import verify_chain
 from infaas.attestation.command import evidence_verify_command
-from infaas.attestation.deployment import create_verifier
+from infaas.attestation.deployment import create_verifier, create_worker_verifiers
 from infaas.errors import AttestationFailed
 from infaas.settings import load_settings
 
@@ -148,15 +148,19 @@ def test_production_deployment_refuses_worker_by_named_check(
 ) -> None:
     pinned = dt.datetime.now(dt.UTC)
     settings = _production_settings(tmp_path, ca, ca.collateral(now=pinned, **kw))  # type: ignore[arg-type]
-    verifier = create_verifier(settings)  # type: ignore[arg-type]
     quote = SimulatedTEE(ca, M).generate(report_data_for(b"k", b"n"))
-    with pytest.raises(AttestationFailed) as ei:
-        verifier.verify(quote, public_key=b"k", nonce=b"n", now=pinned.timestamp())
-    if where == "rule":
-        assert name in ei.value.detail["failed_rules"]
-    else:
-        assert ei.value.detail["check"] == name
-    assert ei.value.status_code == 403
+    # the verifier a client builds, and the key service's judge of worker evidence (per pool)
+    for verifier in (
+        create_verifier(settings),  # type: ignore[arg-type]
+        create_worker_verifiers(settings, {"cpu": M}),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(AttestationFailed) as ei:
+            verifier.verify_composite(quote, public_key=b"k", nonce=b"n", now=pinned.timestamp())
+        if where == "rule":
+            assert name in ei.value.detail["failed_rules"]
+        else:
+            assert ei.value.detail["check"] == name
+        assert ei.value.status_code == 403
 
 
 # --- the CLI: production rules without --policy ------------------------------------------
