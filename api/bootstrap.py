@@ -12,6 +12,7 @@ skipped when its result exists, so an interrupted first start resumes.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,6 +40,11 @@ DEMO = "demo"
 class BootstrapResult:
     credentials: dict[str, Path]
     models: list[str]
+
+
+def say_now(message: str) -> None:
+    """One line of progress, flushed: output to a log file shows it at once."""
+    print(message, flush=True)
 
 
 def credentials_dir(settings: Settings) -> Path:
@@ -110,7 +116,7 @@ def bootstrap(
     base_url: str,
     *,
     small: bool = False,
-    say: Callable[[str], None] = print,
+    say: Callable[[str], None] = say_now,
     progress: bool = True,
     timeout_s: float = 3600.0,
 ) -> BootstrapResult:
@@ -148,7 +154,7 @@ def bootstrap(
             say(f"registered {entry.model_id} (sealed) for task {entry.task}")
         owner.grant(entry.model_id, DEMO)
         registered.append(entry.model_id)
-    wait_all(owner, registered, progress=progress, timeout_s=timeout_s)
+    wait_all(owner, registered, progress=progress, timeout_s=timeout_s, say=say)
     creds = {name: credentials_dir(settings) / f"{name}.json" for name in (ADMIN, ZOO_OWNER, DEMO)}
     for client in (admin, owner, demo):
         client.close()
@@ -156,19 +162,32 @@ def bootstrap(
 
 
 def wait_all(
-    owner: Client, model_ids: list[str], *, progress: bool = True, timeout_s: float = 3600.0
+    owner: Client,
+    model_ids: list[str],
+    *,
+    progress: bool = True,
+    timeout_s: float = 3600.0,
+    say: Callable[[str], None] = say_now,
+    interactive: bool | None = None,
 ) -> dict[str, JobStatus]:
-    """Wait until every model's variants are generated and profiled (one bar per model)."""
+    """Wait until every model's variants are generated and profiled.
+
+    On a terminal, one progress bar per model; otherwise (output to a log file)
+    a plain line whenever a model's job moves, so the log shows progress too.
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+    if interactive is None:
+        interactive = sys.stdout.isatty()
     deadline = time.monotonic() + timeout_s
     jobs: dict[str, JobStatus] = {}
+    said: dict[str, tuple[str, int, int]] = {}
     with Progress(
         TextColumn("[bold]{task.fields[model]:<22}[/bold]"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total} {task.description}"),
         TimeElapsedColumn(),
-        disable=not progress,
+        disable=not (progress and interactive),
     ) as bar:
         rows = {m: bar.add_task("queued", total=None, model=m) for m in model_ids}
         while True:
@@ -180,6 +199,10 @@ def wait_all(
                     completed=job.done,
                     total=job.total or None,
                 )
+                now = (job.state, job.done, job.total)
+                if progress and not interactive and said.get(m) != now:
+                    said[m] = now
+                    say(f"{m}: {job.state} {job.done}/{job.total} {job.message}".rstrip())
             failed = [j for j in jobs.values() if j.state == "failed"]
             if failed:
                 raise RuntimeError("; ".join(f"{j.model_id} failed: {j.message}" for j in failed))

@@ -27,6 +27,40 @@ BANNER = (
 )
 
 
+EXAMPLE = "infaas infer --task digits --latency-ms 50 --min-accuracy 0.95 --example"
+"""The example request `serve` prints; the README's quickstart shows the same line (a test
+compares them)."""
+
+FIRST_START = (
+    "first start: building the example zoo, then generating and profiling its variants "
+    "inside the worker; about {full} on 2 cores{hint}"
+)
+
+
+def example_command(settings: Settings, url: str) -> str:
+    """`EXAMPLE`, with --data-dir / --url only where they are not the defaults it assumes."""
+    fields = Settings.model_fields
+    extra = ""
+    if settings.data_dir != fields["data_dir"].default:
+        extra += f" --data-dir {settings.data_dir}"
+    if url.rstrip("/") != f"http://127.0.0.1:{fields['http_port'].default}":
+        extra += f" --url {url}"
+    return EXAMPLE + extra
+
+
+def first_start_notice(settings: Settings, small: bool) -> str | None:
+    """What a first start will take (and how to make it shorter); None when it is no first
+    start (the demo tenant's credentials exist)."""
+    if (settings.data_dir / "credentials" / "demo.json").exists():
+        return None
+    if small:
+        return FIRST_START.format(full="a few minutes (small zoo: 32x32 images)", hint="")
+    return FIRST_START.format(
+        full="10 minutes (224x224 images)",
+        hint="; `infaas serve --small` (32x32 images) takes a few",
+    )
+
+
 def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     """Start everything, bootstrap on first start, print how to use it, wait for a signal."""
     import ray
@@ -43,6 +77,9 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
 
     if settings.tee_backend == "simulated":
         print(BANNER, flush=True)
+    notice = None if args.no_zoo else first_start_notice(settings, bool(args.small))
+    if notice:
+        print(notice, flush=True)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # Replicas log JSON lines to Ray's session directory; forwarding them to this
     # terminal would bury the progress and the URL a person is waiting for.
@@ -83,10 +120,8 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
             for name, path in result.credentials.items():
                 print(f"credentials of {name}: {path} (mode 0600)")
         print(
-            "try:\n"
-            f"  infaas infer --data-dir {settings.data_dir} --url {url} --task digits "
-            "--latency-ms 50 --min-accuracy 0.9 --example\n"
-            f"  (as tenant {DEMO!r}; Ctrl-C stops the service)",
+            f"try:\n  {example_command(settings, url)}\n"
+            f"  (as tenant {DEMO!r}; `infaas stop` or Ctrl-C stops the service)",
             flush=True,
         )
         print("READY", flush=True)

@@ -57,7 +57,7 @@ sys.path.insert(0, str(REPO))
 
 log = logging.getLogger("infaas.bench.serving")
 
-DEFAULT_MODELS = ("digits-mlp-large", "images-resnet18")
+DEFAULT_MODELS = ("digits-mlp-large", "images-resnet18-32px")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -301,7 +301,7 @@ def _print_error(problem: dict[str, Any], code: int, as_json: bool) -> None:
     if as_json:
         print(json.dumps({"error": problem, "exit_code": code}), file=sys.stderr)
     else:
-        print(f"infaas: error: {problem.get('message') or problem.get('detail')}", file=sys.stderr)
+        print(f"infaas: error: {problem.get('detail')}", file=sys.stderr)
 
 
 def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
@@ -309,7 +309,7 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
         def error(self, message: str) -> NoReturn:
             if not json_errors:
                 super().error(message)
-            problem = {"code": "usage", "message": f"{self.prog}: {message}"}
+            problem = {"title": "Usage error", "detail": f"{self.prog}: {message}", "code": "usage"}
             _print_error(problem, EXIT_USAGE, as_json=True)
             sys.exit(EXIT_USAGE)
 
@@ -545,7 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_error(e.to_problem(), code, as_json)
     except OSError as e:  # a file named on the command line
         code = EXIT_USAGE
-        _print_error({"code": "usage", "message": str(e)}, code, as_json)
+        _print_error({"title": "Usage error", "detail": str(e), "code": "usage"}, code, as_json)
     return code
 
 

@@ -16,6 +16,7 @@ from infaas.zoo.images import (
     SMALL_RESOLUTION,
     TORCHVISION_SOURCE,
     TORCHVISION_TOP1,
+    image_model_id,
     image_sets,
     resnet_onnx,
 )
@@ -122,7 +123,7 @@ def build_zoo(
     np.savez(zoo_dir / "images.val.npz", x=val)
     np.savez(zoo_dir / "images.calib.npz", x=calib)
     for arch in RESNETS:
-        model_id = f"images-{arch}"
+        model_id = image_model_id(arch, small)
         if reused(model_id):
             continue
         onnx_bytes, n_params = resnet_onnx(arch, small, res, templates)

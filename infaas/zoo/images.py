@@ -84,6 +84,12 @@ class _ResNetShape:
     bottleneck: bool
 
 
+def image_model_id(arch: str, small: bool) -> str:
+    """The zoo's id of an image model: the small zoo's say their resolution, so a data dir
+    never mistakes a 32x32 model for the 224x224 one of the same architecture."""
+    return f"images-{arch}-{SMALL_RESOLUTION}px" if small else f"images-{arch}"
+
+
 RESNETS = {
     "resnet18": _ResNetShape((2, 2, 2, 2), False),
     "resnet34": _ResNetShape((3, 4, 6, 3), False),

@@ -22,7 +22,7 @@ from variants.generate import variant_spec
 
 __all__ = ["small_manifest", "small_zoo"]
 
-MODELS = ["digits-mlp-small", "images-resnet18"]
+MODELS = ["digits-mlp-small", "images-resnet18-32px"]
 
 
 def _args(**kw: object) -> argparse.Namespace:
@@ -58,17 +58,17 @@ def test_profile_command_stores_profiles_and_plots(
         assert len(variants) == 12
         profiles = {p.variant_id: p for p in store.list_profiles()}
     assert "digits-mlp-small.fp32.onnxruntime" in profiles
-    assert "images-resnet18.int8.openvino" in profiles or "unsupported" in out
+    assert "images-resnet18-32px.int8.openvino" in profiles or "unsupported" in out
     for p in profiles.values():
         assert [b.batch for b in p.batches] == [1, 2, 8]
         assert all(b.p50_ms <= b.p99_ms for b in p.batches)
         assert p.load_ms > 0 and p.latency_model.slope_ms >= 0
     digits = profiles["digits-mlp-small.fp32.onnxruntime"]
     assert digits.accuracy_kind == "validation" and digits.accuracy > 0.9
-    img = profiles["images-resnet18.fp32.onnxruntime"]
+    img = profiles["images-resnet18-32px.fp32.onnxruntime"]
     assert img.accuracy_kind == "agreement"
     assert img.accuracy == pytest.approx(0.69758)  # declared x agreement 1.0 with itself
-    int8 = profiles["images-resnet18.int8.onnxruntime"]
+    int8 = profiles["images-resnet18-32px.int8.onnxruntime"]
     assert 0.5 < int8.accuracy <= 0.69758
 
 

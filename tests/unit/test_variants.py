@@ -75,7 +75,7 @@ def test_digits_variants_agree_with_fp32(digits: tuple) -> None:  # type: ignore
 
 
 def test_image_variants(small_zoo: Path, small_manifest: Manifest) -> None:
-    e = entry(small_manifest, "images-resnet18")
+    e = entry(small_manifest, "images-resnet18-32px")
     variants = _generated(small_zoo, e)
     x, _ = load_validation(small_zoo, e)
     x = x[:64]

@@ -18,6 +18,7 @@ from infaas.zoo import (
     load_validation,
     tasks,
 )
+from infaas.zoo.images import image_model_id
 from tests.zoo_fixtures import entry, small_manifest, small_zoo
 
 __all__ = ["small_manifest", "small_zoo"]
@@ -29,9 +30,9 @@ def test_manifest_lists_every_model(small_manifest: Manifest) -> None:
         "digits-logreg",
         "digits-mlp-small",
         "digits-mlp-large",
-        "images-resnet18",
-        "images-resnet34",
-        "images-resnet50",
+        "images-resnet18-32px",
+        "images-resnet34-32px",
+        "images-resnet50-32px",
     ]
     assert set(small_manifest.tasks) == {"digits", "images"}
 
@@ -60,7 +61,7 @@ def test_image_models_declare_torchvision_accuracy(
 ) -> None:
     params = {}
     for arch, top1 in TORCHVISION_TOP1.items():
-        e = entry(small_manifest, f"images-{arch}")
+        e = entry(small_manifest, image_model_id(arch, small=True))
         assert e.declared_accuracy == top1
         assert "torchvision" in e.accuracy_source
         assert e.input.shape == (3, 32, 32)
@@ -70,7 +71,7 @@ def test_image_models_declare_torchvision_accuracy(
         onnx.checker.check_model(model)
         assert {n.op_type for n in model.graph.node} >= {"Conv", "Add", "Relu", "Gemm"}
     assert params["resnet18"] < params["resnet34"]
-    x, y = load_validation(small_zoo, entry(small_manifest, "images-resnet18"))
+    x, y = load_validation(small_zoo, entry(small_manifest, "images-resnet18-32px"))
     assert y is None and x.shape[1:] == (3, 32, 32)
 
 
