@@ -10,6 +10,7 @@ heavy so that, e.g., the packer can be used without onnxruntime):
   the key service must allow for these workers;
 * `enclave_workers.runtime.WorkerRuntime`: the request path without Ray;
 * `enclave_workers.preparation.prepare_model`: generate, profile and register
-  the variants of a sealed model;
+  the variants of a sealed model, the model's own work in a child process
+  under memory and time limits (`enclave_workers.sandbox`);
 * `enclave_workers.endpoint.serve_app` / `create_worker_app`: the HTTP endpoint.
 """

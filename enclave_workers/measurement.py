@@ -38,6 +38,7 @@ def worker_config(settings: Settings, pool: str | None = None) -> bytes:
             "request_window_s",
             "pools",
             "profiler",
+            "preparation",
         },
     )
     data["pool"] = pool or settings.pools[0].name

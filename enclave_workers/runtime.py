@@ -56,6 +56,7 @@ from enclave_workers.keycache import KeyCache
 from enclave_workers.packer import VariantHost
 from enclave_workers.preparation import PreparationOptions, prepare_model
 from enclave_workers.profiles import artifact_digest, authenticate_profile, verified
+from enclave_workers.sandbox import Sandbox
 from infaas.artifacts import ArtifactStore
 from infaas.attestation import SIMULATED_LABEL
 from infaas.attestation.backends import EvidenceGenerator, GpuEvidenceGenerator
@@ -194,6 +195,8 @@ class WorkerRuntime:
         self._preparation = preparation or PreparationOptions.from_settings(
             settings, pool=self.pool.name
         )
+        # one preparation child at a time: concurrent profiling would distort the timings
+        self._sandbox = Sandbox(self._preparation.limits)
         self.started_at = time.time()
         self.requests_served = 0
         self.errors: Counter[str] = Counter()
@@ -310,6 +313,7 @@ class WorkerRuntime:
                 keys=lambda m, k: self._keys.model_key(m, k)[1],
                 options=self._preparation,
                 authenticate=self._authenticate_profile,
+                sandbox=self._sandbox,
             )
             self.refresh_candidates()
             return job

@@ -420,7 +420,9 @@ def _artifact_header(key_id: str, model_id: str) -> bytes:
     return _ARTIFACT_MAGIC + struct.pack(">H", len(kid)) + kid + struct.pack(">H", len(mid)) + mid
 
 
-def seal_artifact(data_key: bytes, key_id: str, model_id: str, plaintext: bytes) -> bytearray:
+def seal_artifact(
+    data_key: bytes, key_id: str, model_id: str, plaintext: bytes | bytearray
+) -> bytearray:
     """Encrypt model bytes at rest: header(magic, key id, model id) | nonce | ciphertext+tag.
 
     The header is the associated data, so a blob cannot be passed off as

@@ -5,6 +5,7 @@ The hierarchy::
     InfaasError (500)
     ├── InvalidInput (400)
     │   ├── InvalidModel (400)             not ONNX, unsupported ops, bad validation set
+    │   │   └── PreparationLimitExceeded (400)  preparing it took more memory or time than allowed
     │   ├── SealingRequired (400)          plain OIP v2 inference sent to the service
     │   └── PayloadTooLarge (413)
     ├── AuthenticationFailed (401)
@@ -95,6 +96,12 @@ class InvalidInput(InfaasError):
 
 class InvalidModel(InvalidInput):
     code = "invalid_model"
+
+
+class PreparationLimitExceeded(InvalidModel):
+    """Preparing the model (conversion, quantization, profiling) went over a sandbox limit."""
+
+    code = "preparation_limit_exceeded"
 
 
 class SealingRequired(InvalidInput):

@@ -106,6 +106,33 @@ class ProfilerSettings(BaseModel):
         return self
 
 
+class PreparationSettings(BaseModel):
+    """Limits of the child process that prepares (converts, quantizes, profiles) a model.
+
+    An owner's graph is untrusted code for the runtimes: a decompression bomb
+    (a huge ``ConstantOfShape``/``Expand`` output) or a ``Loop`` with a huge trip
+    count must fail its own job, not the worker. onnxruntime and OpenVINO reserve
+    far more virtual memory than they touch, so the memory limit is on resident
+    memory (the child's whole process tree, polled), not on address space.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Honest peaks measured on the zoo (bench/preparation.py, full profiler settings):
+    # ResNet-50 at 224x224 is the largest, see MEMORY_LIMIT_NOTE in enclave_workers/sandbox.py.
+    memory_limit_bytes: int = Field(
+        6 * 1024**3,
+        ge=64 * 1024**2,
+        description="resident memory (child and its descendants) a preparation may use",
+    )
+    time_limit_s: float = Field(
+        1800.0, gt=0, description="wall time one preparation may take, profiling included"
+    )
+    poll_interval_s: float = Field(
+        0.02, gt=0, le=1.0, description="how often the watchdog reads the child's memory"
+    )
+
+
 class SLODefaults(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -281,6 +308,7 @@ class Settings(BaseSettings):
         min_length=1,
     )
     profiler: ProfilerSettings = ProfilerSettings()
+    preparation: PreparationSettings = PreparationSettings()
     slo_defaults: SLODefaults = SLODefaults()
     autoscaler: AutoscalerSettings = AutoscalerSettings()
 

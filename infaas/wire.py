@@ -113,6 +113,9 @@ class JobStatus(_Wire):
     done: int = Field(0, ge=0)
     total: int = Field(0, ge=0)
     message: str = ""
+    code: str = Field(
+        "", description="a failed job's error code (`infaas.errors`), e.g. invalid_model"
+    )
     updated_at: float = 0.0
 
 

@@ -65,7 +65,10 @@ class OrtVariant:
                 onnx_bytes, opts, providers=["CPUExecutionProvider"]
             )
         except Exception as e:  # onnxruntime's own exception types
-            raise InvalidModel(f"onnxruntime cannot load {spec.variant_id}: {e}") from e
+            # the type only: its text quotes the owner's node names and values
+            raise InvalidModel(
+                f"onnxruntime cannot load {spec.variant_id} ({type(e).__name__})"
+            ) from e
         inp = self._session.get_inputs()[0]
         self.spec = spec
         self.input_name: str = inp.name
@@ -100,7 +103,9 @@ class OpenVinoVariant:
             model = core.read_model(model=bytes(onnx_bytes), weights=b"")
             self._compiled = core.compile_model(model, "CPU", config)
         except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
-            raise InvalidModel(f"OpenVINO cannot load {spec.variant_id}: {e}") from e
+            raise InvalidModel(
+                f"OpenVINO cannot load {spec.variant_id} ({type(e).__name__})"
+            ) from e
         inp = self._compiled.input(0)
         self.spec = spec
         self.input_name = inp.get_any_name()

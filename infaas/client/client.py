@@ -30,6 +30,7 @@ from infaas.errors import (
     InfaasError,
     InvalidInput,
     ModelNotFound,
+    error_from_code,
 )
 from infaas.keyservice.client import KeyServiceClient, KeyServiceHttpClient
 from infaas.keyservice.models import ConsentKind, ConsentPolicy
@@ -383,8 +384,10 @@ class Client(ClientBase):
                 if job.state == "ready":
                     return job
                 if job.state == "failed":
-                    raise InfaasError(
-                        f"preparing model {model_id!r} failed: {job.message}", model_id=model_id
+                    raise error_from_code(
+                        job.code or InfaasError.code,
+                        f"preparing model {model_id!r} failed: {job.message}",
+                        {"model_id": model_id},
                     )
                 if time.monotonic() > deadline:
                     raise InfaasError(
