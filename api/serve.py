@@ -13,7 +13,9 @@ application    route prefix        ingress
                                    one hop from the proxy to the model, as in
                                    plain Ray Serve
 ``control``    ``/``               `ControlIngress`: `api.app.create_app`, which
-                                   reaches the workers through a handle
+                                   reaches the workers through a handle; it
+                                   also answers the Open Inference Protocol's
+                                   ``/v2`` health and metadata (no tensors)
 =============  ==================  ==============================================
 
 The control plane and the key service reserve no CPU: the pools' CPUs are for
