@@ -392,7 +392,9 @@ def test_tritonclient_against_serve_and_through_infaas_proxy(served: Served) -> 
     creds = str(served.credentials("demo"))
     cmd = [sys.executable, "-m", "infaas.cli", "proxy", "--credentials", creds,
            "--url", served.url, "--listen", f"127.0.0.1:{port}"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = served.data_dir.parent / "proxy.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     try:
         proxy = triton.InferenceServerClient(f"127.0.0.1:{port}")
         for _ in range(300):
@@ -400,7 +402,7 @@ def test_tritonclient_against_serve_and_through_infaas_proxy(served: Served) -> 
                 if proxy.is_server_live():
                     break
             except Exception:
-                assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+                assert proc.poll() is None, log.read_text(errors="replace")
             time.sleep(0.1)
         entry = _entries(served, "digits")[0]
         x, _ = _samples(served, "digits", 4)

@@ -255,3 +255,21 @@ def test_header_length_header() -> None:
     for bad in ("-1", "4x", "", "1e3"):
         with pytest.raises(InvalidInput, match="decimal byte count"):
             parse_header_length(bad)
+
+
+def test_the_header_length_is_authenticated() -> None:
+    """The host cannot re-split a sealed body: the header length is associated data."""
+    from infaas.envelope import new_key, open_request, seal_request
+    from infaas.errors import DecryptionFailed
+
+    key = {"k": new_key()}
+    content, n = encode_request({"input": np.zeros((1, 1, 8, 8), np.float32)})
+    env = seal_request(
+        key, content, tenant="t", task="digits", latency_ms=50, min_accuracy=0.0,
+        request_id="r", header_length=n,
+    )  # fmt: skip
+    assert bytes(open_request(env, key)) == content
+    assert n is not None
+    for forged in (n + 1, n - 1, None):
+        with pytest.raises(DecryptionFailed):
+            open_request(env.model_copy(update={"header_length": forged}), key)
