@@ -118,15 +118,18 @@ class PreparationSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    # Honest peaks measured on the zoo (bench/preparation.py, full profiler settings):
-    # ResNet-50 at 224x224 is the largest, see MEMORY_LIMIT_NOTE in enclave_workers/sandbox.py.
+    # Honest peaks measured on the 224x224 zoo (bench/preparation.py, default profiler
+    # settings, one thread, 2 shared cores at load 11-16): peak RSS of the child's tree /
+    # wall time: digits 258-268 MiB / 33 s, ResNet-18 1333 MiB / 463 s, ResNet-34
+    # 2058 MiB / 653 s, ResNet-50 3662 MiB / 1259 s. The limits leave 1.6x and 2.9x over
+    # ResNet-50; a deployment serving larger models raises them.
     memory_limit_bytes: int = Field(
         6 * 1024**3,
         ge=64 * 1024**2,
         description="resident memory (child and its descendants) a preparation may use",
     )
     time_limit_s: float = Field(
-        1800.0, gt=0, description="wall time one preparation may take, profiling included"
+        3600.0, gt=0, description="wall time one preparation may take, profiling included"
     )
     poll_interval_s: float = Field(
         0.02, gt=0, le=1.0, description="how often the watchdog reads the child's memory"

@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from enclave_workers.preparation import PreparationOptions
 from enclave_workers.runtime import WorkerRuntime
 from infaas.errors import PreparationLimitExceeded, error_from_code
-from infaas.types import ModelRecord
+from infaas.types import BatchLatency, LatencyModel, ModelRecord, Profile, VariantSpec
 from infaas.wire import JobStatus
 from infaas.zoo import Manifest, load_model_bytes
 from profiler.profile import ProfileOptions
@@ -241,3 +241,60 @@ def test_the_limits_are_settings() -> None:
     assert replace(options, time_limit_s=1.0).limits.time_limit_s == 1.0
     with pytest.raises(ValueError, match="memory_limit_bytes"):
         Settings(store_url="memory://", preparation={"memory_limit_bytes": 1024})
+
+
+def _reply(spec: VariantSpec, digest: str) -> dict[str, object]:
+    profile = Profile(
+        variant_id=spec.variant_id,
+        pool=spec.pool,
+        batches=(BatchLatency(batch=1, p50_ms=1.0, p99_ms=1.0, throughput_rps=1000.0),),
+        load_ms=1.0,
+        peak_memory_bytes=1,
+        accuracy=0.99,
+        accuracy_kind="validation",
+        latency_model=LatencyModel(intercept_ms=0.0, slope_ms=1.0),
+        threads=1,
+    )
+    return {
+        "kind": "variant",
+        "spec": spec.model_dump(mode="json"),
+        "profile": profile.model_dump(mode="json"),
+        "sha256": digest,
+    }
+
+
+def test_a_subverted_child_cannot_register_what_it_was_not_asked_for() -> None:
+    """A child the graph took over can lie only within the model it prepares: a variant of
+    another model, a graph it never sent, a second copy or an endless stream are refused."""
+    import hashlib
+
+    from enclave_workers.preparation import _Collected
+    from infaas.types import Backend, Precision, Quantization
+    from variants.generate import VARIANT_KINDS, variant_spec
+
+    weights = bytearray(b"mallory's own graph")
+    mine = _record("mallory-model", bytes(weights))
+    options = PreparationOptions("cpu", 8, QUICK, 32, 8)
+    got = _Collected(mine, options, weights)
+    own = hashlib.sha256(weights).hexdigest()
+    fp32 = (Precision.FP32, Backend.ONNXRUNTIME, Quantization.NONE)
+    victim = _record("victim-model", b"x")
+    for spec in (
+        variant_spec(victim, *fp32),  # another owner's model
+        variant_spec(mine, *fp32).model_copy(update={"variant_id": "victim-model.fp32.x"}),
+        variant_spec(mine, *fp32, pool="gpu"),  # a pool it does not run on
+    ):
+        with pytest.raises(ValueError, match="not one of this model's"):
+            got.take(_reply(spec, own), None)
+    with pytest.raises(ValueError, match="not one of this model's"):  # a graph never sent
+        got.take(_reply(variant_spec(mine, *fp32), "0" * 64), None)
+    got.take(_reply(variant_spec(mine, *fp32), own), None)
+    with pytest.raises(ValueError, match="twice"):
+        got.take(_reply(variant_spec(mine, *fp32), own), None)
+    for i in range(len(VARIANT_KINDS)):
+        got.take({"kind": "blob"}, bytearray(b"graph %d" % i))
+    with pytest.raises(ValueError, match="more variant graphs"):
+        got.take({"kind": "blob"}, bytearray(b"one too many"))
+    with pytest.raises(ValueError, match="count variants"):
+        got.take({"kind": "progress", "done": 10**9, "total": 1}, None)
+    assert [s.variant_id for s, _, _ in got.variants] == ["mallory-model.fp32.onnxruntime"]
