@@ -17,7 +17,7 @@ from api.dashboard import install_dashboard
 from api.deps import ControlPlane, PrepareFn, WorkerStatusFn
 from api.openapi import create_problems_router, install_openapi
 from api.routes.health import SIMULATED_WARNING, create_health_router
-from api.routes.models import create_models_router
+from api.routes.models import create_models_router, registration_body_limit
 from api.routes.oip import create_oip_router
 from api.routes.tenants import create_tenants_router
 from infaas.artifacts import ArtifactStore
@@ -87,7 +87,8 @@ def create_app(
 
     def limit_for(scope: Scope) -> int:
         if scope.get("method") == "POST" and str(scope.get("path", "")).endswith("/v1/models"):
-            return max(settings.max_model_bytes * 4 // 3 + 65536, settings.max_request_bytes)
+            limit = registration_body_limit(settings.max_model_bytes)
+            return max(limit, settings.max_request_bytes)
         return settings.max_request_bytes
 
     app.add_middleware(BodyLimit, limit_for=limit_for)

@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     from api.serve import build_keyservice_app
     from enclave_workers.deployment import APP_NAME, ROUTE_PREFIX, build_infer_app
     from enclave_workers.preparation import validation_artifact
-    from infaas.artifacts import ArtifactStore
+    from infaas.artifacts import MODEL_PART, VALIDATION_PART, ArtifactStore, artifact_name
     from infaas.attestation.deployment import create_verifier
     from infaas.auth import TokenRegistry
     from infaas.envelope import new_key, seal_artifact
@@ -343,14 +343,21 @@ def main(argv: list[str] | None = None) -> int:
             x, y = load_validation(zoo_dir, e)
             data_key = new_key()
             ks.upload_model_key(owner, model_id, "m1", data_key)
-            artifacts.put(model_id, seal_artifact(data_key, "m1", model_id, onnx))
+            zoo_owner = e.to_model_record().owner
+            artifacts.put(
+                artifact_name(zoo_owner, model_id, MODEL_PART),
+                seal_artifact(data_key, "m1", model_id, onnx),
+            )
             buf = io.BytesIO()
             if y is None:
                 np.savez(buf, x=x)
             else:
                 np.savez(buf, x=x, y=y)
             name = validation_artifact(model_id)
-            artifacts.put(name, seal_artifact(data_key, "m1", name, buf.getvalue()))
+            artifacts.put(
+                artifact_name(zoo_owner, model_id, VALIDATION_PART),
+                seal_artifact(data_key, "m1", name, buf.getvalue()),
+            )
             store.put_task(manifest.tasks[e.task])
             store.put_model(e.to_model_record())
             ks.grant(owner, model_id, "bench")
@@ -441,6 +448,7 @@ def bench_model(
     settings: Any,
 ) -> dict[str, Any]:
     from enclave_workers.deployment import ROUTE_PREFIX, deployment_options
+    from infaas.artifacts import artifact_name, variant_part
     from infaas.envelope import open_artifact, open_response, seal_request
     from infaas.protocol import decode_response, encode_request
     from infaas.wire import InferRequest, InferResponse
@@ -475,7 +483,9 @@ def bench_model(
         raise SystemExit(f"{r.model_id}: the confidential path answered no request")
     variant_id = max(served, key=lambda v: served[v])
     spec = store.get_variant(variant_id)
-    onnx = bytes(open_artifact({"m1": r.data_key}, variant_id, artifacts.get(variant_id)))
+    owner = store.get_model(spec.model_id).owner
+    stored = artifacts.get(artifact_name(owner, spec.model_id, variant_part(variant_id)))
+    onnx = bytes(open_artifact({"m1": r.data_key}, variant_id, stored))
 
     plain_app = f"plain-{r.model_id}"
     plain_prefix = f"/plain/{r.model_id}"

@@ -124,6 +124,7 @@ async def answer(
     try:
         with admission.admit():
             token = bearer_token(authorization)
+            runtime.authenticate(token)  # a bad token costs no body read
             check_declared_length(content_length, max_bytes)
             request = parse_infer_request(await read_body(chunks, max_bytes))
             response = await runtime.infer(request, token)

@@ -1,8 +1,8 @@
 """Model preparation inside the worker: decrypt, generate variants, profile, seal, record.
 
-After the control ingress stored a registration (the sealed FP32 artifact under
-``model_id``, the sealed validation ``.npz`` under ``f"{model_id}.validation"``,
-the `ModelRecord` and its `Task`), a worker:
+After the control ingress stored a registration (the sealed FP32 artifact and
+the sealed validation ``.npz``, under the owner's opaque names
+`infaas.artifacts.artifact_name`, the `ModelRecord` and its `Task`), a worker:
 
 1. gets the model's data key from the key service (attested release);
 2. decrypts both artifacts in memory (the weights and the owner's data never
@@ -14,7 +14,8 @@ the `ModelRecord` and its `Task`), a worker:
    the labels when the set has ``y``, else declared accuracy times agreement
    with FP32), sending back each variant's spec, profile and ONNX bytes;
 4. checks what came back, seals each variant's ONNX under the model's data key
-   with the variant id as the artifact name, and stores its `VariantSpec` and
+   with the variant id as its label (stored under the owner's opaque name for
+   it, `infaas.artifacts.artifact_name`), and stores its `VariantSpec` and
    its `Profile`, the latter bound to the spec and the sealed artifact under the
    model's profile key (`authenticate`, `enclave_workers.profiles`): the only
    profiles any worker will believe -- only once the child finished: a failed
@@ -38,7 +39,13 @@ import numpy as np
 from pydantic import ValidationError
 
 from enclave_workers.sandbox import Emit, Sandbox, SandboxLimits
-from infaas.artifacts import ArtifactStore
+from infaas.artifacts import (
+    MODEL_PART,
+    VALIDATION_PART,
+    ArtifactStore,
+    artifact_name,
+    variant_part,
+)
 from infaas.envelope import artifact_key_id, open_artifact, seal_artifact, wipe
 from infaas.errors import InfaasError, InvalidInput, InvalidModel, VariantUnsupported
 from infaas.logs import get_logger
@@ -61,7 +68,7 @@ _LIMITS = PreparationSettings()
 
 
 def validation_artifact(model_id: str) -> str:
-    """Artifact name (and sealing name) of a model's validation set."""
+    """Sealing label of a model's validation set."""
     return f"{model_id}.validation"
 
 
@@ -115,13 +122,13 @@ class PreparationOptions:
 
 
 def _open(
-    artifacts: ArtifactStore, name: str, model_id: str, keys: KeySource
+    artifacts: ArtifactStore, record: ModelRecord, part: str, label: str, keys: KeySource
 ) -> tuple[bytearray, str, bytes]:
-    """Decrypt artifact `name` of `model_id`: (plaintext, key id, data key)."""
-    blob = artifacts.get(name)
+    """Decrypt `part` of the model (sealed as `label`): (plaintext, key id, data key)."""
+    blob = artifacts.get(artifact_name(record.owner, record.model_id, part))
     key_id = artifact_key_id(blob)
-    data_key = keys(model_id, key_id)
-    return open_artifact({key_id: data_key}, name, blob), key_id, data_key
+    data_key = keys(record.model_id, key_id)
+    return open_artifact({key_id: data_key}, label, blob), key_id, data_key
 
 
 def _validation(npz: bytearray, task: Task) -> tuple[np.ndarray, np.ndarray | None]:
@@ -245,10 +252,11 @@ def _prepare(
     sandbox: Sandbox,
 ) -> JobStatus:
     model_id = record.model_id
-    weights, blob_key_id, data_key = _open(artifacts, model_id, model_id, keys)
+    weights, blob_key_id, data_key = _open(artifacts, record, MODEL_PART, model_id, keys)
     collected = _Collected(record, options, weights)
     try:
-        npz, _, _ = _open(artifacts, validation_artifact(model_id), model_id, keys)
+        label = validation_artifact(model_id)
+        npz, _, _ = _open(artifacts, record, VALIDATION_PART, label, keys)
         state = {"job": job}
 
         def on_message(msg: dict[str, Any], payload: bytearray | None) -> None:
@@ -281,7 +289,9 @@ def _prepare(
         for spec, profile, digest in collected.variants:
             sealed = seal_artifact(data_key, blob_key_id, spec.variant_id, collected.blobs[digest])
             stored = authenticate(spec, profile, sealed)
-            artifacts.put(spec.variant_id, sealed)
+            artifacts.put(
+                artifact_name(record.owner, model_id, variant_part(spec.variant_id)), sealed
+            )
             store.put_variant(spec)
             store.put_profile(stored)
     finally:

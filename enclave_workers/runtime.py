@@ -57,7 +57,7 @@ from enclave_workers.packer import VariantHost
 from enclave_workers.preparation import PreparationOptions, prepare_model
 from enclave_workers.profiles import artifact_digest, authenticate_profile, verified
 from enclave_workers.sandbox import Sandbox
-from infaas.artifacts import ArtifactStore
+from infaas.artifacts import ArtifactStore, artifact_name, variant_part
 from infaas.attestation import SIMULATED_LABEL
 from infaas.attestation.backends import EvidenceGenerator, GpuEvidenceGenerator
 from infaas.auth import TokenRegistry
@@ -339,7 +339,8 @@ class WorkerRuntime:
         if cand is None:  # only verified candidates load: their spec says how to run them
             raise VariantNotFound(f"variant {variant_id} is not a verified candidate here")
         spec = cand.spec
-        blob = self.artifacts.get(variant_id)
+        owner = self.store.get_model(spec.model_id).owner
+        blob = self.artifacts.get(artifact_name(owner, spec.model_id, variant_part(variant_id)))
         if artifact_digest(blob) != cand.profile.artifact_sha256:
             raise UnverifiedProfile(
                 f"the stored artifact of {variant_id} is not the one its profile measured",
@@ -363,7 +364,8 @@ class WorkerRuntime:
 
     # --- the request path ---------------------------------------------------------------
 
-    def _authenticate(self, token: str | None) -> str:
+    def authenticate(self, token: str | None) -> str:
+        """The tenant a token belongs to (cached briefly); AuthenticationFailed otherwise."""
         digest = hashlib.sha256((token or "").encode()).hexdigest()
         hit = self._token_cache.get(digest)
         now = time.monotonic()
@@ -423,7 +425,7 @@ class WorkerRuntime:
         env = request.envelope
         if env.kind != "request":
             raise DecryptionFailed("not a request envelope")
-        if self._authenticate(token) != env.tenant:
+        if self.authenticate(token) != env.tenant:
             raise PermissionDenied("the API token belongs to another tenant than the envelope")
         try:
             slo = SLO(latency_ms=env.latency_ms, min_accuracy=env.min_accuracy)

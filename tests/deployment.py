@@ -28,7 +28,13 @@ import numpy as np
 from enclave_workers.preparation import validation_artifact
 from enclave_workers.profiles import authenticate_profile
 from enclave_workers.runtime import WorkerRuntime
-from infaas.artifacts import ArtifactStore
+from infaas.artifacts import (
+    MODEL_PART,
+    VALIDATION_PART,
+    ArtifactStore,
+    artifact_name,
+    variant_part,
+)
 from infaas.attestation import (
     AttestationPolicy,
     AttestationVerifier,
@@ -168,11 +174,13 @@ class Deployment:
         the model record and its task (the worker prepares the variants from these)."""
         model_id = record.model_id
         data_key = self.add_model_key(owner, model_id)
-        self.artifacts.put(model_id, seal_artifact(data_key, "m1", model_id, onnx))
+        stored = artifact_name(record.owner, model_id, MODEL_PART)
+        self.artifacts.put(stored, seal_artifact(data_key, "m1", model_id, onnx))
         npz = io.BytesIO()
         np.savez(npz, x=x, **({} if y is None else {"y": y}))
-        name = validation_artifact(model_id)
-        self.artifacts.put(name, seal_artifact(data_key, "m1", name, npz.getvalue()))
+        label = validation_artifact(model_id)
+        stored = artifact_name(record.owner, model_id, VALIDATION_PART)
+        self.artifacts.put(stored, seal_artifact(data_key, "m1", label, npz.getvalue()))
         self.store.put_task(task)
         self.store.put_model(record)
         self.onnx, self.x, self.y, self.task = onnx, x, y, task.name
@@ -182,10 +190,16 @@ class Deployment:
         (named by the variant id), its spec and its profile (MACed as an attested worker
         that measured it does)."""
         sealed = seal_artifact(self.model_keys[spec.model_id], "m1", spec.variant_id, onnx)
-        self.artifacts.put(spec.variant_id, sealed)
         self.store.put_variant(spec)
+        self.artifacts.put(self.variant_artifact(spec.variant_id), sealed)
         self.put_profile(spec, profile)
         self.variants.append(spec.variant_id)
+
+    def variant_artifact(self, variant_id: str) -> str:
+        """The storage name of a variant's sealed graph (in its owner's namespace)."""
+        spec = self.store.get_variant(variant_id)
+        owner = self.store.get_model(spec.model_id).owner
+        return artifact_name(owner, spec.model_id, variant_part(variant_id))
 
     def profile_key(self, model_id: str) -> bytes:
         """The model's profile key, as the key service releases it to an attested worker."""
@@ -199,7 +213,7 @@ class Deployment:
             self.profile_key(spec.model_id),
             spec,
             profile,
-            sealed_artifact=self.artifacts.get(spec.variant_id),
+            sealed_artifact=self.artifacts.get(self.variant_artifact(spec.variant_id)),
             measurement=WORKER_MEASUREMENT,
         )
         self.store.put_profile(authentic)

@@ -69,7 +69,7 @@ def worker(work: Path) -> None:
     from enclave_workers.endpoint import serve_app
     from enclave_workers.preparation import PreparationOptions, validation_artifact
     from enclave_workers.runtime import WorkerRuntime
-    from infaas.artifacts import ArtifactStore
+    from infaas.artifacts import MODEL_PART, VALIDATION_PART, ArtifactStore, artifact_name
     from infaas.attestation import (
         AttestationPolicy,
         AttestationVerifier,
@@ -114,11 +114,17 @@ def worker(work: Path) -> None:
     owner = ks.register("owner", "owner")
     data_key = new_key()
     ks.upload_model_key(owner, model["model_id"], "m1", data_key)
-    artifacts.put(model["model_id"], seal_artifact(data_key, "m1", model["model_id"], onnx))
+    mid, record_owner = model["model_id"], ModelRecord.model_validate(model["record"]).owner
+    artifacts.put(
+        artifact_name(record_owner, mid, MODEL_PART), seal_artifact(data_key, "m1", mid, onnx)
+    )
     npz = io.BytesIO()
     np.savez(npz, x=x, y=y)
-    name = validation_artifact(model["model_id"])
-    artifacts.put(name, seal_artifact(data_key, "m1", name, npz.getvalue()))
+    name = validation_artifact(mid)
+    artifacts.put(
+        artifact_name(record_owner, mid, VALIDATION_PART),
+        seal_artifact(data_key, "m1", name, npz.getvalue()),
+    )
     store.put_task(Task.model_validate(model["task"]))
     store.put_model(ModelRecord.model_validate(model["record"]))
     tenant_ks = ks.register("acme", "tenant")

@@ -21,12 +21,15 @@ import inspect
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import AnyPrincipal, ControlPlane, Owner, Plane, StoreDep
+from infaas.artifacts import MODEL_PART, VALIDATION_PART, artifact_name
 from infaas.auth import Principal
-from infaas.edge import problem_schema
+from infaas.edge import problem_schema, read_body
 from infaas.envelope import artifact_key_id
 from infaas.errors import (
     Conflict,
@@ -47,7 +50,7 @@ log = get_logger(__name__)
 
 
 def validation_artifact_name(model_id: str) -> str:
-    """Name (artifact store and sealing label) of a model's sealed validation set."""
+    """Sealing label of a model's validation set (its storage name is `artifact_name`'s)."""
     return f"{model_id}.validation"
 
 
@@ -104,10 +107,14 @@ def register(plane: ControlPlane, body: RegisterModelRequest, owner: Principal) 
             f"model {body.model_id!r} is already registered or being registered",
             model_id=body.model_id,
         )
+    # storage names in the owner's own namespace: nothing here can name (or, cleaning up,
+    # delete) another owner's artifact, whatever model id this owner picked
+    model_name = artifact_name(owner.id, body.model_id, MODEL_PART)
+    validation_name = artifact_name(owner.id, body.model_id, VALIDATION_PART)
     try:
         _ensure_task(store, body)
-        plane.artifacts.put(body.model_id, body.artifact)
-        plane.artifacts.put(validation_artifact_name(body.model_id), body.validation)
+        plane.artifacts.put(model_name, body.artifact)
+        plane.artifacts.put(validation_name, body.validation)
         store.put_model(
             ModelRecord(
                 model_id=body.model_id,
@@ -124,8 +131,8 @@ def register(plane: ControlPlane, body: RegisterModelRequest, owner: Principal) 
         )
     except BaseException:
         store.delete_job(body.model_id)
-        plane.artifacts.delete(body.model_id)
-        plane.artifacts.delete(validation_artifact_name(body.model_id))
+        plane.artifacts.delete(model_name)
+        plane.artifacts.delete(validation_name)
         raise
     log.info(
         "owner %s registered model %s (task %s, %d sealed bytes)",
@@ -200,15 +207,60 @@ def model_info(store: MetadataStore, model: ModelRecord) -> ModelInfo:
     )
 
 
+def registration_body_limit(max_model_bytes: int) -> int:
+    """The largest `POST /v1/models` body: a sealed model of `max_model_bytes` in base64,
+    with its metadata and validation set."""
+    return max_model_bytes * 4 // 3 + 65536
+
+
+async def _registration(request: Request, limit: int) -> RegisterModelRequest:
+    """The body of a registration, read only now (after the owner's token was checked)."""
+    raw = await read_body(request.stream(), limit)
+    try:
+        return RegisterModelRequest.model_validate_json(raw)
+    except ValidationError as e:
+        errors = e.errors(include_url=False, include_input=False, include_context=False)
+        raise RequestValidationError(
+            [err | {"loc": ("body", *err["loc"])} for err in errors]
+        ) from None
+    finally:
+        del raw
+
+
+_REGISTRATION_SCHEMA = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    k: v
+                    for k, v in RegisterModelRequest.model_json_schema(
+                        ref_template="#/components/schemas/{model}"
+                    ).items()
+                    if k != "$defs"  # TensorSpec: in the components already (Task uses it)
+                }
+            }
+        },
+    }
+}
+
+
 def create_models_router() -> APIRouter:
     router = APIRouter(tags=["models"], responses={"default": problem_schema()})
 
-    @router.post("/v1/models", status_code=202, summary="register a sealed model")
-    async def register_model(body: RegisterModelRequest, owner: Owner, plane: Plane) -> JobStatus:
+    @router.post(
+        "/v1/models",
+        status_code=202,
+        summary="register a sealed model",
+        openapi_extra=_REGISTRATION_SCHEMA,
+    )
+    async def register_model(request: Request, owner: Owner, plane: Plane) -> JobStatus:
         """Store a sealed FP32 ONNX model and its sealed validation set; start preparing it.
 
+        The owner's token is checked before a byte of the (up to ~1.4 GB) body is read.
         Answers 202 with the queued job; poll `GET /v1/jobs/{model_id}`.
         """
+        body = await _registration(request, registration_body_limit(plane.max_model_bytes))
         job = await run_in_threadpool(register, plane, body, owner)
         failed = await trigger(plane, body.model_id)
         return failed or job

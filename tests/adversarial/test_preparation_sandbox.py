@@ -27,6 +27,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from enclave_workers.preparation import PreparationOptions
 from enclave_workers.runtime import WorkerRuntime
+from infaas.artifacts import MODEL_PART, VALIDATION_PART, artifact_name
 from infaas.errors import PreparationLimitExceeded, error_from_code
 from infaas.types import BatchLatency, LatencyModel, ModelRecord, Profile, VariantSpec
 from infaas.wire import JobStatus
@@ -191,6 +192,7 @@ def test_a_bomb_fails_its_own_job_while_the_worker_serves(
     onnx = bomb()
     assert len(onnx) < 4096  # tiny on the wire: no upload limit stops it
     validate_model(onnx)  # and admissible: only the sandbox's limits stop it
+    before = {p.name for p in mallory.artifacts.root.iterdir()}
     _register(mallory, _record(model_id, onnx), onnx)
     jobs: list[JobStatus] = []
     with limited_worker(mallory, time_limit_s) as worker:
@@ -209,8 +211,11 @@ def test_a_bomb_fails_its_own_job_while_the_worker_serves(
     assert isinstance(error_from_code(job.code, job.message), PreparationLimitExceeded)
     assert served >= 1
     assert mallory.store.list_variants(model_id=model_id) == []
-    stored = {p.name for p in mallory.artifacts.root.iterdir() if p.name.startswith(model_id)}
-    assert stored == {f"{model_id}.sealed", f"{model_id}.validation.sealed"}  # the upload only
+    stored = {p.name for p in mallory.artifacts.root.iterdir()} - before
+    uploaded = {
+        f"{artifact_name('mallory', model_id, p)}.sealed" for p in (MODEL_PART, VALIDATION_PART)
+    }
+    assert stored == uploaded  # the upload only
 
 
 def test_the_worker_prepares_the_next_model_after_a_bomb(

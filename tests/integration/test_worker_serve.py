@@ -21,7 +21,7 @@ import pytest
 
 from enclave_workers.deployment import APP_NAME, ROUTE_PREFIX, build_infer_app
 from enclave_workers.preparation import validation_artifact
-from infaas.artifacts import ArtifactStore
+from infaas.artifacts import MODEL_PART, VALIDATION_PART, ArtifactStore, artifact_name
 from infaas.attestation.deployment import create_verifier
 from infaas.auth import TokenRegistry
 from infaas.envelope import new_key, open_response, seal_artifact, seal_request
@@ -86,11 +86,17 @@ def served(
         data_key = new_key()
         client.upload_model_key(owner, MODEL, "m1", data_key)
         artifacts = ArtifactStore(settings.data_dir / "artifacts")
-        artifacts.put(MODEL, seal_artifact(data_key, "m1", MODEL, onnx))
+        zoo_owner = zoo_entry.to_model_record().owner
+        artifacts.put(
+            artifact_name(zoo_owner, MODEL, MODEL_PART), seal_artifact(data_key, "m1", MODEL, onnx)
+        )
         buf = io.BytesIO()
         np.savez(buf, x=x, y=y)
         name = validation_artifact(MODEL)
-        artifacts.put(name, seal_artifact(data_key, "m1", name, buf.getvalue()))
+        artifacts.put(
+            artifact_name(zoo_owner, MODEL, VALIDATION_PART),
+            seal_artifact(data_key, "m1", name, buf.getvalue()),
+        )
         store.put_task(small_manifest.tasks["digits"])
         store.put_model(zoo_entry.to_model_record())
         ks_token = client.register("acme", "tenant")

@@ -24,6 +24,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from infaas import Client
+from infaas.artifacts import MODEL_PART, artifact_name
 from infaas.zoo import IR_VERSION, OPSET
 from tests.e2e.server import Served, start_serve, stop_serve
 from tests.security.markers import encodings
@@ -157,7 +158,8 @@ def test_no_plaintext_marker_on_the_untrusted_side(served: Served) -> None:
     try:
         roots = [served.log.parent, served.ray_dir]  # the data dir is under the first
         assert any(p.is_file() for p in served.ray_dir.rglob("*.log")), "no Ray logs to scan"
-        assert (served.data_dir / "artifacts" / "marker-model.sealed").is_file()
+        stored = artifact_name("marker-owner", "marker-model", MODEL_PART)
+        assert (served.data_dir / "artifacts" / f"{stored}.sealed").is_file()
         found = scan(roots)
         assert found == {}, f"plaintext markers on the untrusted side: {found}"
         # control: the scan did read the store, where metadata is in the clear by design

@@ -14,8 +14,7 @@ import pytest
 from fastapi import FastAPI
 
 from api.app import create_app
-from api.routes.models import validation_artifact_name
-from infaas.artifacts import ArtifactStore
+from infaas.artifacts import MODEL_PART, VALIDATION_PART, ArtifactStore, artifact_name
 from infaas.auth import TokenRegistry
 from infaas.envelope import new_key, open_artifact, seal_artifact
 from infaas.errors import Overloaded
@@ -207,9 +206,9 @@ def test_register_model_stores_sealed_blobs_and_queues_preparation(api: Api) -> 
     assert r.json()["state"] == "queued"
     assert api.worker.prepared == ["digits-a"]
     # stored exactly as sealed; opens only with the owner's data key under its own name
-    sealed = api.artifacts.get("digits-a")
+    sealed = api.artifacts.get(artifact_name("zoo", "digits-a", MODEL_PART))
     assert bytes(open_artifact({"dk1": DATA_KEY}, "digits-a", sealed)) == b"onnx"
-    val = api.artifacts.get(validation_artifact_name("digits-a"))
+    val = api.artifacts.get(artifact_name("zoo", "digits-a", VALIDATION_PART))
     assert bytes(open_artifact({"dk1": DATA_KEY}, "digits-a.validation", val)) == b"npz"
     record = api.store.get_model("digits-a")
     assert record.owner == "zoo" and record.task == "digits"
@@ -269,7 +268,8 @@ def test_registration_is_validated(api: Api) -> None:
     # the first model of a task fixes its signature
     r = post(registration("digits-b", num_classes=11))
     assert r.status_code == 409 and "task 'digits'" in r.json()["detail"]
-    assert not api.artifacts.exists("digits-b")
+    assert not api.artifacts.exists(artifact_name("zoo", "digits-b", MODEL_PART))
+    assert len(list(api.artifacts.root.glob("*.sealed"))) == 2  # digits-a's, nothing else
     r = post(registration("digits-c", input={"name": "x", "shape": [8, 8], "datatype": "FP32"}))
     assert r.status_code == 409
 

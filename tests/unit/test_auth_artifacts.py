@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from infaas.artifacts import ArtifactStore
+from infaas.artifacts import MODEL_PART, ArtifactStore, artifact_name, variant_part
 from infaas.auth import TokenRegistry
 from infaas.errors import AuthenticationFailed, Conflict, InvalidInput, NotFound, PermissionDenied
 from infaas.store import MemoryStore
@@ -46,13 +46,15 @@ def test_admin_may_act_for_every_role() -> None:
 
 def test_artifacts(tmp_path: Path) -> None:
     arts = ArtifactStore(tmp_path / "a")
-    arts.put("m1.int8.onnxruntime", b"sealed")
-    assert arts.get("m1.int8.onnxruntime") == b"sealed"
-    assert arts.exists("m1.int8.onnxruntime")
+    name = artifact_name("zoo", "m1", variant_part("m1.int8.onnxruntime"))
+    arts.put(name, b"sealed")
+    assert arts.get(name) == b"sealed"
+    assert arts.exists(name)
     with pytest.raises(NotFound):
-        arts.get("nope")
-    for bad in ["../x", "a/b", "", ".hidden"]:
+        arts.get(artifact_name("zoo", "nope", MODEL_PART))
+    # only opaque names: a caller's model or variant id never becomes a file name
+    for bad in ["../x", "a/b", "", ".hidden", "m1.int8.onnxruntime", name.upper()]:
         with pytest.raises(InvalidInput):
             arts.put(bad, b"x")
-    arts.delete("m1.int8.onnxruntime")
-    assert not arts.exists("m1.int8.onnxruntime")
+    arts.delete(name)
+    assert not arts.exists(name)

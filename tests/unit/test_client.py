@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.app import create_app
 from enclave_workers.endpoint import serve_app
 from infaas import Client
+from infaas.artifacts import MODEL_PART, artifact_name
 from infaas.attestation import SimulatedPlatformCA
 from infaas.client import AsyncClient, InferManyResult, KeyServiceTrust, problem_error
 from infaas.envelope import open_artifact
@@ -226,7 +227,8 @@ def test_upload_grant_and_infer(world: World) -> None:
     )
     assert job.state == "queued"
     # what reached the server is sealed; the key service (only) can release the key
-    sealed = dep.artifacts.get("digits-a")
+    stored = artifact_name(str(owner.principal), "digits-a", MODEL_PART)
+    sealed = dep.artifacts.get(stored)
     assert b"ONNX-BYTES" not in sealed
     key = dep.worker_keys().model_key("digits-a")
     assert bytes(open_artifact({key.key_id: key.key}, "digits-a", sealed)) == b"ONNX-BYTES"

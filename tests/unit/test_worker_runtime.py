@@ -19,6 +19,7 @@ import pytest
 
 from enclave_workers.autoscaling import LoadAgent
 from enclave_workers.endpoint import create_worker_app, serve_app
+from infaas.artifacts import MODEL_PART, artifact_name
 from infaas.envelope import Envelope, open_response
 from infaas.errors import (
     AuthenticationFailed,
@@ -55,7 +56,7 @@ def test_preparation_registers_sealed_profiled_variants(world: World) -> None:
     for vid in world.variants:
         profile = world.store.get_profile(vid)
         assert profile is not None and profile.accuracy_kind == "validation"
-        sealed = artifacts.get(vid)
+        sealed = artifacts.get(world.variant_artifact(vid))
         # sealed under the model's data key: the plaintext graph is not in the blob
         assert world.onnx[-64:] not in sealed and sealed.startswith(b"INFAASA1")
     assert len(world.runtime.candidates) == len(world.variants)
@@ -294,10 +295,12 @@ def test_http_endpoint(world: World, app_kind: str) -> None:
         assert replay.status_code == 409 and replay.json()["code"] == "replayed_request"
         missing = http.post("/", content=req.model_dump_json())
         assert missing.status_code == 401
-        huge = http.post(
-            "/", content=b"x" * (65 * 1024), headers={"Authorization": "Bearer acme.x"}
-        )
+        auth = {"Authorization": f"Bearer {world.api_tokens['acme']}"}
+        huge = http.post("/", content=b"x" * (65 * 1024), headers=auth)
         assert huge.status_code == 413
+        # a bad token is refused before the body is even looked at
+        huge = http.post("/", content=b"x" * (65 * 1024), headers={"Authorization": "Bearer a.x"})
+        assert huge.status_code == 401
         garbage = http.post(
             "/",
             content=b"{not json",
@@ -324,7 +327,11 @@ def test_preparation_failure_is_a_failed_job_not_a_broken_worker(world: World) -
     model, no validation set) fails its job; serving goes on."""
     record = world.store.get_model(MODEL).model_copy(update={"model_id": "digits-broken"})
     world.store.put_model(record)
-    world.runtime.artifacts.put("digits-broken", world.runtime.artifacts.get(MODEL))
+    artifacts = world.runtime.artifacts
+    artifacts.put(
+        artifact_name(record.owner, "digits-broken", MODEL_PART),
+        artifacts.get(artifact_name(record.owner, MODEL, MODEL_PART)),
+    )
     job = world.runtime.prepare_model("digits-broken")
     assert job.state == "failed" and job.message
     stored = world.store.get_job("digits-broken")
