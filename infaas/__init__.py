@@ -3,7 +3,7 @@
 The public import surface. Component packages (`variants`, `profiler`,
 `scheduler`, `enclave_workers`, `api`) are internal.
 
-`Client` loads on first use (`from infaas import Client`): the workers and the
+`Client` and `AsyncClient` load on first use (`from infaas import Client`): the workers and the
 key service import `infaas.*` but never run the client, so it is not part of
 their measured code (`infaas.measurement`).
 """
@@ -25,12 +25,14 @@ from infaas.types import Tenant as Tenant
 from infaas.types import VariantSpec as VariantSpec
 
 if typing.TYPE_CHECKING:
+    from infaas.client import AsyncClient as AsyncClient
     from infaas.client import Client as Client
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SLO",
+    "AsyncClient",
     "Backend",
     "Client",
     "MetadataStore",
@@ -49,9 +51,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> object:
-    if name == "Client":
-        from infaas.client import Client
+    if name in ("Client", "AsyncClient"):
+        import infaas.client
 
-        globals()["Client"] = Client
-        return Client
+        value: object = getattr(infaas.client, name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

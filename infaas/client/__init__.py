@@ -19,6 +19,13 @@ Everything confidential happens here or in an attested worker::
   service, seals the ONNX bytes and the validation set under it and registers
   the model. The control plane sees ciphertext and metadata only.
 
+- Calls that find the service unreachable or answered 429 / 503 are tried
+  again (`RetryPolicy`: jittered backoff, at least ``Retry-After``, each
+  inference attempt sealed anew under a new request id) within the call's
+  deadline (`timeout_s`); `infer_many` cuts a large batch into chunks every
+  candidate variant accepts and runs them concurrently. `AsyncClient` does the
+  same over asyncio.
+
 Errors come back as the same `infaas.errors` types the server raised (the
 problem body's `code`, through `error_from_problem`). Credentials (API token,
 key-service token, request key) save to and load from a 0600 JSON file.

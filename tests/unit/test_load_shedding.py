@@ -107,7 +107,7 @@ def test_a_flood_beyond_the_replicas_limit_is_shed_with_retry_after(
     for f in flooded:
         assert f.status == 503
         assert f.headers["retry-after"] == "3"  # whole seconds, rounded up
-        assert f.headers["content-type"] == "application/json"
+        assert f.headers["content-type"] == "application/problem+json"  # RFC 9457, the edge
         response = httpx.Response(
             503,
             headers=f.headers,
