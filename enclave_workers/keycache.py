@@ -112,6 +112,9 @@ class KeyCache:
         self._guard = threading.Lock()
         self._retry_at: dict[str, float] = {}
         self.releases = 0
+        """Releases that succeeded."""
+        self.release_requests = 0
+        """Releases asked for, refused ones included: each costs fresh evidence."""
         self.last_release_at: float | None = None
 
     def __repr__(self) -> str:
@@ -124,6 +127,7 @@ class KeyCache:
         return self._stripes[hash(what) % _STRIPES]
 
     def _fetch(self, requests: list[KeyRequest]) -> list[ReleasedKey]:
+        self.release_requests += 1
         released = self._client.fetch(requests)
         self.releases += 1
         self.last_release_at = time.time()
@@ -314,4 +318,5 @@ class KeyCache:
             "tenants": len(self._tenants),
             "rate_limited_tenants": len(self._buckets),
             "releases": self.releases,
+            "release_requests": self.release_requests,
         }
