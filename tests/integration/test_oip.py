@@ -242,7 +242,7 @@ def test_tritonclient_infers_through_the_proxy_and_the_service_sees_only_sealed_
         # ...yet it opens, under the tenant's key only, to the body tritonclient sent
         plain = bytes(open_request(sealed.envelope, {f"{TENANT}-k1": dep.tenant_keys[TENANT]}))
         if i == 0:
-            assert sealed.variant_id == fp32 and sealed.envelope.header_length is not None
+            assert sealed.envelope.variant_id == fp32 and sealed.envelope.header_length is not None
             assert plain[sealed.envelope.header_length :] == x.tobytes()
             assert sealed.envelope.latency_ms == 500 and sealed.envelope.min_accuracy == 0.5
         if i == 1:
