@@ -12,7 +12,9 @@ the sealed validation ``.npz``, under the owner's opaque names
    the variants (`variants.generate`, INT8 calibrated on the first validation
    inputs) and measures each (`profiler.profile.profile_variant`: accuracy on
    the labels when the set has ``y``, else declared accuracy times agreement
-   with FP32), sending back each variant's spec, profile and ONNX bytes;
+   with FP32, the declared accuracy as the owner sealed it in the set:
+   ``declared_accuracy``; a model record that says otherwise fails the job),
+   sending back each variant's spec, profile and ONNX bytes;
 4. checks what came back, seals each variant's ONNX under the model's data key
    with the variant id as its label (stored under the owner's opaque name for
    it, `infaas.artifacts.artifact_name`), and stores its `VariantSpec` and
@@ -131,13 +133,20 @@ def _open(
     return open_artifact({key_id: data_key}, label, blob), key_id, data_key
 
 
-def _validation(npz: bytearray, task: Task) -> tuple[np.ndarray, np.ndarray | None]:
+def _validation(npz: bytearray, task: Task) -> tuple[np.ndarray, np.ndarray | None, float | None]:
+    """(x, y or None, the declared accuracy the owner sealed or None) of a validation set."""
     try:
         with np.load(io.BytesIO(npz), allow_pickle=False) as z:
             if "x" not in z.files:
                 raise InvalidInput("the validation set has no 'x' array")
             x = np.asarray(z["x"])
             y = np.asarray(z["y"]) if "y" in z.files else None
+            declared: float | None = None
+            if "declared_accuracy" in z.files:
+                sealed = np.asarray(z["declared_accuracy"], dtype=np.float64)
+                if sealed.shape != () or not 0.0 <= float(sealed) <= 1.0:
+                    raise InvalidInput("the sealed declared_accuracy is not one number in 0..1")
+                declared = float(sealed)
     except (ValueError, OSError) as e:
         raise InvalidInput(f"the validation set is not a readable .npz: {type(e).__name__}") from e
     if x.ndim != len(task.input.shape) + 1 or tuple(x.shape[1:]) != task.input.shape:
@@ -147,7 +156,7 @@ def _validation(npz: bytearray, task: Task) -> tuple[np.ndarray, np.ndarray | No
         )
     if len(x) < 1:
         raise InvalidInput("the validation set is empty")
-    return x.astype(np.float32, copy=False), y
+    return x.astype(np.float32, copy=False), y, declared
 
 
 def prepare_model(
@@ -324,7 +333,15 @@ def prepare_in_child(request: dict[str, Any], payloads: list[bytearray], emit: E
     task = Task.model_validate(request["task"])
     options = PreparationOptions.from_json(request["options"])
     weights, npz = payloads
-    x, y = _validation(npz, task)
+    x, y, declared = _validation(npz, task)
+    # without labels, accuracy comes from the declared one: only the owner's sealed copy
+    # counts, the model record beside it is the store's word
+    if y is None and declared != record.declared_accuracy:
+        raise InvalidInput(
+            f"the model record declares accuracy {record.declared_accuracy}, the owner's sealed "
+            f"validation set {declared}: a validation set without labels must carry the "
+            "declared accuracy, and the record must agree with it"
+        )
     x = x[: options.validation_samples]
     y = None if y is None else y[: options.validation_samples]
     calibration = x[: options.calibration_samples]
@@ -348,7 +365,7 @@ def prepare_in_child(request: dict[str, Any], payloads: list[bytearray], emit: E
                     x,
                     labels=y,
                     reference=reference,
-                    declared_accuracy=record.declared_accuracy,
+                    declared_accuracy=declared,
                     options=options.profile,
                 )
             except (VariantUnsupported, InvalidModel) as e:

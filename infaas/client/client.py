@@ -327,6 +327,8 @@ class Client(ClientBase):
         arrays = {"x": x.astype(DTYPES[spec.datatype], copy=False)}
         if validation_y is not None:
             arrays["y"] = np.asarray(validation_y, dtype=np.int64)
+        if declared_accuracy is not None:  # sealed: the store's record is not believed
+            arrays["declared_accuracy"] = np.asarray(declared_accuracy, dtype=np.float64)
         np.savez(buf, **arrays)  # type: ignore[arg-type]
         data_key = new_key()
         key_id = f"dk-{int(time.time())}-{secrets.token_hex(3)}"

@@ -12,9 +12,11 @@ answer whose claims were rewritten, or that does not meet its pin and floor.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import sqlite3
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,11 +28,13 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from enclave_workers.endpoint import serve_app
+from enclave_workers.preparation import validation_artifact
 from enclave_workers.runtime import WorkerRuntime
 from infaas import Client
+from infaas.artifacts import MODEL_PART, VALIDATION_PART, artifact_name
 from infaas.auth import TokenRegistry
 from infaas.client.sealing import InferResult, open_infer_response
-from infaas.envelope import ServedBy, seal_response
+from infaas.envelope import ServedBy, seal_artifact, seal_response
 from infaas.errors import (
     AnswerRejected,
     DecryptionFailed,
@@ -336,3 +340,28 @@ def test_the_client_checks_a_sealed_answer_against_its_pin_and_floor(host: Host)
         open_infer_response(
             req, response, key_id=f"{TENANT}-k1", key=key, task=None, allow_simulated=False
         )
+
+
+def test_a_declared_accuracy_raised_in_the_store_is_not_believed(deployment: Deployment) -> None:
+    """Without labels, a variant's accuracy comes from the owner's declared one: only the copy
+    sealed in the validation set counts; a model record the host raised fails the job."""
+    dep = deployment
+    for sealed in (0.8, None):
+        model_id = f"digits-unlabelled-{uuid.uuid4().hex[:6]}"
+        key = dep.add_model_key("owner1", model_id)
+        record = dep.store.get_model(MODEL).model_copy(
+            update={"model_id": model_id, "declared_accuracy": 0.99}  # the host's edit
+        )
+        stored = artifact_name(record.owner, model_id, MODEL_PART)
+        dep.artifacts.put(stored, seal_artifact(key, "m1", model_id, dep.onnx))
+        npz = io.BytesIO()
+        extra = {} if sealed is None else {"declared_accuracy": np.float64(sealed)}
+        np.savez(npz, x=dep.x[:16], **extra)
+        stored = artifact_name(record.owner, model_id, VALIDATION_PART)
+        label = validation_artifact(model_id)
+        dep.artifacts.put(stored, seal_artifact(key, "m1", label, npz.getvalue()))
+        dep.store.put_model(record)
+        job = dep.runtime.prepare_model(model_id)
+        assert job.state == "failed" and "declared accuracy" in job.message, job.message
+        assert not dep.store.list_variants(model_id=model_id)
+    dep.good()

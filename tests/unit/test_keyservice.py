@@ -314,6 +314,8 @@ def test_http_flow_and_typed_errors(dep: Deployment) -> None:
         assert c.accept(tenant, "owner", "zoo").owners == ("zoo",)
         assert worker.tenant_key("acme", "resnet").key == tk
         assert worker.model_key("resnet").key == mk
+        (profile,) = worker.fetch([KeyRequest(kind="profile", model_id="resnet")])
+        assert profile.kind == "profile" and profile.key not in (mk, tk)
         c.revoke(owner, "resnet", "acme")
         with pytest.raises(PermissionDenied):
             worker.tenant_key("acme", "resnet")

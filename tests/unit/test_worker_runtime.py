@@ -56,6 +56,8 @@ def test_preparation_registers_sealed_profiled_variants(world: World) -> None:
     for vid in world.variants:
         profile = world.store.get_profile(vid)
         assert profile is not None and profile.accuracy_kind == "validation"
+        # MACed by the worker that measured it, bound to the sealed artifact it measured
+        assert profile.mac is not None and profile.measured_by == WORKER_MEASUREMENT.hex()
         sealed = artifacts.get(world.variant_artifact(vid))
         # sealed under the model's data key: the plaintext graph is not in the blob
         assert world.onnx[-64:] not in sealed and sealed.startswith(b"INFAASA1")
