@@ -18,11 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from infaas.attestation.deployment import simulated_ca
 from infaas.auth import TokenRegistry
 from infaas.client import Client, KeyServiceTrust
 from infaas.errors import ModelNotFound
-from infaas.keyservice.measurement import keyservice_measurement
 from infaas.logs import get_logger
 from infaas.settings import Settings
 from infaas.store import open_store
@@ -52,14 +50,10 @@ def credentials_dir(settings: Settings) -> Path:
 
 
 def keyservice_trust(settings: Settings) -> KeyServiceTrust:
-    """What clients of this deployment expect of its key service."""
-    if settings.tee_backend != "simulated":
-        raise NotImplementedError("hardware deployments publish their key service trust")
-    return KeyServiceTrust(
-        measurement=keyservice_measurement().hex(),
-        roots_pem=simulated_ca(settings).root_pem,
-        allow_simulated=True,
-    )
+    """What clients of this deployment expect of its key service: its trust bundle."""
+    from enclave_workers.measurement import deployment_trust
+
+    return deployment_trust(settings)
 
 
 def _reload(path: Path, base_url: str) -> Client:

@@ -47,14 +47,6 @@ INFER_PREFIX = "/v1/infer"
 _QUIET = {"enable_access_log": False}
 
 
-def worker_measurements(settings: Settings) -> dict[str, bytes]:
-    """The measurement of this deployment's workers in each pool, by pool name: what the key
-    service releases keys to (a GPU pool's workers only with their GPU's evidence)."""
-    from enclave_workers.measurement import worker_measurement
-
-    return {p.name: worker_measurement(settings, pool=p.name) for p in settings.pools}
-
-
 @serve.deployment(
     name="Control",
     num_replicas=1,
@@ -100,9 +92,17 @@ class ControlIngress:
         )
 
 
-def build_keyservice_app(settings: Settings) -> serve.Application:
-    measurements = {pool: m.hex() for pool, m in worker_measurements(settings).items()}
-    app: serve.Application = KeyServiceIngress.bind(settings, measurements)  # type: ignore[attr-defined]
+def build_keyservice_app(
+    settings: Settings, measurements: Mapping[str, bytes] | None = None
+) -> serve.Application:
+    """The key service, releasing keys to the workers of these `measurements` (by pool;
+    default: this tree's)."""
+    from enclave_workers.measurement import worker_measurements
+
+    pools = measurements if measurements is not None else worker_measurements(settings)
+    app: serve.Application = KeyServiceIngress.bind(  # type: ignore[attr-defined]
+        settings, {pool: m.hex() for pool, m in pools.items()}
+    )
     return app
 
 
@@ -125,11 +125,21 @@ def deploy(settings: Settings) -> list[str]:
     then the workers, then the control plane that holds their handle.
     """
     from enclave_workers.deployment import build_infer_app
+    from enclave_workers.measurement import worker_measurements
+    from infaas.keyservice.measurement import keyservice_trust
 
-    serve.run(build_keyservice_app(settings), name=KEYSERVICE_APP, route_prefix=KEYSERVICE_PREFIX)
-    apps = [KEYSERVICE_APP]
+    measurements = worker_measurements(settings)
     serve.run(
-        build_infer_app(settings, local_url(settings)), name=INFER_APP, route_prefix=INFER_PREFIX
+        build_keyservice_app(settings, measurements),
+        name=KEYSERVICE_APP,
+        route_prefix=KEYSERVICE_PREFIX,
+    )
+    apps = [KEYSERVICE_APP]
+    trust = keyservice_trust(settings, measurements)
+    serve.run(
+        build_infer_app(settings, local_url(settings), keyservice=trust),
+        name=INFER_APP,
+        route_prefix=INFER_PREFIX,
     )
     apps.append(INFER_APP)
     if settings.autoscaler.policy != "off":

@@ -48,7 +48,14 @@ from infaas.envelope import (
     seal_artifact,
     seal_request,
 )
-from infaas.keyservice import KeyRequest, KeyService, KeyServiceClient, WorkerKeyClient
+from infaas.keyservice import (
+    KeyRequest,
+    KeyService,
+    KeyServiceClient,
+    KeyServiceTrust,
+    WorkerKeyClient,
+)
+from infaas.keyservice.trust import policy_sha256, release_policy_document
 from infaas.store import open_store
 
 DEFAULT_VECTORS = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "attestation"
@@ -119,21 +126,27 @@ def bench_release(n: int) -> dict[str, float]:
     ca = SimulatedPlatformCA.generate("bench")
     ks_m, worker_m = hashlib.sha256(b"ks").digest(), hashlib.sha256(b"worker").digest()
     wpol = AttestationPolicy(allow_simulated=True, allowed_measurements=(worker_m.hex(),))
-    cpol = AttestationPolicy(allow_simulated=True, allowed_measurements=(ks_m.hex(),))
-    service = KeyService(
-        open_store("memory://"),
-        new_key(),
-        SimulatedTEE(ca, ks_m),
-        AttestationVerifier(wpol, extra_roots=[ca.root_cert]),
+    release_policy = AttestationVerifier(wpol, extra_roots=[ca.root_cert])
+    service = KeyService(open_store("memory://"), new_key(), SimulatedTEE(ca, ks_m), release_policy)
+    trust = KeyServiceTrust(
+        ks_m.hex(),
+        ca.root_pem,
+        allow_simulated=True,
+        policy_sha256=policy_sha256(release_policy_document(release_policy, production=False)),
     )
-    client = KeyServiceClient(service, AttestationVerifier(cpol, extra_roots=[ca.root_cert]))
+    client = KeyServiceClient(service, trust.verifier(), policy_sha256=trust.policy_sha256)
     client.attest()
     owner, tenant = client.register("zoo", "owner"), client.register("acme", "tenant")
     client.upload_model_key(owner, "m", "dk1", new_key())
     client.upload_tenant_key(tenant, "k1", new_key())
     client.grant(owner, "m", "acme")
     client.accept(tenant, "owner", "zoo")
-    worker = WorkerKeyClient(service, SimulatedTEE(ca, worker_m))
+    worker = WorkerKeyClient(
+        service,
+        SimulatedTEE(ca, worker_m),
+        verifier=trust.verifier(),
+        policy_sha256=trust.policy_sha256,
+    )
     reqs = [
         KeyRequest(kind="model", model_id="m"),
         KeyRequest(kind="tenant", model_id="m", tenant="acme"),

@@ -267,13 +267,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from api.serve import build_keyservice_app
     from enclave_workers.deployment import APP_NAME, ROUTE_PREFIX, build_infer_app
+    from enclave_workers.measurement import deployment_trust
     from enclave_workers.preparation import validation_artifact
     from infaas.artifacts import MODEL_PART, VALIDATION_PART, ArtifactStore, artifact_name
-    from infaas.attestation.deployment import create_verifier
     from infaas.auth import TokenRegistry
     from infaas.envelope import new_key, seal_artifact
     from infaas.keyservice import KeyServiceClient, KeyServiceHttpClient
-    from infaas.keyservice.measurement import keyservice_measurement
     from infaas.keyservice.server import PREFIX as KEYSERVICE_PREFIX
     from infaas.settings import Pool, ProfilerSettings, Settings
     from infaas.store import open_store
@@ -326,9 +325,9 @@ def main(argv: list[str] | None = None) -> int:
         store = open_store(settings.resolved_store_url)
         artifacts = ArtifactStore(work / "artifacts")
         http = httpx.Client(base_url=url, timeout=60.0)
+        trust = deployment_trust(settings)
         ks = KeyServiceClient(
-            KeyServiceHttpClient(http),
-            create_verifier(settings, measurements=[keyservice_measurement()]),
+            KeyServiceHttpClient(http), trust.verifier(), policy_sha256=trust.policy_sha256
         )
         ks.attest()
         owner = ks.register("bench-owner", "owner")
@@ -368,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             build_infer_app(
                 settings,
                 url,
+                keyservice=trust,
                 num_replicas=args.replicas,
                 shared_replay_guard=not args.memory_replay_only,
             ),

@@ -33,11 +33,11 @@ from ray.serve import Application
 
 from enclave_workers.autoscaling import LoadAgent, scaled_options
 from enclave_workers.endpoint import Admission, WorkerASGI, serve_app
-from enclave_workers.measurement import worker_measurement
+from enclave_workers.measurement import deployment_trust, worker_measurement
 from enclave_workers.runtime import DEFAULT_MEMORY_BUDGET_BYTES, WorkerRuntime
 from infaas.artifacts import ArtifactStore
 from infaas.attestation.deployment import create_gpu, create_tee
-from infaas.keyservice import KeyServiceHttpClient
+from infaas.keyservice import KeyServiceHttpClient, KeyServiceTrust
 from infaas.logs import configure_logging, get_logger
 from infaas.settings import Pool, Settings
 from infaas.store import open_store
@@ -62,6 +62,7 @@ class EnclaveWorker:
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
         batch_wait_ms: float = 0.0,
         shared_replay_guard: bool = True,
+        keyservice_trust: dict[str, Any] | None = None,
     ) -> None:
         configure_logging()  # JSON lines on stderr; Ray forwards them to the driver's output
         pool = settings.pool(pool_name) if pool_name else settings.pools[0]
@@ -76,6 +77,7 @@ class EnclaveWorker:
             artifacts,
             transport,
             tee,
+            keyservice=KeyServiceTrust.from_json(keyservice_trust or {}),
             gpu=create_gpu(settings, pool),
             pool=pool,
             memory_budget_bytes=memory_budget_bytes,
@@ -157,6 +159,7 @@ def build_infer_app(
     memory_budget_bytes: int | None = None,
     batch_wait_ms: float = 0.0,
     shared_replay_guard: bool = True,
+    keyservice: KeyServiceTrust | None = None,
 ) -> Application:
     """The "infer" application; run it with ``serve.run(app, name=APP_NAME,
     route_prefix=ROUTE_PREFIX)``.
@@ -168,6 +171,8 @@ def build_infer_app(
     each replica's memory only: faster on a SQLite store, but sound only for a
     single replica that is not restarted within the request window. The packer's
     memory budget is the pool's `memory_bytes` unless `memory_budget_bytes` says.
+    `keyservice` is the trust bundle workers check the key service against (default:
+    this tree's and settings', `deployment_trust`).
     """
     pool = settings.pool(pool_name) if pool_name else settings.pools[0]
     max_batch = max(settings.profiler.batch_sizes)
@@ -184,7 +189,14 @@ def build_infer_app(
     )
     deployment = serve.deployment(**options)(ingress)
     budget = pool.memory_bytes if memory_budget_bytes is None else memory_budget_bytes
+    trust = keyservice or deployment_trust(settings)
     app: Application = deployment.bind(
-        settings, keyservice_url, pool.name, budget, batch_wait_ms, shared_replay_guard
+        settings,
+        keyservice_url,
+        pool.name,
+        budget,
+        batch_wait_ms,
+        shared_replay_guard,
+        trust.to_json(),
     )
     return app

@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from infaas.envelope import canonical_json
+from infaas.keyservice.measurement import keyservice_trust
+from infaas.keyservice.trust import KeyServiceTrust
 from infaas.measurement import REPO, closure_files, measure_files
 from infaas.settings import Settings
 
@@ -49,3 +51,14 @@ def worker_measurement(settings: Settings, root: Path = REPO, *, pool: str | Non
     """The 32-byte measurement a worker of `pool` (default: the first) built from the tree
     at `root` and `settings` reports."""
     return measure_files(worker_source_files(root), worker_config(settings, pool))
+
+
+def worker_measurements(settings: Settings, root: Path = REPO) -> dict[str, bytes]:
+    """The measurement of this deployment's workers in each pool, by pool name: what the key
+    service releases keys to (a GPU pool's workers only with their GPU's evidence)."""
+    return {p.name: worker_measurement(settings, root, pool=p.name) for p in settings.pools}
+
+
+def deployment_trust(settings: Settings, root: Path = REPO) -> KeyServiceTrust:
+    """The trust bundle of this deployment (`keyservice_trust`) for this tree's workers."""
+    return keyservice_trust(settings, worker_measurements(settings, root))

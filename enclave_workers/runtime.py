@@ -81,7 +81,7 @@ from infaas.errors import (
     UnverifiedProfile,
     VariantNotFound,
 )
-from infaas.keyservice import KeyServiceTransport, WorkerKeyClient
+from infaas.keyservice import KeyServiceTransport, KeyServiceTrust, WorkerKeyClient
 from infaas.logs import get_logger
 from infaas.protocol import decode_request, encode_response
 from infaas.settings import Pool, Settings
@@ -123,7 +123,9 @@ def _scrub_bytes(data: bytes) -> None:
 class WorkerRuntime:
     """Serves sealed inference requests and prepares registered models, inside a TEE.
 
-    Knobs beyond the injected collaborators: `pool` (default the first of the
+    `keyservice` is the deployment's trust bundle: no key is accepted from a key service
+    whose code or release policy differ from it. Knobs beyond the injected
+    collaborators: `pool` (default the first of the
     settings), `memory_budget_bytes` of the packer, `inference_threads` of the
     bounded pool (default: the pool's CPUs), `batch_wait_ms` a batch waits for
     company (0: batches form from what queued meanwhile), `inline_batch_ms`
@@ -141,6 +143,7 @@ class WorkerRuntime:
         key_transport: KeyServiceTransport,
         tee: EvidenceGenerator,
         *,
+        keyservice: KeyServiceTrust,
         gpu: GpuEvidenceGenerator | None = None,
         pool: Pool | None = None,
         memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES,
@@ -164,7 +167,14 @@ class WorkerRuntime:
         self.measurement = tee.measurement
         self.gpu = gpu
         self._keys = KeyCache(
-            WorkerKeyClient(key_transport, tee, gpu), tenant_ttl_s=tenant_key_ttl_s
+            WorkerKeyClient(
+                key_transport,
+                tee,
+                gpu,
+                verifier=keyservice.verifier(),
+                policy_sha256=keyservice.policy_sha256,
+            ),
+            tenant_ttl_s=tenant_key_ttl_s,
         )
         self._tokens = TokenRegistry(store)
         self._token_cache: dict[str, tuple[str, float]] = {}

@@ -62,6 +62,18 @@ def _cmd_evidence_verify(args: argparse.Namespace) -> int:
     return evidence_verify_command(args)
 
 
+def _cmd_trust_export(args: argparse.Namespace) -> int:
+    from api.bootstrap import keyservice_trust
+
+    bundle = json.dumps(keyservice_trust(_settings(args)).to_json(), indent=2, sort_keys=True)
+    if args.out is None:
+        print(bundle)
+    else:
+        args.out.write_text(bundle + "\n")
+        print(f"trust bundle written to {args.out}")
+    return 0
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from api.command import serve_command
 
@@ -479,6 +491,20 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     sp.add_argument("--timeout-s", type=float, default=120.0, help="wait at most (seconds)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.set_defaults(func=_cmd_stop)
+
+    tr = sub.add_parser("trust", help="what tenants and owners expect of the key service")
+    tr_sub = tr.add_subparsers(dest="trust_command", metavar="ACTION", required=True)
+    tx = tr_sub.add_parser(
+        "export",
+        help="print this deployment's trust bundle (key service measurement + policy hash)",
+        description="The key service's code measurement, the SHA-256 of its release policy "
+        "(which workers it releases keys to: measurements, roots, debug, TCB floor, "
+        "production) and the policy itself, and the roots its evidence chains to: what an "
+        "operator hands tenants and owners (their clients refuse a key service that differs).",
+    )
+    common(tx)
+    tx.add_argument("--out", type=Path, help="write the bundle here instead of stdout")
+    tx.set_defaults(func=_cmd_trust_export)
 
     ev = sub.add_parser("evidence", help="attestation evidence")
     ev_sub = ev.add_subparsers(dest="evidence_command", metavar="ACTION", required=True)

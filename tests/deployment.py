@@ -43,7 +43,14 @@ from infaas.attestation import (
 )
 from infaas.auth import TokenRegistry
 from infaas.envelope import new_key, open_response, seal_artifact, seal_request
-from infaas.keyservice import KeyRequest, KeyService, KeyServiceClient, WorkerKeyClient
+from infaas.keyservice import (
+    KeyRequest,
+    KeyService,
+    KeyServiceClient,
+    KeyServiceTrust,
+    WorkerKeyClient,
+)
+from infaas.keyservice.trust import policy_sha256, release_policy_document
 from infaas.protocol import decode_response, encode_request
 from infaas.settings import Settings
 from infaas.store import MemoryStore
@@ -59,6 +66,31 @@ def policy(measurement: bytes) -> AttestationPolicy:
     return AttestationPolicy(
         allow_simulated=True, allowed_measurements=(measurement.hex(),), max_evidence_age_s=60
     )
+
+
+def worker_verifier(ca: SimulatedPlatformCA) -> AttestationVerifier:
+    """The key service's release policy in the tests: workers of `WORKER_MEASUREMENT` only."""
+    return AttestationVerifier(policy(WORKER_MEASUREMENT), extra_roots=[ca.root_cert])
+
+
+def bundle(
+    roots_pem: bytes, measurement: bytes, release_policy: Any, *, production: bool = False
+) -> KeyServiceTrust:
+    """The trust bundle of a simulated key service of `measurement` releasing keys under
+    `release_policy` (its worker verifier), as the deployment would publish it."""
+    document = release_policy_document(release_policy, production=production)
+    return KeyServiceTrust(
+        measurement.hex(),
+        roots_pem,
+        allow_simulated=True,
+        policy_sha256=policy_sha256(document),
+        release_policy=document,
+    )
+
+
+def trust(ca: SimulatedPlatformCA) -> KeyServiceTrust:
+    """The tests' published trust bundle: the key service's code and release policy."""
+    return bundle(ca.root_pem, KS_MEASUREMENT, worker_verifier(ca))
 
 
 @dataclass
@@ -99,9 +131,8 @@ class Deployment:
         store = MemoryStore()
         kek = new_key()
         service = cls.key_service(ca, store, kek, **service_options)
-        keys = KeyServiceClient(
-            service, AttestationVerifier(policy(KS_MEASUREMENT), extra_roots=[ca.root_cert])
-        )
+        bundle = trust(ca)
+        keys = KeyServiceClient(service, bundle.verifier(), policy_sha256=bundle.policy_sha256)
         keys.attest()
         artifacts = ArtifactStore(data_dir / "artifacts")
         return cls(ca, settings, store, artifacts, kek, service, keys, TokenRegistry(store))
@@ -111,15 +142,33 @@ class Deployment:
         ca: SimulatedPlatformCA, store: MemoryStore, kek: bytes, **kw: Any
     ) -> KeyService:
         """A key service on `store` under `kek` (a second one over the same state: a restart)."""
-        verifier = AttestationVerifier(policy(WORKER_MEASUREMENT), extra_roots=[ca.root_cert])
-        return KeyService(store, kek, SimulatedTEE(ca, KS_MEASUREMENT), verifier, **kw)
+        return KeyService(store, kek, SimulatedTEE(ca, KS_MEASUREMENT), worker_verifier(ca), **kw)
 
     def worker_tee(self, measurement: bytes = WORKER_MEASUREMENT, **kw: Any) -> SimulatedTEE:
         return SimulatedTEE(self.ca, measurement, **kw)
 
-    def worker_keys(self, measurement: bytes = WORKER_MEASUREMENT, **kw: Any) -> WorkerKeyClient:
-        """What a worker of `measurement` holds to fetch keys (attested on each release)."""
-        return WorkerKeyClient(self.service, self.worker_tee(measurement, **kw))
+    def worker_keys(
+        self,
+        measurement: bytes = WORKER_MEASUREMENT,
+        *,
+        transport: Any = None,
+        tee: SimulatedTEE | None = None,
+        **kw: Any,
+    ) -> WorkerKeyClient:
+        """What a worker of `measurement` (or `tee`) holds to fetch keys (attested on each
+        release) from this key service (or `transport`), expecting this deployment's bundle."""
+        bundle = self.trust
+        return WorkerKeyClient(
+            transport or self.service,
+            tee or self.worker_tee(measurement, **kw),
+            verifier=bundle.verifier(),
+            policy_sha256=bundle.policy_sha256,
+        )
+
+    @property
+    def trust(self) -> KeyServiceTrust:
+        """This deployment's published trust bundle."""
+        return trust(self.ca)
 
     # -- principals -------------------------------------------------------------------------
 
@@ -223,8 +272,14 @@ class Deployment:
         """A started worker runtime on this deployment (simulated TEE of `WORKER_MEASUREMENT`);
         another replica, when `start_worker` already ran. The caller closes it."""
         options.setdefault("refresh_s", 3600.0)
+        options.setdefault("keyservice", self.trust)
         runtime = WorkerRuntime(
-            self.settings, self.store, self.artifacts, self.service, self.worker_tee(), **options
+            self.settings,
+            self.store,
+            self.artifacts,
+            self.service,
+            self.worker_tee(),
+            **options,
         )
         runtime.start()
         return runtime

@@ -33,12 +33,12 @@ def _testclient() -> type:
 
 def keyservice(work: Path) -> None:
     """The key service as its replica builds it (`KeyServiceIngress`), attested once over HTTP."""
-    from infaas.keyservice.measurement import KEYSERVICE_ENTRY, keyservice_measurement
+    from infaas.keyservice.measurement import KEYSERVICE_ENTRY
 
     ingress = importlib.import_module(KEYSERVICE_ENTRY).KeyServiceIngress
     assert ingress.func_or_class.__module__ == KEYSERVICE_ENTRY
-    from infaas.attestation.deployment import create_verifier
     from infaas.keyservice import KeyServiceClient, KeyServiceHttpClient
+    from infaas.keyservice.measurement import keyservice_trust
     from infaas.settings import Settings
 
     settings = Settings(data_dir=work, store_url="memory://")
@@ -47,10 +47,10 @@ def keyservice(work: Path) -> None:
     replica = ingress.func_or_class.__mro__[1](
         settings, {p.name: "00" * 32 for p in settings.pools}
     )
+    trust = keyservice_trust(settings, {p.name: b"\x00" * 32 for p in settings.pools})
     with _testclient()(replica.__serve_build_asgi_app__()) as http:
         client = KeyServiceClient(
-            KeyServiceHttpClient(http),
-            create_verifier(settings, measurements=[keyservice_measurement()]),
+            KeyServiceHttpClient(http), trust.verifier(), policy_sha256=trust.policy_sha256
         )
         client.attest()
         client.register("tenant-a", "tenant")
@@ -85,6 +85,7 @@ def worker(work: Path) -> None:
     from infaas.types import ModelRecord, Task
     from infaas.wire import InferRequest, InferResponse
     from profiler.profile import ProfileOptions
+    from tests.deployment import bundle
 
     model = json.loads((work / "model.json").read_text())
     onnx = (work / "model.onnx").read_bytes()
@@ -103,13 +104,10 @@ def worker(work: Path) -> None:
     def policy(m: bytes) -> AttestationPolicy:
         return AttestationPolicy(allow_simulated=True, allowed_measurements=(m.hex(),))
 
-    service = KeyService(
-        store,
-        new_key(),
-        SimulatedTEE(ca, ks_m),
-        AttestationVerifier(policy(worker_m), extra_roots=[ca.root_cert]),
-    )
-    ks = KeyServiceClient(service, AttestationVerifier(policy(ks_m), extra_roots=[ca.root_cert]))
+    release_policy = AttestationVerifier(policy(worker_m), extra_roots=[ca.root_cert])
+    service = KeyService(store, new_key(), SimulatedTEE(ca, ks_m), release_policy)
+    trust = bundle(ca.root_pem, ks_m, release_policy)
+    ks = KeyServiceClient(service, trust.verifier(), policy_sha256=trust.policy_sha256)
     ks.attest()
     owner = ks.register("owner", "owner")
     data_key = new_key()
@@ -142,7 +140,7 @@ def worker(work: Path) -> None:
         calibration_samples=8,
     )
     runtime = WorkerRuntime(
-        settings, store, artifacts, service, SimulatedTEE(ca, worker_m),
+        settings, store, artifacts, service, SimulatedTEE(ca, worker_m), keyservice=trust,
         batch_wait_ms=0.0, refresh_s=3600.0, preparation=prep,
     )  # fmt: skip
     runtime.start()

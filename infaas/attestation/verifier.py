@@ -131,6 +131,18 @@ class AttestationVerifier:
         gverdict = self.policy.check(gv, report_data_for(public_key, nonce)[:32], t)
         return CompositeAppraisal(cpu, appraise(gv, gverdict))
 
+    def policy_document(self) -> dict[str, Any]:
+        """What this verifier admits, canonical and host-independent: the policy's rules,
+        the SHA-256 of every root it trusts (root paths are not part of it), the GPU roots,
+        and whether TCB collateral is appraised (its contents are data the operator
+        refreshes, the TCB floor is in the rules)."""
+        return {
+            "rules": self.policy.model_dump(mode="json", exclude={"trusted_roots"}),
+            "root_sha256": sorted(c.fingerprint(SHA256()).hex() for c in self.roots),
+            "gpu_root_sha256": sorted(c.fingerprint(SHA256()).hex() for c in self.gpu_roots),
+            "collateral": self.collateral is not None,
+        }
+
 
 class WorkerVerifier(Protocol):
     """What the key service asks of the judge of worker evidence."""
@@ -145,6 +157,10 @@ class WorkerVerifier(Protocol):
         nonce_issued_at: float | None = None,
         now: float | None = None,
     ) -> CompositeAppraisal: ...
+
+    def policy_document(self) -> dict[str, Any]:
+        """The canonical form of what it admits (hashed into the key service's identity)."""
+        ...
 
 
 class PoolVerifiers:
@@ -175,6 +191,13 @@ class PoolVerifiers:
                 failed_rules=["measurement"],
             )
         return v
+
+    def policy_document(self) -> dict[str, Any]:
+        """Each pool's verifier's document by worker measurement, and the default's."""
+        return {
+            "by_measurement": {m.hex(): v.policy_document() for m, v in sorted(self._by.items())},
+            "default": self._default.policy_document() if self._default else None,
+        }
 
     def verify_composite(
         self,

@@ -14,9 +14,6 @@ import numpy as np
 from pydantic import BaseModel, TypeAdapter
 from tenacity import Retrying
 
-from infaas.attestation.policy import AttestationPolicy
-from infaas.attestation.verifier import AttestationVerifier
-from infaas.attestation.verify import load_roots
 from infaas.client.base import DEFAULT_URL, ClientBase, Inputs, merged
 from infaas.client.credentials import KeyServiceTrust
 from infaas.client.retry import RetryPolicy, retrying
@@ -172,39 +169,21 @@ class Client(ClientBase):
 
     # -- the key service --------------------------------------------------------------------
 
-    def attest_keyservice(
-        self,
-        trust: KeyServiceTrust | None = None,
-        *,
-        policy: AttestationPolicy | None = None,
-        measurement: str | bytes | None = None,
-        roots_pem: bytes | None = None,
-        allow_simulated: bool = False,
-    ) -> str:
-        """Verify the key service's evidence; returns its measurement (hex).
-
-        Give a `KeyServiceTrust`, or an expected `measurement` and trusted
-        `roots_pem`, or a full attestation `policy` (its roots, plus
-        `roots_pem` if given). Nothing is sent to the service before this passes.
-        """
-        if trust is None and policy is None and measurement is not None and roots_pem:
-            m = measurement.hex() if isinstance(measurement, bytes) else measurement
-            trust = KeyServiceTrust(m, roots_pem, allow_simulated)
-        trust = trust or (self.keyservice if policy is None else None)
-        if trust is not None:
-            policy = trust.policy()
-            roots = load_roots(trust.roots_pem)
-            self.keyservice = trust
-        elif policy is not None:
-            roots = load_roots(roots_pem) if roots_pem else []
-        else:
+    def attest_keyservice(self, trust: KeyServiceTrust | None = None) -> str:
+        """Verify the key service's evidence against `trust` (the deployment's published
+        bundle: code measurement, release policy hash, roots; default: this client's);
+        returns its measurement (hex). Nothing is sent to the service before this passes."""
+        trust = trust or self.keyservice
+        if trust is None:
             raise AttestationFailed(
-                "no expectation for the key service: give its measurement and trusted root "
-                "(or a policy) before sending it keys"
+                "no expectation for the key service: give the deployment's trust bundle "
+                "(infaas trust export) before sending it keys"
             )
-        verifier = AttestationVerifier(policy, extra_roots=roots)
-        ks = KeyServiceClient(KeyServiceHttpClient(self._http), verifier)
+        ks = KeyServiceClient(
+            KeyServiceHttpClient(self._http), trust.verifier(), policy_sha256=trust.policy_sha256
+        )
         ks.attest()
+        self.keyservice = trust
         self._ks = ks
         assert ks.verified is not None
         return ks.verified.measurement.hex()

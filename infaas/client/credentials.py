@@ -10,47 +10,11 @@ import json
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from infaas.attestation.policy import AttestationPolicy
 from infaas.errors import AuthenticationFailed
-
-
-@dataclass(frozen=True)
-class KeyServiceTrust:
-    """What a client expects of the key service: its measurement and the roots it trusts.
-
-    `roots_pem` is the simulated platform CA's certificate for a simulated
-    deployment (then `allow_simulated` must be set: such evidence is not
-    confidential) or Intel's root for hardware.
-    """
-
-    measurement: str
-    roots_pem: bytes
-    allow_simulated: bool = False
-
-    def policy(self) -> AttestationPolicy:
-        return AttestationPolicy(
-            allow_simulated=self.allow_simulated,
-            allowed_measurements=(self.measurement.lower(),),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "measurement": self.measurement,
-            "roots_pem": self.roots_pem.decode(),
-            "allow_simulated": self.allow_simulated,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> KeyServiceTrust:
-        return cls(
-            measurement=str(data["measurement"]),
-            roots_pem=str(data["roots_pem"]).encode(),
-            allow_simulated=bool(data.get("allow_simulated", False)),
-        )
+from infaas.keyservice.trust import KeyServiceTrust as KeyServiceTrust
 
 
 def write_credentials(path: str | os.PathLike[str], data: Mapping[str, Any]) -> Path:

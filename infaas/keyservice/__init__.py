@@ -4,6 +4,7 @@ One room: `service` (the custody and release rules), `models` (its wire
 format), `sealing` (its key-encryption key), `server` (its HTTP routes and
 app), `client` (`KeyServiceClient`, `WorkerKeyClient` and the HTTP client
 transport `KeyServiceHttpClient`), `measurement` (its code identity),
+`trust` (its identity as others check it: the trust bundle, signed releases),
 `telemetry` (release counters) and `deployment` (the Ray Serve replica;
 imported only by the composition root, not from here).
 """
@@ -22,17 +23,23 @@ from infaas.keyservice.sealing import simulated_sealing_key as simulated_sealing
 from infaas.keyservice.server import create_keyservice_app as create_keyservice_app
 from infaas.keyservice.server import create_keyservice_router as create_keyservice_router
 from infaas.keyservice.service import KeyService as KeyService
+from infaas.keyservice.trust import AttestedKeyService as AttestedKeyService
+from infaas.keyservice.trust import KeyServiceTrust as KeyServiceTrust
+from infaas.keyservice.trust import attest_keyservice as attest_keyservice
 
 __all__ = [
+    "AttestedKeyService",
     "KeyRequest",
     "KeyService",
     "KeyServiceClient",
     "KeyServiceHttpClient",
     "KeyServiceTransport",
+    "KeyServiceTrust",
     "ReleaseRequest",
     "ReleaseResponse",
     "ReleasedKey",
     "WorkerKeyClient",
+    "attest_keyservice",
     "create_keyservice_app",
     "create_keyservice_router",
     "gramine_sealing_key",

@@ -2,14 +2,19 @@
 
 `KeyServiceClient` attests the service before anything is sent to it: it
 picks a nonce, fetches evidence, verifies it against the client's policy
-(expected measurement of the key service) and checks report data =
-SHA-256(service public key || nonce). Only then does it seal keys to that
-public key.
+(expected measurement of the key service), checks that the report data binds
+the service's keys and release policy to the nonce and that the policy is the
+trust bundle's (`infaas.keyservice.trust.attest_keyservice`). Only then does it
+seal keys to that public key.
 
-`WorkerKeyClient` runs inside a TEE worker: it makes an ephemeral X25519 key,
-asks for a nonce, quotes SHA-256(ephemeral public key || nonce) (in a GPU pool its
-GPU signs the same binding: composite evidence), and unwraps the released keys
-with the ephemeral private key, which never leaves memory.
+`WorkerKeyClient` runs inside a TEE worker. It attests the key service the same
+way (once, and again when a release does not verify under the key it knows),
+then for each release makes an ephemeral X25519 key and a nonce of its own,
+asks for the service's nonce, quotes SHA-256(ephemeral public key || nonce) (in
+a GPU pool its GPU signs the same binding: composite evidence), and accepts the
+answer only if the attested key service signed it for exactly this request;
+it unwraps the released keys with the ephemeral private key, which never
+leaves memory.
 
 Both talk to a `KeyServiceTransport`: the in-process `KeyService` itself or
 `KeyServiceHttpClient` (httpx) for a remote one.
@@ -19,9 +24,10 @@ from __future__ import annotations
 
 import base64
 import secrets
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -47,6 +53,7 @@ from infaas.keyservice.models import (
 from infaas.keyservice.sealing import info_for, open_sealed, seal_to, x25519_raw
 from infaas.keyservice.server import PREFIX
 from infaas.keyservice.service import Role, release_info
+from infaas.keyservice.trust import AttestedKeyService, attest_keyservice
 
 
 class KeyServiceTransport(Protocol):
@@ -138,19 +145,23 @@ class KeyServiceHttpClient:
 class KeyServiceClient:
     """Tenant / owner side: attest the key service, then seal keys to it."""
 
-    def __init__(self, transport: KeyServiceTransport, verifier: AttestationVerifier) -> None:
+    def __init__(
+        self, transport: KeyServiceTransport, verifier: AttestationVerifier, *, policy_sha256: str
+    ) -> None:
         self._t = transport
         self._verifier = verifier
+        self._policy_sha256 = policy_sha256
         self._service_key: bytes | None = None
         self.verified: VerifiedQuote | None = None
+        self.attested: AttestedKeyService | None = None
 
     def attest(self) -> bytes:
-        """Verify the service's evidence over a fresh nonce; return its public key."""
-        nonce = secrets.token_bytes(32)
-        ev = self._t.evidence(nonce)
-        self.verified, _ = self._verifier.verify(ev.quote, public_key=ev.public_key, nonce=nonce)
-        self._service_key = ev.public_key
-        return ev.public_key
+        """Verify the service's evidence (code and release policy) over a fresh nonce; return
+        its public key."""
+        self.attested = attest_keyservice(self._t.evidence, self._verifier, self._policy_sha256)
+        self.verified = self.attested.verified
+        self._service_key = self.attested.hpke_public_key
+        return self._service_key
 
     @property
     def service_key(self) -> bytes:
@@ -213,18 +224,55 @@ class WorkerKeyClient:
         transport: KeyServiceTransport,
         tee: EvidenceGenerator,
         gpu: GpuEvidenceGenerator | None = None,
+        *,
+        verifier: AttestationVerifier,
+        policy_sha256: str,
     ) -> None:
         self._t = transport
         self._tee = tee
         self._gpu = gpu
+        self._verifier = verifier
+        self._policy_sha256 = policy_sha256
+        self._lock = threading.Lock()
+        self.attested: AttestedKeyService | None = None
+
+    def attest(self) -> AttestedKeyService:
+        """Attest the key service (code and release policy) anew; AttestationFailed if not."""
+        attested = attest_keyservice(self._t.evidence, self._verifier, self._policy_sha256)
+        with self._lock:
+            self.attested = attested
+        return attested
+
+    def _check(self, resp: ReleaseResponse, **binding: Any) -> None:
+        attested = self.attested or self.attest()
+        try:
+            attested.check_release(resp, **binding)
+        except AttestationFailed:
+            # the key service may have restarted with new keys: attest once more, then judge
+            fresh = self.attest()
+            if fresh.signing_public_key == attested.signing_public_key:
+                raise
+            fresh.check_release(resp, **binding)
 
     def fetch(self, requests: Sequence[KeyRequest]) -> list[ReleasedKey]:
+        """The keys asked for, from a release the attested key service signed for this request.
+
+        Raises AttestationFailed (saying why) for a key service whose code or policy is not
+        the trust bundle's, or an answer it did not sign for exactly this request.
+        """
+        if self.attested is None:
+            self.attest()
         sk = X25519PrivateKey.generate()
         pk = x25519_raw(sk.public_key())
+        worker_nonce = secrets.token_bytes(32)
         nonce = self._t.issue_nonce().nonce
         binding = report_data_for(pk, nonce)
         req = ReleaseRequest(
-            evidence=self._tee.generate(binding), public_key=pk, nonce=nonce, keys=tuple(requests)
+            evidence=self._tee.generate(binding),
+            public_key=pk,
+            nonce=nonce,
+            worker_nonce=worker_nonce,
+            keys=tuple(requests),
         )
         if self._gpu is not None:
             req = req.model_copy(
@@ -233,7 +281,9 @@ class WorkerKeyClient:
                     "gpu_chain": self._gpu.chain_pem,
                 }
             )
-        return unwrap_released(self._t.release(req), sk)
+        resp = self._t.release(req)
+        self._check(resp, requests=req.keys, nonce=nonce, worker_nonce=worker_nonce, worker_key=pk)
+        return unwrap_released(resp, sk)
 
     def model_key(self, model_id: str, key_id: str | None = None) -> ReleasedKey:
         return self.fetch([KeyRequest(kind="model", model_id=model_id, key_id=key_id)])[0]

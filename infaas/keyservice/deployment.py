@@ -73,7 +73,8 @@ class KeyServiceIngress:
             if settings.tee_backend == "simulated"
             else gramine_sealing_key()
         )
-        self._service = KeyService(store, kek, tee, verifier)
+        # its release policy (and so its identity) follows settings.production too
+        self._service = KeyService(store, kek, tee, verifier, production=settings.production)
         # key releases and refusals (by code) -> the store, for the dashboard and /metrics
         self._telemetry = Recorder("keyservice")
         info: dict[str, Any] = {"measurement": tee.measurement.hex(), "tee_backend": tee.name}

@@ -1,10 +1,17 @@
-"""The key service's code identity: what its evidence measures (the MRENCLAVE stand-in)."""
+"""The key service's identity: what its evidence measures (the MRENCLAVE stand-in) and the
+trust bundle a deployment publishes for it (code measurement and release policy)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+
+from infaas.attestation.deployment import create_worker_verifiers, load_policy, simulated_ca
+from infaas.keyservice.trust import KeyServiceTrust, policy_sha256, release_policy_document
 from infaas.measurement import REPO, measure_closure
+from infaas.settings import Settings
 
 # The module the key service's replica is started from: Ray imports it to build
 # `KeyServiceIngress`, so everything it imports runs in the key service (and
@@ -20,3 +27,33 @@ def keyservice_measurement(root: Path = REPO) -> bytes:
     runs count, and the client, the CLI and the example zoo do not.
     """
     return measure_closure(KEYSERVICE_ENTRY, b"infaas-keyservice/v1", root)
+
+
+def keyservice_trust(
+    settings: Settings, worker_measurements: Mapping[str, bytes]
+) -> KeyServiceTrust:
+    """The deployment's trust bundle (`infaas trust export`): its key service's code
+    measurement, the hash of the release policy it runs for these `worker_measurements`
+    (by pool), and the roots its evidence chains to.
+
+    The key service computes its policy from the same settings and measurements
+    (`KeyServiceIngress`); any difference (another policy file, another worker list, a
+    debug or simulated allowance, the production flag) gives another hash, which clients
+    and workers refuse.
+    """
+    document = release_policy_document(
+        create_worker_verifiers(settings, worker_measurements), production=settings.production
+    )
+    if settings.tee_backend == "simulated":
+        roots_pem = simulated_ca(settings).root_pem
+    else:
+        roots_pem = b"".join(
+            c.public_bytes(serialization.Encoding.PEM) for c in load_policy(settings).roots
+        )
+    return KeyServiceTrust(
+        measurement=keyservice_measurement().hex(),
+        roots_pem=roots_pem,
+        allow_simulated=settings.tee_backend == "simulated",
+        policy_sha256=policy_sha256(document),
+        release_policy=document,
+    )

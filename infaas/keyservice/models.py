@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -18,13 +18,18 @@ class _Wire(BaseModel):
 
 
 class EvidenceResponse(_Wire):
-    """The service's attestation: quote whose report data = SHA-256(public_key || nonce).
+    """The service's attestation: a quote whose report data =
+    SHA-256(public_key || signing_key || policy_sha256 || nonce) (`infaas.keyservice.trust`).
 
-    ``{"public_key": "<b64 X25519>", "quote": "<b64>", "measurement": "<hex>",
-    "simulated": true, "status": "simulated TEE (simulated — not confidential)"}``
+    ``{"public_key": "<b64 X25519>", "signing_key": "<b64 Ed25519>", "policy_sha256":
+    "<hex>", "policy": {<release policy document>}, "quote": "<b64>", "measurement":
+    "<hex>", "simulated": true, "status": "simulated TEE (simulated — not confidential)"}``
     """
 
     public_key: bytes = Field(min_length=32, max_length=32)
+    signing_key: bytes = Field(min_length=32, max_length=32, description="Ed25519, raw")
+    policy_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    policy: dict[str, Any] = Field(description="the release policy document it hashes")
     quote: bytes
     measurement: str
     simulated: bool
@@ -124,11 +129,13 @@ class KeyRequest(_Wire):
 
 
 class ReleaseRequest(_Wire):
-    """A worker's evidence (report data = SHA-256(public_key || nonce)) and the keys it wants."""
+    """A worker's evidence (report data = SHA-256(public_key || nonce)) and the keys it wants;
+    `worker_nonce` is the worker's own, echoed in the signed release."""
 
     evidence: bytes = Field(min_length=48, max_length=65536)
     public_key: bytes = Field(min_length=32, max_length=32, description="ephemeral X25519")
     nonce: bytes = Field(min_length=32, max_length=32)
+    worker_nonce: bytes = Field(min_length=32, max_length=32)
     keys: tuple[KeyRequest, ...] = Field(min_length=1, max_length=64)
     gpu_evidence: bytes | None = Field(
         None, max_length=65536, description="GPU pools: SPDM report, nonce = report data[:32]"
@@ -152,4 +159,9 @@ class WrappedKey(_Wire):
 
 
 class ReleaseResponse(_Wire):
+    """The released keys, signed by the key service's attested Ed25519 key over
+    `trust.release_statement` (the request's nonces and ephemeral key, each key, `lease_s`)."""
+
     keys: tuple[WrappedKey, ...]
+    lease_s: float = Field(ge=0)
+    signature: bytes = Field(min_length=64, max_length=64)

@@ -1,12 +1,16 @@
 """The key service (SeSeMI's KeyService): an attested holder of tenant and model keys.
 
-It runs as a TEE workload with its own X25519 key pair. Clients attest it
-(`evidence(nonce)`: a quote whose report data binds the public key and their
-nonce) and then seal keys to that key. Model owners upload data keys and grant
+It runs as a TEE workload with its own X25519 key pair (keys are sealed to it)
+and Ed25519 key pair (it signs every release), both made in memory at start.
+Clients and workers attest it (`evidence(nonce)`: a quote whose report data
+binds both public keys, the hash of its release policy and their nonce;
+`infaas.keyservice.trust`) and refuse it unless code and policy are those of
+the deployment's trust bundle; then they seal keys to it. Model owners upload data keys and grant
 tenants the use of their models; tenants upload their request keys. A worker
 proves itself with fresh evidence over a service-issued nonce, checked against
 the worker policy, and receives exactly the keys it asked for and may have,
-sealed to its attested ephemeral key.
+sealed to its attested ephemeral key, in a release signed over the request
+(its nonces, its key, each key's kind, tenant, model, key id, and the lease).
 
 Consent: an owner's grant alone never sends a tenant's data to a model. Each
 tenant keeps its own policy here (the owners and models it accepted, changed
@@ -39,6 +43,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -66,6 +71,13 @@ from infaas.keyservice.models import (
     WrappedKey,
 )
 from infaas.keyservice.sealing import info_for, open_sealed, seal_to, x25519_raw
+from infaas.keyservice.trust import (
+    ed25519_raw,
+    identity_bytes,
+    policy_sha256,
+    release_policy_document,
+    release_statement,
+)
 from infaas.logs import get_logger
 from infaas.store import MetadataStore, SealedTable
 
@@ -148,7 +160,9 @@ class KeyService:
         tee: EvidenceGenerator,
         worker_verifier: WorkerVerifier,
         *,
+        production: bool = False,
         nonce_ttl_s: float = 60.0,
+        lease_s: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._records = _SealedRecords(store, kek)
@@ -157,12 +171,18 @@ class KeyService:
         self._clock = clock
         self._nonces = NonceIssuer(ttl_s=nonce_ttl_s, clock=clock)
         self._nonce_ttl_s = nonce_ttl_s
+        self._lease_s = lease_s
         # read-modify-write of model/principal records (grants, current key id) is
         # serialised here; one key service process owns its store namespace
         self._lock = threading.RLock()
         # the identity key lives only in this process: clients re-attest after a restart
         self._sk = X25519PrivateKey.generate()
         self.public_key = x25519_raw(self._sk.public_key())
+        self._signing = Ed25519PrivateKey.generate()
+        self.signing_key = ed25519_raw(self._signing.public_key())
+        # what it releases keys to is part of its identity (bound into its evidence)
+        self.release_policy = release_policy_document(worker_verifier, production=production)
+        self.policy_sha256 = policy_sha256(self.release_policy)
         if tee.simulated:
             log.warning("key service runs on %s", tee.status())
 
@@ -175,12 +195,16 @@ class KeyService:
     # --- attestation of the service itself --------------------------------------------
 
     def evidence(self, nonce: bytes) -> EvidenceResponse:
-        """A quote binding this service's public key to the caller's nonce."""
+        """A quote binding this service's keys and release policy to the caller's nonce."""
         if not 16 <= len(nonce) <= 64:
             raise InvalidInput("nonce must be 16..64 bytes")
-        quote = self._tee.generate(report_data_for(self.public_key, nonce))
+        identity = identity_bytes(self.public_key, self.signing_key, self.policy_sha256)
+        quote = self._tee.generate(report_data_for(identity, nonce))
         return EvidenceResponse(
             public_key=self.public_key,
+            signing_key=self.signing_key,
+            policy_sha256=self.policy_sha256,
+            policy=self.release_policy,
             quote=quote,
             measurement=self._tee.measurement.hex(),
             simulated=self._tee.simulated,
@@ -373,13 +397,22 @@ class KeyService:
             out.append(
                 wrapped.model_copy(update={"sealed_key": seal_to(req.public_key, key, info)})
             )
+        statement = release_statement(
+            nonce=req.nonce,
+            worker_nonce=req.worker_nonce,
+            worker_key=req.public_key,
+            keys=out,
+            lease_s=self._lease_s,
+        )
         log.info(
             "released %d key(s) to worker %s…: %s",
             len(out),
             appraisal.cpu.measurement[:16],
             [(w.kind, w.model_id, w.tenant, w.key_id) for w in out],
         )
-        return ReleaseResponse(keys=tuple(out))
+        return ReleaseResponse(
+            keys=tuple(out), lease_s=self._lease_s, signature=self._signing.sign(statement)
+        )
 
     # --- internals ----------------------------------------------------------------------
 

@@ -111,6 +111,7 @@ def host(deployment: Deployment, tmp_path: Path) -> Iterator[Host]:
         deployment.artifacts,
         deployment.service,
         deployment.worker_tee(),
+        keyservice=deployment.trust,
         refresh_s=3600.0,
     )
     runtime.start()

@@ -21,6 +21,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from infaas.errors import (
+    AttestationFailed,
     AuthenticationFailed,
     DecryptionFailed,
     InfaasError,
@@ -206,9 +207,9 @@ def test_the_host_cannot_forge_a_tenants_acceptance_in_the_store(attacked: Deplo
 
 def test_a_proxy_cannot_widen_the_released_model_set(attacked: Deployment) -> None:
     """Between key service and worker, a rewriting proxy adds mallory's model to the set a
-    tenant key was released for: the worker's unwrap fails (the set is in the seal)."""
+    tenant key was released for: the worker refuses it (the set is in the key service's
+    signature over the release, and in the seal)."""
     dep = attacked
-    worker = dep.worker_keys()
     service = dep.service
 
     class Rewriting:
@@ -223,8 +224,8 @@ def test_a_proxy_cannot_widen_the_released_model_set(attacked: Deployment) -> No
             )
             return resp.model_copy(update={"keys": keys})
 
-    proxied = type(worker)(Rewriting(), dep.worker_tee())  # type: ignore[arg-type]
-    with pytest.raises(DecryptionFailed):
+    proxied = dep.worker_keys(transport=Rewriting())
+    with pytest.raises(AttestationFailed, match="not signed by the attested key service"):
         proxied.fetch([KeyRequest(kind="tenant", tenant="victim-a", key_id="victim-a-k1")])
 
 

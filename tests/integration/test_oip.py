@@ -27,14 +27,13 @@ from tritonclient.utils import InferenceServerException
 from api.app import create_app
 from enclave_workers.endpoint import serve_app
 from infaas import Client
-from infaas.client import KeyServiceTrust
 from infaas.envelope import open_request
 from infaas.keyservice import create_keyservice_router
 from infaas.proxy import Gateway, create_proxy_app
 from infaas.settings import load_settings
 from infaas.types import SLO
 from infaas.wire import InferRequest
-from tests.deployment import KS_MEASUREMENT, Deployment
+from tests.deployment import Deployment
 from tests.e2e.server import free_port
 from variants.runtime import load_variant
 
@@ -137,7 +136,7 @@ def stack(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> I
                 principal=TENANT,
                 request_key=dep.tenant_keys[TENANT],
                 key_id=f"{TENANT}-k1",
-                keyservice=KeyServiceTrust(KS_MEASUREMENT.hex(), dep.ca.root_pem, True),
+                keyservice=dep.trust,
             )
             client.attest_keyservice()
             gateway = Gateway(client, SLO(latency_ms=1000.0))

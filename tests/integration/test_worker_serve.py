@@ -22,7 +22,6 @@ import pytest
 from enclave_workers.deployment import APP_NAME, ROUTE_PREFIX, build_infer_app
 from enclave_workers.preparation import validation_artifact
 from infaas.artifacts import MODEL_PART, VALIDATION_PART, ArtifactStore, artifact_name
-from infaas.attestation.deployment import create_verifier
 from infaas.auth import TokenRegistry
 from infaas.envelope import new_key, open_response, seal_artifact, seal_request
 from infaas.keyservice import KeyServiceClient, KeyServiceHttpClient
@@ -59,7 +58,7 @@ class Served:
 def served(
     small_zoo: Path, small_manifest: Manifest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
-    from infaas.keyservice.measurement import keyservice_measurement
+    from enclave_workers.measurement import deployment_trust
 
     settings = serve_settings(
         tmp_path_factory.mktemp("serve"),
@@ -77,9 +76,9 @@ def served(
         x, y = load_validation(small_zoo, zoo_entry)
         store = open_store(settings.resolved_store_url)
         http = httpx.Client(base_url=url, timeout=30.0)
+        trust = deployment_trust(settings)
         client = KeyServiceClient(
-            KeyServiceHttpClient(http),
-            create_verifier(settings, measurements=[keyservice_measurement()]),
+            KeyServiceHttpClient(http), trust.verifier(), policy_sha256=trust.policy_sha256
         )
         client.attest()
         owner = client.register("owner1", "owner")
@@ -106,7 +105,11 @@ def served(
         client.accept(ks_token, "owner", "owner1")
         api_token = TokenRegistry(store).issue("acme", "tenant")
 
-        serve.run(build_infer_app(settings, url), name=APP_NAME, route_prefix=ROUTE_PREFIX)
+        serve.run(
+            build_infer_app(settings, url, keyservice=trust),
+            name=APP_NAME,
+            route_prefix=ROUTE_PREFIX,
+        )
         handle = serve.get_app_handle(APP_NAME)
         job = handle.prepare_model.remote(MODEL).result(timeout_s=240)
         yield Served(url, settings, tenant_key, api_token, x, onnx, job, handle)

@@ -14,6 +14,7 @@ import base64
 import hashlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,6 +42,7 @@ from infaas.keyservice import (
 )
 from infaas.store import SealedTable, open_store
 from tests.asgi import TestClient
+from tests.deployment import bundle
 from tests.security.markers import encodings
 
 KS_M = hashlib.sha256(b"ks").digest()
@@ -66,19 +68,28 @@ def test_no_key_in_logs_or_store(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     ca = SimulatedPlatformCA.generate("secrecy")
     kek = new_key()
 
+    pol = AttestationPolicy(allow_simulated=True, allowed_measurements=(WORKER_M.hex(),))
+    release_policy = AttestationVerifier(pol, extra_roots=[ca.root_cert])
+
     def service() -> KeyService:
-        pol = AttestationPolicy(allow_simulated=True, allowed_measurements=(WORKER_M.hex(),))
-        return KeyService(
-            store, kek, SimulatedTEE(ca, KS_M), AttestationVerifier(pol, extra_roots=[ca.root_cert])
+        return KeyService(store, kek, SimulatedTEE(ca, KS_M), release_policy)
+
+    trust = bundle(ca.root_pem, KS_M, release_policy)
+
+    def worker_of(transport: Any) -> WorkerKeyClient:
+        return WorkerKeyClient(
+            transport,
+            SimulatedTEE(ca, WORKER_M),
+            verifier=trust.verifier(),
+            policy_sha256=trust.policy_sha256,
         )
 
-    client_policy = AttestationPolicy(allow_simulated=True, allowed_measurements=(KS_M.hex(),))
     model_key, tenant_key, tenant_key2 = new_key(), new_key(), new_key()
     secrets_: list[bytes] = [model_key, tenant_key, tenant_key2]
 
     with TestClient(create_keyservice_app(service())) as http:
         remote = KeyServiceHttpClient(http)
-        c = KeyServiceClient(remote, AttestationVerifier(client_policy, extra_roots=[ca.root_cert]))
+        c = KeyServiceClient(remote, trust.verifier(), policy_sha256=trust.policy_sha256)
         c.attest()
         owner = c.register("zoo", "owner")
         tenant = c.register("acme", "tenant")
@@ -88,7 +99,7 @@ def test_no_key_in_logs_or_store(tmp_path: Path, caplog: pytest.LogCaptureFixtur
         c.grant(owner, "resnet", "acme")
         c.accept(tenant, "owner", "zoo")
         c.upload_tenant_key(tenant, "k2", tenant_key2)
-        worker = WorkerKeyClient(remote, SimulatedTEE(ca, WORKER_M))
+        worker = worker_of(remote)
         released = worker.fetch(
             [
                 KeyRequest(kind="model", model_id="resnet"),
@@ -99,7 +110,7 @@ def test_no_key_in_logs_or_store(tmp_path: Path, caplog: pytest.LogCaptureFixtur
         logging.getLogger("infaas.test").info("released %r", released)
 
     # restart over the same store and KEK, release again in-process
-    again = WorkerKeyClient(service(), SimulatedTEE(ca, WORKER_M)).tenant_key("acme", "resnet")
+    again = worker_of(service()).tenant_key("acme", "resnet")
     assert again.key == tenant_key2
 
     # the request path: envelopes with the released key

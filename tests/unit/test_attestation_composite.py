@@ -31,6 +31,7 @@ from infaas.errors import AttestationFailed
 from infaas.keyservice import KeyRequest, KeyService, KeyServiceClient, ReleaseRequest
 from infaas.keyservice.sealing import x25519_raw
 from infaas.store import open_store
+from tests.deployment import bundle
 
 KS_M = hashlib.sha256(b"keyservice").digest()
 WORKER_M = hashlib.sha256(b"gpu worker").digest()
@@ -113,7 +114,12 @@ def service(ca: SimulatedPlatformCA, gpu: SimulatedGPU) -> KeyService:
 def test_key_service_releases_to_gpu_pool_worker_only_for_composite(
     ca: SimulatedPlatformCA, gpu: SimulatedGPU, service: KeyService
 ) -> None:
-    c = KeyServiceClient(service, _verifier(ca, gpu, KS_M))  # type: ignore[arg-type]
+    expected = bundle(ca.root_pem, KS_M, _verifier(ca, gpu, WORKER_M, require_gpu=True))
+    c = KeyServiceClient(
+        service,  # type: ignore[arg-type]
+        _verifier(ca, gpu, KS_M),
+        policy_sha256=expected.policy_sha256,
+    )
     c.attest()
     owner = c.register("zoo", "owner")
     model_key = new_key()
@@ -129,6 +135,7 @@ def test_key_service_releases_to_gpu_pool_worker_only_for_composite(
             evidence=cpu,
             public_key=pk,
             nonce=nonce,
+            worker_nonce=b"w" * 32,
             keys=(KeyRequest(kind="model", model_id="llm"),),
             **extra,  # type: ignore[arg-type]
         )
@@ -209,6 +216,7 @@ def test_key_service_never_answers_5xx_to_bad_evidence(
                         "evidence": b64(evidence).decode(),
                         "public_key": b64(pk).decode(),
                         "nonce": b64(nonce).decode(),
+                        "worker_nonce": b64(b"w" * 32).decode(),
                         "keys": [{"kind": "model", "model_id": "llm"}],
                         "gpu_evidence": b64(gpu_ev).decode(),
                         "gpu_chain": b64(g.chain_pem).decode(),

@@ -14,7 +14,7 @@ import hashlib
 import stat
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,12 @@ class World:
     admin_token: str
 
     def trust(self, measurement: bytes = KS_MEASUREMENT) -> KeyServiceTrust:
-        return KeyServiceTrust(measurement.hex(), self.dep.ca.root_pem, allow_simulated=True)
+        return KeyServiceTrust(
+            measurement.hex(),
+            self.dep.ca.root_pem,
+            allow_simulated=True,
+            policy_sha256=self.dep.trust.policy_sha256,
+        )
 
     def client(self, token: str | None = None, **kw: Any) -> Client:
         kw.setdefault("keyservice", self.trust())
@@ -291,21 +296,26 @@ def test_the_key_service_is_attested_before_it_gets_keys(world: World) -> None:
     with pytest.raises(AttestationFailed, match="no expectation"):
         no_trust.register_tenant()
     wrong = world.client(creds.token, keyservice=world.trust(b"\x01" * 32))
-    with pytest.raises(AttestationFailed):
+    with pytest.raises(AttestationFailed, match="allowed_measurements"):
         wrong.register_tenant()
     other_ca = SimulatedPlatformCA.generate("someone else")
     forged = world.client(
         creds.token,
-        keyservice=KeyServiceTrust(KS_MEASUREMENT.hex(), other_ca.root_pem, allow_simulated=True),
+        keyservice=replace(world.trust(), roots_pem=other_ca.root_pem),
     )
-    with pytest.raises(AttestationFailed):
+    with pytest.raises(AttestationFailed, match="trusted root"):
         forged.register_tenant()
     not_simulated = world.client(
         creds.token,
-        keyservice=KeyServiceTrust(KS_MEASUREMENT.hex(), world.dep.ca.root_pem, False),
+        keyservice=replace(world.trust(), allow_simulated=False),
     )
-    with pytest.raises(AttestationFailed):
+    with pytest.raises(AttestationFailed, match="simulated"):
         not_simulated.register_tenant()
+    other_policy = world.client(
+        creds.token, keyservice=replace(world.trust(), policy_sha256="ab" * 32)
+    )
+    with pytest.raises(AttestationFailed, match="another policy"):
+        other_policy.register_tenant()
     # nothing was registered by the refused attempts
     ok = world.client(creds.token)
     ok.register_tenant()

@@ -23,6 +23,7 @@ from infaas.attestation.deployment import (
     create_tee,
     create_verifier,
     create_worker_verifiers,
+    simulated_ca,
 )
 from infaas.attestation.simulated_gpu import SimulatedGPU
 from infaas.envelope import new_key
@@ -31,12 +32,14 @@ from infaas.keyservice import (
     KeyService,
     KeyServiceClient,
     KeyServiceHttpClient,
+    KeyServiceTrust,
     WorkerKeyClient,
     create_keyservice_app,
 )
 from infaas.settings import Pool, Settings
 from infaas.store import open_store
 from tests.asgi import TestClient
+from tests.deployment import bundle
 
 KS_M = hashlib.sha256(b"keyservice of a gpu deployment").digest()
 CPU_M = hashlib.sha256(b"cpu-pool worker").digest()
@@ -92,7 +95,10 @@ def deployment(tmp_path: Path) -> tuple[Settings, KeyServiceHttpClient, bytes, T
     )
     http = TestClient(create_keyservice_app(service))
     remote = KeyServiceHttpClient(http)
-    owner = KeyServiceClient(remote, create_verifier(settings, measurements=[KS_M]))
+    trust = _trust(settings)
+    owner = KeyServiceClient(
+        remote, create_verifier(settings, measurements=[KS_M]), policy_sha256=trust.policy_sha256
+    )
     owner.attest()
     token = owner.register("zoo", "owner")
     model_key = new_key()
@@ -107,7 +113,19 @@ def _worker(
     gpu: GpuEvidenceGenerator | None,
 ) -> WorkerKeyClient:
     tee: EvidenceGenerator = create_tee(settings, measurement)
-    return WorkerKeyClient(remote, tee, gpu)
+    trust = _trust(settings)
+    return WorkerKeyClient(
+        remote, tee, gpu, verifier=trust.verifier(), policy_sha256=trust.policy_sha256
+    )
+
+
+def _trust(settings: Settings) -> KeyServiceTrust:
+    """The deployment's published bundle: its key service releases to these two pools."""
+    return bundle(
+        simulated_ca(settings).root_pem,
+        KS_M,
+        create_worker_verifiers(settings, {"cpu": CPU_M, "gpu": GPU_M}),
+    )
 
 
 def test_gpu_pool_worker_gets_keys_for_the_composite(

@@ -28,7 +28,6 @@ from infaas.keyservice import (
     KeyServiceClient,
     KeyServiceHttpClient,
     ReleaseRequest,
-    WorkerKeyClient,
     create_keyservice_app,
     simulated_sealing_key,
 )
@@ -48,7 +47,11 @@ def _client(
 ) -> KeyServiceClient:
     """A key-service client expecting `measurement`, over `transport` (default: in process)."""
     verifier = AttestationVerifier(policy(measurement), extra_roots=[dep.ca.root_cert])
-    return KeyServiceClient(transport or dep.service, verifier)  # type: ignore[arg-type]
+    return KeyServiceClient(
+        transport or dep.service,  # type: ignore[arg-type]
+        verifier,
+        policy_sha256=dep.trust.policy_sha256,
+    )
 
 
 def _populate(dep: Deployment, grant: bool = True) -> None:
@@ -130,7 +133,7 @@ def test_profile_keys_go_only_to_attested_workers_one_per_model(dep: Deployment)
     with pytest.raises(UnknownKey):
         dep.worker_keys().fetch([KeyRequest(kind="profile", model_id="resnet", key_id="p9")])
     restarted = Deployment.key_service(dep.ca, dep.store, dep.kek)
-    worker = WorkerKeyClient(restarted, SimulatedTEE(dep.ca, WORKER_MEASUREMENT))
+    worker = dep.worker_keys(transport=restarted)
     assert worker.fetch([profile])[0].key == key.key
     # granting, revoking and a new data key keep it
     dep.keys.grant(dep.ks_tokens["zoo"], "resnet", "acme")
@@ -141,7 +144,7 @@ def test_profile_keys_go_only_to_attested_workers_one_per_model(dep: Deployment)
 def test_worker_from_another_platform_ca_is_refused(dep: Deployment) -> None:
     _populate(dep)
     other = SimulatedPlatformCA.generate("elsewhere")
-    worker = WorkerKeyClient(dep.service, SimulatedTEE(other, WORKER_MEASUREMENT))
+    worker = dep.worker_keys(transport=dep.service, tee=SimulatedTEE(other, WORKER_MEASUREMENT))
     with pytest.raises(AttestationFailed, match="trusted root"):
         worker.model_key("resnet")
 
@@ -156,6 +159,7 @@ def test_stolen_evidence_with_attacker_key_is_refused(dep: Deployment) -> None:
         evidence=genuine,
         public_key=b"\x02" * 32,
         nonce=nonce,
+        worker_nonce=b"w" * 32,
         keys=(KeyRequest(kind="model", model_id="resnet"),),
     )
     with pytest.raises(AttestationFailed, match="report data does not bind"):
@@ -174,6 +178,7 @@ def test_nonce_is_single_use_and_expires(platform_ca: SimulatedPlatformCA, tmp_p
         evidence=tee.generate(report_data_for(pk, nonce)),
         public_key=pk,
         nonce=nonce,
+        worker_nonce=b"w" * 32,
         keys=(KeyRequest(kind="model", model_id="resnet"),),
     )
     service.release(req)
@@ -246,20 +251,20 @@ def test_key_rotation(dep: Deployment) -> None:
 def test_state_survives_restart_with_same_kek(dep: Deployment) -> None:
     _populate(dep)
     restarted = Deployment.key_service(dep.ca, dep.store, dep.kek)
-    worker = WorkerKeyClient(restarted, SimulatedTEE(dep.ca, WORKER_MEASUREMENT))
+    worker = dep.worker_keys(transport=restarted, tee=SimulatedTEE(dep.ca, WORKER_MEASUREMENT))
     assert worker.model_key("resnet").key == dep.model_keys["resnet"]
     assert worker.tenant_key("acme", "resnet").key == dep.tenant_keys["acme"]
     # tokens still work after the restart
-    KeyServiceClient(restarted, _client(dep)._verifier).grant(
-        dep.ks_tokens["zoo"], "resnet", "acme"
-    )
+    _client(dep, restarted).grant(dep.ks_tokens["zoo"], "resnet", "acme")
 
 
 def test_other_kek_cannot_read_state(dep: Deployment) -> None:
     _populate(dep)
     thief = Deployment.key_service(dep.ca, dep.store, new_key())
     with pytest.raises(DecryptionFailed, match="does not open under the KEK"):
-        WorkerKeyClient(thief, SimulatedTEE(dep.ca, WORKER_MEASUREMENT)).model_key("resnet")
+        dep.worker_keys(transport=thief, tee=SimulatedTEE(dep.ca, WORKER_MEASUREMENT)).model_key(
+            "resnet"
+        )
 
 
 def test_swapped_store_records_do_not_open(dep: Deployment) -> None:
@@ -305,7 +310,7 @@ def test_http_flow_and_typed_errors(dep: Deployment) -> None:
         mk, tk = new_key(), new_key()
         c.upload_model_key(owner, "resnet", "dk1", mk)
         c.upload_tenant_key(tenant, "k1", tk)
-        worker = WorkerKeyClient(remote, SimulatedTEE(dep.ca, WORKER_MEASUREMENT))
+        worker = dep.worker_keys(transport=remote, tee=SimulatedTEE(dep.ca, WORKER_MEASUREMENT))
         with pytest.raises(PermissionDenied):
             worker.tenant_key("acme", "resnet")
         c.grant(owner, "resnet", "acme")
@@ -321,7 +326,7 @@ def test_http_flow_and_typed_errors(dep: Deployment) -> None:
             worker.tenant_key("acme", "resnet")
         with pytest.raises(AuthenticationFailed):
             remote.grant("zoo:wrong", "resnet", "acme")
-        bad = WorkerKeyClient(remote, SimulatedTEE(dep.ca, b"\x00" * 32))
+        bad = dep.worker_keys(transport=remote, tee=SimulatedTEE(dep.ca, b"\x00" * 32))
         with pytest.raises(AttestationFailed):
             bad.model_key("resnet")
         r = http.post("/v1/keyservice/tenant-keys", json={"key_id": "k2", "sealed_key": "AAAA"})
