@@ -1,4 +1,4 @@
-"""Dynamic batching across tenants: requests for one variant run as one batch.
+"""Dynamic batching: requests for one variant run as one batch, across tenants when safe.
 
 Each request brings its own samples and the largest batch its SLO allows (from
 the variant's profiled latency model). A batch takes requests in arrival order
@@ -6,12 +6,22 @@ while the total stays within the smallest such limit among them, so the
 tightest SLO in a batch bounds the batch. Inputs are decrypted before they get
 here and outputs are encrypted after, each under its own tenant's key, so the
 batcher only sees plaintext inside the worker.
+
+Outputs are handed back by position, which is safe only if the model keeps
+rows apart; a model owner's graph may not (a Concat along the batch axis hands
+row i+1 to row i). So a batch holds rows of several tenants only while
+`mixes_tenants()` says the variant is proven row-independent; otherwise it holds
+one tenant's requests, and the others wait, in order, for a batch of their own.
+
+A failed batch of several requests is run again one request at a time, so one
+request's bad input fails that request alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -36,7 +46,12 @@ def batch_limit(model: LatencyModel, budget_ms: float, max_batch: int) -> int:
 class _Pending:
     x: np.ndarray
     limit: int
+    tenant: str
     future: asyncio.Future[np.ndarray]
+
+
+def _never() -> bool:
+    return False
 
 
 @dataclass
@@ -50,21 +65,26 @@ class BatchStats:
 class DynamicBatcher:
     """Collects requests for one variant and runs them together in `executor`.
 
-    `run` maps a batch (n, ...) to outputs (n, ...); it is called from the
-    executor's threads, one batch at a time per batcher.
+    `run` maps a batch (n, ...) to outputs (n, ...) (and checks they are); it is
+    called from the executor's threads, one batch at a time per batcher.
+    `mixes_tenants` is asked as each batch forms (the variant's proof can only
+    be read once it is loaded); by default a batch is one tenant's.
     """
 
     run: Callable[[np.ndarray], np.ndarray]
     executor: Executor
     max_batch: int = 32
     max_wait_ms: float = 2.0
+    mixes_tenants: Callable[[], bool] = _never
     stats: BatchStats = field(default_factory=BatchStats)
     _queue: asyncio.Queue[_Pending] = field(default_factory=asyncio.Queue)
     _task: asyncio.Task[None] | None = None
-    _carry: _Pending | None = None
+    _held: deque[_Pending] = field(default_factory=deque)
+    """Requests taken from the queue that wait for a later batch, in arrival order."""
 
-    async def submit(self, x: np.ndarray, limit: int | None = None) -> np.ndarray:
-        """Run `x` (its first axis is the batch) in some batch; returns its own outputs."""
+    async def submit(self, x: np.ndarray, limit: int | None = None, tenant: str = "") -> np.ndarray:
+        """Run `x` (its first axis is the batch) of `tenant` in some batch; returns its own
+        outputs."""
         n = int(x.shape[0])
         cap = self.max_batch if limit is None else max(1, min(limit, self.max_batch))
         if n > cap:
@@ -73,13 +93,12 @@ class DynamicBatcher:
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._loop())
         future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(x, cap, future))
+        await self._queue.put(_Pending(x, cap, tenant, future))
         return await future
 
     async def _next(self, timeout: float | None) -> _Pending | None:
-        if self._carry is not None:
-            item, self._carry = self._carry, None
-            return item
+        if self._held:
+            return self._held.popleft()
         if timeout is None:
             return await self._queue.get()
         try:
@@ -92,6 +111,8 @@ class DynamicBatcher:
         assert first is not None
         batch = [first]
         total, limit = int(first.x.shape[0]), first.limit
+        mixes = self.mixes_tenants()
+        later: list[_Pending] = []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_ms / 1000
         while total < limit:
@@ -99,19 +120,23 @@ class DynamicBatcher:
             item = self._next_nowait() if remaining <= 0 else await self._next(remaining)
             if item is None:
                 break
+            if not mixes and item.tenant != first.tenant:
+                later.append(item)
+                continue
             n = int(item.x.shape[0])
             if total + n > min(limit, item.limit):
-                self._carry = item
+                later.append(item)
                 break
             batch.append(item)
             total += n
             limit = min(limit, item.limit)
+        if later:
+            self._held.extendleft(reversed(later))
         return batch
 
     def _next_nowait(self) -> _Pending | None:
-        if self._carry is not None:
-            item, self._carry = self._carry, None
-            return item
+        if self._held:
+            return self._held.popleft()
         try:
             return self._queue.get_nowait()
         except asyncio.QueueEmpty:
@@ -127,15 +152,15 @@ class DynamicBatcher:
             xs = np.concatenate([p.x for p in live]) if len(live) > 1 else live[0].x
             try:
                 ys = await loop.run_in_executor(self.executor, self.run, xs)
-            except Exception as e:  # the runtime failed: every request of the batch learns why
+            except Exception as e:
+                # the type only: a runtime's message may quote the rows
                 log.warning("batch of %d failed: %s", xs.shape[0], type(e).__name__)
-                for p in live:
-                    if not p.future.done():
-                        p.future.set_exception(e)
+                if len(live) == 1:
+                    _fail(live[0], e)
+                else:  # which request broke it? each runs alone, and learns for itself
+                    await self._one_by_one(live)
                 continue
-            self.stats.batches += 1
-            self.stats.samples += int(xs.shape[0])
-            self.stats.largest = max(self.stats.largest, int(xs.shape[0]))
+            self._count(int(xs.shape[0]))
             offset = 0
             for p in live:
                 n = int(p.x.shape[0])
@@ -143,8 +168,32 @@ class DynamicBatcher:
                     p.future.set_result(ys[offset : offset + n])
                 offset += n
 
+    async def _one_by_one(self, requests: list[_Pending]) -> None:
+        loop = asyncio.get_running_loop()
+        for p in requests:
+            if p.future.done():
+                continue
+            try:
+                y = await loop.run_in_executor(self.executor, self.run, p.x)
+            except Exception as e:
+                _fail(p, e)
+                continue
+            self._count(int(p.x.shape[0]))
+            if not p.future.done():
+                p.future.set_result(y)
+
+    def _count(self, n: int) -> None:
+        self.stats.batches += 1
+        self.stats.samples += n
+        self.stats.largest = max(self.stats.largest, n)
+
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def _fail(p: _Pending, e: Exception) -> None:
+    if not p.future.done():
+        p.future.set_exception(e)

@@ -6,10 +6,13 @@ evicts the coldest ones, never one that a request is using, to make room for
 the next. Loads of the same variant that arrive together share one load, and a
 load runs in a thread so the event loop keeps serving the variants already in.
 
-`VariantHost` is what a worker holds: the packer in front of one cross-tenant
-batcher per variant on bounded inference threads (or inline on the event loop
-for variants faster than a thread hand-off), and the live load per variant
-that the per-request selection reads.
+`VariantHost` is what a worker holds: the packer in front of one batcher per
+variant on bounded inference threads (or inline on the event loop for variants
+faster than a thread hand-off), and the live load per variant that the
+per-request selection reads. A batcher mixes tenants only for a variant whose
+loaded graph is proven row-independent, and every run's outputs must keep the
+task's contract (one row of `classes` FP32 logits per input row) before any row
+goes back.
 """
 
 from __future__ import annotations
@@ -26,9 +29,10 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from enclave_workers.batcher import DynamicBatcher
-from infaas.errors import InfaasError, Overloaded, PayloadTooLarge
+from infaas.errors import InfaasError, OutputContractViolated, Overloaded, PayloadTooLarge
 from infaas.logs import get_logger
 from scheduler.policy import Candidate, CandidateSet, VariantLoad
+from variants.row_independence import RowIndependence
 from variants.runtime import LoadedVariant
 
 log = get_logger(__name__)
@@ -188,12 +192,37 @@ class InlineExecutor(Executor):
         return future
 
 
+LOGITS = np.dtype(np.float32)
+"""The dtype of every task's output."""
+
+
+def check_outputs(variant_id: str, out: np.ndarray, rows: int, classes: int) -> None:
+    """Refuse outputs other than ``(rows, classes)`` logits: rows are handed back by position."""
+    if out.shape == (rows, classes) and out.dtype == LOGITS:
+        return
+    # shapes and dtypes only: never the values
+    log.warning(
+        "variant %s broke the output contract: %s %s for %d rows of %d classes",
+        variant_id,
+        out.dtype,
+        out.shape,
+        rows,
+        classes,
+    )
+    raise OutputContractViolated(
+        f"variant {variant_id} answered {rows} input rows with {out.dtype} of shape "
+        f"{list(out.shape)}, not {rows} rows of {classes} FP32 logits"
+    )
+
+
 @dataclass
 class VariantState:
     """This worker's live state of one variant."""
 
     batcher: DynamicBatcher
     loop: asyncio.AbstractEventLoop
+    classes: int
+    """The task's output width: the contract each run's outputs are checked against."""
     threaded: bool = True
     """Runs on the shared inference threads (not inline on the event loop)."""
     live: LoadedVariant | None = None
@@ -226,9 +255,37 @@ class VariantHost:
         self.packer: ModelPacker[LoadedVariant] = ModelPacker(memory_budget_bytes, self._load)
         self.states: dict[str, VariantState] = {}
         self._executor = ThreadPoolExecutor(threads, thread_name_prefix="infaas-infer")
+        self._prover = ThreadPoolExecutor(1, thread_name_prefix="infaas-rows")
+        self.proofs: dict[str, Future[RowIndependence]] = {}
+        """The row-independence proof of each variant loaded, done or under way."""
         self._inline = InlineExecutor()
         self._inline_batch_ms = inline_batch_ms
         self._batch_wait_ms = batch_wait_ms
+
+    def prove(
+        self, variant_id: str, loaded: LoadedVariant, proof: Callable[[], RowIndependence]
+    ) -> None:
+        """Prove a just-loaded variant row-independent, off its cold start.
+
+        Until the verdict lands, and when it is negative, its batches hold one
+        tenant's rows each.
+        """
+
+        def run() -> RowIndependence:
+            try:
+                verdict = proof()
+            except Exception as e:  # unproven, however the analysis broke
+                verdict = RowIndependence(False, f"the analysis failed ({type(e).__name__})")
+            loaded.rows = verdict
+            log.info(
+                "variant %s %s tenants in a batch: %s",
+                variant_id,
+                "mixes" if verdict.proven else "does not mix",
+                verdict.reason,
+            )
+            return verdict
+
+        self.proofs[variant_id] = self._prover.submit(run)
 
     async def _load(self, variant_id: str) -> tuple[LoadedVariant, int]:
         return await asyncio.to_thread(self._load_sync, variant_id)
@@ -247,7 +304,7 @@ class VariantHost:
             try:
                 loaded, memory = self._load_sync(vid)
             except Exception as e:  # best effort: the first request will load it, or say why
-                log.warning("pre-loading %s failed: %s", vid, e)
+                log.warning("pre-loading %s failed: %s", vid, getattr(e, "code", type(e).__name__))
                 continue
             if self.packer.put(vid, loaded, memory):
                 done.append(vid)
@@ -258,21 +315,28 @@ class VariantHost:
         async with self.packer.use(variant_id):
             pass
 
-    def _state(self, cand: Candidate) -> VariantState:
+    def _state(self, cand: Candidate, classes: int) -> VariantState:
         loop = asyncio.get_running_loop()
         st = self.states.get(cand.variant_id)
         if st is None or st.loop is not loop:
             holder: list[VariantState] = []
 
             def run(xs: np.ndarray) -> np.ndarray:
-                live = holder[0].live
+                state = holder[0]
+                live = state.live
                 if live is None:  # cannot happen: every queued request pins the variant
                     raise InfaasError("variant is not loaded")
                 started = time.perf_counter()
-                out = np.asarray(live.run(xs)).view(_BatchOutput)
+                raw = np.asarray(live.run(xs))
+                check_outputs(cand.variant_id, raw, int(xs.shape[0]), state.classes)
+                out = raw.view(_BatchOutput)
                 out.batch_size = int(xs.shape[0])
                 out.started = started
                 return out
+
+            def mixes_tenants() -> bool:
+                live = holder[0].live
+                return live is not None and live.rows.proven
 
             # p50 line, not the tail: profiles taken on a busy host have fat tails
             inline = cand.full_batch_ms <= self._inline_batch_ms
@@ -281,24 +345,32 @@ class VariantHost:
                 executor=self._inline if inline else self._executor,
                 max_batch=cand.max_batch,
                 max_wait_ms=self._batch_wait_ms,
+                mixes_tenants=mixes_tenants,
             )
             old = st
-            st = VariantState(batcher=batcher, loop=loop, threaded=not inline)
+            st = VariantState(batcher=batcher, loop=loop, classes=classes, threaded=not inline)
             if old is not None:
                 st.served = old.served
             holder.append(st)
             self.states[cand.variant_id] = st
         return st
 
-    async def execute(self, cand: Candidate, x: np.ndarray, limit: int) -> tuple[Any, int, float]:
-        """Run one request's samples in a batch: (outputs, batch size, queue ms)."""
-        st = self._state(cand)
+    async def execute(
+        self, cand: Candidate, x: np.ndarray, limit: int, *, tenant: str, classes: int
+    ) -> tuple[Any, int, float]:
+        """Run `tenant`'s samples in a batch: (outputs ``(n, classes)``, batch size, queue ms).
+
+        Rows of other tenants share the batch only if the loaded variant is proven
+        row-independent.
+        """
+        st = self._state(cand, classes)
+        st.classes = classes
         st.outstanding += 1
         try:
             async with self.packer.use(cand.variant_id) as loaded:
                 st.live = loaded
                 submitted = time.perf_counter()
-                out = await st.batcher.submit(x, limit)
+                out = await st.batcher.submit(x, limit, tenant)
         finally:
             st.outstanding -= 1
         st.served += 1
@@ -316,6 +388,7 @@ class VariantHost:
                 await st.batcher.close()
         self.states.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self._prover.shutdown(wait=False, cancel_futures=True)
 
 
 class _LiveLoads(Mapping[str, VariantLoad]):

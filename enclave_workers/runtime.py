@@ -14,11 +14,16 @@ For each `InferRequest`::
     chosen variant's accuracy >= envelope.min_accuracy   (both authenticated now: no
                                             hint, pin or store edit downgrades it)
     decode OIP v2 against the task's input spec
-    VariantHost.execute: packer.use(variant) -> DynamicBatcher (cross-tenant batch,
-                                            bounded thread pool; `enclave_workers.packer`)
+    VariantHost.execute: packer.use(variant) -> DynamicBatcher (cross-tenant batch only for
+                                            a variant proven row-independent, output contract
+                                            checked; `enclave_workers.packer`)
     encode_response -> seal_response under the tenant's key, bound to what served it
                                             (variant, architecture, accuracy, pool, TEE kind,
                                             measurement)
+
+Any error once the request is decrypted goes back as `seal_error` makes it: type
+and status in the clear, the precise message (which may quote the input) sealed
+under the tenant's key; an unexpected exception is logged by type only.
 
 The candidate set is rebuilt from the store at most every `refresh_s` seconds,
 off the request path, from the variants whose profile and spec verify under
@@ -69,6 +74,7 @@ from infaas.envelope import (
     artifact_key_id,
     open_artifact,
     open_request,
+    seal_error,
     seal_response,
     wipe,
 )
@@ -99,7 +105,7 @@ from scheduler.policy import (
     route_select,
 )
 from scheduler.routing import LoadReport, RoutingHints
-from variants.runtime import LoadedVariant, load_variant
+from variants.runtime import LoadedVariant, load_variant, row_proof
 
 log = get_logger(__name__)
 
@@ -365,9 +371,11 @@ class WorkerRuntime:
         try:
             raw = bytes(plain)  # onnxruntime and OpenVINO take bytes, not a buffer
             loaded = load_variant(spec, raw, self.pool.threads_per_replica)
+            proof = row_proof(raw)  # from the very bytes the session runs
         finally:
             wipe(plain)
             _scrub_bytes(raw)
+        self.host.prove(variant_id, loaded, proof)
         peak = cand.profile.peak_memory_bytes
         log.info("loaded variant %s", variant_id)
         return loaded, max(peak, 3 * size)
@@ -465,6 +473,14 @@ class WorkerRuntime:
                 env.timestamp,
                 now,
             )
+        served = ServedBy(
+            variant_id=cand.variant_id,
+            architecture=cand.spec.architecture,
+            accuracy=cand.accuracy,
+            pool=self.pool.name,
+            simulated_tee=self.tee.simulated,
+            measurement=self.measurement,
+        )
         try:
             # the SLO is authenticated now: whatever chose the variant, it must meet it
             if cand.accuracy < env.min_accuracy:
@@ -486,24 +502,24 @@ class WorkerRuntime:
                 outputs=(task.output_name,),
             )
             limit = batch_limit(cand.profile.latency_model, env.latency_ms / 2, cand.max_batch)
-            out, batch, queue_ms = await self.host.execute(cand, x, limit)
+            out, batch, queue_ms = await self.host.execute(
+                cand, x, limit, tenant=env.tenant, classes=task.num_classes
+            )
             body = encode_response(
                 {task.output_name: out}, task.name, oip, model_version=cand.variant_id
             )
             if shared is not None:
                 await shared
                 shared = None
-            served = ServedBy(
-                variant_id=cand.variant_id,
-                architecture=cand.spec.architecture,
-                accuracy=cand.accuracy,
-                pool=self.pool.name,
-                simulated_tee=self.tee.simulated,
-                measurement=self.measurement,
-            )
             sealed = seal_response(
                 keys, env, body.content, served=served, header_length=body.header_length
             )
+        except InfaasError as e:
+            raise seal_error(keys, env, e, served=served) from None
+        except Exception as e:  # a bug: its message may hold plaintext, so not even the log
+            log.error("request %s failed after decryption: %s", env.request_id, type(e).__name__)
+            internal = InfaasError("internal error in the worker")
+            raise seal_error(keys, env, internal, served=served) from None
         finally:
             wipe(plaintext)
             if shared is not None:  # an earlier error: still let the record land, quietly

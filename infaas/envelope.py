@@ -44,7 +44,15 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pydantic import BaseModel, ConfigDict, Field
 
-from infaas.errors import DecryptionFailed, ExpiredRequest, ReplayedRequest, UnknownKey
+from infaas.errors import (
+    DecryptionFailed,
+    ExpiredRequest,
+    InfaasError,
+    ReplayedRequest,
+    UnknownKey,
+    error_from_code,
+    error_from_problem,
+)
 
 if TYPE_CHECKING:  # the store's job records name `wire` types, which name the envelope
     from infaas.store import MetadataStore
@@ -341,6 +349,60 @@ def open_response(
         raise DecryptionFailed("response does not answer this request")
     aead = _as_keyring(keys).get(envelope.key_id)
     return _open(aead, envelope.nonce, envelope.ciphertext, envelope.associated_data())
+
+
+# --- errors after decryption --------------------------------------------------------------
+
+SEALED_ERROR_MESSAGE = (
+    "the worker refused this request after decrypting it; the reason is sealed for its tenant"
+)
+
+
+def seal_error(
+    keys: Keyring | Mapping[str, bytes],
+    request: Envelope,
+    error: InfaasError,
+    *,
+    served: ServedBy,
+) -> InfaasError:
+    """The clear form of an error raised once `request` was decrypted.
+
+    Its message may quote the plaintext (a value that does not parse, a shape),
+    so the clear error keeps only the type, status and retry hint; the precise
+    problem travels as a response envelope under the request's key in
+    its ``sealed`` member, for the tenant's `open_error`.
+    """
+    body = json.dumps({"error": error.to_problem()}, default=str).encode()
+    sealed = seal_response(keys, request, body, served=served)
+    detail: dict[str, Any] = {"sealed": sealed.model_dump(mode="json")}
+    if error.retry_after_s is not None:
+        detail["retry_after_s"] = error.retry_after_s
+    clear = error_from_code(error.code, f"{SEALED_ERROR_MESSAGE} ({error.code})", detail)
+    clear.retry_after_s = error.retry_after_s
+    return clear
+
+
+def open_error(
+    error: InfaasError,
+    keys: Keyring | Mapping[str, bytes],
+    *,
+    request_id: str,
+    tenant: str | None = None,
+) -> InfaasError:
+    """The precise error sealed in `error` by `seal_error`; `error` itself when it holds
+    none, or none that opens under `keys` for this request."""
+    raw = error.detail.get("sealed")
+    if raw is None:
+        return error
+    try:
+        envelope = Envelope.model_validate_json(json.dumps(raw))
+        plain = open_response(envelope, keys, request_id=request_id, tenant=tenant)
+        problem = json.loads(bytes(plain))["error"]
+        if not isinstance(problem, dict):
+            return error
+        return error_from_problem(problem)
+    except (InfaasError, ValueError, KeyError, TypeError):  # pydantic's ValidationError too
+        return error
 
 
 # --- replay protection --------------------------------------------------------------------

@@ -24,7 +24,9 @@ The hierarchy::
     ├── NoFeasibleVariant (422)
     │   └── UnverifiedProfile (422)        a profile or spec that no attested worker measured
     ├── VariantUnsupported (422)           a backend cannot run a variant on this hardware
+    ├── InferenceFailed (422)              the model failed on this request's input
     ├── RateLimited (429, Retry-After)
+    ├── OutputContractViolated (502)       the model's output broke its task's shape or dtype
     ├── Overloaded (503, Retry-After)
     ├── StoreUnavailable (503)
     ├── TeeUnavailable (503)           the configured TEE device is absent
@@ -41,6 +43,9 @@ Over HTTP each error is an RFC 9457 problem (`to_problem`, ``application/problem
 extension members beside it. The client maps the `code` back to the same class
 through `error_from_problem`, so callers catch the same types locally and
 remotely. Any error may carry `retry_after_s`, the server's ``Retry-After`` hint.
+An error raised once a worker has decrypted a request travels with a
+content-free `detail` in the clear and its own problem sealed for the tenant
+(`infaas.envelope.seal_error`).
 """
 
 from __future__ import annotations
@@ -196,6 +201,22 @@ class VariantUnsupported(InfaasError):
 class RateLimited(InfaasError):
     status_code = 429
     code = "rate_limited"
+
+
+class InferenceFailed(InfaasError):
+    """The runtime failed on a request's input; its own message (which may quote input
+    values) is never kept."""
+
+    status_code = 422
+    code = "inference_failed"
+
+
+class OutputContractViolated(InfaasError):
+    """A model returned other than one row per input row of its task's output dtype;
+    none of its rows are returned."""
+
+    status_code = 502
+    code = "output_contract_violated"
 
 
 class Overloaded(InfaasError):

@@ -26,13 +26,22 @@ model is proven only when every graph output is ``Batch(0)``.
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-__all__ = ["CONST", "MIXED", "Batch", "RowIndependence", "check_row_independence"]
+__all__ = [
+    "CONST",
+    "MIXED",
+    "Batch",
+    "RowIndependence",
+    "check_row_independence",
+    "drop_weights",
+]
 
 
 @dataclass(frozen=True)
@@ -188,8 +197,8 @@ class _Analysis:
         self.onnx = onnx
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
-        self.ranks: dict[str, int] = {}
-        self.shapes: dict[str, tuple[int | None, ...]] = {}
+        # what shape inference says of each tensor, read only for the tensors a rule asks about
+        self._typed: dict[str, Any] = {}
         self._collect_shapes(inferred.graph)
         self.values: dict[str, np.ndarray] = {}
 
@@ -198,21 +207,29 @@ class _Analysis:
         for vi in [*graph.input, *graph.output, *graph.value_info]:
             t = vi.type.tensor_type
             if t.HasField("shape"):
-                dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
-                self.ranks[vi.name] = len(dims)
-                self.shapes[vi.name] = dims
+                self._typed[vi.name] = t.shape.dim
         for init in graph.initializer:
-            self.ranks[init.name] = len(init.dims)
-            self.shapes[init.name] = tuple(init.dims)
+            self._typed[init.name] = init.dims
         for node in graph.node:
             for attr in node.attribute:
                 for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
                     self._collect_shapes(sub)
 
+    def shape(self, name: str) -> tuple[int | None, ...] | None:
+        """The inferred shape of `name` (None where a dimension is symbolic), if known."""
+        dims = self._typed.get(name)
+        if dims is None:
+            return None
+        return tuple(
+            d if isinstance(d, int) else (d.dim_value if d.HasField("dim_value") else None)
+            for d in dims
+        )
+
     def rank(self, name: str) -> int:
-        if name not in self.ranks:
+        dims = self._typed.get(name)
+        if dims is None:
             raise _Mixed(f"the rank of {name!r} is unknown")
-        return self.ranks[name]
+        return len(dims)
 
     def const_ints(self, name: str, what: str) -> list[int]:
         if name not in self.values:
@@ -228,7 +245,7 @@ class _Analysis:
                 self.values[init.name] = numpy_helper.to_array(init)
         for sparse in graph.sparse_initializer:
             env[sparse.values.name] = CONST
-        for node in graph.node:
+        for node in _dataflow_order(graph.node):
             states = [env.get(i, MIXED) if i else CONST for i in node.input]
             where = f"{node.op_type} node {node.name or '?'}"
             try:
@@ -433,7 +450,7 @@ class _Analysis:
     def _reshape(self, node: Any, attrs: Mapping[str, Any], batched: Any) -> State:
         b = self._only_first_batched(batched, 0)
         shape = self.const_ints(node.input[1], "the target shape")
-        in_shape = self.shapes.get(node.input[0])
+        in_shape = self.shape(node.input[0])
         if not shape:
             raise _Mixed("reshapes to a scalar")
         allowzero = attrs.get("allowzero", 0)
@@ -485,9 +502,13 @@ class _Analysis:
         return Batch(b)
 
     def _gather(self, node: Any, attrs: Mapping[str, Any], batched: Any) -> State:
-        b = self._only_first_batched(batched, None)
         rank = self.rank(node.input[0])
         axis = self._norm(attrs.get("axis", 0), rank)
+        if len(batched) == 1 and batched[0][0] == 1:
+            # a lookup in a constant table (an embedding): output slice i reads index row i
+            # only; the index tensor's axes take the place of the table's `axis`
+            return Batch(axis + self._axis_of(batched[0][1]))
+        b = self._only_first_batched(batched, None)
         if axis == b:
             raise _Mixed("gathers along the batch axis")
         q = self.rank(node.input[1])
@@ -524,16 +545,80 @@ class _Analysis:
         return Batch(positions.pop())
 
 
+def _dataflow_order(nodes: Sequence[Any]) -> list[Any]:
+    """`nodes` in an order where every producer comes before its consumers.
+
+    ONNX asks for topological order but runtimes accept any (onnxruntime's
+    quantizer writes its QDQ nodes after their consumers), so the listed order
+    proves nothing. A node that sits on a cycle, or whose input two nodes produce,
+    is left out: what it would produce stays unknown, hence ``MIXED``.
+    """
+    inputs = [set(node.input) for node in nodes]
+    outputs = [list(node.output) for node in nodes]
+    producers: dict[str, int] = {}
+    twice: set[str] = set()
+    for i, names in enumerate(outputs):
+        for name in names:
+            if name in producers:
+                twice.add(name)
+            elif name:
+                producers[name] = i
+    waiting = [0] * len(nodes)
+    consumers: dict[int, list[int]] = {}
+    for i, read in enumerate(inputs):
+        if twice and (twice.intersection(outputs[i]) or twice.intersection(read)):
+            waiting[i] += 1  # never ready
+        for name in read:
+            p = producers.get(name)
+            if p is not None:
+                waiting[i] += 1
+                consumers.setdefault(p, []).append(i)
+    ready = deque(i for i in range(len(nodes)) if waiting[i] == 0)
+    order: list[Any] = []
+    while ready:
+        i = ready.popleft()
+        order.append(nodes[i])
+        for j in consumers.get(i, []):
+            waiting[j] -= 1
+            if waiting[j] == 0:
+                ready.append(j)
+    return order
+
+
 # Initializers up to this many elements are kept as values (axes, shapes, indices);
 # larger ones are weights, whose values no rule reads.
 _SMALL = 64
 
 
-def _is_small_int(tensor: Any) -> bool:
-    from onnx import TensorProto
+_INT32, _INT64 = 6, 7  # onnx.TensorProto.INT32, INT64
 
-    ints = (TensorProto.INT64, TensorProto.INT32)
-    return tensor.data_type in ints and int(np.prod(tensor.dims, dtype=np.int64)) <= _SMALL
+
+def _is_small_int(tensor: Any) -> bool:
+    return tensor.data_type in (_INT32, _INT64) and math.prod(tensor.dims) <= _SMALL
+
+
+_DATA_FIELDS = (
+    "raw_data",
+    "float_data",
+    "int32_data",
+    "int64_data",
+    "double_data",
+    "uint64_data",
+    "string_data",
+)
+
+
+def drop_weights(model: Any) -> Any:
+    """`model` (changed in place) without the values of its weights, which no rule reads.
+
+    A worker parses the decrypted bytes while it holds them and proves the graph
+    afterwards, keeping no copy of the weights meanwhile.
+    """
+    for init in model.graph.initializer:
+        if not _is_small_int(init):
+            for name in _DATA_FIELDS:
+                init.ClearField(name)
+    return model
 
 
 def _skeleton(model: Any) -> Any:
@@ -542,14 +627,14 @@ def _skeleton(model: Any) -> Any:
     Shape inference copies the whole model through C++; the weights' values do not
     matter to it, only their types and shapes.
     """
-    from onnx import ModelProto, helper
+    from onnx import ModelProto
 
     skeleton = ModelProto()
     skeleton.ir_version = model.ir_version
     skeleton.opset_import.extend(model.opset_import)
     graph, src = skeleton.graph, model.graph
     graph.name = src.name
-    graph.node.extend(src.node)
+    graph.node.extend(_dataflow_order(src.node))  # shape inference reads nodes in list order
     graph.input.extend(src.input)
     graph.output.extend(src.output)
     graph.value_info.extend(src.value_info)
@@ -558,7 +643,13 @@ def _skeleton(model: Any) -> Any:
         if _is_small_int(init):
             graph.initializer.append(init)
         elif init.name not in listed:
-            graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, init.dims))
+            typed = graph.input.add()
+            typed.name = init.name
+            tensor_type = typed.type.tensor_type
+            tensor_type.elem_type = init.data_type
+            dims = tensor_type.shape.dim
+            for d in init.dims:
+                dims.add().dim_value = d
     return skeleton
 
 

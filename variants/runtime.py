@@ -5,19 +5,29 @@ them anywhere (no model cache directory, no temporary files). A LoadedVariant is
 safe to call `.run` on from several threads at once: an onnxruntime session is
 thread-safe for `run`, and OpenVINO infer requests (which are not) are pooled,
 one per concurrent caller.
+
+Each LoadedVariant carries `rows`, whether its graph is proven to keep the rows
+of a batch apart (`variants.row_independence`): only then may rows of several
+tenants share one invocation. It starts unproven; `row_proof` parses the same
+bytes the session runs (while the worker still holds them) into a graph without
+weights, and proves it later, off the cold start. A failing run raises
+`InferenceFailed` with a message of its own: the runtimes' messages quote input
+values ("idx=… must be within…").
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
 
-from infaas.errors import InvalidInput, InvalidModel, VariantUnsupported
+from infaas.errors import InferenceFailed, InvalidInput, InvalidModel, VariantUnsupported
 from infaas.types import Backend, Precision, VariantSpec
 from variants._telemetry import onnxruntime, openvino
 from variants.generate import unsupported_reason
+from variants.row_independence import RowIndependence, check_row_independence, drop_weights
 
 
 class LoadedVariant(Protocol):
@@ -26,6 +36,8 @@ class LoadedVariant(Protocol):
     spec: VariantSpec
     input_name: str
     input_shape: tuple[int, ...]
+    rows: RowIndependence
+    """Whether output row i depends on input row i alone (then tenants may share a batch)."""
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """Logits (batch, classes) for a float32 batch (batch, *input_shape)."""
@@ -46,6 +58,29 @@ def _check_batch(v: LoadedVariant, x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
+_NOT_ANALYSED = RowIndependence(False, "the graph has not been analysed yet")
+
+
+def _failed(v: LoadedVariant, n: int) -> InferenceFailed:
+    # built outside the runtime's `except` block, so no traceback chains its message
+    return InferenceFailed(f"variant {v.spec.variant_id} failed on a batch of {n}", batch=n)
+
+
+def row_proof(onnx_bytes: bytes) -> Callable[[], RowIndependence]:
+    """Parse `onnx_bytes` now, prove later: the verdict for `LoadedVariant.rows`.
+
+    What the returned callable keeps is the graph without its weights' values.
+    """
+    import onnx
+
+    try:
+        model = drop_weights(onnx.load_model_from_string(onnx_bytes))
+    except Exception as e:  # protobuf's DecodeError; the runtime loaded it, so rare
+        verdict = RowIndependence(False, f"the graph could not be parsed ({type(e).__name__})")
+        return lambda: verdict
+    return lambda: check_row_independence(model)
+
+
 def _static_shape(dims: list[Any]) -> tuple[int, ...]:
     return tuple(int(d) for d in dims[1:])
 
@@ -60,6 +95,8 @@ class OrtVariant:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # fatal only: onnxruntime writes a failed run's message, input values and all, to stderr
+        opts.log_severity_level = 4
         try:
             self._session = ort.InferenceSession(
                 onnx_bytes, opts, providers=["CPUExecutionProvider"]
@@ -73,11 +110,17 @@ class OrtVariant:
         self.spec = spec
         self.input_name: str = inp.name
         self.input_shape = _static_shape(list(inp.shape))
+        self.rows = _NOT_ANALYSED
         self._output = self._session.get_outputs()[0].name
 
     def run(self, x: np.ndarray) -> np.ndarray:
         batch = _check_batch(self, x)
-        out = self._session.run([self._output], {self.input_name: batch})
+        try:
+            out = self._session.run([self._output], {self.input_name: batch})
+        except Exception:  # onnxruntime's own types; the message quotes the input
+            out = None
+        if out is None:
+            raise _failed(self, len(batch))
         return np.asarray(out[0])
 
     def close(self) -> None:
@@ -110,6 +153,7 @@ class OpenVinoVariant:
         self.spec = spec
         self.input_name = inp.get_any_name()
         self.input_shape = tuple(int(d.get_length()) for d in list(inp.get_partial_shape())[1:])
+        self.rows = _NOT_ANALYSED
         self._lock = threading.Lock()
         self._idle: list[Any] = []
 
@@ -117,13 +161,19 @@ class OpenVinoVariant:
         batch = _check_batch(self, x)
         with self._lock:
             request = self._idle.pop() if self._idle else self._compiled.create_infer_request()
+        out = None
         try:
             request.infer({0: batch})
             # the output tensor's memory belongs to the request, which is reused
-            return np.array(request.get_output_tensor(0).data, copy=True)
+            out = np.array(request.get_output_tensor(0).data, copy=True)
+        except Exception:  # OpenVINO's RuntimeError; the message quotes the input
+            pass
         finally:
             with self._lock:
                 self._idle.append(request)
+        if out is None:
+            raise _failed(self, len(batch))
+        return out
 
     def close(self) -> None:
         with self._lock:

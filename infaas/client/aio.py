@@ -109,9 +109,16 @@ class AsyncClient(ClientBase):
     async def send_infer(
         self, request: InferRequest | bytes, *, timeout_s: float | None = None
     ) -> InferResponse:
-        """POST a sealed request (or raw body bytes) to /v1/infer once; the sealed answer."""
+        """POST a sealed request (or raw body bytes) to /v1/infer once; the sealed answer.
+
+        A refusal after the worker decrypted an `InferRequest` is raised with its
+        precise, sealed reason (`Client.send_infer`).
+        """
         raw = request if isinstance(request, bytes) else request.model_dump_json().encode()
-        r = await self._request("POST", self.infer_path, content=raw, timeout_s=timeout_s)
+        try:
+            r = await self._request("POST", self.infer_path, content=raw, timeout_s=timeout_s)
+        except InfaasError as e:
+            raise self._opened(request, e) from None
         return InferResponse.model_validate_json(r.content)
 
     async def infer(

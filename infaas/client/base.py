@@ -29,7 +29,8 @@ from infaas.client.sealing import (
     open_infer_response,
     seal_infer_request,
 )
-from infaas.errors import AuthenticationFailed, InvalidInput, Timeout
+from infaas.envelope import open_error
+from infaas.errors import AuthenticationFailed, InfaasError, InvalidInput, Timeout
 from infaas.protocol import encode_request
 from infaas.types import Task
 from infaas.wire import InferRequest, InferResponse, ModelInfo
@@ -175,6 +176,14 @@ class ClientBase:
             plaintext, ask, key_id=self.key_id, key=self._request_key, tenant=self.principal,
             request_id=rid, header_length=header_length,
         )  # fmt: skip
+
+    def _opened(self, request: InferRequest | bytes, error: InfaasError) -> InfaasError:
+        """The precise reason a worker sealed into `error` for `request`, else `error`."""
+        if isinstance(request, bytes) or self._request_key is None or self.key_id is None:
+            return error
+        env = request.envelope
+        keys = {self.key_id: self._request_key}
+        return open_error(error, keys, request_id=env.request_id, tenant=env.tenant)
 
     def open_infer(
         self, request: InferRequest, response: InferResponse, *, body_id: str | None = None

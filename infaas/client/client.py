@@ -416,9 +416,16 @@ class Client(ClientBase):
     def send_infer(
         self, request: InferRequest | bytes, *, timeout_s: float | None = None
     ) -> InferResponse:
-        """POST a sealed request (or raw body bytes) to /v1/infer once; the sealed answer."""
+        """POST a sealed request (or raw body bytes) to /v1/infer once; the sealed answer.
+
+        A refusal after the worker decrypted an `InferRequest` carries its reason
+        sealed: it is opened here and raised with its precise message.
+        """
         raw = request if isinstance(request, bytes) else request.model_dump_json().encode()
-        r = self._request("POST", self.infer_path, content=raw, timeout_s=timeout_s)
+        try:
+            r = self._request("POST", self.infer_path, content=raw, timeout_s=timeout_s)
+        except InfaasError as e:
+            raise self._opened(request, e) from None
         return InferResponse.model_validate_json(r.content)
 
     def infer(

@@ -257,12 +257,44 @@ def honest_reshape() -> Any:
     )
 
 
+def honest_embedding_lookup() -> Any:
+    # row i reads the table at an index computed from row i only (an embedding lookup)
+    return _model(
+        [
+            helper.make_node("Slice", ["x", "s0", "e0", "a1"], ["first"]),
+            helper.make_node("Clip", ["first", "lo", "hi"], ["clipped"]),
+            helper.make_node("Cast", ["clipped"], ["idx"], to=TensorProto.INT64),
+            helper.make_node("Gather", ["table", "idx"], ["rows"], axis=0),
+            helper.make_node("Squeeze", ["rows", "a1"], ["y"]),
+        ],
+        {
+            "s0": _i64(0),
+            "e0": _i64(1),
+            "a1": _i64(1),
+            "lo": _f32(-5),
+            "hi": _f32(4),
+            "table": _f32(np.arange(10 * FEATURES).reshape(10, FEATURES)),
+        },
+    )
+
+
+def honest_nodes_out_of_order() -> Any:
+    # runtimes accept nodes listed after their consumers, as onnxruntime's quantizer writes them
+    model = honest_mlp()
+    nodes = list(model.graph.node)[::-1]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
 __all__ = ["small_zoo"]
 
 HONEST: dict[str, Callable[[], Any]] = {
     "mlp-gemm-softmax": honest_mlp,
     "transpose-round-trip": honest_transpose_round_trip,
     "reshape-within-rows": honest_reshape,
+    "embedding-lookup": honest_embedding_lookup,
+    "nodes-out-of-order": honest_nodes_out_of_order,
 }
 
 

@@ -163,3 +163,67 @@ def test_a_failing_batch_fails_only_its_requests() -> None:
             await b.close()
 
     asyncio.run(go())
+
+
+def _tenant_batches(mixes: bool) -> tuple[list[list[str]], dict[str, np.ndarray]]:
+    """Six single-row requests of three tenants, interleaved; the tenants of each batch."""
+    batches: list[list[str]] = []
+
+    def run(x: np.ndarray) -> np.ndarray:
+        batches.append([f"t{int(v)}" for v in x[:, 0]])
+        return x + 100
+
+    async def go() -> dict[str, np.ndarray]:
+        with ThreadPoolExecutor(1) as pool:
+            b = DynamicBatcher(
+                run=run, executor=pool, max_batch=8, max_wait_ms=50, mixes_tenants=lambda: mixes
+            )
+            sends = [(f"t{i % 3}", np.full((1, 2), i % 3, np.float32)) for i in range(6)]
+            outs = await asyncio.gather(*[b.submit(x, tenant=t) for t, x in sends])
+            await b.close()
+            return {f"{t}#{i}": y for i, ((t, _), y) in enumerate(zip(sends, outs, strict=True))}
+
+    return batches, asyncio.run(go())
+
+
+def test_an_unproven_variant_batches_each_tenant_alone() -> None:
+    batches, outs = _tenant_batches(mixes=False)
+    assert all(len(set(b)) == 1 for b in batches), batches
+    assert sorted(t for b in batches for t in b) == ["t0", "t0", "t1", "t1", "t2", "t2"]
+    assert max(len(b) for b in batches) == 2  # one tenant's requests still share a batch
+    assert [b[0] for b in batches] == ["t0", "t1", "t2"]  # heads in arrival order
+    for key, y in outs.items():
+        np.testing.assert_array_equal(y, np.full((1, 2), int(key[1]) + 100, np.float32))
+
+
+def test_a_proven_variant_batches_tenants_together() -> None:
+    batches, _ = _tenant_batches(mixes=True)
+    assert max(len(set(b)) for b in batches) == 3
+
+
+def test_a_failed_batch_reruns_each_request_alone() -> None:
+    calls: list[int] = []
+
+    def run(x: np.ndarray) -> np.ndarray:
+        calls.append(int(x.shape[0]))
+        if np.any(x < 0):
+            raise ValueError("a bad row")
+        return x
+
+    async def go() -> list[object]:
+        with ThreadPoolExecutor(1) as pool:
+            b = DynamicBatcher(
+                run=run, executor=pool, max_batch=8, max_wait_ms=50, mixes_tenants=lambda: True
+            )
+            sends = [
+                b.submit(np.full((1, 2), v), tenant=t) for t, v in [("a", 1), ("b", -1), ("c", 2)]
+            ]
+            results = await asyncio.gather(*sends, return_exceptions=True)
+            await b.close()
+            return list(results)
+
+    good_a, bad, good_c = asyncio.run(go())
+    assert isinstance(bad, ValueError)
+    np.testing.assert_array_equal(good_a, np.full((1, 2), 1))
+    np.testing.assert_array_equal(good_c, np.full((1, 2), 2))
+    assert calls == [3, 1, 1, 1]
