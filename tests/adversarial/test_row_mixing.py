@@ -18,8 +18,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.zoo_fixtures import small_zoo
+from infaas.zoo import Manifest, load_calibration, load_model_bytes
+from tests.zoo_fixtures import entry, small_zoo
 from variants._telemetry import onnxruntime
+from variants.generate import GeneratedVariant, generate_variants
 from variants.row_independence import check_row_independence
 
 FEATURES = 4
@@ -341,3 +343,24 @@ def test_the_zoo_batches_across_tenants(small_zoo: Path) -> None:
     for path in models:
         verdict = check_row_independence(onnx.load_model_from_string(path.read_bytes()))
         assert verdict.proven, (path.name, verdict.reason)
+
+
+def test_every_zoo_variant_but_dynamic_int8_batches_across_tenants(
+    small_zoo: Path, small_manifest: Manifest
+) -> None:
+    """What the README says of the zoo, on the generated variants (static QDQ included)."""
+    zoo_entry = entry(small_manifest, "digits-mlp-small")
+    generated = generate_variants(
+        zoo_entry.to_model_record(),
+        load_model_bytes(small_zoo, zoo_entry),
+        load_calibration(small_zoo, zoo_entry)[:16],
+    )
+    verdicts = {
+        v.spec.variant_id: check_row_independence(onnx.load_model_from_string(v.onnx_bytes))
+        for v in generated
+        if isinstance(v, GeneratedVariant)
+    }
+    assert any(vid.endswith(".int8.onnxruntime") for vid in verdicts)
+    for vid, verdict in verdicts.items():
+        dynamic = vid.endswith(".int8-dyn.onnxruntime")
+        assert verdict.proven != dynamic, (vid, verdict.reason)
