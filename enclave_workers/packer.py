@@ -232,11 +232,12 @@ class VariantState:
 
 class VariantHost:
     """The variants one worker holds and runs: the packer (LRU under the memory budget)
-    in front of one cross-tenant batcher per variant, on bounded inference threads.
+    in front of one batcher per variant, on bounded inference threads.
 
     `load(variant_id)` turns a sealed variant into a session and its memory (the
-    runtime's: it holds the keys); `candidates()` is the current candidate set,
-    whose profiles say which variants run inline and how long queued work takes.
+    runtime's: it holds the keys), and hands its row proof to `prove`;
+    `candidates()` is the current candidate set, whose profiles say which
+    variants run inline and how long queued work takes.
     """
 
     def __init__(

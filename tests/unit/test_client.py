@@ -37,6 +37,7 @@ from infaas.errors import (
     Conflict,
     DecryptionFailed,
     InfaasError,
+    InvalidInput,
     ModelNotFound,
     Overloaded,
     PayloadTooLarge,
@@ -287,6 +288,18 @@ def test_upload_grant_and_infer(world: World) -> None:
     with pytest.raises(InfaasError) as e:
         tenant.send_infer(req)
     assert e.value.code == "replayed_request"
+    # a body the worker cannot decode once decrypted: the clear answer says only its type,
+    # the client opens the precise reason the worker sealed for it
+    bad = tenant.seal_infer(task="digits", plaintext=b'{"inputs": [', latency_ms=50)
+    clear = world.http.post(
+        "/v1/infer",
+        content=bad.model_dump_json(),
+        headers={"Authorization": f"Bearer {tenant.api_token}"},
+    )
+    assert clear.status_code == 400 and "JSON" not in clear.json()["message"]
+    again = tenant.seal_infer(task="digits", plaintext=b'{"inputs": [', latency_ms=50)
+    with pytest.raises(InvalidInput, match="malformed JSON"):
+        tenant.send_infer(again)
 
 
 def test_the_key_service_is_attested_before_it_gets_keys(world: World) -> None:
