@@ -22,8 +22,9 @@ import pytest
 from enclave_workers.endpoint import serve_app
 from infaas.attestation import SimulatedPlatformCA
 from infaas.envelope import SEALED_ERROR_MESSAGE, open_error, seal_request
-from infaas.errors import InferenceFailed, InvalidInput, error_from_code
+from infaas.errors import InferenceFailed, InvalidInput, error_from_problem
 from infaas.logs import JsonFormatter
+from infaas.protocol import decode_request
 from infaas.wire import InferRequest
 from tests.adversarial.owner_models import (
     TASK,
@@ -56,7 +57,7 @@ def _tensor(**over: object) -> dict[str, object]:
 
 
 BODIES: dict[str, tuple[dict[str, object], str]] = {
-    # numpy: "could not convert string to float: '<marker>'"
+    # numpy said "could not convert string to float: '<marker>'"
     "a value that is not a number": (
         {"inputs": [_tensor(data=[MARKER, 0, 0, 0])]},
         "invalid_input",
@@ -74,6 +75,10 @@ BODIES: dict[str, tuple[dict[str, object], str]] = {
 SECRETS = (MARKER, str(INDEX))
 
 
+def _body(req: InferRequest, body: dict[str, object]) -> bytes:
+    return json.dumps(body | {"id": req.envelope.request_id}).encode()
+
+
 def _sealed(dep: Deployment, body: dict[str, object]) -> InferRequest:
     rid = str(uuid.uuid4())
     env = seal_request(
@@ -84,8 +89,9 @@ def _sealed(dep: Deployment, body: dict[str, object]) -> InferRequest:
         latency_ms=1000.0,
         min_accuracy=0.0,
         request_id=rid,
+        variant_id=variant("lookup"),
     )
-    return InferRequest(envelope=env, variant_id=variant("lookup"))
+    return InferRequest(envelope=env)
 
 
 @pytest.fixture
@@ -131,7 +137,7 @@ def test_an_error_after_decryption_carries_no_plaintext_in_the_clear(
         )
     problem = answer.json()
     assert problem["code"] == code and answer.status_code == problem["status"]
-    assert problem["message"].startswith(SEALED_ERROR_MESSAGE)
+    assert problem["detail"].startswith(SEALED_ERROR_MESSAGE)
     assert good.status_code == 200  # the worker goes on serving
     out, err = capfd.readouterr()
     clear = answer.text + worker_logs.getvalue() + out + err
@@ -139,12 +145,14 @@ def test_an_error_after_decryption_carries_no_plaintext_in_the_clear(
         assert secret not in clear, f"{case}: plaintext in the clear body, logs or stderr"
 
     # the tenant opens the precise reason; the host, without the key, cannot
-    clear_error = error_from_code(problem["code"], problem["message"], problem["detail"])
+    clear_error = error_from_problem(problem)
     keys = {f"{VICTIM}-k1": dep.tenant_keys[VICTIM]}
     reason = open_error(clear_error, keys, request_id=req.envelope.request_id, tenant=VICTIM)
     assert type(reason) is type(clear_error) and reason is not clear_error
     assert isinstance(reason, InferenceFailed if code == "inference_failed" else InvalidInput)
-    if code == "invalid_input":  # the tenant's own input, back to the tenant only
-        assert MARKER in reason.message
+    if code == "invalid_input":  # the decoder's own words, back to the tenant only
+        with pytest.raises(InvalidInput) as local:
+            decode_request(_body(req, body), TASK.input, 8, task=TASK.name)
+        assert reason.message == local.value.message
     wrong = {f"{VICTIM}-k1": dep.tenant_keys["bystander"]}
     assert open_error(clear_error, wrong, request_id=req.envelope.request_id) is clear_error

@@ -296,7 +296,7 @@ def test_upload_grant_and_infer(world: World) -> None:
         content=bad.model_dump_json(),
         headers={"Authorization": f"Bearer {tenant.api_token}"},
     )
-    assert clear.status_code == 400 and "JSON" not in clear.json()["message"]
+    assert clear.status_code == 400 and "JSON" not in clear.json()["detail"]
     again = tenant.seal_infer(task="digits", plaintext=b'{"inputs": [', latency_ms=50)
     with pytest.raises(InvalidInput, match="malformed JSON"):
         tenant.send_infer(again)

@@ -33,7 +33,7 @@ from infaas.errors import (
     Overloaded,
     ReplayedRequest,
     UnknownKey,
-    error_from_code,
+    error_from_problem,
 )
 from infaas.store import open_store
 
@@ -212,32 +212,33 @@ def test_response_binds_what_served_it() -> None:
         open_request(resp.model_copy(update={"kind": "request"}), {"k1": KEY}, now=resp.timestamp)
 
 
+SERVED = ServedBy(
+    variant_id="v", architecture="mlp", accuracy=0.9, pool="cpu", simulated_tee=True,
+    measurement=b"m",
+)  # fmt: skip
+
+
 def test_an_error_after_decryption_is_clear_in_type_only() -> None:
     req = _req()
     secret = "could not convert string to float: 'the tenant's secret'"
-    clear = seal_error(
-        {"k1": KEY}, req, InvalidInput(secret, got=[1, 4]), variant_id="v", measurement=b"m"
-    )
+    clear = seal_error({"k1": KEY}, req, InvalidInput(secret, got=[1, 4]), served=SERVED)
     problem = json.loads(json.dumps(clear.to_problem()))  # what crosses the host
-    assert isinstance(clear, InvalidInput) and clear.status_code == 400
-    assert "secret" not in json.dumps(problem["message"]) and "secret" not in clear.message
+    assert isinstance(clear, InvalidInput) and clear.status_code == problem["status"] == 400
+    assert "secret" not in clear.message and "got" not in problem
     assert b"secret" not in json.dumps(problem).encode()
-    received = error_from_code(problem["code"], problem["message"], problem["detail"])
+    received = error_from_problem(problem)
     opened = open_error(received, {"k1": KEY}, request_id="r-1", tenant="acme")
     assert isinstance(opened, InvalidInput) and opened.message == secret
     assert opened.detail == {"got": [1, 4]}
     # another key, another request, or an edited seal: the clear error, nothing more
     assert open_error(received, {"k1": b"\x22" * 32}, request_id="r-1") is received
     assert open_error(received, {"k1": KEY}, request_id="r-2") is received
-    edited = dict(problem["detail"]["sealed"], variant_id="w")
-    forged = error_from_code(problem["code"], problem["message"], {"sealed": edited})
+    forged = error_from_problem(problem | {"sealed": problem["sealed"] | {"variant_id": "w"}})
     assert open_error(forged, {"k1": KEY}, request_id="r-1") is forged
 
 
 def test_a_sealed_overload_keeps_its_retry_hint_in_the_clear() -> None:
-    clear = seal_error(
-        {"k1": KEY}, _req(), Overloaded("busy", retry_after_s=2.5), variant_id="v", measurement=b""
-    )
+    clear = seal_error({"k1": KEY}, _req(), Overloaded("busy", retry_after_s=2.5), served=SERVED)
     assert isinstance(clear, Overloaded) and clear.retry_after_s == 2.5
 
 
