@@ -34,7 +34,7 @@ from infaas import Client
 from infaas.artifacts import MODEL_PART, VALIDATION_PART, artifact_name
 from infaas.auth import TokenRegistry
 from infaas.client.sealing import InferResult, open_infer_response
-from infaas.envelope import ServedBy, seal_artifact, seal_response
+from infaas.envelope import ServedBy, open_error, seal_artifact, seal_response
 from infaas.errors import (
     AnswerRejected,
     DecryptionFailed,
@@ -84,9 +84,12 @@ class Host:
         return asyncio.run(self.runtime.infer(req, self.token))
 
     def refused(self, x: np.ndarray, **kw: Any) -> InfaasError:
+        """The refusal as the tenant reads it (a reason sealed after decryption, opened)."""
+        req = self.dep.request(TENANT, x, **kw)
         with pytest.raises(InfaasError) as info:
-            self.infer(x, **kw)
-        return info.value
+            asyncio.run(self.runtime.infer(req, self.token))
+        keys = {f"{TENANT}-k1": self.dep.tenant_keys[TENANT]}
+        return open_error(info.value, keys, request_id=req.envelope.request_id, tenant=TENANT)
 
 
 @pytest.fixture
