@@ -26,7 +26,8 @@ from infaas.settings import AutoscalerSettings, Pool, Settings
 from infaas.store import MetadataStore, open_store
 from infaas.telemetry.events import record_autoscaler_event
 from infaas.types import AutoscalerEvent
-from scheduler.autoscaler import POLICIES, AutoscalerState, Policy, ScalingDecision
+from scheduler.autoscaler import AutoscalerState, Policy, ScalingDecision
+from scheduler.baselines import POLICIES
 from scheduler.control import POLICY_NAMES, Plan, build_context, measure, plan, with_overhead
 from scheduler.policy import CandidateSet
 from scheduler.routing import LoadReport, read_reports
@@ -140,7 +141,9 @@ class ControlLoop:
             min_replicas=cfg.min_replicas,
             max_replicas=cfg.max_replicas,
             pool=self.pool,
-            static_replicas=cfg.static_replicas if cfg.policy == "static" else None,
+            static_replicas=(
+                cfg.static_replicas if cfg.policy in ("static", "static-modelless") else None
+            ),
         )
         self.store.put_replica_target(p.target)
         self.store.put_routing_hints(p.hints)

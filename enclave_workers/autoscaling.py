@@ -22,9 +22,12 @@ policy         worker replicas                               variant routing
 =============  ============================================  =========================
 off            fixed (``num_replicas``)                      `select` per request
 static         fixed ``static_replicas``                     FP32 pinned
+static-        fixed ``static_replicas``                     cheapest variant meeting
+modelless                                                    each class's floor, pinned
 queue          Ray Serve's own autoscaler                    FP32 pinned
                (``target_ongoing_requests``, its delays)
-infaas-style   `FollowTarget` <- `infaas_policy`             least-slack variant, +1/-1
+infaas-style   `FollowTarget` <- `infaas_policy`             INFaaS's: least slack, not
+                                                             blacklisted, pinned
 infaas         `FollowTarget` <- `decide`                    planned variants, upgrades
 =============  ============================================  =========================
 
@@ -93,7 +96,7 @@ def scaled_options(settings: Settings, options: dict[str, Any]) -> dict[str, Any
     out = dict(options)
     if a.policy == "off":
         return out
-    if a.policy == "static":
+    if a.policy in ("static", "static-modelless"):
         out["num_replicas"] = a.static_replicas
         return out
     out.pop("num_replicas", None)

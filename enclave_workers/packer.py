@@ -228,6 +228,9 @@ class VariantState:
     live: LoadedVariant | None = None
     outstanding: int = 0
     served: int = 0
+    served_ms: float = 0.0
+    """Summed latency (queue + batch) of the requests served: the measured latency the
+    autoscaler's monitors read, taken inside the worker."""
 
 
 class VariantHost:
@@ -352,6 +355,7 @@ class VariantHost:
             st = VariantState(batcher=batcher, loop=loop, classes=classes, threaded=not inline)
             if old is not None:
                 st.served = old.served
+                st.served_ms = old.served_ms
             holder.append(st)
             self.states[cand.variant_id] = st
         return st
@@ -367,6 +371,7 @@ class VariantHost:
         st = self._state(cand, classes)
         st.classes = classes
         st.outstanding += 1
+        entered = time.perf_counter()
         try:
             async with self.packer.use(cand.variant_id) as loaded:
                 st.live = loaded
@@ -375,6 +380,7 @@ class VariantHost:
         finally:
             st.outstanding -= 1
         st.served += 1
+        st.served_ms += (time.perf_counter() - entered) * 1e3
         batch = int(getattr(out, "batch_size", 0)) or int(x.shape[0])
         started = float(getattr(out, "started", submitted))
         return np.asarray(out), batch, max(0.0, (started - submitted) * 1e3)

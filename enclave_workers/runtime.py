@@ -539,12 +539,15 @@ class WorkerRuntime:
 
     def load_report(self, replica: str) -> LoadReport:
         """This replica's traffic for the autoscaler: arrivals per class, queues, loaded."""
+        states = list(self.host.states.items())
         return LoadReport(
             replica=replica,
             ts=time.time(),
             arrivals=dict(self.arrivals),
-            outstanding={v: st.outstanding for v, st in list(self.host.states.items())},
+            outstanding={v: st.outstanding for v, st in states},
             loaded=list(self.host.packer.stats().loaded),
+            served={v: st.served for v, st in states},
+            served_ms={v: round(st.served_ms, 3) for v, st in states},
         )
 
     def status(self) -> dict[str, Any]:

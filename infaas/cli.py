@@ -386,9 +386,9 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     sv.add_argument("--no-progress", action="store_true", help="no progress bars")
     sv.add_argument(
         "--autoscaler",
-        choices=("off", "infaas", "static", "queue", "infaas-style"),
-        help="autoscaling policy (default from settings: off); static, queue and "
-        "infaas-style are the baselines of bench/slo.py",
+        choices=("off", "infaas", "static", "static-modelless", "queue", "infaas-style"),
+        help="autoscaling policy (default from settings: off); static, static-modelless, "
+        "queue and infaas-style are the baselines of bench/slo.py",
     )
     sv.set_defaults(func=_cmd_serve)
 

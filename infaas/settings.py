@@ -155,11 +155,12 @@ class AutoscalerSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     # --- the control loop and Serve
-    policy: Literal["off", "infaas", "static", "queue", "infaas-style"] = Field(
+    policy: Literal["off", "infaas", "static", "static-modelless", "queue", "infaas-style"] = Field(
         "off",
         description="off: fixed replicas, per-request selection only; infaas: SLO-aware "
-        "policy; static: FP32, static_replicas; queue: FP32, Ray Serve's queue-length "
-        "autoscaler; infaas-style: least-slack variant, utilisation thresholds",
+        "policy; static: FP32, static_replicas; static-modelless: each class's cheapest "
+        "variant meeting its floor, static_replicas; queue: FP32, Ray Serve's queue-length "
+        "autoscaler; infaas-style: INFaaS's own autoscaler (scheduler.baselines)",
     )
     tick_s: float = Field(1.0, gt=0, description="control loop period")
     min_replicas: int = Field(1, ge=0, description="worker replicas, at least")
@@ -231,19 +232,11 @@ class AutoscalerSettings(BaseModel):
     )
     queue_upscale_delay_s: float = Field(30.0, ge=0, description="queue: Ray Serve's default")
     queue_downscale_delay_s: float = Field(600.0, ge=0, description="queue: Ray Serve's default")
-    infaas_scale_up_utilisation: float = Field(
-        0.8, gt=0, le=1, description="infaas-style: add a replica (or upgrade) above this"
-    )
-    infaas_scale_down_utilisation: float = Field(
-        0.3, ge=0, lt=1, description="infaas-style: remove one (or downgrade) below this"
-    )
 
     @model_validator(mode="after")
     def _consistent(self) -> AutoscalerSettings:
         if self.min_replicas > self.max_replicas:
             raise ValueError("autoscaler min_replicas must not exceed max_replicas")
-        if self.infaas_scale_down_utilisation >= self.infaas_scale_up_utilisation:
-            raise ValueError("infaas scale-down utilisation must be below scale-up utilisation")
         return self
 
     def for_pool(self, pool: Pool) -> AutoscalerSettings:

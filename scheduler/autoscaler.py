@@ -39,11 +39,8 @@ strictest accuracy floor):
    the held queue being the largest measured over ``downscale_delay_s``: a
    reactive floor under the model-based plan when it proves too optimistic.
 
-Baselines with the same signature, for the benchmarks: `static_policy` (fixed
-replicas, FP32 only), `queue_length_policy` (Ray Serve's default: target
-ongoing requests per replica, upscale/downscale delays) and `infaas_policy`
-(least-slack variant, +/- one replica when utilisation crosses thresholds,
-upgrade when out of replicas).
+The baselines, with the same signature, are in `scheduler.baselines`, with
+`POLICIES`, every policy by name.
 """
 
 from __future__ import annotations
@@ -54,27 +51,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infaas.settings import AutoscalerSettings
-from infaas.types import AutoscalerEvent, AutoscalerEventKind, Backend, Precision
+from infaas.types import AutoscalerEvent, AutoscalerEventKind
 from scheduler.allocation import (
     AllocationProblem,
     Demand,
     WorkerPlan,
-    eligible,
     solve,
 )
-from scheduler.policy import Candidate, CandidateSet, LoadSnapshot
+from scheduler.policy import CandidateSet, LoadSnapshot
 
 __all__ = [
-    "POLICIES",
     "AutoscalerState",
     "AutoscalingContext",
     "DemandSignal",
     "Policy",
     "ScalingDecision",
     "decide",
-    "infaas_policy",
-    "queue_length_policy",
-    "static_policy",
 ]
 
 
@@ -111,6 +103,10 @@ class AutoscalerState:
     """baselines: variant -> (direction of a wanted change, since when)."""
     queues: tuple[tuple[float, int], ...] = ()
     """infaas: (t_s, requests outstanding on all variants) within ``downscale_delay_s``."""
+    scale_down_requests: Mapping[str, int] = field(default_factory=dict)
+    """INFaaS baseline: variant -> scale-down requests since its last executed change."""
+    blacklist: frozenset[str] = frozenset()
+    """INFaaS baseline: variants blacklisted by the latency / queue monitor."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,226 +342,3 @@ def decide(ctx: AutoscalingContext) -> tuple[ScalingDecision, AutoscalerState]:
         queues=queues,
     )
     return decision, state
-
-
-# ---------------------------------------------------------------- baselines
-
-
-def _single_variant_decision(
-    ctx: AutoscalingContext,
-    chosen: Mapping[str, Candidate],
-    replicas: Mapping[str, int],
-    pending: Mapping[str, tuple[int, float]],
-    method: str,
-) -> tuple[ScalingDecision, AutoscalerState]:
-    """One variant per demand class, dedicated replicas, cut to the CPU budget."""
-    cfg = ctx.config
-    cpu_left = cfg.cpu_budget
-    final: dict[str, int] = {}
-    by_id = {c.variant_id: c for c in chosen.values()}
-    for vid in sorted(replicas):
-        c = by_id[vid]
-        want = replicas[vid]
-        fit = want if c.pool.num_cpus <= 0 else min(want, int(cpu_left // c.pool.num_cpus))
-        cpu_left -= fit * c.pool.num_cpus
-        if fit > 0:
-            final[vid] = fit
-    workers = tuple(
-        WorkerPlan(by_id[v].pool.name, (v,), (cfg.target_utilisation,))
-        for v in sorted(final)
-        for _ in range(final[v])
-    )
-    routes: dict[str, tuple[tuple[str, float], ...]] = {}
-    unserved: dict[str, float] = {}
-    load_on: dict[str, float] = {}
-    for d in ctx.demands:
-        got = chosen.get(d.key)
-        if got is None:
-            if d.arrival_rps > 0:
-                unserved[d.key] = d.arrival_rps
-            continue
-        if d.arrival_rps > 0:
-            routes[d.key] = ((got.variant_id, d.arrival_rps),)
-        load_on[got.variant_id] = load_on.get(got.variant_id, 0.0) + d.arrival_rps
-    for d in ctx.demands:
-        got = chosen.get(d.key)
-        if got is None or d.arrival_rps <= 0:
-            continue
-        cap = final.get(got.variant_id, 0) * got.slo_capacity(d.latency_ms)[1]
-        total = load_on[got.variant_id]
-        if total > cap:
-            unserved[d.key] = (total - cap) * d.arrival_rps / total
-    primary, events = _change_events(ctx, routes)
-    events += _replica_events(ctx, ctx.state.replicas, final)
-    cost = sum(by_id[v].pool.cost_per_replica_s * n for v, n in final.items())
-    rates = {d.key: d.arrival_rps for d in ctx.demands}
-    decision = ScalingDecision(
-        replicas=final,
-        workers=workers,
-        routes=routes,
-        unserved_rps=unserved,
-        provisioned_rps=rates,
-        cost_per_s=cost,
-        events=tuple(events),
-        method=method,
-    )
-    state = AutoscalerState(
-        history=ctx.state.history,
-        last_active_s=ctx.state.last_active_s,
-        primary=primary,
-        replicas=final,
-        pending=pending,
-        queues=ctx.state.queues,
-    )
-    return decision, state
-
-
-def _fp32(ctx: AutoscalingContext, d: DemandSignal) -> Candidate | None:
-    """Plain serving's variant: the task's most accurate model as registered (FP32 ONNX).
-
-    On onnxruntime when there is such a variant (the registered model, served
-    as is), cheapest on ties.
-    """
-    best: Candidate | None = None
-    for c in ctx.candidates.of_task(d.task):
-        if c.spec.precision is not Precision.FP32 or c.accuracy < d.min_accuracy:
-            continue
-        key = (c.accuracy, c.spec.backend is Backend.ONNXRUNTIME, -c.cost_per_request)
-        if best is None or key > (
-            best.accuracy,
-            best.spec.backend is Backend.ONNXRUNTIME,
-            -best.cost_per_request,
-        ):
-            best = c
-    return best
-
-
-def static_policy(ctx: AutoscalingContext) -> tuple[ScalingDecision, AutoscalerState]:
-    """Baseline: `static_replicas` replicas of each task's FP32 variant, whatever the load."""
-    chosen: dict[str, Candidate] = {}
-    replicas: dict[str, int] = {}
-    for d in ctx.demands:
-        c = _fp32(ctx, d)
-        if c is None:
-            continue
-        chosen[d.key] = c
-        replicas[c.variant_id] = ctx.config.static_replicas
-    return _single_variant_decision(ctx, chosen, replicas, {}, "static")
-
-
-def _delayed(
-    current: int,
-    desired: int,
-    pending: tuple[int, float] | None,
-    now: float,
-    up_delay: float,
-    down_delay: float,
-) -> tuple[int, tuple[int, float] | None]:
-    """Ray Serve's rule: act only once the same direction was wanted for the delay."""
-    direction = (desired > current) - (desired < current)
-    if direction == 0:
-        return current, None
-    since = pending[1] if pending is not None and pending[0] == direction else now
-    delay = up_delay if direction > 0 else down_delay
-    if now - since >= delay:
-        return desired, None
-    return current, (direction, since)
-
-
-def queue_length_policy(ctx: AutoscalingContext) -> tuple[ScalingDecision, AutoscalerState]:
-    """Baseline: Ray Serve's default autoscaler on each task's FP32 variant.
-
-    desired = ceil(ongoing requests / target_ongoing_requests), within
-    [1, max_replicas_per_variant]; applied after `queue_upscale_delay_s` /
-    `queue_downscale_delay_s` of consistently wanting the same direction.
-    """
-    cfg = ctx.config
-    chosen: dict[str, Candidate] = {}
-    for d in ctx.demands:
-        c = _fp32(ctx, d)
-        if c is not None:
-            chosen[d.key] = c
-    replicas: dict[str, int] = {}
-    pending: dict[str, tuple[int, float]] = {}
-    for vid in sorted({c.variant_id for c in chosen.values()}):
-        vl = ctx.load.get(vid)
-        current = ctx.state.replicas.get(vid, max(vl.replicas, 1))
-        desired = math.ceil(vl.outstanding / cfg.target_ongoing_requests)
-        desired = max(1, min(cfg.max_replicas_per_variant, desired))
-        n, p = _delayed(
-            current,
-            desired,
-            ctx.state.pending.get(vid),
-            ctx.now_s,
-            cfg.queue_upscale_delay_s,
-            cfg.queue_downscale_delay_s,
-        )
-        replicas[vid] = n
-        if p is not None:
-            pending[vid] = p
-    return _single_variant_decision(ctx, chosen, replicas, pending, "queue_length")
-
-
-def infaas_policy(ctx: AutoscalingContext) -> tuple[ScalingDecision, AutoscalerState]:
-    """Baseline in the style of INFaaS.
-
-    Per class: keep the variant chosen before, or start with the least-slack
-    variant that meets the accuracy floor and whose batch-1 p99 fits the
-    target. Utilisation = arrival / (replicas x capacity at the SLO batch);
-    above `infaas_scale_up_utilisation` add one replica, or upgrade to the next
-    faster eligible variant when at `max_replicas_per_variant`; below
-    `infaas_scale_down_utilisation` for `downscale_delay_s` remove one, or at
-    one replica downgrade to the next slower eligible variant.
-    """
-    cfg = ctx.config
-    chosen: dict[str, Candidate] = {}
-    replicas: dict[str, int] = {}
-    pending: dict[str, tuple[int, float]] = {}
-    for d in ctx.demands:
-        options = []
-        for c in ctx.candidates.of_task(d.task):
-            mu = eligible(_as_demand(d), c, cfg.replica_memory_bytes)
-            if mu > 0 and c.idle_p99_ms <= d.latency_ms:
-                options.append((mu, c))
-        if not options:
-            continue
-        options.sort(key=lambda mc: (mc[0], mc[1].variant_id))  # slowest (least slack) first
-        prev = ctx.state.primary.get(d.key)
-        idx = next((i for i, (_, c) in enumerate(options) if c.variant_id == prev), 0)
-        mu, c = options[idx]
-        n = ctx.state.replicas.get(c.variant_id, max(ctx.load.get(c.variant_id).replicas, 1))
-        util = d.arrival_rps / (n * mu) if n > 0 else math.inf
-        key = c.variant_id
-        if util > cfg.infaas_scale_up_utilisation:
-            if n < cfg.max_replicas_per_variant:
-                n += 1
-            elif idx + 1 < len(options):
-                idx += 1
-                mu, c = options[idx]
-        elif util < cfg.infaas_scale_down_utilisation:
-            since = ctx.state.pending.get(key, (-1, ctx.now_s))
-            since_s = since[1] if since[0] == -1 else ctx.now_s
-            if ctx.now_s - since_s >= cfg.downscale_delay_s:
-                if n > 1:
-                    n -= 1
-                elif idx > 0:
-                    idx -= 1
-                    mu, c = options[idx]
-            else:
-                pending[c.variant_id] = (-1, since_s)
-        chosen[d.key] = c
-        replicas[c.variant_id] = max(replicas.get(c.variant_id, 0), n)
-    return _single_variant_decision(ctx, chosen, replicas, pending, "infaas")
-
-
-def _as_demand(d: DemandSignal) -> Demand:
-    return Demand(d.key, d.task, d.arrival_rps, d.latency_ms, d.min_accuracy)
-
-
-POLICIES: Mapping[str, Policy] = {
-    "infaas": decide,
-    "static": static_policy,
-    "queue_length": queue_length_policy,
-    "infaas_baseline": infaas_policy,
-}
-"""Every policy by name, for benchmarks and the control loop's configuration."""

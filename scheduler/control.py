@@ -66,14 +66,18 @@ POLICY_NAMES: Mapping[str, str] = {
     "static": "static",
     "queue": "queue_length",
     "infaas-style": "infaas_baseline",
+    "static-modelless": "static_modelless",
 }
-"""`infaas serve --autoscaler` name -> `scheduler.autoscaler.POLICIES` name."""
+"""`infaas serve --autoscaler` name -> `scheduler.baselines.POLICIES` name."""
 
 _MODE: Mapping[str, RouteMode] = {
     "infaas": "prefer",
     "static": "pin",
     "queue": "pin",
-    "infaas-style": "least_slack",
+    # INFaaS's master sends each request to the variant it picked (least slack,
+    # not blacklisted), whatever this worker predicts: the policy's route, pinned
+    "infaas-style": "pin",
+    "static-modelless": "pin",
 }
 
 
@@ -97,6 +101,9 @@ def measure(
 ) -> Measurement:
     """Arrival rates from counter deltas; queues and loaded variants from the latest reports.
 
+    A variant's measured latency is the mean over the requests it completed
+    between the two report sets (INFaaS's ``qpsMonitor`` reads the same).
+
     A replica new since `previous` counts from zero (its counters started with
     it); one that is gone contributes nothing. `dt_s` <= 0 gives zero rates.
     """
@@ -110,6 +117,14 @@ def measure(
     replicas = len(current)
     outstanding: dict[str, int] = {}
     loaded: dict[str, int] = {}
+    served: dict[str, tuple[int, float]] = {}
+    for rid, rep in current.items():
+        before = previous.get(rid)
+        for v, n in rep.served.items():
+            n0 = before.served.get(v, 0) if before is not None else 0
+            ms0 = before.served_ms.get(v, 0.0) if before is not None else 0.0
+            k, ms = served.get(v, (0, 0.0))
+            served[v] = (k + max(0, n - n0), ms + max(0.0, rep.served_ms.get(v, 0.0) - ms0))
     for rep in current.values():
         for v, n in rep.outstanding.items():
             outstanding[v] = outstanding.get(v, 0) + max(0, n)
@@ -120,6 +135,7 @@ def measure(
             replicas=max(replicas, loaded.get(v, 0)),
             loaded_replicas=loaded.get(v, 0),
             outstanding=outstanding.get(v, 0),
+            latency_ms=served[v][1] / served[v][0] if served.get(v, (0, 0.0))[0] else 0.0,
         )
         for v in set(outstanding) | set(loaded)
     }

@@ -28,14 +28,17 @@ class VariantLoad:
     ahead_ms: float = 0.0
     """Work of *other* variants queued on the same replica's inference threads (ms per
     thread): variants packed on one replica share them, so it delays this one too."""
+    latency_ms: float = 0.0
+    """Mean latency of the requests the variant completed since the last measurement
+    (0: none completed, or not measured)."""
 
     def __post_init__(self) -> None:
         if self.replicas < 0 or self.loaded_replicas < 0 or self.outstanding < 0:
             raise ValueError("replica and request counts must be non-negative")
         if self.loaded_replicas > self.replicas:
             raise ValueError("loaded_replicas cannot exceed replicas")
-        if self.arrival_rps < 0 or self.ahead_ms < 0:
-            raise ValueError("arrival_rps and ahead_ms must be non-negative")
+        if self.arrival_rps < 0 or self.ahead_ms < 0 or self.latency_ms < 0:
+            raise ValueError("arrival_rps, ahead_ms and latency_ms must be non-negative")
 
 
 IDLE = VariantLoad()

@@ -43,6 +43,10 @@ class LoadReport(_Record):
     outstanding: dict[str, int] = Field(default_factory=dict)
     """variant -> requests queued or running now."""
     loaded: list[str] = Field(default_factory=list)
+    served: dict[str, int] = Field(default_factory=dict)
+    """variant -> requests served (cumulative)."""
+    served_ms: dict[str, float] = Field(default_factory=dict)
+    """variant -> their summed latency in ms, measured in the worker (cumulative)."""
 
 
 class ReplicaTarget(_Record):

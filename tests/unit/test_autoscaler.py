@@ -25,10 +25,8 @@ from scheduler.autoscaler import (
     Policy,
     ScalingDecision,
     decide,
-    infaas_policy,
-    queue_length_policy,
-    static_policy,
 )
+from scheduler.baselines import queue_length_policy, static_policy
 from scheduler.policy import CandidateSet, LoadSnapshot, VariantLoad
 from scheduler.synthetic import synthetic_variant
 
@@ -407,7 +405,7 @@ def test_decide_with_greedy_solver_and_validation() -> None:
     assert d.method == "greedy"
     assert d.replicas == {"int8-ort": 1}
     with pytest.raises(ValueError):
-        AutoscalerSettings(infaas_scale_up_utilisation=0.3, infaas_scale_down_utilisation=0.5)
+        AutoscalerSettings(min_replicas=3, max_replicas=2)
 
 
 # ---------------------------------------------------------------- baselines
@@ -434,22 +432,3 @@ def test_queue_length_policy_delays() -> None:
     seen = [loop.tick(signal(10), outstanding=0).replicas["fp32"] for _ in range(12)]
     assert seen[:10] == [4] * 10
     assert seen[-1] == 1
-
-
-def test_infaas_baseline_scales_then_upgrades() -> None:
-    cfg = CFG.model_copy(update={"max_replicas_per_variant": 2, "downscale_delay_s": 5})
-    loop = Loop(infaas_policy, cfg)
-    d = loop.tick(signal(50, floor=0.75))
-    assert d.primary("classify") == "fp32"  # the least slack among accurate variants
-    d = loop.tick(signal(300, floor=0.75))
-    assert d.replicas == {"fp32": 2}  # utilisation 1.35 > 0.8: one more replica
-    d = loop.tick(signal(2000, floor=0.75))
-    assert d.primary("classify") == "int8-ort"  # out of replicas: the next faster variant
-    assert has(d.events, "upgrade", from_variant_id="fp32", variant_id="int8-ort")
-    d = loop.tick(signal(2000, floor=0.75))
-    assert d.primary("classify") == "bf16-ov"
-    assert "int8-fast" not in d.replicas  # never below the floor
-    for _ in range(40):
-        d = loop.tick(signal(10, floor=0.75))
-    assert d.primary("classify") == "fp32"
-    assert d.replicas == {"fp32": 1}

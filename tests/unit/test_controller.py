@@ -17,9 +17,8 @@ from infaas.types import SLO, AutoscalerEvent, Backend, Precision
 from scheduler.autoscaler import (
     AutoscalerState,
     decide,
-    infaas_policy,
-    static_policy,
 )
+from scheduler.baselines import infaas_policy, static_policy
 from scheduler.control import build_context, measure, plan
 from scheduler.policy import (
     CandidateSet,
@@ -115,6 +114,31 @@ def test_measure_differentiates_counters_per_replica() -> None:
     assert m.load.get("fp32").outstanding == 2
 
 
+def test_measure_reads_each_variants_mean_latency_over_the_interval() -> None:
+    cur = {
+        # a: 10 more in 300 ms; c: new, 2 served in 100 ms; fp32 served nothing since
+        "a": report(
+            "a",
+            2,
+            0,
+            outstanding={"int8": 0, "fp32": 0},
+            served={"int8": 20, "fp32": 5},
+            served_ms={"int8": 400.0, "fp32": 50.0},
+        ),
+        "c": report(
+            "c", 2, 0, outstanding={"int8": 0}, served={"int8": 2}, served_ms={"int8": 100.0}
+        ),
+    }
+    prev = {
+        "a": report(
+            "a", 0, 0, served={"int8": 10, "fp32": 5}, served_ms={"int8": 100.0, "fp32": 50.0}
+        )
+    }
+    m = measure(prev, cur, 2.0, 10.0)
+    assert m.load.get("int8").latency_ms == pytest.approx(400.0 / 12)
+    assert m.load.get("fp32").latency_ms == 0.0
+
+
 def test_measure_never_goes_negative_and_zero_dt_means_no_rate() -> None:
     m = measure({"a": report("a", 0, 100)}, {"a": report("a", 1, 90)}, 1.0, 1.0)
     assert m.arrival_rps[KEY] == 0.0
@@ -172,10 +196,11 @@ def test_static_plan_pins_the_registered_fp32_model_on_onnxruntime() -> None:
     assert p.hints.routes[KEY] == ["fp32"]
 
 
-def test_infaas_style_plan_routes_least_slack() -> None:
+def test_infaas_style_plan_pins_the_masters_choice() -> None:
     d, _ = infaas_policy(ctx_at(20.0))  # type: ignore[arg-type]
     p = plan(d, "infaas-style", zoo(), now_s=0, min_replicas=1, max_replicas=8, pool=POOL)
-    assert p.hints.mode == "least_slack"
+    assert p.hints.mode == "pin"
+    assert p.hints.routes[KEY] == [d.primary(KEY)]
     assert p.target.num_replicas == sum(d.replicas.values())
 
 
