@@ -33,7 +33,7 @@ compares them)."""
 
 FIRST_START = (
     "first start: building the example zoo, then generating and profiling its variants "
-    "inside the worker; about {full} on 2 cores{hint}"
+    "inside the worker; {full} on 2 cores{hint}"
 )
 
 
@@ -56,7 +56,7 @@ def first_start_notice(settings: Settings, small: bool) -> str | None:
     if small:
         return FIRST_START.format(full="a few minutes (small zoo: 32x32 images)", hint="")
     return FIRST_START.format(
-        full="10 minutes (224x224 images)",
+        full="about 10 minutes (224x224 images)",
         hint="; `infaas serve --small` (32x32 images) takes a few",
     )
 

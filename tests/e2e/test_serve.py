@@ -24,6 +24,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
 
+from api.command import EXAMPLE
 from infaas import Client
 from infaas.envelope import open_response
 from infaas.errors import (
@@ -310,6 +311,14 @@ def test_the_readme_commands_work(served: Served) -> None:
     assert len(out["top1"]) == 4 and out["simulated_tee"] is True
     r = _cli(*digits, "--example")
     assert r.returncode == 0 and "SIMULATED TEE" in r.stdout, r.stderr
+    # what serve printed is the README's example, with this deployment's data dir and URL
+    printed = f"{EXAMPLE} --data-dir {served.data_dir} --url {served.url}"
+    assert printed in served.log.read_text()
+    r = _cli(*printed.split()[1:])
+    assert r.returncode == 0 and "SIMULATED TEE" in r.stdout, r.stderr
+    # status finds the running service through its record in the data dir
+    r = _cli("status", "--data-dir", str(served.data_dir), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["url"] == served.url, r.stderr
     r = _cli("models", *common, "--json")
     assert r.returncode == 0, r.stderr
     assert {m["model"]["task"] for m in json.loads(r.stdout)} == {"digits", "images"}
@@ -361,7 +370,7 @@ def test_an_owner_registers_a_model_from_the_command_line(
     np.testing.assert_allclose(got.outputs, _fp32(served, entry, x[:4]), rtol=1e-4, atol=1e-4)
     # the same id again is a conflict, reported as such
     r = _cli(*register)
-    assert r.returncode == 2 and "already" in r.stderr, r.stderr
+    assert r.returncode == 1 and "already" in r.stderr, r.stderr  # a conflict: run time
 
 
 def test_the_readme_python_example_runs(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
