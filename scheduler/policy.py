@@ -567,9 +567,12 @@ def route_select(
     * ``least_slack`` (INFaaS-style): as ``prefer``, falling back to
       `select_least_slack`.
 
-    When neither a hinted variant nor the fallback is predicted to meet the
-    target, the first hinted variant that meets the floor serves anyway: a
-    late answer from the planned variant beats a refusal (and warms it).
+    Admission (Clockwork's lesson): when neither a hinted variant nor the
+    fallback is predicted to meet the target, a hinted variant late only by its
+    cold start serves anyway (the answer warms it); one late because of the
+    queue ahead of it is refused at once, `NoFeasibleVariant` with ``reason:
+    latency``, which the client never retries: serving it would only delay
+    the requests behind it past their deadlines too, as a burst's backlog does.
     """
     if query.kind is QueryKind.VARIANT:
         return pinned(candidates, query, slo, load, allowed=allowed)
@@ -590,7 +593,8 @@ def route_select(
         chosen = Selection(c, p99, vl.loaded_replicas == 0, query, slo)
         if hints.mode == "pin" or p99 <= slo.latency_ms:
             return chosen
-        best_effort = best_effort or chosen
+        if chosen.cold_start:
+            best_effort = best_effort or chosen
     try:
         return fallback(candidates, query, slo, load, allowed=allowed)
     except NoFeasibleVariant:

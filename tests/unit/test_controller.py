@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from api.autoscaler import ControlLoop
+from infaas.client.retry import is_deadline_refusal
 from infaas.errors import NoFeasibleVariant
 from infaas.settings import AutoscalerSettings, Pool, Settings, load_settings
 from infaas.store import MemoryStore, open_store
@@ -263,7 +264,18 @@ def test_route_select_upgrades_when_the_planned_variant_is_too_slow() -> None:
     assert route_select(zoo(), Q, SLO_, busy, hints("pin", ["fp32"])).variant_id == "fp32"
 
 
-def test_route_select_best_effort_instead_of_refusing() -> None:
+def test_route_select_refuses_at_once_what_the_queue_makes_late() -> None:
+    # every variant meeting the floor has 200 requests queued: no answer in time
+    busy = LoadSnapshot({v: VariantLoad(1, 1, 200) for v in ("fp32", "fp32-ov", "int8")})
+    tight = SLO(latency_ms=100, min_accuracy=0.75)
+    with pytest.raises(NoFeasibleVariant) as e:
+        route_select(zoo(), Q, tight, busy, hints("prefer", ["fp32"]))
+    assert is_deadline_refusal(e.value)  # final for the client: no retry storm
+    # plain serving (pinned baselines) answers late instead
+    assert route_select(zoo(), Q, tight, busy, hints("pin", ["fp32"])).variant_id == "fp32"
+
+
+def test_route_select_best_effort_when_only_a_cold_start_is_late() -> None:
     cold = LoadSnapshot({})
     tight = SLO(latency_ms=30, min_accuracy=0.79)
     with pytest.raises(NoFeasibleVariant):
