@@ -250,17 +250,17 @@ def test_upload_grant_and_infer(world: World) -> None:
         key_id="initech-k1",
     )
     with pytest.raises(PermissionDenied):
-        initech.infer(task="digits", inputs=x[:2], latency_ms=50)
+        initech.infer(task="digits", inputs=x[:2], latency_ms=1000)
     # the served model's owner grants it to our tenant, through its own client
     served_owner = world.client(dep.api_tokens["owner1"], ks_token=dep.ks_tokens["owner1"])
     served_owner.grant(MODEL, str(tenant.principal))
     with pytest.raises(PermissionDenied, match="may use no model"):
-        tenant.infer(task="digits", inputs=x[:2], latency_ms=50)  # a grant alone serves nothing
+        tenant.infer(task="digits", inputs=x[:2], latency_ms=1000)  # a grant alone serves nothing
     assert tenant.accept("owner1").owners == ("owner1",)
     fp32 = f"{MODEL}.fp32.onnxruntime"
     reference = load_variant(dep.store.get_variant(fp32), dep.onnx).run(x[:3])
     result = tenant.infer(
-        task="digits", inputs=x[:3].astype(np.float64), latency_ms=50, variant_id=fp32
+        task="digits", inputs=x[:3].astype(np.float64), latency_ms=1000, variant_id=fp32
     )
     np.testing.assert_allclose(result.outputs, reference, rtol=1e-5)
     assert result.variant_id == fp32
@@ -279,25 +279,25 @@ def test_upload_grant_and_infer(world: World) -> None:
     ]:
         world.path.rewrite = rewrite
         with pytest.raises(error, match=match):
-            tenant.infer(task="digits", inputs=x[:1], latency_ms=50)
+            tenant.infer(task="digits", inputs=x[:1], latency_ms=1000)
     world.path.rewrite = None
-    assert tenant.infer(task="digits", inputs=x[:1], latency_ms=50).outputs.shape == (1, 10)
+    assert tenant.infer(task="digits", inputs=x[:1], latency_ms=1000).outputs.shape == (1, 10)
     # a replayed request is refused with the typed error
-    req = tenant.seal_infer(task="digits", inputs=x[:1], latency_ms=50)
+    req = tenant.seal_infer(task="digits", inputs=x[:1], latency_ms=1000)
     tenant.send_infer(req)
     with pytest.raises(InfaasError) as e:
         tenant.send_infer(req)
     assert e.value.code == "replayed_request"
     # a body the worker cannot decode once decrypted: the clear answer says only its type,
     # the client opens the precise reason the worker sealed for it
-    bad = tenant.seal_infer(task="digits", plaintext=b'{"inputs": [', latency_ms=50)
+    bad = tenant.seal_infer(task="digits", plaintext=b'{"inputs": [', latency_ms=1000)
     clear = world.http.post(
         "/v1/infer",
         content=bad.model_dump_json(),
         headers={"Authorization": f"Bearer {tenant.api_token}"},
     )
     assert clear.status_code == 400 and "JSON" not in clear.json()["detail"]
-    again = tenant.seal_infer(task="digits", plaintext=b'{"inputs": [', latency_ms=50)
+    again = tenant.seal_infer(task="digits", plaintext=b'{"inputs": [', latency_ms=1000)
     with pytest.raises(InvalidInput, match="malformed JSON"):
         tenant.send_infer(again)
 
