@@ -2,11 +2,17 @@
 keys, fetched once.
 
 Every miss is a release from the key service over fresh attestation evidence
-(`WorkerKeyClient`: ephemeral X25519 key, service nonce, quote). Hits cost a
-dict lookup. A tenant's key comes with the models it may serve (granted by
-their owner and accepted by the tenant: `TenantAccess`) and expires after
-`tenant_ttl_s`, so a revoked grant or a withdrawn acceptance stops serving that
-tenant within that time.
+(`WorkerKeyClient`: ephemeral X25519 key, service nonce, quote), signed by the
+attested key service. Hits cost a dict lookup. A tenant's key comes with the
+models it may serve (granted by their owner and accepted by the tenant:
+`TenantAccess`) under a *lease* the key service signed (1 s by default),
+counted on this worker's clock from the moment it asked. It is served only
+while the lease runs (fail-closed): a background thread (`start_renewal`, off
+the request path) renews the leases of keys in use a little before they end,
+in one release for many tenants. A revoked grant, a withdrawn acceptance or a
+retired key id is refused at the next renewal, and a host that drops or
+delays renewals only makes the lease run out: no tenant key outlives its
+lease by more than this worker's clock error.
 
 A tenant chooses the key id its requests name, so a flood of random key ids
 must not cost a release each nor grow this worker's memory:
@@ -29,6 +35,7 @@ a log line or an exception.
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -71,6 +78,7 @@ class _Refusal:
 class _Cached:
     value: TenantAccess | _Refusal
     expires_at: float
+    used_at: float
 
 
 @dataclass
@@ -92,6 +100,8 @@ class KeyCache:
         keys_per_tenant: int = 4,
         release_burst: float = 8.0,
         releases_per_s: float = 1.0,
+        renew_ahead_s: float = 0.5,
+        renew_idle_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._client = client
@@ -102,6 +112,10 @@ class KeyCache:
         self._burst = release_burst
         self._rate = releases_per_s
         self._clock = clock
+        self._renew_ahead = renew_ahead_s
+        self._renew_idle = renew_idle_s
+        self._renewal: threading.Thread | None = None
+        self._stop = threading.Event()
         self._models: dict[_ModelKeyId, bytes] = {}
         self._current_model_key: dict[str, str] = {}
         self._profile_keys: dict[str, bytes] = {}
@@ -114,6 +128,7 @@ class KeyCache:
         self.releases = 0
         """Releases that succeeded."""
         self.release_requests = 0
+        self.renewals = 0
         """Releases asked for, refused ones included: each costs fresh evidence."""
         self.last_release_at: float | None = None
 
@@ -129,6 +144,14 @@ class KeyCache:
     def _fetch(self, requests: list[KeyRequest]) -> list[ReleasedKey]:
         self.release_requests += 1
         released = self._client.fetch(requests)
+        self.releases += 1
+        self.last_release_at = time.time()
+        return released
+
+    def _renew_release(self, requests: list[KeyRequest]) -> list[ReleasedKey]:
+        """A release that renews leases (background: not a request's miss)."""
+        released = self._client.fetch(requests)
+        self.renewals += 1
         self.releases += 1
         self.last_release_at = time.time()
         return released
@@ -232,8 +255,10 @@ class KeyCache:
         with self._guard:
             keys = self._tenants.get(tenant)
             hit = keys.get(key_id) if keys is not None else None
-            if hit is None or hit.expires_at <= self._clock():
+            now = self._clock()
+            if hit is None or hit.expires_at <= now:
                 return None
+            hit.used_at = now
             self._tenants.move_to_end(tenant)
             value = hit.value
         if isinstance(value, _Refusal):
@@ -260,12 +285,20 @@ class KeyCache:
                 )
             b.tokens -= 1.0
 
-    def _remember(self, tenant: str, key_id: str | None, value: TenantAccess | _Refusal) -> None:
+    def _remember(
+        self,
+        tenant: str,
+        key_id: str | None,
+        value: TenantAccess | _Refusal,
+        valid_until: float = math.inf,
+    ) -> None:
+        now = self._clock()
         ttl = self._ttl if isinstance(value, TenantAccess) else self._refusal_ttl
         with self._guard:
             keys = self._tenants.pop(tenant, None) or OrderedDict()
-            keys.pop(key_id, None)
-            keys[key_id] = _Cached(value, self._clock() + ttl)
+            old = keys.pop(key_id, None)
+            used_at = old.used_at if old is not None else now
+            keys[key_id] = _Cached(value, min(now + ttl, valid_until), used_at)
             while len(keys) > self._keys_per_tenant:
                 keys.popitem(last=False)
             self._tenants[tenant] = keys
@@ -285,7 +318,7 @@ class KeyCache:
                 self._remember(tenant, key_id, _Refusal(type(e), e.message, dict(e.detail)))
                 raise
             access = TenantAccess(Keyring({rk.key_id: rk.key}), frozenset(rk.models or ()))
-            self._remember(tenant, key_id, access)
+            self._remember(tenant, key_id, access, rk.valid_until)
             return access
 
     def tenant_access(self, tenant: str, key_id: str | None) -> TenantAccess:
@@ -304,6 +337,84 @@ class KeyCache:
         self._admit(tenant)
         return await asyncio.to_thread(self._release_tenant, tenant, key_id)
 
+    # --- leases -------------------------------------------------------------------------
+
+    def _due(self) -> list[tuple[str, str | None]]:
+        """Tenant keys in use (within `renew_idle_s`) whose lease ends within `renew_ahead_s`."""
+        now = self._clock()
+        with self._guard:
+            return [
+                (tenant, key_id)
+                for tenant, keys in self._tenants.items()
+                for key_id, c in keys.items()
+                if isinstance(c.value, TenantAccess)
+                and now - c.used_at <= self._renew_idle
+                and c.expires_at - now <= self._renew_ahead
+            ]
+
+    def renew(self) -> int:
+        """Renew the leases of tenant keys in use that end soon, in as few releases as the
+        key service allows (one per 64 keys; a refused batch is asked key by key). A key the
+        key service refuses now (revoked, withdrawn, retired) is dropped at once; one it
+        cannot be asked for (unreachable, dropped by the host) runs out with its lease.
+        Returns how many leases were renewed."""
+        due = self._due()
+        renewed = 0
+        for start in range(0, len(due), 64):
+            chunk = due[start : start + 64]
+            reqs = [KeyRequest(kind="tenant", tenant=t, key_id=k) for t, k in chunk]
+            try:
+                released = list(zip(chunk, self._renew_release(reqs), strict=True))
+            except InfaasError as e:
+                if e.status_code >= 500:  # unreachable or busy: the leases run out meanwhile
+                    log.warning("leases not renewed: %s", e.code)
+                    continue
+                released = []
+                for (tenant, key_id), req in zip(chunk, reqs, strict=True):
+                    try:
+                        released += [((tenant, key_id), self._renew_release([req])[0])]
+                    except InfaasError as e:
+                        if e.status_code < 500:  # refused: stop serving it now
+                            self._drop(tenant, key_id)
+                            log.info("tenant %s key no longer released: %s", tenant, e.code)
+                        else:
+                            log.warning("lease of tenant %s not renewed: %s", tenant, e.code)
+            except OSError as e:  # the key service unreachable, or the host dropped the call
+                log.warning("leases not renewed: %s", type(e).__name__)
+                continue
+            for (tenant, key_id), rk in released:
+                access = TenantAccess(Keyring({rk.key_id: rk.key}), frozenset(rk.models or ()))
+                self._remember(tenant, key_id, access, rk.valid_until)
+                renewed += 1
+        return renewed
+
+    def _drop(self, tenant: str, key_id: str | None) -> None:
+        with self._guard:
+            keys = self._tenants.get(tenant)
+            if keys is not None:
+                keys.pop(key_id, None)
+
+    def start_renewal(self, period_s: float = 0.25) -> None:
+        """Renew leases every `period_s` on a daemon thread until `close`."""
+        if self._renewal is not None:
+            return
+
+        def loop() -> None:
+            while not self._stop.wait(period_s):
+                try:
+                    self.renew()
+                except Exception:  # the next round tries again; leases fail closed meanwhile
+                    log.exception("lease renewal failed")
+
+        self._renewal = threading.Thread(target=loop, name="key-lease-renewal", daemon=True)
+        self._renewal.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._renewal is not None:
+            self._renewal.join(timeout=5.0)
+            self._renewal = None
+
     def forget_tenant(self, tenant: str) -> None:
         with self._guard:
             self._tenants.pop(tenant, None)
@@ -319,4 +430,5 @@ class KeyCache:
             "rate_limited_tenants": len(self._buckets),
             "releases": self.releases,
             "release_requests": self.release_requests,
+            "lease_renewals": self.renewals,
         }

@@ -238,6 +238,7 @@ class WorkerRuntime:
         """
         self.refresh_candidates()
         self.prefetch_model_keys()
+        self._keys.start_renewal()  # tenant key leases, renewed off the request path
 
     def prefetch_model_keys(self) -> int:
         """Fetch (in one attested release) the data keys of candidate models not yet held,
@@ -256,6 +257,7 @@ class WorkerRuntime:
         return n
 
     async def close(self) -> None:
+        self._keys.close()
         await self.host.close()
 
     # --- candidates ---------------------------------------------------------------------

@@ -5,6 +5,7 @@ format), `sealing` (its key-encryption key), `server` (its HTTP routes and
 app), `client` (`KeyServiceClient`, `WorkerKeyClient` and the HTTP client
 transport `KeyServiceHttpClient`), `measurement` (its code identity),
 `trust` (its identity as others check it: the trust bundle, signed releases),
+`channel` (management calls sealed end to end, answers included, each opened once),
 `telemetry` (release counters) and `deployment` (the Ray Serve replica;
 imported only by the composition root, not from here).
 """

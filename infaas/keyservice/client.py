@@ -23,9 +23,11 @@ Both talk to a `KeyServiceTransport`: the in-process `KeyService` itself or
 from __future__ import annotations
 
 import base64
+import math
 import secrets
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -36,19 +38,17 @@ from infaas.attestation.backends import EvidenceGenerator, GpuEvidenceGenerator,
 from infaas.attestation.verifier import AttestationVerifier
 from infaas.attestation.verify import VerifiedQuote
 from infaas.errors import AttestationFailed, InvalidInput, error_from_problem
+from infaas.keyservice.channel import SealedCall
 from infaas.keyservice.models import (
     ConsentKind,
     ConsentPolicy,
-    ConsentRequest,
     EvidenceResponse,
-    GrantRequest,
     KeyRequest,
     NonceResponse,
-    RegisterRequest,
     RegisterResponse,
     ReleaseRequest,
     ReleaseResponse,
-    SealedKeyUpload,
+    SealedMessage,
 )
 from infaas.keyservice.sealing import info_for, open_sealed, seal_to, x25519_raw
 from infaas.keyservice.server import PREFIX
@@ -57,17 +57,11 @@ from infaas.keyservice.trust import AttestedKeyService, attest_keyservice
 
 
 class KeyServiceTransport(Protocol):
-    """What clients and workers need from a key service, local or remote."""
+    """What clients and workers need from a key service, local or remote: its evidence,
+    sealed management calls (`infaas.keyservice.channel`), nonces and releases."""
 
     def evidence(self, nonce: bytes) -> EvidenceResponse: ...
-    def register(self, principal_id: str, role: Role) -> RegisterResponse: ...
-    def set_tenant_key(self, token: str, key_id: str, sealed_key: bytes) -> None: ...
-    def set_model_key(self, token: str, model_id: str, key_id: str, sealed_key: bytes) -> None: ...
-    def grant(self, token: str, model_id: str, tenant: str) -> None: ...
-    def revoke(self, token: str, model_id: str, tenant: str) -> None: ...
-    def accept(self, token: str, kind: ConsentKind, name: str) -> ConsentPolicy: ...
-    def unaccept(self, token: str, kind: ConsentKind, name: str) -> ConsentPolicy: ...
-    def consent(self, token: str) -> ConsentPolicy: ...
+    def call(self, sealed: bytes) -> bytes: ...
     def issue_nonce(self) -> NonceResponse: ...
     def release(self, req: ReleaseRequest) -> ReleaseResponse: ...
 
@@ -78,12 +72,8 @@ class KeyServiceHttpClient:
     def __init__(self, http: httpx.Client) -> None:
         self._http = http
 
-    def _call(
-        self, method: str, path: str, token: str | None = None, **kw: object
-    ) -> httpx.Response:
+    def _call(self, method: str, path: str, **kw: object) -> httpx.Response:
         headers = {"Content-Type": "application/json"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
         r = self._http.request(method, PREFIX + path, headers=headers, **kw)  # type: ignore[arg-type]
         if r.status_code < 400:
             return r
@@ -102,37 +92,10 @@ class KeyServiceHttpClient:
         r = self._call("GET", "/evidence", params={"nonce": base64.b64encode(nonce).decode()})
         return EvidenceResponse.model_validate_json(r.content)
 
-    def register(self, principal_id: str, role: Role) -> RegisterResponse:
-        body = RegisterRequest.model_validate({"id": principal_id, "role": role})
-        r = self._call("POST", "/principals", content=body.model_dump_json())
-        return RegisterResponse.model_validate_json(r.content)
-
-    def set_tenant_key(self, token: str, key_id: str, sealed_key: bytes) -> None:
-        body = SealedKeyUpload(key_id=key_id, sealed_key=sealed_key)
-        self._call("POST", "/tenant-keys", token, content=body.model_dump_json())
-
-    def set_model_key(self, token: str, model_id: str, key_id: str, sealed_key: bytes) -> None:
-        body = SealedKeyUpload(key_id=key_id, sealed_key=sealed_key)
-        self._call("POST", f"/models/{model_id}/keys", token, content=body.model_dump_json())
-
-    def grant(self, token: str, model_id: str, tenant: str) -> None:
-        body = GrantRequest(tenant=tenant)
-        self._call("POST", f"/models/{model_id}/grants", token, content=body.model_dump_json())
-
-    def revoke(self, token: str, model_id: str, tenant: str) -> None:
-        self._call("DELETE", f"/models/{model_id}/grants/{tenant}", token)
-
-    def accept(self, token: str, kind: ConsentKind, name: str) -> ConsentPolicy:
-        body = ConsentRequest(kind=kind, name=name)
-        r = self._call("POST", "/consent", token, content=body.model_dump_json())
-        return ConsentPolicy.model_validate_json(r.content)
-
-    def unaccept(self, token: str, kind: ConsentKind, name: str) -> ConsentPolicy:
-        r = self._call("DELETE", f"/consent/{kind}s/{name}", token)
-        return ConsentPolicy.model_validate_json(r.content)
-
-    def consent(self, token: str) -> ConsentPolicy:
-        return ConsentPolicy.model_validate_json(self._call("GET", "/consent", token).content)
+    def call(self, sealed: bytes) -> bytes:
+        body = SealedMessage(sealed=sealed)
+        r = self._call("POST", "/call", content=body.model_dump_json())
+        return SealedMessage.model_validate_json(r.content).sealed
 
     def issue_nonce(self) -> NonceResponse:
         return NonceResponse.model_validate_json(self._call("POST", "/nonce").content)
@@ -169,33 +132,56 @@ class KeyServiceClient:
             raise AttestationFailed("key service not attested yet: call attest() first")
         return self._service_key
 
+    def _attested_key(self) -> bytes:
+        if self.attested is None:
+            self.attest()
+        return self.service_key
+
+    def _sealed(self, op: str, token: str | None = None, **args: Any) -> Any:
+        """One management call, sealed end to end to the attested service (attested first
+        if it was not yet); the answer opened here."""
+        call = SealedCall(self._attested_key(), op, args, token)
+        return call.open_answer(self._t.call(call.sealed))
+
     def register(self, principal_id: str, role: Role = "tenant") -> str:
         """Register; returns the secret token (keep it: it is not shown again)."""
-        return self._t.register(principal_id, role).token
+        answer = self._sealed("register", id=principal_id, role=role)
+        return RegisterResponse.model_validate(answer).token
 
     def upload_tenant_key(self, token: str, key_id: str, key: bytes) -> None:
         tenant = token.rpartition(":")[0]
         info = info_for("tenant-key", {"tenant": tenant, "key_id": key_id})
-        self._t.set_tenant_key(token, key_id, seal_to(self.service_key, key, info))
+        sealed = seal_to(self._attested_key(), key, info)
+        self._sealed("set_tenant_key", token, key_id=key_id, sealed_key=_b64(sealed))
+
+    def retire_tenant_key(self, token: str, key_id: str) -> None:
+        """Never release request key `key_id` again (workers drop it within its lease)."""
+        self._sealed("retire_tenant_key", token, key_id=key_id)
 
     def upload_model_key(self, token: str, model_id: str, key_id: str, key: bytes) -> None:
         info = info_for("model-key", {"model_id": model_id, "key_id": key_id})
-        self._t.set_model_key(token, model_id, key_id, seal_to(self.service_key, key, info))
+        sealed = _b64(seal_to(self._attested_key(), key, info))
+        self._sealed("set_model_key", token, model_id=model_id, key_id=key_id, sealed_key=sealed)
 
     def grant(self, token: str, model_id: str, tenant: str) -> None:
-        self._t.grant(token, model_id, tenant)
+        self._sealed("grant", token, model_id=model_id, tenant=tenant)
 
     def revoke(self, token: str, model_id: str, tenant: str) -> None:
-        self._t.revoke(token, model_id, tenant)
+        self._sealed("revoke", token, model_id=model_id, tenant=tenant)
 
     def accept(self, token: str, kind: ConsentKind, name: str) -> ConsentPolicy:
-        return self._t.accept(token, kind, name)
+        return ConsentPolicy.model_validate(self._sealed("accept", token, kind=kind, name=name))
 
     def unaccept(self, token: str, kind: ConsentKind, name: str) -> ConsentPolicy:
-        return self._t.unaccept(token, kind, name)
+        answer = self._sealed("unaccept", token, kind=kind, name=name)
+        return ConsentPolicy.model_validate(answer)
 
     def consent(self, token: str) -> ConsentPolicy:
-        return self._t.consent(token)
+        return ConsentPolicy.model_validate(self._sealed("consent", token))
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
 
 
 @dataclass(frozen=True)
@@ -207,6 +193,9 @@ class ReleasedKey:
     key: bytes
     models: tuple[str, ...] | None = None
     """A tenant key asked for without a model: the models it may serve."""
+    valid_until: float = math.inf
+    """End of its lease, on the worker's clock: the signed lease counted from the moment the
+    worker asked (so no clock of the key service or the host needs to agree with it)."""
 
     def __repr__(self) -> str:  # never show key material
         return f"ReleasedKey({self.kind}, {self.model_id}, {self.tenant}, {self.key_id})"
@@ -227,12 +216,14 @@ class WorkerKeyClient:
         *,
         verifier: AttestationVerifier,
         policy_sha256: str,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._t = transport
         self._tee = tee
         self._gpu = gpu
         self._verifier = verifier
         self._policy_sha256 = policy_sha256
+        self._clock = clock
         self._lock = threading.Lock()
         self.attested: AttestedKeyService | None = None
 
@@ -262,6 +253,7 @@ class WorkerKeyClient:
         """
         if self.attested is None:
             self.attest()
+        asked_at = self._clock()  # before the nonce: the lease cannot outlast what was signed
         sk = X25519PrivateKey.generate()
         pk = x25519_raw(sk.public_key())
         worker_nonce = secrets.token_bytes(32)
@@ -283,7 +275,7 @@ class WorkerKeyClient:
             )
         resp = self._t.release(req)
         self._check(resp, requests=req.keys, nonce=nonce, worker_nonce=worker_nonce, worker_key=pk)
-        return unwrap_released(resp, sk)
+        return unwrap_released(resp, sk, valid_until=asked_at + resp.lease_s)
 
     def model_key(self, model_id: str, key_id: str | None = None) -> ReleasedKey:
         return self.fetch([KeyRequest(kind="model", model_id=model_id, key_id=key_id)])[0]
@@ -296,10 +288,12 @@ class WorkerKeyClient:
         return self.fetch([req])[0]
 
 
-def unwrap_released(resp: ReleaseResponse, private_key: X25519PrivateKey) -> list[ReleasedKey]:
+def unwrap_released(
+    resp: ReleaseResponse, private_key: X25519PrivateKey, *, valid_until: float = math.inf
+) -> list[ReleasedKey]:
     """Open each wrapped key with the worker's ephemeral private key."""
     out: list[ReleasedKey] = []
     for w in resp.keys:
         key = open_sealed(private_key, w.sealed_key, release_info(w))
-        out.append(ReleasedKey(w.kind, w.model_id, w.tenant, w.key_id, key, w.models))
+        out.append(ReleasedKey(w.kind, w.model_id, w.tenant, w.key_id, key, w.models, valid_until))
     return out

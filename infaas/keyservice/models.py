@@ -36,11 +36,30 @@ class EvidenceResponse(_Wire):
     status: str
 
 
-class RegisterRequest(_Wire):
-    """``{"id": "acme", "role": "tenant"}``"""
+class SealedMessage(_Wire):
+    """A management call or its answer, HPKE-sealed end to end (`infaas.keyservice.channel`).
 
-    id: Identifier
-    role: Literal["tenant", "owner"] = "tenant"
+    ``{"sealed": "<b64>"}``
+    """
+
+    sealed: bytes = Field(min_length=48, max_length=65536)
+
+
+class CallArgs(_Wire):
+    """The arguments of a sealed management call (each call uses the ones it names).
+
+    ``{"model_id": "resnet", "tenant": "acme"}`` (grant),
+    ``{"key_id": "k1", "sealed_key": "<b64>"}`` (a tenant's key upload)
+    """
+
+    id: Identifier | None = None
+    role: Literal["tenant", "owner"] | None = None
+    key_id: KeyId | None = None
+    model_id: Identifier | None = None
+    tenant: Identifier | None = None
+    kind: Literal["owner", "model"] | None = None
+    name: Identifier | None = None
+    sealed_key: bytes | None = Field(None, min_length=32, max_length=256)
 
 
 class RegisterResponse(_Wire):
@@ -51,33 +70,7 @@ class RegisterResponse(_Wire):
     token: str
 
 
-class SealedKeyUpload(_Wire):
-    """A key HPKE-sealed to the attested service.
-
-    ``{"key_id": "k1", "sealed_key": "<b64>"}``
-    """
-
-    key_id: KeyId
-    sealed_key: bytes = Field(min_length=32, max_length=256)
-
-
-class GrantRequest(_Wire):
-    """``{"tenant": "acme"}``"""
-
-    tenant: Identifier
-
-
 ConsentKind = Literal["owner", "model"]
-
-
-class ConsentRequest(_Wire):
-    """A tenant accepts a model owner (every model it owns) or one model.
-
-    ``{"kind": "owner", "name": "zoo-owner"}`` or ``{"kind": "model", "name": "digits-mlp"}``
-    """
-
-    kind: ConsentKind = "owner"
-    name: Identifier
 
 
 class ConsentPolicy(_Wire):

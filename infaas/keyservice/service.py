@@ -54,11 +54,13 @@ from infaas.errors import (
     AuthenticationFailed,
     Conflict,
     DecryptionFailed,
+    InfaasError,
     InvalidInput,
     NotFound,
     PermissionDenied,
     UnknownKey,
 )
+from infaas.keyservice.channel import CallOpener, dispatch
 from infaas.keyservice.models import (
     ConsentKind,
     ConsentPolicy,
@@ -178,6 +180,8 @@ class KeyService:
         # the identity key lives only in this process: clients re-attest after a restart
         self._sk = X25519PrivateKey.generate()
         self.public_key = x25519_raw(self._sk.public_key())
+        # management calls arrive sealed to that key, once each, within a window
+        self._calls = CallOpener(self._sk, window_s=nonce_ttl_s, clock=clock)
         self._signing = Ed25519PrivateKey.generate()
         self.signing_key = ed25519_raw(self._signing.public_key())
         # what it releases keys to is part of its identity (bound into its evidence)
@@ -210,6 +214,15 @@ class KeyService:
             simulated=self._tee.simulated,
             status=self._tee.status(),
         )
+
+    def call(self, sealed: bytes) -> bytes:
+        """A management call sealed to this service (`infaas.keyservice.channel`): open it
+        (once, fresh), run it, and seal the answer, an error included, to its answer key."""
+        opened = self._calls.open(sealed)
+        try:
+            return CallOpener.seal_answer(opened, dispatch(self, opened))
+        except InfaasError as e:
+            return CallOpener.seal_answer(opened, error=e)
 
     # --- principals ---------------------------------------------------------------------
 
@@ -256,6 +269,23 @@ class KeyService:
             rec = self._records.get(SealedTable.PRINCIPAL, tenant) or {}
             self._records.put(SealedTable.PRINCIPAL, tenant, rec | {"current_key_id": key_id})
         log.info("tenant %s established request key id %s", tenant, key_id)
+
+    def retire_tenant_key(self, token: str, key_id: str) -> None:
+        """The tenant retires its request key `key_id`: it is never released again, and
+        workers stop serving it when its lease runs out (within a second)."""
+        tenant = self.authenticate(token, "tenant")
+        name = f"{tenant}/{key_id}"
+        with self._lock:
+            rec = self._records.get(SealedTable.TENANT_KEY, name)
+            if rec is None:
+                raise UnknownKey(f"tenant {tenant!r} has no key id {key_id!r}")
+            self._records.put(SealedTable.TENANT_KEY, name, rec | {"retired_at": self._clock()})
+            principal = self._records.get(SealedTable.PRINCIPAL, tenant) or {}
+            if principal.get("current_key_id") == key_id:
+                self._records.put(
+                    SealedTable.PRINCIPAL, tenant, principal | {"current_key_id": None}
+                )
+        log.info("tenant %s retired request key id %s", tenant, key_id)
 
     def set_model_key(self, token: str, model_id: str, key_id: str, sealed_key: bytes) -> None:
         """A model owner uploads the data key `key_id` of `model_id` (first upload claims it)."""
@@ -450,6 +480,8 @@ class KeyService:
         rec = self._records.get(SealedTable.TENANT_KEY, f"{k.tenant}/{key_id}")
         if key_id is None or rec is None:
             raise UnknownKey(f"tenant {k.tenant!r} has no key id {key_id!r}")
+        if rec.get("retired_at") is not None:
+            raise UnknownKey(f"tenant {k.tenant!r} retired key id {key_id!r}")
         return k, str(key_id), _unb64(rec["key"]), models
 
     def _usable_models(self, tenant: str, policy: ConsentPolicy) -> tuple[str, ...]:

@@ -156,7 +156,7 @@ def test_openapi_documents_the_routes(api: Api) -> None:
         "/InferRequest"
     )
     assert "problem+json" in str(infer["responses"]["default"])
-    for p in ("/v1/keyservice/evidence", "/v1/keyservice/release", "/v1/keyservice/principals"):
+    for p in ("/v1/keyservice/evidence", "/v1/keyservice/release", "/v1/keyservice/call"):
         assert p in paths
     for p in (
         "/v2",
