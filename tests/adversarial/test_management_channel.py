@@ -182,7 +182,7 @@ def test_a_recorded_grant_cannot_be_replayed_after_revoke(world: World) -> None:
     # nor after the key service restarts: its new key does not open the old call
     restarted = Deployment.key_service(dep.ca, dep.store, dep.kek)
     with pytest.raises(DecryptionFailed):
-        restarted.call(base64.b64decode(json.loads(recorded_grant)["sealed"]))
+        restarted.call(base64.urlsafe_b64decode(json.loads(recorded_grant)["sealed"]))
 
 
 def test_sealed_arguments_are_validated_like_plain_ones(world: World) -> None:
