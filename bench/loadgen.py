@@ -36,6 +36,8 @@ class Result:
     variant: str = ""
     accuracy: float = float("nan")
     error: str = ""
+    lag_ms: float = 0.0
+    """How late this load generator itself sent it (its own event loop's delay)."""
 
 
 def slo_met(r: Result, c: DemandClass) -> bool:
@@ -69,6 +71,7 @@ async def run_trace(
     async with httpx.AsyncClient(base_url=base, timeout=timeout_s, limits=limits) as http:
 
         async def one(t_send: float, j: int, pick: int, start: float) -> None:
+            lag = (time.perf_counter() - start - t_send) * 1e3
             c = trace.classes[j]
             client = clients[c.tenant]
             x = inputs[c.task][pick : pick + 1]
@@ -85,7 +88,7 @@ async def run_trace(
                 lat = (time.perf_counter() - start - t_send) * 1e3
                 if r.status_code >= 300:
                     err = problem_error(r)
-                    results.append(Result(j, t_send, lat, False, error=err.code))
+                    results.append(Result(j, t_send, lat, False, error=err.code, lag_ms=lag))
                     return
                 from infaas.wire import InferResponse
 
@@ -100,13 +103,16 @@ async def run_trace(
                         True,
                         resp.variant_id,
                         accuracy.get(resp.variant_id, float("nan")),
+                        lag_ms=lag,
                     )
                 )
             except httpx.TimeoutException:
-                results.append(Result(j, t_send, timeout_s * 1e3, False, error="timeout"))
+                results.append(
+                    Result(j, t_send, timeout_s * 1e3, False, error="timeout", lag_ms=lag)
+                )
             except httpx.TransportError as e:
                 lat = (time.perf_counter() - start - t_send) * 1e3
-                results.append(Result(j, t_send, lat, False, error=type(e).__name__))
+                results.append(Result(j, t_send, lat, False, error=type(e).__name__, lag_ms=lag))
 
         start = time.perf_counter()
         tasks: list[asyncio.Task[None]] = []

@@ -21,23 +21,44 @@ accuracy, and ratios to the static baseline (violations static/policy: higher
 is better; cost policy/static). Writes a PNG (load, replicas and latency over
 time per policy) to ``--plot``.
 
-Policies: ``static`` — the registered FP32 model on onnxruntime, ``static_replicas``
-replicas sized for the average load; ``queue`` — the same variant under Ray
-Serve's own autoscaler (``target_ongoing_requests``, its default delays);
-``infaas-style`` — least-slack variant, +/-1 replica on utilisation thresholds,
-upgrade when out of replicas; ``infaas`` — `scheduler.autoscaler.decide`.
+Policies (the ablation {FP32, model-less} x {static, autoscaled}, and
+INFaaS): ``static`` — the registered FP32 model on onnxruntime,
+``static_replicas`` replicas; ``queue`` — the same variant under Ray Serve's
+own autoscaler (``target_ongoing_requests``, upscale/downscale delays);
+``static-modelless`` — each class's cheapest variant meeting its floor on
+``static_replicas`` replicas; ``infaas-style`` — INFaaS's autoscaler and
+variant search as its code has them (`scheduler.baselines.infaas_policy`);
+``infaas`` — `scheduler.autoscaler.decide`. A trace may name any tenants:
+each is created (and granted the zoo) on first use.
 
-Run: python bench/slo.py [--trace bursty] [--quick] [--plot docs/slo_bursty.png]
+The evaluation protocol (``--config configs/slo-eval.yaml --results R.jsonl``):
+the constants come from the committed config only; every (policy, trace,
+seed) of its matrix runs in an order shuffled by its ``order_seed``
+(interleaved), each appending one JSON line to ``R.jsonl`` (policy, trace,
+seed, attainment, violations, cost in replica-seconds, mean served accuracy,
+CPU steal from /proc/stat, the load generator's own send lag, the config's
+sha256 and the commit); a run already in the file under the same config is
+skipped, so the matrix fills across sessions (``--limit N``: at most N runs
+now). ``--summarise R.jsonl`` prints per trace and policy the medians with
+95 % bootstrap intervals and the number of runs, and the violation and cost
+ratios with theirs (`bench.slo_stats`). ``--smoke`` checks the runner (first
+seed, traces at 0.2x): its rows are marked and never mixed with real ones.
+
+Run: python bench/slo.py [--trace bursty|azure|PATH.csv] [--quick] [--plot docs/slo_bursty.png]
+     python bench/slo.py --config configs/slo-eval.yaml --results docs/slo-eval.jsonl
+     python bench/slo.py --summarise docs/slo-eval.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import itertools
 import json
 import os
 import platform
+import random
 import shutil
 import subprocess
 import sys
@@ -49,6 +70,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -58,7 +80,15 @@ from bench.traces import TRACES_DIR, Trace, make_trace, read_trace, write_trace 
 from tests.e2e.server import Served, start_serve, stop_serve  # noqa: E402
 
 POLICIES = ("static", "queue", "infaas-style", "infaas")
-EXTRA_TENANT = "bench-b"
+DEFAULT_AUTOSCALER: dict[str, Any] = {
+    "min_replicas": 1,
+    "burst_window_s": 6,
+    "trend_lookahead_s": 6,
+    "downscale_delay_s": 20,
+    "idle_to_zero_s": 60,
+    "queue_guard_ongoing_requests": 6,
+}
+"""Autoscaler settings of a one-off run; a matrix run takes them from its ``--config``."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -92,7 +122,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-going", action="store_true", help="a failed policy does not stop")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="the evaluation's frozen constants (configs/slo-eval.yaml): with --results, "
+        "runs its matrix",
+    )
+    p.add_argument(
+        "--results",
+        type=Path,
+        help="matrix mode: append one JSON line per run here, skipping runs already in it",
+    )
+    p.add_argument("--limit", type=int, default=None, help="matrix mode: at most this many runs")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="matrix mode: the first seed only, the traces at 0.2x their length (shows the "
+        "runner works; its rows are marked smoke and never summarised with real runs)",
+    )
+    p.add_argument("--summarise", type=Path, help="print the summary of a results file and exit")
     args = p.parse_args(argv)
+    args.autoscaler = {**DEFAULT_AUTOSCALER, "request_overhead_ms": args.overhead_ms}
+    args.config_sha256 = None
+    if args.config is not None:
+        raw = args.config.read_bytes()
+        frozen = yaml.safe_load(raw)
+        args.config_sha256 = hashlib.sha256(raw).hexdigest()
+        args.eval = frozen
+        for key in ("zoo", "rate_scale", "time_scale", "replica_cpus", "max_replicas"):
+            setattr(args, key, frozen[key])
+        args.static_replicas = frozen["static_replicas"]
+        args.max_requests = frozen["max_requests"]
+        args.autoscaler = dict(frozen["autoscaler"])
+        if args.smoke:
+            args.time_scale = 0.2 * args.time_scale
     if args.quick:
         if args.policies == ",".join(POLICIES):
             args.policies = "static,infaas"
@@ -108,20 +171,14 @@ def write_config(path: Path, args: argparse.Namespace) -> Path:
     text = text.replace(
         "  - name: cpu\n    num_cpus: 1\n", f"  - name: cpu\n    num_cpus: {args.replica_cpus}\n"
     )
-    text += (
-        "autoscaler:\n"
-        f"  max_replicas: {args.max_replicas}\n"
-        f"  static_replicas: {args.static_replicas}\n"
-        "  min_replicas: 1\n"
-        # profiles time the model alone; a served request also costs the HTTP proxy hop,
-        # the envelope and scheduling (ARCHITECTURE: the request path dominates here)
-        f"  request_overhead_ms: {args.overhead_ms}\n"
-        "  burst_window_s: 6\n"
-        "  trend_lookahead_s: 6\n"
-        "  downscale_delay_s: 20\n"
-        "  idle_to_zero_s: 60\n"
-        "  queue_guard_ongoing_requests: 6\n"
-    )
+    # request_overhead_ms: profiles time the model alone; a served request also costs the
+    # HTTP proxy hop, the envelope and scheduling (ARCHITECTURE: the request path dominates)
+    auto = {
+        "max_replicas": args.max_replicas,
+        "static_replicas": args.static_replicas,
+        **args.autoscaler,
+    }
+    text += yaml.safe_dump({"autoscaler": auto}, sort_keys=False)
     path.write_text(text)
     return path
 
@@ -234,8 +291,9 @@ def run_policy(policy: str, trace: Trace, args: argparse.Namespace, config: Path
             old.clear_autoscaler_state()
     served = start_policy(args, config, policy)
     try:
-        ensure_tenant(data_dir, served.url, EXTRA_TENANT)
         tenants = {c.tenant for c in trace.classes}
+        for t in sorted(tenants):  # whatever tenants the trace names
+            ensure_tenant(data_dir, served.url, t)
         clients = {
             t: Client.from_credentials(data_dir / "credentials" / f"{t}.json", base_url=served.url)
             for t in tenants
@@ -287,6 +345,7 @@ def summarise(run: Run, trace: Trace) -> dict[str, Any]:
     met = [slo_met(r, trace.classes[r.cls]) for r in res]
     lat = np.array([r.latency_ms for r in res if r.ok]) if any(r.ok for r in res) else np.zeros(1)
     acc = [r.accuracy for r in res if r.ok and not np.isnan(r.accuracy)]
+    lags = np.array([r.lag_ms for r in res]) if res else np.zeros(1)
     ts = [s[0] for s in run.samples]
     reps = [s[1] for s in run.samples]
     cost = float(np.trapezoid(reps, ts)) if len(ts) > 1 else 0.0
@@ -317,6 +376,11 @@ def summarise(run: Run, trace: Trace) -> dict[str, Any]:
         "attainment_by_class": per_class,
         "served_by": dict(sorted(variants.items(), key=lambda kv: -kv[1])[:6]),
         "errors": errors,
+        # how late the load generator itself sent requests: large values mean the client,
+        # not the service, shaped the run
+        "loadgen_lag_p50_ms": round(float(np.percentile(lags, 50)), 2),
+        "loadgen_lag_p99_ms": round(float(np.percentile(lags, 99)), 2),
+        "loadgen_lag_max_ms": round(float(np.max(lags)), 2),
     }
 
 
@@ -371,20 +435,109 @@ def plot(runs: list[Run], trace: Trace, path: Path, window_s: float = 5.0) -> No
     plt.close(fig)
 
 
-def load_trace(args: argparse.Namespace) -> Trace:
-    path = Path(args.trace)
+def load_trace(args: argparse.Namespace, name: str | None = None) -> Trace:
+    name = name or args.trace
+    path = Path(name)
     if not path.is_file():
-        path = TRACES_DIR / f"{args.trace}.csv"
+        path = TRACES_DIR / f"{name}.csv"
         if not path.is_file():
-            write_trace(make_trace(args.trace), path)
+            write_trace(make_trace(name), path)
     trace = read_trace(path)
     if args.time_scale != 1.0 or args.rate_scale != 1.0:
         trace = trace.scaled(args.rate_scale, args.time_scale)
     return trace
 
 
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], check=True, capture_output=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return out.stdout.decode().strip()
+
+
+def matrix(args: argparse.Namespace) -> list[tuple[str, str, int]]:
+    """Every (policy, trace, seed) of the frozen config, in its shuffled, interleaved order."""
+    ev = args.eval
+    seeds = ev["seeds"][:1] if args.smoke else ev["seeds"]
+    plan = [(p, t, s) for p in ev["policies"] for t in ev["traces"] for s in seeds]
+    random.Random(ev["order_seed"]).shuffle(plan)
+    return plan
+
+
+def run_matrix(args: argparse.Namespace) -> int:
+    """The resumable runner: each run not yet in ``--results`` under this config, appended.
+
+    A failed run is appended too, with its error: every run is reported.
+    """
+    from bench.slo_stats import read_runs
+
+    results: Path = args.results
+    results.parent.mkdir(parents=True, exist_ok=True)
+    done = set()
+    if results.exists():
+        for r in read_runs(results):
+            if r.get("config_sha256") == args.config_sha256 and r.get("smoke") == args.smoke:
+                done.add((r["policy"], r["trace"], r["seed"]))
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    config = write_config(args.data_dir / "slo-config.yaml", args)
+    args.code = snapshot(args.data_dir / "code")
+    commit = _commit()
+    ran = 0
+    for policy, trace_name, seed in matrix(args):
+        if (policy, trace_name, seed) in done:
+            continue
+        if args.limit is not None and ran >= args.limit:
+            break
+        ran += 1
+        trace = load_trace(args, trace_name)
+        args.seed = seed
+        base = {
+            "policy": policy,
+            "trace": trace.name,
+            "seed": seed,
+            "smoke": args.smoke,
+            "config_sha256": args.config_sha256,
+            "commit": commit,
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "host": platform.node(),
+            "cpus": os.cpu_count(),
+        }
+        try:
+            run = run_policy(policy, trace, args, config)
+            row = base | summarise(run, trace) | {"cpu_steal": run.cpu_steal}
+        except Exception as e:
+            print(f"[slo] {policy} {trace_name} seed {seed} failed: {e}", file=sys.stderr)
+            row = base | {"error": f"{type(e).__name__}: {e}"[:500]}
+        row["load_avg_1m"] = round(os.getloadavg()[0], 2)
+        with results.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+    return 0
+
+
+def print_summary(path: Path) -> int:
+    from bench.slo_stats import read_runs
+    from bench.slo_stats import summarise as summarise_runs
+
+    runs = read_runs(path)
+    for smoke in (False, True):
+        rows = summarise_runs([r for r in runs if bool(r.get("smoke")) == smoke])
+        for row in rows:
+            print(json.dumps(row | {"smoke": smoke} if smoke else row))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.summarise is not None:
+        return print_summary(args.summarise)
+    if args.results is not None:
+        if args.config is None:
+            raise SystemExit("--results runs the matrix of a --config (configs/slo-eval.yaml)")
+        return run_matrix(args)
     trace = load_trace(args)
     args.data_dir.mkdir(parents=True, exist_ok=True)
     config = write_config(args.data_dir / "slo-config.yaml", args)

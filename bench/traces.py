@@ -8,17 +8,23 @@ loop, independent of how fast the service answers.
 
 Shapes (`make_trace`): ``steady`` (flat), ``diurnal`` (one slow sine period),
 ``bursty`` (a base load with short spikes of several times the base, the
-images classes spiking together, digits steady). Run this module to
-(re)write ``bench/traces/*.csv``.
+images classes spiking together, digits steady), and ``azure``: the shape of
+a public production trace (`azure_trace`, from
+``bench/traces/azure_conv_2023_per_second.csv``; source and licence in
+``bench/traces/README.md``). Run this module to (re)write ``bench/traces/*.csv``;
+``python bench/traces.py --derive-azure RAW.csv`` re-derives the per-second
+counts from the published trace.
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 TRACES_DIR = Path(__file__).resolve().parent / "traces"
@@ -165,10 +171,71 @@ def make_trace(
     return Trace(shape, tuple(classes), times, tuple(rows))
 
 
+AZURE_COUNTS = TRACES_DIR / "azure_conv_2023_per_second.csv"
+
+
+def derive_azure(raw: Path, out: Path = AZURE_COUNTS) -> Path:
+    """Requests per second of the Azure LLM inference trace 2023 (``TIMESTAMP`` column).
+
+    Only the count of arrivals in each second from the first one is kept:
+    no token counts, no timestamps.
+    """
+    with raw.open(encoding="utf-8-sig") as f:
+        stamps = [datetime.fromisoformat(r["TIMESTAMP"][:26]) for r in csv.DictReader(f)]
+    t0 = min(stamps)
+    counts: dict[int, int] = {}
+    for t in stamps:
+        s = int((t - t0).total_seconds())
+        counts[s] = counts.get(s, 0) + 1
+    with out.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["second", "requests"])
+        for s in range(max(counts) + 1):
+            w.writerow([s, counts.get(s, 0)])
+    return out
+
+
+def azure_trace(
+    counts_path: Path = AZURE_COUNTS,
+    duration_s: float = 150.0,
+    step_s: float = 2.0,
+    classes: Sequence[DemandClass] = CLASSES,
+    base_rps: Sequence[float] = BASE_RPS,
+) -> Trace:
+    """The production trace's shape at the bench's scale.
+
+    The whole trace (about an hour) is compressed into `duration_s`: each step's
+    rate is the mean arrival rate over the matching stretch of the trace (48 s
+    for the defaults), so its minute-scale swings are kept and the per-second
+    Poisson noise is left to the load generator. Rates are scaled so the
+    mean total equals ``sum(base_rps)`` and split across `classes` in
+    proportion to `base_rps`.
+    """
+    with counts_path.open() as f:
+        counts = [int(r["requests"]) for r in csv.DictReader(f)]
+    n = int(duration_s / step_s)
+    per = len(counts) / n
+    means = []
+    for i in range(n):
+        a, b = int(i * per), max(int((i + 1) * per), int(i * per) + 1)
+        means.append(sum(counts[a:b]) / (b - a))
+    scale = sum(base_rps) / (sum(means) / n)
+    share = [r / sum(base_rps) for r in base_rps]
+    rows = tuple(tuple(round(m * scale * s, 2) for s in share) for m in means)
+    times = tuple(i * step_s for i in range(n + 1))
+    return Trace("azure", tuple(classes), times, rows)
+
+
 def main() -> None:
+    p = argparse.ArgumentParser(description="(Re)write the bench's traces.")
+    p.add_argument("--derive-azure", type=Path, help="AzureLLMInferenceTrace_conv.csv")
+    args = p.parse_args()
+    if args.derive_azure is not None:
+        print(derive_azure(args.derive_azure))
     for shape in ("steady", "diurnal", "bursty"):
         path = write_trace(make_trace(shape), TRACES_DIR / f"{shape}.csv")
         print(path)
+    print(write_trace(azure_trace(), TRACES_DIR / "azure.csv"))
 
 
 if __name__ == "__main__":
