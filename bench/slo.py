@@ -518,22 +518,13 @@ def run_matrix(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_summary(path: Path) -> int:
-    from bench.slo_stats import read_runs
-    from bench.slo_stats import summarise as summarise_runs
-
-    runs = read_runs(path)
-    for smoke in (False, True):
-        rows = summarise_runs([r for r in runs if bool(r.get("smoke")) == smoke])
-        for row in rows:
-            print(json.dumps(row | {"smoke": smoke} if smoke else row))
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.summarise is not None:
-        return print_summary(args.summarise)
+        from bench.slo_stats import print_summary
+
+        print_summary(args.summarise)
+        return 0
     if args.results is not None:
         if args.config is None:
             raise SystemExit("--results runs the matrix of a --config (configs/slo-eval.yaml)")

@@ -116,3 +116,11 @@ def summarise(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 }
             rows.append(ratio)
     return rows
+
+
+def print_summary(path: Path) -> None:
+    """The summary of a results file, one JSON line per row; smoke runs apart, marked."""
+    runs = read_runs(path)
+    for smoke in (False, True):
+        for row in summarise([r for r in runs if bool(r.get("smoke")) == smoke]):
+            print(json.dumps(row | {"smoke": True} if smoke else row))
