@@ -36,13 +36,13 @@ from scheduler.autoscaler import (
     DemandSignal,
     decide,
 )
+from scheduler.baselines import select_least_slack
 from scheduler.policy import (
     CandidateSet,
     LoadSnapshot,
     Query,
     VariantLoad,
     select,
-    select_least_slack,
 )
 from scheduler.synthetic import synthetic_variant
 

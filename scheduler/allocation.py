@@ -9,7 +9,7 @@ utilisation, which leaves the queueing headroom the latency estimate needs.
 Demand comes in classes (a task with the tightest active latency target and
 the strictest accuracy floor of its callers). A class may be served by any
 variant of its task whose accuracy meets its floor and whose SLO-feasible batch
-(`Candidate.slo_capacity`) exists; such a variant on one replica serves
+(`slo_capacity`) exists; such a variant on one replica serves
 ``mu[d, v]`` requests per second of it.
 
 `solve_milp` states the whole problem as one mixed-integer program
@@ -54,6 +54,7 @@ __all__ = [
     "Demand",
     "WorkerPlan",
     "eligible",
+    "slo_capacity",
     "solve",
     "solve_greedy",
     "solve_milp",
@@ -132,13 +133,31 @@ class Allocation:
         return r[0][0] if r else None
 
 
+def slo_capacity(c: Candidate, latency_ms: float) -> tuple[int, float]:
+    """(batch, requests/s per replica) at the largest batch that keeps p99 within target.
+
+    A request may wait for the batch in flight and then ride in its own, so a
+    batch size b is usable when ``2 * p99(b) <= latency_ms``; capacity is the
+    throughput measured at that batch. (0, 0.0) when not even batch 1 fits.
+    """
+    best: tuple[int, float] = (0, 0.0)
+    for b in c.profile.batches:
+        if b.batch <= c.max_batch and 2.0 * b.p99_ms <= latency_ms:
+            rps = (
+                b.throughput_rps if b.throughput_rps > 0 else 1000.0 * b.batch / max(b.p50_ms, 1e-6)
+            )
+            if rps > best[1]:
+                best = (b.batch, rps)
+    return best
+
+
 def eligible(d: Demand, c: Candidate, replica_memory_bytes: int) -> float:
     """Requests/s of class `d` one replica of `c` serves at full utilisation; 0 if it may not."""
     if c.spec.task != d.task or c.accuracy < d.min_accuracy:
         return 0.0
     if c.peak_memory_bytes > replica_memory_bytes:
         return 0.0
-    return c.slo_capacity(d.latency_ms)[1]
+    return slo_capacity(c, d.latency_ms)[1]
 
 
 def _pool_slots(p: AllocationProblem, pool: Pool) -> int:

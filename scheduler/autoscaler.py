@@ -56,6 +56,7 @@ from scheduler.allocation import (
     AllocationProblem,
     Demand,
     WorkerPlan,
+    slo_capacity,
     solve,
 )
 from scheduler.policy import CandidateSet, LoadSnapshot
@@ -242,8 +243,8 @@ def _change_events(
         if a is None or b is None:
             events.append(_event(ctx, "note", f"{d.key}: {old} -> {new}", **where))
             continue
-        mu_old = a.slo_capacity(d.latency_ms)[1]
-        mu_new = b.slo_capacity(d.latency_ms)[1]
+        mu_old = slo_capacity(a, d.latency_ms)[1]
+        mu_new = slo_capacity(b, d.latency_ms)[1]
         kind: AutoscalerEventKind = "upgrade" if mu_new > mu_old else "downgrade"
         events.append(_event(ctx, kind, f"{kind} {d.key}: {old} -> {new}", **where))
     return primary, events

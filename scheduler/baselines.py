@@ -67,11 +67,11 @@ not two. Replica counts are per variant, as INFaaS counts containers.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from dataclasses import dataclass
 
-from infaas.types import Backend, Precision
-from scheduler.allocation import Demand, WorkerPlan, eligible
+from infaas.types import SLO, Backend, Precision
+from scheduler.allocation import Demand, WorkerPlan, eligible, slo_capacity
 from scheduler.autoscaler import (
     AutoscalerState,
     AutoscalingContext,
@@ -82,7 +82,16 @@ from scheduler.autoscaler import (
     _replica_events,
     decide,
 )
-from scheduler.policy import Candidate
+from scheduler.policy import (
+    IDLE,
+    Candidate,
+    CandidateSet,
+    LoadSnapshot,
+    Query,
+    Selection,
+    _infeasible,
+    predict_p99_ms,
+)
 
 __all__ = [
     "INFAAS_SCALE_DOWN_CHECKS",
@@ -90,6 +99,7 @@ __all__ = [
     "blacklisted",
     "infaas_policy",
     "queue_length_policy",
+    "select_least_slack",
     "static_modelless_policy",
     "static_policy",
 ]
@@ -213,7 +223,7 @@ def _single_variant(
         got = chosen.get(d.key)
         if got is None or d.arrival_rps <= 0:
             continue
-        cap = final.get(got.variant_id, 0) * got.slo_capacity(d.latency_ms)[1]
+        cap = final.get(got.variant_id, 0) * slo_capacity(got, d.latency_ms)[1]
         total = load_on[got.variant_id]
         if total > cap:
             unserved[d.key] = (total - cap) * d.arrival_rps / total
@@ -540,3 +550,39 @@ POLICIES: Mapping[str, Policy] = {
     "infaas_baseline": infaas_policy,
 }
 """Every policy by name, for benchmarks and the control loop's configuration."""
+
+
+def select_least_slack(
+    candidates: CandidateSet,
+    query: Query,
+    slo: SLO,
+    load: LoadSnapshot,
+    *,
+    allowed: Set[str] | None = None,
+) -> Selection:
+    """INFaaS-style baseline: the feasible variant with the least latency slack.
+
+    Among variants meeting the accuracy floor and predicted to meet the latency
+    target under current load, pick the one whose predicted p99 is closest to
+    the target (the slowest that still fits), preferring variants already
+    loaded on some replica, as INFaaS does; cost is ignored except as a
+    tie-break.
+    """
+    cands = candidates.matching(query)
+    loads = load.by_variant
+    best: Candidate | None = None
+    best_key = (True, math.inf, math.inf)
+    best_p = math.inf
+    for c in cands:
+        if c.accuracy < slo.min_accuracy:
+            continue
+        vl = loads.get(c.variant_id, IDLE)
+        p = predict_p99_ms(c, vl)
+        if p > slo.latency_ms:
+            continue
+        key = (vl.loaded_replicas == 0, slo.latency_ms - p, c.cost_per_request)
+        if key < best_key:
+            best, best_key, best_p = c, key, p
+    if best is None:
+        raise _infeasible(cands, query, slo.model_copy(update={"max_cost": None}), loads, allowed)
+    return Selection(best, best_p, best_key[0], query, slo)

@@ -43,7 +43,7 @@ from scheduler.autoscaler import (
     DemandSignal,
     ScalingDecision,
 )
-from scheduler.policy import CandidateSet, LoadSnapshot, VariantLoad, parse_demand_key
+from scheduler.policy import CandidateSet, LoadSnapshot, VariantLoad
 from scheduler.routing import (
     LoadReport,
     ReplicaTarget,
@@ -57,6 +57,7 @@ __all__ = [
     "Plan",
     "build_context",
     "measure",
+    "parse_demand_key",
     "plan",
     "with_overhead",
 ]
@@ -186,6 +187,12 @@ class Plan:
     hints: RoutingHints
     events: tuple[AutoscalerEvent, ...] = ()
     """The decision's events, then a ``replicas`` sample (the dashboard's chart)."""
+
+
+def parse_demand_key(key: str) -> tuple[str, float, float]:
+    """(task, latency_ms, min_accuracy) of a `demand_key`; ValueError if malformed."""
+    task, lat, acc = key.rsplit("|", 2)
+    return task, float(lat), float(acc)
 
 
 def _fp32_first(candidates: CandidateSet, task: str, min_accuracy: float) -> list[str]:

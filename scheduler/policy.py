@@ -45,15 +45,14 @@ loop's `RoutingHints`; `demand_key` names the demand classes both count.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence, Set
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from infaas.errors import ModelNotFound, NoFeasibleVariant, PermissionDenied, VariantNotFound
 from infaas.settings import Pool
 from infaas.types import SLO, Profile, VariantSpec
-from scheduler.load import IDLE, LoadSnapshot, VariantLoad
 
 if TYPE_CHECKING:  # the hints are a store record; the decision only reads them
     from scheduler.routing import RoutingHints
@@ -68,13 +67,55 @@ __all__ = [
     "Selection",
     "VariantLoad",
     "demand_key",
-    "parse_demand_key",
     "pinned",
     "predict_p99_ms",
     "route_select",
     "select",
-    "select_least_slack",
 ]
+
+
+# --- the load a decision sees (pure values) -------------------------------------------
+@dataclass(frozen=True, slots=True)
+class VariantLoad:
+    """Live load of one variant across its replicas."""
+
+    replicas: int = 0
+    """Worker replicas that host the variant (loaded or loading)."""
+    loaded_replicas: int = 0
+    """Replicas on which the variant's session is ready (no cold start)."""
+    outstanding: int = 0
+    """Requests queued or in flight on the variant, over all its replicas."""
+    arrival_rps: float = 0.0
+    """Measured arrival rate routed to the variant, requests per second."""
+    ahead_ms: float = 0.0
+    """Work of *other* variants queued on the same replica's inference threads (ms per
+    thread): variants packed on one replica share them, so it delays this one too."""
+    latency_ms: float = 0.0
+    """Mean latency of the requests the variant completed since the last measurement
+    (0: none completed, or not measured)."""
+
+    def __post_init__(self) -> None:
+        if self.replicas < 0 or self.loaded_replicas < 0 or self.outstanding < 0:
+            raise ValueError("replica and request counts must be non-negative")
+        if self.loaded_replicas > self.replicas:
+            raise ValueError("loaded_replicas cannot exceed replicas")
+        if self.arrival_rps < 0 or self.ahead_ms < 0 or self.latency_ms < 0:
+            raise ValueError("arrival_rps, ahead_ms and latency_ms must be non-negative")
+
+
+IDLE = VariantLoad()
+"""The load of a variant the snapshot does not mention: no replica, no traffic."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoadSnapshot:
+    """Per-variant load at `taken_at_s` (seconds on the control loop's clock)."""
+
+    by_variant: Mapping[str, VariantLoad] = field(default_factory=dict)
+    taken_at_s: float = 0.0
+
+    def get(self, variant_id: str) -> VariantLoad:
+        return self.by_variant.get(variant_id, IDLE)
 
 
 # --- the query and the decision ------------------------------------------------------
@@ -83,12 +124,6 @@ __all__ = [
 def demand_key(task: str, latency_ms: float, min_accuracy: float) -> str:
     """The name of a demand class: task x latency target x accuracy floor."""
     return f"{task}|{latency_ms:g}|{min_accuracy:g}"
-
-
-def parse_demand_key(key: str) -> tuple[str, float, float]:
-    """(task, latency_ms, min_accuracy) of a `demand_key`; ValueError if malformed."""
-    task, lat, acc = key.rsplit("|", 2)
-    return task, float(lat), float(acc)
 
 
 class QueryKind(StrEnum):
@@ -201,25 +236,6 @@ class Candidate:
             return self.batch_ms(requests)
         nb = math.ceil(requests / big)
         return (nb - 1) * self.full_batch_ms + self.batch_ms(requests - (nb - 1) * big)
-
-    def slo_capacity(self, latency_ms: float) -> tuple[int, float]:
-        """(batch, requests/s per replica) at the largest batch that keeps p99 within target.
-
-        A request may wait for the batch in flight and then ride in its own, so a
-        batch size b is usable when ``2 * p99(b) <= latency_ms``; capacity is the
-        throughput measured at that batch. (0, 0.0) when not even batch 1 fits.
-        """
-        best: tuple[int, float] = (0, 0.0)
-        for b in self.profile.batches:
-            if b.batch <= self.max_batch and 2.0 * b.p99_ms <= latency_ms:
-                rps = (
-                    b.throughput_rps
-                    if b.throughput_rps > 0
-                    else 1000.0 * b.batch / max(b.p50_ms, 1e-6)
-                )
-                if rps > best[1]:
-                    best = (b.batch, rps)
-        return best
 
 
 def predict_p99_ms(c: Candidate, load: VariantLoad) -> float:
@@ -488,42 +504,6 @@ def select(
     return Selection(best, best_p, cold, query, slo)
 
 
-def select_least_slack(
-    candidates: CandidateSet,
-    query: Query,
-    slo: SLO,
-    load: LoadSnapshot,
-    *,
-    allowed: Set[str] | None = None,
-) -> Selection:
-    """INFaaS-style baseline: the feasible variant with the least latency slack.
-
-    Among variants meeting the accuracy floor and predicted to meet the latency
-    target under current load, pick the one whose predicted p99 is closest to
-    the target (the slowest that still fits), preferring variants already
-    loaded on some replica, as INFaaS does; cost is ignored except as a
-    tie-break.
-    """
-    cands = candidates.matching(query)
-    loads = load.by_variant
-    best: Candidate | None = None
-    best_key = (True, math.inf, math.inf)
-    best_p = math.inf
-    for c in cands:
-        if c.accuracy < slo.min_accuracy:
-            continue
-        vl = loads.get(c.variant_id, IDLE)
-        p = predict_p99_ms(c, vl)
-        if p > slo.latency_ms:
-            continue
-        key = (vl.loaded_replicas == 0, slo.latency_ms - p, c.cost_per_request)
-        if key < best_key:
-            best, best_key, best_p = c, key, p
-    if best is None:
-        raise _infeasible(cands, query, slo.model_copy(update={"max_cost": None}), loads, allowed)
-    return Selection(best, best_p, best_key[0], query, slo)
-
-
 def pinned(
     candidates: CandidateSet,
     query: Query,
@@ -537,6 +517,13 @@ def pinned(
     (c,) = _within(candidates.matching(query), query, allowed)
     vl = load.get(c.variant_id)
     return Selection(c, predict_p99_ms(c, vl), vl.loaded_replicas == 0, query, slo)
+
+
+def _least_slack() -> Callable[..., Selection]:
+    """The INFaaS-style baseline (`scheduler.baselines`), loaded only when the loop asks for it."""
+    from scheduler.baselines import select_least_slack
+
+    return select_least_slack
 
 
 def route_select(
@@ -576,7 +563,7 @@ def route_select(
     """
     if query.kind is QueryKind.VARIANT:
         return pinned(candidates, query, slo, load, allowed=allowed)
-    fallback = select_least_slack if hints and hints.mode == "least_slack" else select
+    fallback = _least_slack() if hints and hints.mode == "least_slack" else select
     if hints is None or query.kind is not QueryKind.TASK:
         return fallback(candidates, query, slo, load, allowed=allowed)
     key = demand_key(query.name, slo.latency_ms, slo.min_accuracy)

@@ -20,14 +20,13 @@ from scheduler.autoscaler import (
     decide,
 )
 from scheduler.baselines import infaas_policy, static_policy
-from scheduler.control import build_context, measure, plan
+from scheduler.control import build_context, measure, parse_demand_key, plan
 from scheduler.policy import (
     CandidateSet,
     LoadSnapshot,
     Query,
     VariantLoad,
     demand_key,
-    parse_demand_key,
     route_select,
 )
 from scheduler.routing import (

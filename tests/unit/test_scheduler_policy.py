@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from infaas.errors import ModelNotFound, NoFeasibleVariant, VariantNotFound
 from infaas.settings import Pool
 from infaas.types import SLO, Backend, Precision
+from scheduler.baselines import select_least_slack
 from scheduler.policy import (
     CandidateSet,
     LoadSnapshot,
@@ -18,7 +19,6 @@ from scheduler.policy import (
     VariantLoad,
     predict_p99_ms,
     select,
-    select_least_slack,
 )
 from scheduler.synthetic import synthetic_variant
 
