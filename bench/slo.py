@@ -470,7 +470,8 @@ def matrix(args: argparse.Namespace) -> list[tuple[str, str, int]]:
 def run_matrix(args: argparse.Namespace) -> int:
     """The resumable runner: each run not yet in ``--results`` under this config, appended.
 
-    A failed run is appended too, with its error: every run is reported.
+    A failed run is appended too, with its error (every run is reported), and
+    tried again by the next session.
     """
     from bench.slo_stats import read_runs
 
@@ -479,7 +480,8 @@ def run_matrix(args: argparse.Namespace) -> int:
     done = set()
     if results.exists():
         for r in read_runs(results):
-            if r.get("config_sha256") == args.config_sha256 and r.get("smoke") == args.smoke:
+            same = r.get("config_sha256") == args.config_sha256 and r.get("smoke") == args.smoke
+            if same and "error" not in r:  # a failed run stays recorded and is tried again
                 done.add((r["policy"], r["trace"], r["seed"]))
     args.data_dir.mkdir(parents=True, exist_ok=True)
     config = write_config(args.data_dir / "slo-config.yaml", args)

@@ -97,13 +97,14 @@ def summarise(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 "baseline": policy,
                 "runs": [len(rs), len(subject)],
             }
+            enough = min(len(rs), len(subject)) >= 2  # one run has no interval to speak of
             v, lo, hi = bootstrap_ratio(
                 [r["violations"] for r in rs], [r["violations"] for r in subject]
             )
             ratio["violations_baseline_over_infaas"] = {
                 "point": round(v, 3),
                 "ci95": [round(lo, 3), round(hi, 3)],
-                "excludes_1": lo > 1 or hi < 1,
+                "excludes_1": (lo > 1 or hi < 1) if enough else None,
             }
             if policy == COST_BASELINE:
                 c, lo, hi = bootstrap_ratio(
@@ -112,7 +113,7 @@ def summarise(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 ratio["cost_infaas_over_static"] = {
                     "point": round(c, 3),
                     "ci95": [round(lo, 3), round(hi, 3)],
-                    "excludes_1": lo > 1 or hi < 1,
+                    "excludes_1": (lo > 1 or hi < 1) if enough else None,
                 }
             rows.append(ratio)
     return rows

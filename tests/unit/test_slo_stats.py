@@ -47,3 +47,9 @@ def test_summarise_reports_every_run_and_the_ratios() -> None:
     assert ratios["static"]["cost_infaas_over_static"]["point"] == 0.8
     assert ratios["infaas-style"]["violations_baseline_over_infaas"]["excludes_1"]
     assert "cost_infaas_over_static" not in ratios["infaas-style"]
+    one = summarise([r for r in runs if r.get("seed") == 0])
+    assert all(
+        r["violations_baseline_over_infaas"]["excludes_1"] is None
+        for r in one
+        if r["kind"] == "ratio"
+    )
