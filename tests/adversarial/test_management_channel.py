@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -26,36 +23,10 @@ from infaas.envelope import new_key
 from infaas.errors import DecryptionFailed, InvalidInput, PermissionDenied
 from infaas.keyservice import KeyServiceClient, KeyServiceHttpClient, create_keyservice_app
 from tests.deployment import Deployment
-from tests.e2e.server import free_port
+from tests.e2e.server import ThreadedServer
 from tests.security.markers import encodings
 
 Rewrite = Callable[[str, bytes], bytes]
-
-
-class _Server:
-    """uvicorn in a thread on a free loopback port."""
-
-    def __init__(self, app: object) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(app, port=self.port, log_level="warning", lifespan="off")  # type: ignore[arg-type]
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> _Server:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
 
 @dataclass
@@ -100,9 +71,9 @@ class World:
 @pytest.fixture
 def world(platform_ca: SimulatedPlatformCA, tmp_path: Path) -> Iterator[World]:
     dep = Deployment.create(platform_ca, tmp_path)
-    with _Server(create_keyservice_app(dep.service)) as service:
+    with ThreadedServer(create_keyservice_app(dep.service)) as service:
         proxy = Proxy(service.url)
-        with _Server(proxy) as front, httpx.Client(base_url=front.url, timeout=30) as http:
+        with ThreadedServer(proxy) as front, httpx.Client(base_url=front.url, timeout=30) as http:
             trust = dep.trust
             client = KeyServiceClient(
                 KeyServiceHttpClient(http), trust.verifier(), policy_sha256=trust.policy_sha256

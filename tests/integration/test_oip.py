@@ -10,8 +10,6 @@ with a tenant's credentials, on a second uvicorn.
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +18,6 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
-import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tritonclient.utils import InferenceServerException
 
@@ -34,7 +31,7 @@ from infaas.settings import load_settings
 from infaas.types import SLO
 from infaas.wire import InferRequest
 from tests.deployment import Deployment
-from tests.e2e.server import free_port
+from tests.e2e.server import ThreadedServer
 from variants.runtime import load_variant
 
 MODEL = "digits-mlp-small"
@@ -78,37 +75,11 @@ def routed(control: ASGIApp, worker: ASGIApp) -> ASGIApp:
     return app
 
 
-class Server:
-    """uvicorn in a thread on a free loopback port."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(app, port=self.port, log_level="warning", lifespan="off", ws="none")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-
 @dataclass
 class Stack:
     dep: Deployment
-    service: Server
-    proxy: Server
+    service: ThreadedServer
+    proxy: ThreadedServer
     recorder: Recorder
     token: str
 
@@ -129,7 +100,7 @@ def stack(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> I
     worker = serve_app(runtime, max_request_bytes=dep.settings.max_request_bytes)
     recorder = Recorder(routed(control, worker))
     try:
-        with Server(recorder) as service:
+        with ThreadedServer(recorder) as service:
             client = Client(
                 f"http://{service.address}",
                 api_token=dep.api_tokens[TENANT],
@@ -141,7 +112,7 @@ def stack(deployment: Deployment, tmp_path_factory: pytest.TempPathFactory) -> I
             client.attest_keyservice()
             gateway = Gateway(client, SLO(latency_ms=1000.0))
             app = create_proxy_app(gateway, max_request_bytes=1 << 20)
-            with Server(app) as proxy:
+            with ThreadedServer(app) as proxy:
                 yield Stack(dep, service, proxy, recorder, dep.api_tokens[TENANT])
             client.close()
     finally:

@@ -6,18 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
-import uvicorn
 
 from api.app import create_app
 from infaas import __version__
@@ -28,6 +24,7 @@ from infaas.client.credentials import write_credentials
 from infaas.running import Running
 from infaas.settings import load_settings
 from infaas.store import open_store
+from tests.e2e.server import ThreadedServer, free_port
 
 COMMANDS = [
     [],
@@ -51,12 +48,6 @@ COMMANDS = [
     ["profile"],
     ["evidence", "verify"],
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -156,21 +147,8 @@ def service(tmp_path: Path) -> Iterator[Service]:
     store = open_store("memory://")
     tokens = TokenRegistry(store)
     app = create_app(settings, store=store, tokens=tokens)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
-    try:
-        yield Service(f"http://127.0.0.1:{port}", tmp_path, tokens)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with ThreadedServer(app, lifespan="auto") as server:
+        yield Service(server.url, tmp_path, tokens)
 
 
 def test_admin_commands_and_exit_codes_against_a_service(
