@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import shutil
 import socket
 import subprocess
@@ -13,6 +15,7 @@ import pytest
 
 from enclave_workers.preparation import PreparationOptions
 from infaas.attestation import SimulatedPlatformCA
+from infaas.logs import JsonFormatter
 from infaas.settings import ProfilerSettings, Settings
 from infaas.zoo import Manifest, load_model_bytes, load_validation
 from profiler.profile import ProfileOptions
@@ -130,3 +133,21 @@ def deployment(
     dep.variants = [v.variant_id for v in dep.store.list_variants(model_id=MODEL)]
     yield dep
     dep.close()
+
+
+@pytest.fixture
+def json_logs() -> Iterator[io.StringIO]:
+    """Every record of every logger, at DEBUG, as the entry points format them."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.setLevel(logging.DEBUG)
+    root = logging.getLogger()
+    old = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield stream
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import uuid
 from collections.abc import Iterator
 
@@ -23,7 +22,6 @@ from enclave_workers.endpoint import serve_app
 from infaas.attestation import SimulatedPlatformCA
 from infaas.envelope import SEALED_ERROR_MESSAGE, open_error, seal_request
 from infaas.errors import InferenceFailed, InvalidInput, error_from_problem
-from infaas.logs import JsonFormatter
 from infaas.protocol import decode_request
 from infaas.wire import InferRequest
 from tests.adversarial.owner_models import (
@@ -94,27 +92,9 @@ def _sealed(dep: Deployment, body: dict[str, object]) -> InferRequest:
     return InferRequest(envelope=env)
 
 
-@pytest.fixture
-def worker_logs() -> Iterator[io.StringIO]:
-    """Every record of every logger, at DEBUG, as the entry points format them."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    handler.setLevel(logging.DEBUG)
-    root = logging.getLogger()
-    old = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
-    try:
-        yield stream
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old)
-
-
 @pytest.mark.parametrize("case", sorted(BODIES))
 def test_an_error_after_decryption_carries_no_plaintext_in_the_clear(
-    dep: Deployment, case: str, worker_logs: io.StringIO, capfd: pytest.CaptureFixture[str]
+    dep: Deployment, case: str, json_logs: io.StringIO, capfd: pytest.CaptureFixture[str]
 ) -> None:
     body, code = BODIES[case]
     if code == "inference_failed":  # the runtime's own message does quote the input
@@ -140,7 +120,7 @@ def test_an_error_after_decryption_carries_no_plaintext_in_the_clear(
     assert problem["detail"].startswith(SEALED_ERROR_MESSAGE)
     assert good.status_code == 200  # the worker goes on serving
     out, err = capfd.readouterr()
-    clear = answer.text + worker_logs.getvalue() + out + err
+    clear = answer.text + json_logs.getvalue() + out + err
     for secret in SECRETS:
         assert secret not in clear, f"{case}: plaintext in the clear body, logs or stderr"
 

@@ -20,7 +20,6 @@ import base64
 import hashlib
 import io
 import json
-import logging
 import uuid
 from collections.abc import Iterator
 
@@ -33,7 +32,6 @@ from api.app import create_app
 from infaas.attestation import SimulatedPlatformCA
 from infaas.envelope import open_response, seal_request
 from infaas.errors import InfaasError
-from infaas.logs import JsonFormatter
 from infaas.protocol import decode_response, encode_request
 from infaas.telemetry.flusher import Flusher
 from infaas.telemetry.recorder import request_log
@@ -189,58 +187,46 @@ def test_the_scan_finds_secrets_where_they_are(
 
 
 def test_logs_dashboard_and_metrics_hold_no_plaintext_or_keys(
-    world: World, secrets: dict[str, set[bytes]]
+    world: World, secrets: dict[str, set[bytes]], json_logs: io.StringIO
 ) -> None:
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter())
-    handler.setLevel(logging.DEBUG)
-    root = logging.getLogger()
-    old_level = root.level
-    root.addHandler(handler)
-    root.setLevel(logging.DEBUG)
     rt = world.runtime
-    try:
 
-        async def traffic() -> None:
-            for tenant in ("alice", "bob"):
-                req = _request(world, tenant)
-                resp = await rt.infer(req, world.api_tokens[tenant])
-                plain = open_response(
-                    resp.envelope,
-                    {f"{tenant}-k1": world.tenant_keys[tenant]},
-                    request_id=req.envelope.request_id,
-                    tenant=tenant,
-                )
-                got = decode_response(bytes(plain), resp.envelope.header_length)[1]["logits"]
-                np.testing.assert_allclose(got, INPUT @ WEIGHTS, rtol=1e-5)
-                with pytest.raises(InfaasError):  # replay
-                    await rt.infer(req, world.api_tokens[tenant])
-            refused = [
-                (_request(world, "alice", min_accuracy=0.99), "alice"),  # infeasible
-                (_request(world, "alice", key_of="bob"), "alice"),  # another tenant's key
-                (_request(world, "alice"), "bob"),  # bob's API token, alice's envelope
-            ]
-            for req, token_of in refused:
-                with pytest.raises(InfaasError):
-                    await rt.infer(req, world.api_tokens[token_of])
-
-        asyncio.run(traffic())
-        Flusher(world.store, rt.telemetry, status=rt.status).flush()
-        app = create_app(world.settings, store=world.store)
-        client = TestClient(app)
-        auth = {"Authorization": f"Bearer {world.api_tokens['admin']}"}
-        pages = [
-            client.get(f"/dashboard/api/{name}", headers=auth)
-            for name in ("overview", "models", "traffic", "autoscaler", "tenants")
+    async def traffic() -> None:
+        for tenant in ("alice", "bob"):
+            req = _request(world, tenant)
+            resp = await rt.infer(req, world.api_tokens[tenant])
+            plain = open_response(
+                resp.envelope,
+                {f"{tenant}-k1": world.tenant_keys[tenant]},
+                request_id=req.envelope.request_id,
+                tenant=tenant,
+            )
+            got = decode_response(bytes(plain), resp.envelope.header_length)[1]["logits"]
+            np.testing.assert_allclose(got, INPUT @ WEIGHTS, rtol=1e-5)
+            with pytest.raises(InfaasError):  # replay
+                await rt.infer(req, world.api_tokens[tenant])
+        refused = [
+            (_request(world, "alice", min_accuracy=0.99), "alice"),  # infeasible
+            (_request(world, "alice", key_of="bob"), "alice"),  # another tenant's key
+            (_request(world, "alice"), "bob"),  # bob's API token, alice's envelope
         ]
-        metrics = client.get("/metrics", headers=auth)
-    finally:
-        root.removeHandler(handler)
-        root.setLevel(old_level)
+        for req, token_of in refused:
+            with pytest.raises(InfaasError):
+                await rt.infer(req, world.api_tokens[token_of])
+
+    asyncio.run(traffic())
+    Flusher(world.store, rt.telemetry, status=rt.status).flush()
+    app = create_app(world.settings, store=world.store)
+    client = TestClient(app)
+    auth = {"Authorization": f"Bearer {world.api_tokens['admin']}"}
+    pages = [
+        client.get(f"/dashboard/api/{name}", headers=auth)
+        for name in ("overview", "models", "traffic", "autoscaler", "tenants")
+    ]
+    metrics = client.get("/metrics", headers=auth)
 
     assert all(p.status_code == 200 for p in pages) and metrics.status_code == 200
-    logs = stream.getvalue()
+    logs = json_logs.getvalue()
     lines = [json.loads(line) for line in logs.splitlines()]
     requests = [r for r in lines if r["logger"] == request_log.name]
     served = [r for r in requests if r["msg"] == "served"]
