@@ -200,18 +200,22 @@ def check_outputs(variant_id: str, out: np.ndarray, rows: int, classes: int) -> 
     """Refuse outputs other than ``(rows, classes)`` logits: rows are handed back by position."""
     if out.shape == (rows, classes) and out.dtype == LOGITS:
         return
-    # shapes and dtypes only: never the values
-    log.warning(
-        "variant %s broke the output contract: %s %s for %d rows of %d classes",
-        variant_id,
-        out.dtype,
-        out.shape,
-        rows,
-        classes,
-    )
+    # which part broke only: a graph can make its output's shape (and dtype's values) encode
+    # a tenant's input, so neither the dimensions nor the values are ever written out
+    broke = [
+        part
+        for part, ok in (
+            ("rows", out.ndim >= 1 and out.shape[0] == rows),
+            ("width", out.ndim == 2 and out.shape[1] == classes),
+            ("dtype", out.dtype == LOGITS),
+        )
+        if not ok
+    ]
+    log.warning("variant %s broke the output contract: %s", variant_id, ", ".join(broke))
+    # the error reaches every tenant of the batch: it names the broken parts, not the shape
     raise OutputContractViolated(
-        f"variant {variant_id} answered {rows} input rows with {out.dtype} of shape "
-        f"{list(out.shape)}, not {rows} rows of {classes} FP32 logits"
+        f"variant {variant_id} did not answer {rows} input rows with {rows} rows of "
+        f"{classes} FP32 logits ({', '.join(broke)})"
     )
 
 

@@ -101,7 +101,6 @@ _ELEMENTWISE = frozenset(
         "Clip",
         "Cos",
         "Cosh",
-        "DequantizeLinear",
         "Div",
         "Elu",
         "Equal",
@@ -131,7 +130,6 @@ _ELEMENTWISE = frozenset(
         "Or",
         "Pow",
         "PRelu",
-        "QuantizeLinear",
         "Reciprocal",
         "Relu",
         "Round",
@@ -273,7 +271,9 @@ class _Analysis:
         n_out = len(node.output)
         if node.domain not in ("", "ai.onnx"):
             raise _Mixed(f"operator domain {node.domain!r} is not analysed")
-        if all(s is CONST for s in states) and op not in ("If", "Loop", "Scan"):
+        # a subgraph may read any outer-scope tensor, the batch included, whatever it is fed
+        carries_graph = any(a.type in (_GRAPH, _GRAPHS) for a in node.attribute)
+        if all(s is CONST for s in states) and not carries_graph:
             return [CONST] * n_out
         if any(s is MIXED for s in states):
             raise _Mixed("an input may already mix rows")
@@ -377,6 +377,14 @@ class _Analysis:
             b = self._only_first_batched(batched, None)
             grown = len(self.const_ints(node.input[1], "the shape")) - self.rank(node.input[0])
             return [Batch(b + max(0, grown))]
+        if op in ("QuantizeLinear", "DequantizeLinear"):
+            # per-axis and blocked scales apply along `axis`, not by numpy broadcasting:
+            # only constant scales and zero points are element-wise with constants
+            if any(st is not CONST for st in states[1:]):
+                raise _Mixed("the scale or zero point is not a constant")
+            return [Batch(self._only_first_batched(batched, None))] * n_out
+        if carries_graph and op not in ("If", "Loop", "Scan"):
+            raise _Mixed("a subgraph may read the whole outer-scope batch")
         if op in ("Loop", "Scan"):
             raise _Mixed("a loop body may carry state from one row to the next")
         if op == "If":
@@ -591,6 +599,7 @@ _SMALL = 64
 
 
 _INT32, _INT64 = 6, 7  # onnx.TensorProto.INT32, INT64
+_GRAPH, _GRAPHS = 5, 10  # onnx.AttributeProto.GRAPH, GRAPHS
 
 
 def _is_small_int(tensor: Any) -> bool:
@@ -636,8 +645,12 @@ def _skeleton(model: Any) -> Any:
     graph.name = src.name
     graph.node.extend(_dataflow_order(src.node))  # shape inference reads nodes in list order
     graph.input.extend(src.input)
-    graph.output.extend(src.output)
-    graph.value_info.extend(src.value_info)
+    # the owner's value_info and declared output shapes are claims, not facts: a lying one
+    # would feed the rules a per-row size the runtime never sees. Shapes are only what
+    # inference derives from the input's declared shape and the constants.
+    for out in src.output:
+        kept = graph.output.add()
+        kept.name = out.name
     listed = {i.name for i in src.input}
     for init in src.initializer:
         if _is_small_int(init):

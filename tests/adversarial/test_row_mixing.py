@@ -203,6 +203,103 @@ def dynamic_quantization() -> Any:
     )
 
 
+def _lying_shapes(model: Any, claims: dict[str, list[Any]], *, as_outputs: bool) -> Any:
+    """`model` with the owner's (false) shape claims, as value_info or as extra outputs."""
+    declared = [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in claims.items()]
+    (model.graph.output if as_outputs else model.graph.value_info).extend(declared)
+    return model
+
+
+def _pair_swap(*, as_outputs: bool) -> Any:
+    # t = x[:, :width // 2] is really (N, 2) but declared (N, 4): a Reshape to (-1, 4) then
+    # merges rows 2k and 2k+1, a permutation swaps them, and a Reshape back hands each row
+    # its neighbour's values. The half width is not static to inference (a Div on a shape).
+    swap = np.zeros((FEATURES, FEATURES), np.float32)
+    swap[0, 2] = swap[1, 3] = swap[2, 0] = swap[3, 1] = 1
+    model = _model(
+        [
+            helper.make_node("Shape", ["x"], ["sh"]),
+            helper.make_node("Gather", ["sh", "i1"], ["w"], axis=0),
+            helper.make_node("Div", ["w", "two"], ["half"]),
+            helper.make_node("Slice", ["x", "zero", "half", "i1"], ["t"]),
+            helper.make_node("Reshape", ["t", "shp4"], ["r"]),
+            helper.make_node("MatMul", ["r", "swap"], ["rp"]),
+            helper.make_node("Shape", ["rp"], ["sh2"]),
+            helper.make_node("Gather", ["sh2", "i1"], ["w2"], axis=0),
+            helper.make_node("Slice", ["rp", "zero", "w2", "i1"], ["rp2"]),
+            helper.make_node("Reshape", ["rp2", "shp2"], ["u"]),
+            helper.make_node("MatMul", ["u", "w_out"], ["y"]),
+        ],
+        {
+            "i1": _i64(1),
+            "two": _i64(2),
+            "zero": _i64(0),
+            "shp4": _i64(-1, 4),
+            "shp2": _i64(-1, 2),
+            "swap": swap,
+            "w_out": _f32(np.ones((2, 3))),
+        },
+    )
+    claims = {"t": ["batch", FEATURES], "rp2": ["m", 2]}
+    return _lying_shapes(model, claims, as_outputs=as_outputs)
+
+
+def value_info_lies() -> Any:
+    return _pair_swap(as_outputs=False)
+
+
+def output_shape_lies() -> Any:
+    return _pair_swap(as_outputs=True)
+
+
+def quantize_scale_per_axis() -> Any:
+    # a per-axis scale is applied along `axis` (0), not broadcast from the right: with a
+    # batched (N,) scale over an (N, N) tensor whose batch is axis 1, row j reads every scale
+    # (a[i, j] = |s[j]|, q[i, j] = a[i, j] / scale[i] with scale[i] = exp(-s[i]))
+    return _model(
+        [
+            helper.make_node("Shape", ["x"], ["n"], start=0, end=1),
+            helper.make_node("Concat", ["n", "n"], ["nn"], axis=0),
+            helper.make_node("ConstantOfShape", ["nn"], ["zeros"]),
+            helper.make_node("ReduceMax", ["x"], ["s"], axes=[1], keepdims=0),
+            helper.make_node("Unsqueeze", ["s", "ax0"], ["s_row"]),
+            helper.make_node("Add", ["zeros", "s_row"], ["a_signed"]),
+            helper.make_node("Abs", ["a_signed"], ["a"]),
+            helper.make_node("Neg", ["s"], ["minus_s"]),
+            helper.make_node("Exp", ["minus_s"], ["scale"]),
+            helper.make_node("QuantizeLinear", ["a", "scale"], ["q"], axis=0),
+            helper.make_node("Cast", ["q"], ["qf"], to=TensorProto.FLOAT),
+            helper.make_node("Transpose", ["qf"], ["qt"], perm=[1, 0]),
+            helper.make_node("ReduceMax", ["qt"], ["r"], axes=[1], keepdims=1),
+            helper.make_node("Add", ["r", "zc"], ["y"]),
+        ],
+        {"ax0": _i64(0), "zc": _f32(np.zeros((1, 3)))},
+        opset=15,
+    )
+
+
+def sequence_map_reads_outer_scope() -> Any:
+    # SequenceMap over a constant sequence: its body sums the outer-scope x over the batch
+    body = helper.make_graph(
+        [
+            helper.make_node("ReduceSum", ["x", "ax0"], ["colsum"], keepdims=1),
+            helper.make_node("Add", ["elem", "colsum"], ["o"]),
+        ],
+        "body",
+        [helper.make_tensor_value_info("elem", TensorProto.FLOAT, [1, FEATURES])],
+        [helper.make_tensor_value_info("o", TensorProto.FLOAT, [1, FEATURES])],
+    )
+    return _model(
+        [
+            helper.make_node("SequenceConstruct", ["c"], ["seq"]),
+            helper.make_node("SequenceMap", ["seq"], ["seq2"], body=body),
+            helper.make_node("SequenceAt", ["seq2", "zero"], ["leak"]),
+            helper.make_node("Add", ["x", "leak"], ["y"]),
+        ],
+        {"c": _f32(np.zeros((1, FEATURES))), "zero": np.array(0, np.int64), "ax0": _i64(0)},
+    )
+
+
 # attack -> (graph, the operator the check must name)
 MIXING: dict[str, tuple[Callable[[], Any], str]] = {
     "concat-rotated-rows": (concat_rotated_rows, "Slice"),
@@ -219,7 +316,13 @@ MIXING: dict[str, tuple[Callable[[], Any], str]] = {
     "outer-combination": (outer_combination, "Add"),
     "scan-carries-rows": (scan_carries_rows, "Scan"),
     "dynamic-quantization": (dynamic_quantization, "DynamicQuantizeLinear"),
+    "value-info-lies": (value_info_lies, "Reshape"),
+    "output-shape-lies": (output_shape_lies, "Reshape"),
+    "quantize-scale-per-axis": (quantize_scale_per_axis, "QuantizeLinear"),
+    "sequence-map-reads-outer-scope": (sequence_map_reads_outer_scope, "SequenceMap"),
 }
+# attacks that pair rows up need an even batch
+ROWS = {"value-info-lies": 4, "output-shape-lies": 4}
 
 
 def honest_mlp() -> Any:
@@ -306,24 +409,26 @@ def _run(model: Any, x: np.ndarray) -> np.ndarray:
     return np.asarray(sess.run(["y"], {"x": x})[0])
 
 
-def _rows_leak(model: Any) -> bool:
-    """Changing input row 1 changes output row 0 or 2 (or the output's shape)."""
+def _rows_leak(model: Any, rows: int = 3) -> bool:
+    """Changing input row 1 changes another output row (or the output's shape)."""
     rng = np.random.default_rng(0)
-    x = _f32(rng.normal(size=(3, FEATURES)))
+    x = _f32(rng.normal(size=(rows, FEATURES)))
     before = _run(model, x)
     x2 = x.copy()
     x2[1] += _f32(rng.normal(size=FEATURES)) * 3
     after = _run(model, x2)
-    if before.shape != after.shape or before.shape[0] != 3:
+    if before.shape != after.shape or before.shape[0] != rows:
         return True
-    return not (np.array_equal(before[0], after[0]) and np.array_equal(before[2], after[2]))
+    others = [i for i in range(rows) if i != 1]
+    return not np.array_equal(before[others], after[others])
 
 
 @pytest.mark.parametrize("name", sorted(MIXING))
 def test_a_row_mixing_graph_is_refused(name: str) -> None:
     build, op_type = MIXING[name]
     model = build()
-    assert _rows_leak(model), f"{name} does not actually leak: the test proves nothing"
+    leaks = _rows_leak(model, ROWS.get(name, 3))
+    assert leaks, f"{name} does not actually leak: the test proves nothing"
     verdict = check_row_independence(model)
     assert not verdict.proven, name
     assert verdict.reason.startswith(f"{op_type} node"), verdict.reason

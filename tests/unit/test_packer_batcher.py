@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from enclave_workers.batcher import DynamicBatcher, batch_limit
-from enclave_workers.packer import ModelPacker
-from infaas.errors import Overloaded, PayloadTooLarge
+from enclave_workers.packer import ModelPacker, check_outputs
+from infaas.errors import OutputContractViolated, Overloaded, PayloadTooLarge
 from infaas.types import LatencyModel
 
 
@@ -227,3 +228,54 @@ def test_a_failed_batch_reruns_each_request_alone() -> None:
     np.testing.assert_array_equal(good_a, np.full((1, 2), 1))
     np.testing.assert_array_equal(good_c, np.full((1, 2), 2))
     assert calls == [3, 1, 1, 1]
+
+
+def _shape_from_value_graph() -> bytes:
+    """An owner's graph whose output is (1, x[0, 0]) zeros: its shape is a tenant's value."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Slice", ["x", "z", "one", "z"], ["first"]),
+        helper.make_node("Slice", ["first", "z", "one", "one"], ["v"]),
+        helper.make_node("Reshape", ["v", "one"], ["vf"]),
+        helper.make_node("Cast", ["vf"], ["vi"], to=TensorProto.INT64),
+        helper.make_node("Concat", ["one", "vi"], ["shape"], axis=0),
+        helper.make_node(
+            "ConstantOfShape",
+            ["shape"],
+            ["y"],
+            value=numpy_helper.from_array(np.zeros(1, np.float32)),
+        ),
+    ]
+    inits = [numpy_helper.from_array(np.array([v], np.int64), n) for n, v in (("z", 0), ("one", 1))]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return onnx.shape_inference.infer_shapes(model).SerializeToString()
+
+
+def test_a_value_dependent_output_shape_never_reaches_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from variants._telemetry import onnxruntime
+
+    ort = onnxruntime()
+    sess = ort.InferenceSession(_shape_from_value_graph(), providers=["CPUExecutionProvider"])
+    secret = 4817
+    out = np.asarray(sess.run(None, {"x": np.array([[secret, 0, 0, 0]], np.float32)})[0])
+    assert out.shape == (1, secret)  # the graph really encodes the value in the shape
+    with (
+        caplog.at_level(logging.DEBUG),
+        pytest.raises(OutputContractViolated) as raised,
+    ):
+        check_outputs("mallory.fp32.onnxruntime", out, 1, 10)
+    assert "broke the output contract: width" in caplog.text
+    for text in (caplog.text, str(raised.value)):
+        assert str(secret) not in text
