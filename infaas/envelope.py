@@ -165,7 +165,7 @@ class Envelope(BaseModel):
     )
 
     v: Literal[2] = 2
-    kind: Literal["request", "response"]
+    kind: Literal["request", "response", "error"]
     tenant: str = Field(min_length=1, max_length=128)
     task: str = Field(min_length=1, max_length=128)
     latency_ms: float = Field(gt=0, description="SLO latency target, milliseconds")
@@ -315,13 +315,16 @@ def seal_response(
     served: ServedBy,
     timestamp: float | None = None,
     header_length: int | None = None,
+    kind: Literal["response", "error"] = "response",
 ) -> Envelope:
     """Encrypt a response under the request's key id, binding what served it.
 
     `header_length`: the response body's ``Inference-Header-Content-Length``.
+    `kind`: ``"error"`` for `seal_error`'s sealed reason, so that a sealed error and a
+    sealed answer are never taken for one another (the kind is associated data).
     """
     meta = request.model_dump(exclude={"nonce", "ciphertext"}) | {
-        "kind": "response",
+        "kind": kind,
         "variant_id": served.variant_id,
         "architecture": served.architecture,
         "accuracy": float(served.accuracy),
@@ -341,10 +344,12 @@ def open_response(
     *,
     request_id: str,
     tenant: str | None = None,
+    kind: Literal["response", "error"] = "response",
 ) -> bytearray:
-    """Decrypt a response and check it answers `request_id` (and `tenant`)."""
-    if envelope.kind != "response":
-        raise DecryptionFailed("not a response envelope")
+    """Decrypt a response (or, with `kind` ``"error"``, a sealed error) and check it
+    answers `request_id` (and `tenant`)."""
+    if envelope.kind != kind:
+        raise DecryptionFailed(f"not a {kind} envelope")
     if envelope.request_id != request_id or (tenant is not None and envelope.tenant != tenant):
         raise DecryptionFailed("response does not answer this request")
     aead = _as_keyring(keys).get(envelope.key_id)
@@ -369,11 +374,11 @@ def seal_error(
 
     Its message may quote the plaintext (a value that does not parse, a shape),
     so the clear error keeps only the type, status and retry hint; the precise
-    problem travels as a response envelope under the request's key in
+    problem travels as an ``"error"`` envelope under the request's key in
     its ``sealed`` member, for the tenant's `open_error`.
     """
     body = json.dumps({"error": error.to_problem()}, default=str).encode()
-    sealed = seal_response(keys, request, body, served=served)
+    sealed = seal_response(keys, request, body, served=served, kind="error")
     detail: dict[str, Any] = {"sealed": sealed.model_dump(mode="json")}
     if error.retry_after_s is not None:
         detail["retry_after_s"] = error.retry_after_s
@@ -396,7 +401,7 @@ def open_error(
         return error
     try:
         envelope = Envelope.model_validate_json(json.dumps(raw))
-        plain = open_response(envelope, keys, request_id=request_id, tenant=tenant)
+        plain = open_response(envelope, keys, request_id=request_id, tenant=tenant, kind="error")
         problem = json.loads(bytes(plain))["error"]
         if not isinstance(problem, dict):
             return error

@@ -237,6 +237,24 @@ def test_an_error_after_decryption_is_clear_in_type_only() -> None:
     assert open_error(forged, {"k1": KEY}, request_id="r-1") is forged
 
 
+def test_a_sealed_error_and_a_sealed_answer_are_not_interchangeable() -> None:
+    req = _req()
+    clear = seal_error({"k1": KEY}, req, InvalidInput("bad row"), served=SERVED)
+    sealed = Envelope.model_validate(clear.detail["sealed"])
+    assert sealed.kind == "error"
+    # an error is not an answer: neither as it is nor relabelled (the kind is authenticated)
+    with pytest.raises(DecryptionFailed):
+        open_response(sealed, {"k1": KEY}, request_id="r-1")
+    relabelled = sealed.model_copy(update={"kind": "response"})
+    with pytest.raises(DecryptionFailed):
+        open_response(relabelled, {"k1": KEY}, request_id="r-1")
+    # nor an answer an error
+    answer = seal_response({"k1": KEY}, req, b'{"error": {"code": "x"}}', served=SERVED)
+    for env in (answer, answer.model_copy(update={"kind": "error"})):
+        swapped = error_from_problem(clear.to_problem() | {"sealed": env.model_dump(mode="json")})
+        assert open_error(swapped, {"k1": KEY}, request_id="r-1") is swapped
+
+
 def test_a_sealed_overload_keeps_its_retry_hint_in_the_clear() -> None:
     clear = seal_error({"k1": KEY}, _req(), Overloaded("busy", retry_after_s=2.5), served=SERVED)
     assert isinstance(clear, Overloaded) and clear.retry_after_s == 2.5
