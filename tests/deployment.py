@@ -93,6 +93,26 @@ def trust(ca: SimulatedPlatformCA) -> KeyServiceTrust:
     return bundle(ca.root_pem, KS_MEASUREMENT, worker_verifier(ca))
 
 
+def put_sealed_model(
+    artifacts: ArtifactStore,
+    data_key: bytes,
+    record: ModelRecord,
+    onnx: bytes,
+    x: np.ndarray,
+    y: np.ndarray | None,
+) -> None:
+    """What a registration stores beside the store: the FP32 graph and the validation set,
+    sealed under the model's data key (key id ``m1``) in the owner's namespace."""
+    model_id = record.model_id
+    stored = artifact_name(record.owner, model_id, MODEL_PART)
+    artifacts.put(stored, seal_artifact(data_key, "m1", model_id, onnx))
+    npz = io.BytesIO()
+    np.savez(npz, x=x, **({} if y is None else {"y": y}))
+    label = validation_artifact(model_id)
+    stored = artifact_name(record.owner, model_id, VALIDATION_PART)
+    artifacts.put(stored, seal_artifact(data_key, "m1", label, npz.getvalue()))
+
+
 @dataclass
 class Deployment:
     """A key service, a store, sealed artifacts and (after `start_worker`) a real worker."""
@@ -221,15 +241,8 @@ class Deployment:
     ) -> None:
         """What an owner's registration leaves: the sealed FP32 graph and validation set,
         the model record and its task (the worker prepares the variants from these)."""
-        model_id = record.model_id
-        data_key = self.add_model_key(owner, model_id)
-        stored = artifact_name(record.owner, model_id, MODEL_PART)
-        self.artifacts.put(stored, seal_artifact(data_key, "m1", model_id, onnx))
-        npz = io.BytesIO()
-        np.savez(npz, x=x, **({} if y is None else {"y": y}))
-        label = validation_artifact(model_id)
-        stored = artifact_name(record.owner, model_id, VALIDATION_PART)
-        self.artifacts.put(stored, seal_artifact(data_key, "m1", label, npz.getvalue()))
+        data_key = self.add_model_key(owner, record.model_id)
+        put_sealed_model(self.artifacts, data_key, record, onnx, x, y)
         self.store.put_task(task)
         self.store.put_model(record)
         self.onnx, self.x, self.y, self.task = onnx, x, y, task.name

@@ -62,14 +62,13 @@ def worker(work: Path) -> None:
 
     entry = importlib.import_module(WORKER_ENTRY)
     assert entry.EnclaveWorker.__module__ == WORKER_ENTRY
-    import io
 
     import numpy as np
 
     from enclave_workers.endpoint import serve_app
-    from enclave_workers.preparation import PreparationOptions, validation_artifact
+    from enclave_workers.preparation import PreparationOptions
     from enclave_workers.runtime import WorkerRuntime
-    from infaas.artifacts import MODEL_PART, VALIDATION_PART, ArtifactStore, artifact_name
+    from infaas.artifacts import ArtifactStore
     from infaas.attestation import (
         AttestationPolicy,
         AttestationVerifier,
@@ -77,7 +76,7 @@ def worker(work: Path) -> None:
         SimulatedTEE,
     )
     from infaas.auth import TokenRegistry
-    from infaas.envelope import new_key, open_response, seal_artifact, seal_request
+    from infaas.envelope import new_key, open_response, seal_request
     from infaas.keyservice import KeyService, KeyServiceClient
     from infaas.protocol import decode_response, encode_request
     from infaas.settings import ProfilerSettings, Settings
@@ -85,7 +84,7 @@ def worker(work: Path) -> None:
     from infaas.types import ModelRecord, Task
     from infaas.wire import InferRequest, InferResponse
     from profiler.profile import ProfileOptions
-    from tests.deployment import bundle
+    from tests.deployment import bundle, put_sealed_model
 
     model = json.loads((work / "model.json").read_text())
     onnx = (work / "model.onnx").read_bytes()
@@ -112,17 +111,7 @@ def worker(work: Path) -> None:
     owner = ks.register("owner", "owner")
     data_key = new_key()
     ks.upload_model_key(owner, model["model_id"], "m1", data_key)
-    mid, record_owner = model["model_id"], ModelRecord.model_validate(model["record"]).owner
-    artifacts.put(
-        artifact_name(record_owner, mid, MODEL_PART), seal_artifact(data_key, "m1", mid, onnx)
-    )
-    npz = io.BytesIO()
-    np.savez(npz, x=x, y=y)
-    name = validation_artifact(mid)
-    artifacts.put(
-        artifact_name(record_owner, mid, VALIDATION_PART),
-        seal_artifact(data_key, "m1", name, npz.getvalue()),
-    )
+    put_sealed_model(artifacts, data_key, ModelRecord.model_validate(model["record"]), onnx, x, y)
     store.put_task(Task.model_validate(model["task"]))
     store.put_model(ModelRecord.model_validate(model["record"]))
     tenant_ks = ks.register("acme", "tenant")

@@ -8,7 +8,6 @@ worker's handle, then served over HTTP through the Serve proxy.
 
 from __future__ import annotations
 
-import io
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,16 +19,16 @@ import numpy as np
 import pytest
 
 from enclave_workers.deployment import APP_NAME, ROUTE_PREFIX, build_infer_app
-from enclave_workers.preparation import validation_artifact
-from infaas.artifacts import MODEL_PART, VALIDATION_PART, ArtifactStore, artifact_name
+from infaas.artifacts import ArtifactStore
 from infaas.auth import TokenRegistry
-from infaas.envelope import new_key, open_response, seal_artifact, seal_request
+from infaas.envelope import new_key, open_response, seal_request
 from infaas.keyservice import KeyServiceClient, KeyServiceHttpClient
 from infaas.protocol import decode_response, encode_request
 from infaas.settings import Pool, ProfilerSettings, Settings
 from infaas.store import open_store
 from infaas.wire import InferRequest, InferResponse, JobStatus
 from infaas.zoo import Manifest, load_model_bytes, load_validation
+from tests.deployment import put_sealed_model
 from tests.integration.serve_stack import ray_serve_with_keyservice, serve_settings
 from tests.zoo_fixtures import entry, small_manifest, small_zoo
 from variants.runtime import load_variant
@@ -85,17 +84,7 @@ def served(
         data_key = new_key()
         client.upload_model_key(owner, MODEL, "m1", data_key)
         artifacts = ArtifactStore(settings.data_dir / "artifacts")
-        zoo_owner = zoo_entry.to_model_record().owner
-        artifacts.put(
-            artifact_name(zoo_owner, MODEL, MODEL_PART), seal_artifact(data_key, "m1", MODEL, onnx)
-        )
-        buf = io.BytesIO()
-        np.savez(buf, x=x, y=y)
-        name = validation_artifact(MODEL)
-        artifacts.put(
-            artifact_name(zoo_owner, MODEL, VALIDATION_PART),
-            seal_artifact(data_key, "m1", name, buf.getvalue()),
-        )
+        put_sealed_model(artifacts, data_key, zoo_entry.to_model_record(), onnx, x, y)
         store.put_task(small_manifest.tasks["digits"])
         store.put_model(zoo_entry.to_model_record())
         ks_token = client.register("acme", "tenant")
