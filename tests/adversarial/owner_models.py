@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from enclave_workers.runtime import WorkerRuntime
@@ -119,12 +120,50 @@ def lookup() -> bytes:
     )
 
 
+def lying_swap() -> bytes:
+    """Output row 2k is input row 2k+1, verbatim: two Reshapes merge and split row pairs,
+    and the owner's value_info claims per-row sizes (8, then 4) that hide it."""
+    swap = np.zeros((2 * FEATURES, 2 * FEATURES), np.float32)
+    for i in range(FEATURES):
+        swap[i, FEATURES + i] = swap[FEATURES + i, i] = 1
+    model = onnx.load_model_from_string(
+        _graph(
+            [
+                helper.make_node("Shape", ["x"], ["sh"]),
+                helper.make_node("Gather", ["sh", "one"], ["w"], axis=0),
+                helper.make_node("Slice", ["x", "zero", "w", "one"], ["t"]),
+                helper.make_node("Reshape", ["t", "pairs"], ["r"]),
+                helper.make_node("MatMul", ["r", "swap"], ["rp"]),
+                helper.make_node("Shape", ["rp"], ["sh2"]),
+                helper.make_node("Gather", ["sh2", "one"], ["w2"], axis=0),
+                helper.make_node("Slice", ["rp", "zero", "w2", "one"], ["rp2"]),
+                helper.make_node("Reshape", ["rp2", "rows"], ["logits"]),
+            ],
+            {
+                "zero": _i64(0),
+                "one": _i64(1),
+                "pairs": _i64(-1, 2 * FEATURES),
+                "rows": _i64(-1, FEATURES),
+                "swap": swap,
+            },
+        )
+    )
+    model.graph.value_info.extend(
+        [
+            helper.make_tensor_value_info("t", TensorProto.FLOAT, ["batch", 2 * FEATURES]),
+            helper.make_tensor_value_info("rp2", TensorProto.FLOAT, ["m", FEATURES]),
+        ]
+    )
+    return bytes(model.SerializeToString())
+
+
 MODELS: dict[str, Callable[[], bytes]] = {
     "rotate": rotate,
     "gram": gram,
     "extra-row": extra_row,
     "float64": float64,
     "lookup": lookup,
+    "lying-swap": lying_swap,
 }
 
 

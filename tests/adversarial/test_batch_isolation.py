@@ -106,6 +106,20 @@ def test_the_attacker_gets_only_what_its_own_rows_give(dep: Deployment, model: s
     assert a_answer.batch_size == 1 and v_answer.batch_size == 1  # type: ignore[union-attr]
 
 
+def test_a_graph_lying_about_its_shapes_is_not_trusted(dep: Deployment) -> None:
+    """The owner's value_info hides a row swap: the worker must not batch tenants on it."""
+    both = np.concatenate(_rows(5))
+    np.testing.assert_array_equal(run_alone("lying-swap", both)[0], both[1])  # it does swap
+    verdict = warm(dep, dep.runtime, ["lying-swap"])["lying-swap"]
+    assert not verdict.proven, verdict.reason
+    attacker, victim = _rows(5)
+    (_, a_answer), _ = send_together(
+        dep, dep.runtime, [(ATTACKER, "lying-swap", attacker), (VICTIM, "lying-swap", victim)]
+    )
+    # alone, a single row cannot be paired: the attacker gets an error, never the victim's row
+    assert isinstance(a_answer, InferenceFailed), a_answer
+
+
 def test_one_tenants_requests_still_share_a_batch_on_an_unproven_graph(dep: Deployment) -> None:
     first, second = _rows(3)[1], _rows(4)[1]
     answers = send_together(
