@@ -265,10 +265,18 @@ class KeyCache:
             raise value.error()
         return value
 
-    def _admit(self, tenant: str) -> None:
-        """Take one release from the tenant's bucket, or refuse (503) without a release."""
+    def _admit(self, tenant: str, key_id: str | None) -> None:
+        """Take one release from the tenant's bucket, or refuse (503) without a release.
+
+        The bucket is for unknown or new key ids: a key the key service released to this
+        worker, whose lease lapsed, is asked again without it (at most `keys_per_tenant`
+        of them per tenant, so no flood hides there)."""
         now = self._clock()
         with self._guard:
+            keys = self._tenants.get(tenant)
+            held = keys.get(key_id) if keys is not None else None
+            if held is not None and isinstance(held.value, TenantAccess):
+                return
             b = self._buckets.pop(tenant, None) or _Bucket(self._burst, now)
             b.tokens = min(self._burst, b.tokens + (now - b.at) * self._rate)
             b.at = now
@@ -300,7 +308,12 @@ class KeyCache:
             used_at = old.used_at if old is not None else now
             keys[key_id] = _Cached(value, min(now + ttl, valid_until), used_at)
             while len(keys) > self._keys_per_tenant:
-                keys.popitem(last=False)
+                # a flood of unknown ids evicts its own refusals first, never a released key
+                refused = next((k for k, c in keys.items() if isinstance(c.value, _Refusal)), None)
+                if refused is not None:
+                    del keys[refused]
+                else:
+                    keys.popitem(last=False)
             self._tenants[tenant] = keys
             while len(self._tenants) > self._max_tenants:
                 self._tenants.popitem(last=False)
@@ -326,7 +339,7 @@ class KeyCache:
         it may serve; released only if there is one. Blocking on a miss."""
         if (hit := self._lookup(tenant, key_id)) is not None:
             return hit
-        self._admit(tenant)
+        self._admit(tenant, key_id)
         return self._release_tenant(tenant, key_id)
 
     async def tenant_access_async(self, tenant: str, key_id: str | None) -> TenantAccess:
@@ -334,7 +347,7 @@ class KeyCache:
         rate-limited miss never leaves the loop)."""
         if (hit := self._lookup(tenant, key_id)) is not None:
             return hit
-        self._admit(tenant)
+        self._admit(tenant, key_id)
         return await asyncio.to_thread(self._release_tenant, tenant, key_id)
 
     # --- leases -------------------------------------------------------------------------
