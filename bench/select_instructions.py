@@ -4,7 +4,7 @@ Wall-clock timings of `select` swing by tens of percent on a shared 2-core machi
 the number of instructions the interpreter executes for it does not. This runs a
 driver under ``valgrind --tool=callgrind`` twice per tree, with 0 and with
 ``--selects`` calls over the workload of ``bench/scheduler.py`` (100 variants,
-seed 7), and reports the difference per call, so set-up and imports cancel out.
+seed 7, PYTHONHASHSEED=0), and reports the difference per call, so set-up and imports cancel out.
 Give ``--baseline-tree`` (another checkout, e.g. a ``git worktree`` of an older
 commit) for a same-run ratio.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import random
 import re
 import shutil
@@ -68,6 +69,7 @@ def instructions(tree: Path, selects: int) -> int:
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},  # string hashing moves counts by ~5%
     )
     found = re.search(r"Collected : (\d+)", out.stderr)
     if found is None:
