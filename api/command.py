@@ -41,7 +41,7 @@ def example_command(settings: Settings, url: str) -> str:
     """`EXAMPLE`, with --data-dir / --url only where they are not the defaults it assumes."""
     fields = Settings.model_fields
     extra = ""
-    if settings.data_dir != fields["data_dir"].default:
+    if settings.data_dir != Path(fields["data_dir"].default).resolve():
         extra += f" --data-dir {settings.data_dir}"
     if url.rstrip("/") != f"http://127.0.0.1:{fields['http_port'].default}":
         extra += f" --url {url}"

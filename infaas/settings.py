@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -263,7 +263,12 @@ class Settings(BaseSettings):
         env_prefix="INFAAS_", env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
-    data_dir: Path = Field(Path("data"), description="zoo, encrypted artifacts, embedded store")
+    data_dir: Path = Field(
+        Path("data"),
+        description="zoo, encrypted artifacts, embedded store; a relative path is resolved "
+        "against the working directory when the settings are made, so every replica, in "
+        "whatever directory or on whatever node, reaches the same files",
+    )
     store_url: str = Field(
         "",
         description="'sqlite:///PATH', 'memory://' or 'redis://HOST:PORT/DB'; "
@@ -307,6 +312,21 @@ class Settings(BaseSettings):
     preparation: PreparationSettings = PreparationSettings()
     slo_defaults: SLODefaults = SLODefaults()
     autoscaler: AutoscalerSettings = AutoscalerSettings()
+
+    @field_validator("data_dir", "attestation_policy", "attestation_collateral")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        # Settings travel to replicas that run in other working directories (a Ray
+        # node's own, another node's): a relative path would name another file there.
+        return None if path is None else path.expanduser().resolve()
+
+    @field_validator("store_url")
+    @classmethod
+    def _absolute_sqlite(cls, url: str) -> str:
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url[len(prefix) :].startswith("/"):
+            return prefix + str(Path(url[len(prefix) :]).expanduser().resolve())
+        return url
 
     @model_validator(mode="after")
     def _safe(self) -> Settings:

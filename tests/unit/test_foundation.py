@@ -46,7 +46,8 @@ def test_settings_layering(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("INFAAS_HTTP_PORT", "9200")
     assert load_settings(cfg).http_port == 9200
     assert load_settings(cfg, http_port=9300).http_port == 9300
-    assert load_settings(cfg).resolved_store_url == "sqlite:///data/infaas.db"
+    data = Path("data").resolve()  # the data dir is absolute (tests/unit/test_data_dir_absolute.py)
+    assert load_settings(cfg).resolved_store_url == f"sqlite:///{data}/infaas.db"
 
 
 def test_production_refuses_simulated_tee(tmp_path: Path) -> None:
