@@ -42,7 +42,7 @@ __all__ = [
 
 log = get_logger(__name__)
 
-AUTOSCALER_APP = "autoscaler"
+AUTOSCALER_APP = "infaas-autoscaler"
 
 
 class CandidateCache:
@@ -222,7 +222,7 @@ class AutoscalerLoop:
 
 
 def build_autoscaler_app(settings: Settings) -> serve.Application:
-    """The "autoscaler" application (no route): one replica running the control loop."""
+    """The "infaas-autoscaler" application (no route): one replica running the control loop."""
     deployment = serve.deployment(
         name="Autoscaler",
         num_replicas=1,

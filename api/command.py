@@ -67,7 +67,7 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     from ray import serve
 
     from api.bootstrap import DEMO, bootstrap, bootstrap_admin
-    from api.serve import deploy, local_url
+    from api.serve import deploy, local_url, undeploy
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         # once: a second signal must not interrupt the shutdown itself
@@ -128,13 +128,58 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        print("shutting down Serve…", flush=True)
+        print("stopping infaas…", flush=True)
     finally:
         Running(os.getpid(), "").remove(settings.data_dir)
         t0 = time.monotonic()
         try:
-            serve.shutdown()  # type: ignore[no-untyped-call]
+            if settings.ray_address:
+                # a shared cluster: its other Serve applications keep running
+                print(f"deleted applications: {', '.join(undeploy()) or 'none'}", flush=True)
+            else:
+                serve.shutdown()  # type: ignore[no-untyped-call]  # our own Ray
         finally:
             ray.shutdown()
         log.info("stopped in %.1f s", time.monotonic() - t0)
+    return 0
+
+
+def wait_ready(url: str, timeout_s: float, *, poll_s: float = 1.0) -> None:
+    """Wait until ``url``'s ``/readyz`` answers 200 (the control plane and its workers up)."""
+    import httpx
+
+    from infaas.errors import Unreachable
+
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while True:
+        try:
+            r = httpx.get(f"{url.rstrip('/')}/readyz", timeout=10.0)
+            if r.status_code == 200:
+                return
+            last = f"/readyz answered {r.status_code}"
+        except httpx.HTTPError as e:
+            last = f"{type(e).__name__}: {e}"
+        if time.monotonic() > deadline:
+            raise Unreachable(f"infaas at {url} is not ready after {timeout_s:g} s ({last})")
+        time.sleep(poll_s)
+
+
+def bootstrap_command(args: argparse.Namespace, settings: Settings) -> int:
+    """`infaas bootstrap`: the first-start steps of `infaas serve` against a service already
+    running (deployed with ``serve deploy`` or ``serve run``): the administrator, and unless
+    ``--no-zoo`` the example zoo and the demo tenant. Each step already done is skipped."""
+    from api.bootstrap import bootstrap, bootstrap_admin
+    from api.serve import local_url
+
+    url = args.url or local_url(settings)
+    wait_ready(url, args.wait_s)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    if args.no_zoo:
+        print(f"credentials of admin: {bootstrap_admin(settings, url)} (mode 0600)")
+        return 0
+    result = bootstrap(settings, url, small=bool(args.small), progress=not args.no_progress)
+    print(f"models ready: {', '.join(result.models)}")
+    for name, path in result.credentials.items():
+        print(f"credentials of {name}: {path} (mode 0600)")
     return 0

@@ -1,22 +1,34 @@
 """Ray Serve composition: the key service, the control plane and the workers' inference app.
 
-Three applications behind one Serve HTTP proxy:
+Three applications (four with the autoscaler) behind one Serve HTTP proxy:
 
-=============  ==================  ==============================================
-application    route prefix        ingress
-=============  ==================  ==============================================
-``keyservice`` ``/v1/keyservice``  `KeyServiceIngress`
-                                   (`infaas.keyservice.deployment`): the attested
-                                   key service, its own TEE workload and evidence
-``infer``      ``/v1/infer``       the worker deployment itself
-                                   (`enclave_workers.deployment.build_infer_app`):
-                                   one hop from the proxy to the model, as in
-                                   plain Ray Serve
-``control``    ``/``               `ControlIngress`: `api.app.create_app`, which
-                                   reaches the workers through a handle; it
-                                   also answers the Open Inference Protocol's
-                                   ``/v2`` health and metadata (no tensors)
-=============  ==================  ==============================================
+=====================  ==================  ==========================================
+application            route prefix        ingress
+=====================  ==================  ==========================================
+``infaas-keyservice``  ``/v1/keyservice``  `KeyServiceIngress`
+                                           (`infaas.keyservice.deployment`): the
+                                           attested key service, its own TEE workload
+``infaas-infer``       ``/v1/infer``       the worker deployment itself
+                                           (`enclave_workers.deployment`): one hop from
+                                           the proxy to the model, as in plain Serve
+``infaas-autoscaler``  none                the control loop (`api.autoscaler`), when a
+                                           policy is set
+``infaas-control``     ``/``               `ControlIngress`: `api.app.create_app`, which
+                                           reaches the workers through a handle; it
+                                           also answers the Open Inference Protocol's
+                                           ``/v2`` health and metadata (no tensors)
+=====================  ==================  ==========================================
+
+On a shared Ray cluster the names are infaas's own (the ``infaas-`` prefix), so a
+deployment never replaces another team's application, and stopping infaas deletes
+exactly these (`undeploy`), never the whole Serve instance. Serve itself refuses a
+route prefix another application already holds.
+
+Two ways to run them: `deploy` (what the one command `infaas serve` does), or the
+builders below, which `serve run`, `serve build` and a Serve config file
+(``deploy/serve-config.yaml``, applied with ``serve deploy``) take: each builder
+reads the settings file and overrides its ``args`` name, and `infaas bootstrap`
+then sets up the zoo and tenants against the running service.
 
 The control plane and the key service reserve no CPU: the pools' CPUs are for
 the workers.
@@ -24,26 +36,32 @@ the workers.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
+from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from api.app import create_app
 from api.autoscaler import AUTOSCALER_APP, build_autoscaler_app
+from enclave_workers.deployment import APP_NAME as INFER_APP
+from enclave_workers.deployment import ROUTE_PREFIX as INFER_PREFIX
 from infaas.keyservice.deployment import KeyServiceIngress
 from infaas.keyservice.server import PREFIX as KEYSERVICE_PREFIX
 from infaas.logs import configure_logging, get_logger
-from infaas.settings import Settings
+from infaas.settings import Settings, load_settings
 
 log = get_logger(__name__)
 
-KEYSERVICE_APP = "keyservice"
-CONTROL_APP = "control"
-INFER_APP = "infer"
-INFER_PREFIX = "/v1/infer"
+KEYSERVICE_APP = "infaas-keyservice"
+CONTROL_APP = "infaas-control"
+CONTROL_PREFIX = "/"
+APPS = (KEYSERVICE_APP, INFER_APP, AUTOSCALER_APP, CONTROL_APP)
+"""Every application infaas may run, in the order `deploy` starts them."""
+ROUTES = {KEYSERVICE_APP: KEYSERVICE_PREFIX, INFER_APP: INFER_PREFIX, CONTROL_APP: CONTROL_PREFIX}
 _QUIET = {"enable_access_log": False}
 
 
@@ -118,37 +136,104 @@ def local_url(settings: Settings, port: int | None = None) -> str:
     return f"http://{host}:{port or settings.http_port}"
 
 
-def deploy(settings: Settings) -> list[str]:
-    """Run the three applications on the Serve instance already started; their names.
-
-    The key service comes first (workers fetch keys from it as they start),
-    then the workers, then the control plane that holds their handle.
-    """
+def build_worker_app(settings: Settings) -> serve.Application:
+    """The workers of the first pool, checking the key service against this deployment's
+    trust bundle and reaching it through the Serve proxy of their own node."""
     from enclave_workers.deployment import build_infer_app
     from enclave_workers.measurement import worker_measurements
     from infaas.keyservice.measurement import keyservice_trust
 
-    measurements = worker_measurements(settings)
+    trust = keyservice_trust(settings, worker_measurements(settings))
+    return build_infer_app(settings, local_url(settings), keyservice=trust)
+
+
+def deploy(settings: Settings) -> list[str]:
+    """Run the applications on the Serve instance already started; their names.
+
+    The key service comes first (workers fetch keys from it as they start),
+    then the workers, then the control plane that holds their handle.
+    """
+    from enclave_workers.measurement import worker_measurements
+
     serve.run(
-        build_keyservice_app(settings, measurements),
+        build_keyservice_app(settings, worker_measurements(settings)),
         name=KEYSERVICE_APP,
         route_prefix=KEYSERVICE_PREFIX,
     )
     apps = [KEYSERVICE_APP]
-    trust = keyservice_trust(settings, measurements)
-    serve.run(
-        build_infer_app(settings, local_url(settings), keyservice=trust),
-        name=INFER_APP,
-        route_prefix=INFER_PREFIX,
-    )
+    serve.run(build_worker_app(settings), name=INFER_APP, route_prefix=INFER_PREFIX)
     apps.append(INFER_APP)
     if settings.autoscaler.policy != "off":
         serve.run(build_autoscaler_app(settings), name=AUTOSCALER_APP, route_prefix=None)
         apps.append(AUTOSCALER_APP)
-    serve.run(
-        build_control_app(settings, with_workers=True),
-        name=CONTROL_APP,
-        route_prefix="/",
-    )
+    serve.run(build_control_app(settings), name=CONTROL_APP, route_prefix=CONTROL_PREFIX)
     apps.append(CONTROL_APP)
     return apps
+
+
+def undeploy(names: Iterable[str] = APPS) -> list[str]:
+    """Delete infaas's applications (the control plane first), and nothing else on the
+    cluster; the names deleted."""
+    running = set(serve.status().applications)
+    gone = [name for name in reversed(list(names)) if name in running]
+    for name in gone:
+        serve.delete(name)
+    return gone
+
+
+class BuildArgs(BaseModel):
+    """The ``args`` of a builder: ``serve run api.serve:control_builder config=...``, or a
+    Serve config file's ``args:`` (which may nest ``settings``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config: Path | None = Field(
+        None, description="settings YAML (default: INFAAS_CONFIG, else configs/default.yaml)"
+    )
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="settings that override the file and INFAAS_* variables, e.g. data_dir",
+    )
+
+
+def builder_settings(args: Mapping[str, Any]) -> Settings:
+    """The settings a builder's `args` name (paths resolved where the builder runs)."""
+    parsed = BuildArgs.model_validate(dict(args))
+    return load_settings(parsed.config, **parsed.settings)
+
+
+def keyservice_builder(args: dict[str, Any]) -> serve.Application:
+    """Builder of ``infaas-keyservice`` (route ``/v1/keyservice``)."""
+    return build_keyservice_app(builder_settings(args))
+
+
+def infer_builder(args: dict[str, Any]) -> serve.Application:
+    """Builder of ``infaas-infer`` (route ``/v1/infer``): the first pool's workers."""
+    return build_worker_app(builder_settings(args))
+
+
+def control_builder(args: dict[str, Any]) -> serve.Application:
+    """Builder of ``infaas-control`` (route ``/``)."""
+    return build_control_app(builder_settings(args))
+
+
+def autoscaler_builder(args: dict[str, Any]) -> serve.Application:
+    """Builder of ``infaas-autoscaler`` (no route)."""
+    return build_autoscaler_app(builder_settings(args))
+
+
+_BUILT = {
+    "keyservice": keyservice_builder,
+    "infer": infer_builder,
+    "control": control_builder,
+    "autoscaler": autoscaler_builder,
+}
+
+
+def __getattr__(name: str) -> serve.Application:
+    """``api.serve:keyservice`` (``infer``, ``control``, ``autoscaler``): the application
+    built from the settings of the environment, for ``serve build``, which takes
+    applications, not builders."""
+    if name in _BUILT:
+        return _BUILT[name]({})
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

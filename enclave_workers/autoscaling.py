@@ -9,7 +9,7 @@ worker's (measured) code::
 
     EnclaveWorker replica --LoadAgent (thread, 2 Hz)--> store load reports (arrivals, queues)
                           <------------------------- store "routes"     (RoutingHints)
-    application "autoscaler" (api.autoscaler): the control loop
+    application "infaas-autoscaler" (api.autoscaler): the control loop
                           ---> store "target", "routes", autoscaler events
     ServeController: the worker deployment's custom autoscaling policy `FollowTarget`
                           <--- store "target"   ->  replica count of EnclaveWorker

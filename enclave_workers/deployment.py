@@ -2,16 +2,16 @@
 
 Layout of a deployment (the CLI composes the applications)::
 
-    application "keyservice"  the key service (attested key custody)
-    application "control"     route "/"          the control API (FastAPI ingress)
-    application "infer"       route "/v1/infer"  EnclaveWorker replicas (this module)
+    application "infaas-keyservice"  the key service (attested key custody)
+    application "infaas-control"     route "/"          the control API (FastAPI ingress)
+    application "infaas-infer"       route "/v1/infer"  EnclaveWorker replicas (this module)
 
 An inference request goes proxy -> EnclaveWorker replica, which authenticates,
 selects the variant, decrypts, batches, runs and seals (`WorkerRuntime`): the
 same number of hops as plain Ray Serve. The control API reaches the workers
 through a handle for everything else::
 
-    handle = serve.get_app_handle("infer")
+    handle = serve.get_app_handle("infaas-infer")
     job = await handle.prepare_model.remote(model_id)   # -> infaas.wire.JobStatus
     info = await handle.status.remote()                  # -> dict (see WorkerRuntime.status)
 
@@ -46,7 +46,7 @@ from infaas.wire import JobStatus
 
 log = get_logger(__name__)
 
-APP_NAME = "infer"
+APP_NAME = "infaas-infer"
 ROUTE_PREFIX = "/v1/infer"
 DEPLOYMENT_NAME = "EnclaveWorker"
 
@@ -161,7 +161,7 @@ def build_infer_app(
     shared_replay_guard: bool = True,
     keyservice: KeyServiceTrust | None = None,
 ) -> Application:
-    """The "infer" application; run it with ``serve.run(app, name=APP_NAME,
+    """The "infaas-infer" application; run it with ``serve.run(app, name=APP_NAME,
     route_prefix=ROUTE_PREFIX)``.
 
     `keyservice_url` is the HTTP base URL of the key service (e.g.

@@ -74,6 +74,12 @@ def _cmd_trust_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bootstrap(args: argparse.Namespace) -> int:
+    from api.command import bootstrap_command
+
+    return bootstrap_command(args, _settings(args))
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from api.command import serve_command
 
@@ -391,6 +397,27 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
         "queue and infaas-style are the baselines of bench/slo.py",
     )
     sv.set_defaults(func=_cmd_serve)
+
+    bs = sub.add_parser(
+        "bootstrap",
+        help="first-start set-up of a service deployed with `serve deploy` / `serve run`",
+        description="Wait until the service at --url is ready, then do what `infaas serve` "
+        "does on a first start: an administrator (its token written to the store of these "
+        "settings), and unless --no-zoo the example zoo registered sealed as the zoo owner "
+        "and the demo tenant. Credentials go to DATA_DIR/credentials/. Steps already done "
+        "are skipped.",
+    )
+    common(bs)
+    bs.add_argument("--url", help="the service's base URL (default: from settings' host/port)")
+    bs.add_argument("--small", action="store_true", help="small image models (fast, for tests)")
+    bs.add_argument(
+        "--no-zoo", action="store_true", help="no example zoo, no demo tenant (admin only)"
+    )
+    bs.add_argument("--no-progress", action="store_true", help="no progress bars")
+    bs.add_argument(
+        "--wait-s", type=float, default=300.0, help="how long to wait for readiness (300)"
+    )
+    bs.set_defaults(func=_cmd_bootstrap)
 
     def client_opts(p: argparse.ArgumentParser, who: str) -> None:
         common(p)

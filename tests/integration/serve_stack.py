@@ -35,7 +35,7 @@ def ray_serve_with_keyservice(settings: Settings) -> Iterator[str]:
     import ray
     from ray import serve
 
-    from api.serve import build_keyservice_app
+    from api.serve import KEYSERVICE_APP, build_keyservice_app
     from infaas.keyservice.server import PREFIX as KEYSERVICE_PREFIX
 
     ray.init(
@@ -48,7 +48,9 @@ def ray_serve_with_keyservice(settings: Settings) -> Iterator[str]:
             http_options={"host": "127.0.0.1", "port": settings.http_port},
             logging_config={"enable_access_log": False},
         )
-        serve.run(build_keyservice_app(settings), name="keyservice", route_prefix=KEYSERVICE_PREFIX)
+        serve.run(
+            build_keyservice_app(settings), name=KEYSERVICE_APP, route_prefix=KEYSERVICE_PREFIX
+        )
         yield f"http://127.0.0.1:{settings.http_port}"
     finally:
         serve.shutdown()  # type: ignore[no-untyped-call]
