@@ -28,6 +28,7 @@ import asyncio
 from typing import Any
 
 import httpx
+import ray
 from ray import serve
 from ray.serve import Application
 
@@ -71,6 +72,7 @@ class EnclaveWorker:
         tee = create_tee(settings, worker_measurement(settings, pool=pool.name))
         transport = KeyServiceHttpClient(httpx.Client(base_url=keyservice_url, timeout=30.0))
         self._settings = settings
+        self._node_id = ray.get_runtime_context().get_node_id()
         self._runtime = WorkerRuntime(
             settings,
             store,
@@ -103,7 +105,11 @@ class EnclaveWorker:
         )
 
     def _status(self) -> dict[str, Any]:
-        return {**self._runtime.status(), "admission": self._admission.snapshot()}
+        return {
+            **self._runtime.status(),
+            "admission": self._admission.snapshot(),
+            "ray_node_id": self._node_id,  # which node of the cluster this replica runs on
+        }
 
     async def prepare_model(self, model_id: str) -> JobStatus:
         """Generate, profile and register a stored model's variants (in a thread)."""
