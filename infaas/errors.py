@@ -29,6 +29,7 @@ The hierarchy::
     ├── OutputContractViolated (502)       the model's output broke its task's shape or dtype
     ├── Overloaded (503, Retry-After)
     ├── StoreUnavailable (503)
+    ├── RollbackDetected (500)         the key service found its state rolled back; it refuses
     ├── TeeUnavailable (503)           the configured TEE device is absent
     ├── Unreachable (503)              client side: no connection to the service
     ├── Timeout (504)                  client side: the call's deadline passed
@@ -262,6 +263,15 @@ def error_from_code(code: str, message: str, detail: dict[str, Any] | None = Non
     if isinstance(err, Overloaded):
         err.retry_after_s = float((detail or {}).get("retry_after_s", 1.0))
     return err
+
+
+class RollbackDetected(InfaasError):
+    """The key service found its state in the store older than, or not, what its log and
+    monotonic counter commit to (restored, reordered or deleted records): it refuses to
+    release or change anything until restarted over the genuine state."""
+
+    status_code = 500
+    code = "rollback_detected"
 
 
 class TeeUnavailable(InfaasError):

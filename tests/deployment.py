@@ -50,10 +50,11 @@ from infaas.keyservice import (
     KeyServiceTrust,
     WorkerKeyClient,
 )
+from infaas.keyservice.counter import MemoryCounter
 from infaas.keyservice.trust import policy_sha256, release_policy_document
 from infaas.protocol import decode_response, encode_request
 from infaas.settings import Settings
-from infaas.store import MemoryStore
+from infaas.store import MemoryStore, MetadataStore
 from infaas.types import ModelRecord, Profile, Task, VariantSpec
 from infaas.wire import InferRequest, InferResponse
 
@@ -119,9 +120,11 @@ class Deployment:
 
     ca: SimulatedPlatformCA
     settings: Settings
-    store: MemoryStore
+    store: MetadataStore
     artifacts: ArtifactStore
     kek: bytes
+    counter: MemoryCounter
+    """The key service's monotonic counter (TEE state: a restart passes the same one)."""
     service: KeyService
     keys: KeyServiceClient
     """The attested key-service client the principals' set-up goes through."""
@@ -144,24 +147,30 @@ class Deployment:
         ca: SimulatedPlatformCA,
         data_dir: Path,
         settings: Settings | None = None,
+        store: MetadataStore | None = None,
         **service_options: Any,
     ) -> Deployment:
-        """A fresh deployment; `service_options` go to the `KeyService` (e.g. its clock)."""
+        """A fresh deployment (on `store`, by default a memory store); `service_options` go
+        to the `KeyService` (e.g. its clock)."""
         settings = settings or Settings(data_dir=data_dir, store_url="memory://")
-        store = MemoryStore()
+        store = store or MemoryStore()
         kek = new_key()
-        service = cls.key_service(ca, store, kek, **service_options)
+        counter = MemoryCounter()
+        service = cls.key_service(ca, store, kek, counter=counter, **service_options)
         bundle = trust(ca)
         keys = KeyServiceClient(service, bundle.verifier(), policy_sha256=bundle.policy_sha256)
         keys.attest()
         artifacts = ArtifactStore(data_dir / "artifacts")
-        return cls(ca, settings, store, artifacts, kek, service, keys, TokenRegistry(store))
+        return cls(
+            ca, settings, store, artifacts, kek, counter, service, keys, TokenRegistry(store)
+        )
 
     @staticmethod
     def key_service(
-        ca: SimulatedPlatformCA, store: MemoryStore, kek: bytes, **kw: Any
+        ca: SimulatedPlatformCA, store: MetadataStore, kek: bytes, **kw: Any
     ) -> KeyService:
-        """A key service on `store` under `kek` (a second one over the same state: a restart)."""
+        """A key service on `store` under `kek` (a second one over the same state and
+        `counter`: a restart)."""
         return KeyService(store, kek, SimulatedTEE(ca, KS_MEASUREMENT), worker_verifier(ca), **kw)
 
     def worker_tee(self, measurement: bytes = WORKER_MEASUREMENT, **kw: Any) -> SimulatedTEE:

@@ -1,7 +1,7 @@
 """The key service as a Ray Serve deployment: its own TEE workload with its own evidence.
 
 `KeyServiceIngress` builds the service from `Settings` in the replica (store,
-TEE, verifier of worker evidence, sealing key), serves `create_keyservice_app`
+TEE, verifier of worker evidence, sealing key, monotonic counter), serves `create_keyservice_app`
 under the route prefix ``/v1/keyservice`` and flushes its release counters
 (`KeyServiceTelemetry`) to the store for the dashboard. The worker
 measurements it releases keys to, one per pool, are given by the composition root
@@ -18,16 +18,19 @@ from ray import serve
 from starlette.types import Receive, Scope, Send
 
 from infaas.attestation.deployment import create_tee, create_worker_verifiers
+from infaas.keyservice.counter import SimulatedCounter
 from infaas.keyservice.measurement import keyservice_measurement
 from infaas.keyservice.sealing import gramine_sealing_key, simulated_sealing_key
 from infaas.keyservice.server import create_keyservice_app
 from infaas.keyservice.service import KeyService
 from infaas.keyservice.telemetry import KeyServiceTelemetry
-from infaas.logs import configure_logging
+from infaas.logs import configure_logging, get_logger
 from infaas.settings import Settings
 from infaas.store import open_store
 from infaas.telemetry.flusher import Flusher
 from infaas.telemetry.recorder import Recorder
+
+log = get_logger(__name__)
 
 
 class _UnprefixedRoot:
@@ -73,8 +76,18 @@ class KeyServiceIngress:
             if settings.tee_backend == "simulated"
             else gramine_sealing_key()
         )
+        # the length of its state's log, where the host cannot roll it back (SIMULATED: a
+        # file under data_dir/simulated-tee/; a TPM NV counter or a replicated ledger on
+        # hardware, `infaas.keyservice.counter`)
+        counter = SimulatedCounter(settings.data_dir)
+        if settings.tee_backend != "simulated":
+            log.warning(
+                "key service rollback protection uses the SIMULATED counter in %s", counter.path
+            )
         # its release policy (and so its identity) follows settings.production too
-        self._service = KeyService(store, kek, tee, verifier, production=settings.production)
+        self._service = KeyService(
+            store, kek, tee, verifier, production=settings.production, counter=counter
+        )
         # key releases and refusals (by code) -> the store, for the dashboard and /metrics
         self._telemetry = Recorder("keyservice")
         info: dict[str, Any] = {"measurement": tee.measurement.hex(), "tee_backend": tee.name}

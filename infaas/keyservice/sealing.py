@@ -4,7 +4,7 @@ In a real TEE the KEK is sealed to the enclave's measurement (Gramine exposes
 the SGX sealing key at `/dev/attestation/keys/_sgx_mrenclave`), so only the
 same code on the same platform can read the service's state. With the
 simulated backend there is no sealing: `simulated_sealing_key` keeps a random
-key in a 0600 file under the data dir. Anyone who can read that file can read
+key in a 0600 file under ``DATA_DIR/simulated-tee/``. Anyone who can read that file can read
 every key in the store — it is named for what it is.
 
 Keys in transit are sealed with HPKE (RFC 9180, base mode, X25519 /
@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from infaas.envelope import KEY_LEN, canonical_json
 from infaas.errors import DecryptionFailed, TeeUnavailable
+from infaas.keyservice.counter import SIMULATED_TEE_DIR
 from infaas.logs import get_logger
 
 log = get_logger(__name__)
@@ -36,18 +37,26 @@ _INFO_PREFIX = b"infaas-keyservice/v1 "
 
 
 def simulated_sealing_key(data_dir: Path) -> bytes:
-    """SIMULATED sealing: a random KEK in `data_dir/keyservice/simulated-sealing.key` (0600).
+    """SIMULATED sealing: a random KEK in `data_dir/simulated-tee/sealing.key` (0600).
 
-    Not confidential: the host can read it. A hardware deployment uses
-    `gramine_sealing_key` (or a KMS that releases the KEK to attested code).
+    ``simulated-tee/`` stands for TEE hardware state (beside the monotonic counter,
+    `infaas.keyservice.counter`). Not confidential: the host can read it. A hardware
+    deployment uses `gramine_sealing_key` (or a KMS that releases the KEK to attested
+    code). A key from before (``data_dir/keyservice/simulated-sealing.key``) is moved
+    there once.
     """
-    path = data_dir / "keyservice" / "simulated-sealing.key"
+    path = data_dir / SIMULATED_TEE_DIR / "sealing.key"
+    legacy = data_dir / "keyservice" / "simulated-sealing.key"
+    if not path.exists() and legacy.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.replace(legacy, path)
+        log.warning("moved the simulated sealing key from %s to %s", legacy, path)
     if path.exists():
         key = path.read_bytes()
         if len(key) != KEY_LEN:
             raise ValueError(f"{path} must hold {KEY_LEN} bytes")
         return key
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = secrets.token_bytes(KEY_LEN)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:

@@ -26,7 +26,9 @@ accuracy in the store, and the owner cannot state one.
 
 State (principals, keys, grants, consent) lives in the MetadataStore, each record
 AES-256-GCM-encrypted under the KEK with "namespace/key" as associated data, so
-records cannot be swapped either. Tokens are stored as SHA-256 hashes only.
+records cannot be swapped either, and versioned by a hash-chained log tied to a
+monotonic counter the host cannot roll back (`infaas.keyservice.state`): restored,
+reordered or deleted records are refused. Tokens are stored as SHA-256 hashes only.
 """
 
 from __future__ import annotations
@@ -34,26 +36,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
-import os
 import secrets
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from infaas.attestation.backends import EvidenceGenerator, report_data_for
 from infaas.attestation.verifier import GpuEvidence, NonceIssuer, WorkerVerifier
-from infaas.envelope import KEY_LEN, canonical_json
+from infaas.envelope import KEY_LEN
 from infaas.errors import (
     AuthenticationFailed,
     Conflict,
-    DecryptionFailed,
     InfaasError,
     InvalidInput,
     NotFound,
@@ -61,6 +58,7 @@ from infaas.errors import (
     UnknownKey,
 )
 from infaas.keyservice.channel import CallOpener, dispatch
+from infaas.keyservice.counter import MonotonicCounter
 from infaas.keyservice.models import (
     ConsentKind,
     ConsentPolicy,
@@ -73,6 +71,7 @@ from infaas.keyservice.models import (
     WrappedKey,
 )
 from infaas.keyservice.sealing import info_for, open_sealed, seal_to, x25519_raw
+from infaas.keyservice.state import SealedRecords
 from infaas.keyservice.trust import (
     ed25519_raw,
     identity_bytes,
@@ -89,46 +88,6 @@ Role = Literal["tenant", "owner"]
 
 PROFILE_KEY_ID = "profile-1"
 """Key id of every model's profile key (one per model; rotation would add another)."""
-
-
-class _SealedRecords:
-    """JSON records encrypted under the KEK; associated data = namespace + key."""
-
-    def __init__(self, store: MetadataStore, kek: bytes) -> None:
-        if len(kek) != KEY_LEN:
-            raise ValueError("the KEK is 32 bytes")
-        self._store = store
-        self._aead = AESGCM(kek)
-
-    @staticmethod
-    def _ad(namespace: SealedTable, key: str) -> bytes:
-        return f"infaas-keyservice/v1\x1f{namespace.value}\x1f{key}".encode()
-
-    def _seal(self, namespace: SealedTable, key: str, obj: dict[str, Any]) -> bytes:
-        nonce = os.urandom(12)
-        return nonce + self._aead.encrypt(nonce, canonical_json(obj), self._ad(namespace, key))
-
-    def put(self, namespace: SealedTable, key: str, obj: dict[str, Any]) -> None:
-        self._store.put_sealed(namespace, key, self._seal(namespace, key, obj))
-
-    def put_if_absent(self, namespace: SealedTable, key: str, obj: dict[str, Any]) -> bool:
-        return self._store.put_sealed_if_absent(namespace, key, self._seal(namespace, key, obj))
-
-    def get(self, namespace: SealedTable, key: str) -> dict[str, Any] | None:
-        blob = self._store.get_sealed(namespace, key)
-        if blob is None:
-            return None
-        try:
-            plain = self._aead.decrypt(blob[:12], blob[12:], self._ad(namespace, key))
-        except InvalidTag:
-            raise DecryptionFailed(
-                f"key service record {namespace.value}/{key} does not open under the KEK"
-            ) from None
-        out: dict[str, Any] = json.loads(plain)
-        return out
-
-    def keys(self, namespace: SealedTable) -> list[str]:
-        return sorted(self._store.sealed_records(namespace))
 
 
 def release_info(w: WrappedKey) -> bytes:
@@ -166,8 +125,11 @@ class KeyService:
         nonce_ttl_s: float = 60.0,
         lease_s: float = 1.0,
         clock: Callable[[], float] = time.time,
+        counter: MonotonicCounter | None = None,
     ) -> None:
-        self._records = _SealedRecords(store, kek)
+        # versioned by a log whose length `counter` holds (a fresh in-memory one if none:
+        # a restart over the same store must then pass the same counter)
+        self._records = SealedRecords(store, kek, counter)
         self._tee = tee
         self._verifier = worker_verifier
         self._clock = clock

@@ -195,7 +195,9 @@ def test_client_refuses_key_service_with_another_policy(dep: Deployment) -> None
 
 
 def test_production_flag_is_part_of_the_policy(dep: Deployment) -> None:
-    same_rules = Deployment.key_service(dep.ca, dep.store, dep.kek, production=True)
+    same_rules = Deployment.key_service(
+        dep.ca, dep.store, dep.kek, counter=dep.counter, production=True
+    )
     assert same_rules.policy_sha256 != dep.service.policy_sha256
     with pytest.raises(AttestationFailed, match="trust bundle expects"):
         dep.worker_keys(transport=same_rules).model_key("resnet")
@@ -237,7 +239,7 @@ def test_restarted_key_service_is_attested_again(dep: Deployment) -> None:
     """After a restart (new keys, same code and policy) a worker re-attests and goes on."""
     worker = dep.worker_keys()
     assert worker.model_key("resnet").key == dep.model_keys["resnet"]
-    restarted = Deployment.key_service(dep.ca, dep.store, dep.kek)
+    restarted = Deployment.key_service(dep.ca, dep.store, dep.kek, counter=dep.counter)
     worker._t = restarted  # the host routes the worker to the new replica
     assert worker.model_key("resnet").key == dep.model_keys["resnet"]
     assert worker.attested is not None

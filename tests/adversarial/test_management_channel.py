@@ -151,7 +151,7 @@ def test_a_recorded_grant_cannot_be_replayed_after_revoke(world: World) -> None:
     with pytest.raises(PermissionDenied, match="not granted"):
         dep.worker_keys().tenant_key("acme", "resnet")
     # nor after the key service restarts: its new key does not open the old call
-    restarted = Deployment.key_service(dep.ca, dep.store, dep.kek)
+    restarted = Deployment.key_service(dep.ca, dep.store, dep.kek, counter=dep.counter)
     with pytest.raises(DecryptionFailed):
         restarted.call(base64.urlsafe_b64decode(json.loads(recorded_grant)["sealed"]))
 

@@ -40,6 +40,7 @@ from infaas.keyservice import (
     WorkerKeyClient,
     create_keyservice_app,
 )
+from infaas.keyservice.counter import MemoryCounter
 from infaas.store import SealedTable, open_store
 from tests.asgi import TestClient
 from tests.deployment import bundle
@@ -67,12 +68,13 @@ def test_no_key_in_logs_or_store(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     store = open_store(f"sqlite:///{db}")
     ca = SimulatedPlatformCA.generate("secrecy")
     kek = new_key()
+    counter = MemoryCounter()  # TEE state: the restart below keeps it, like the KEK
 
     pol = AttestationPolicy(allow_simulated=True, allowed_measurements=(WORKER_M.hex(),))
     release_policy = AttestationVerifier(pol, extra_roots=[ca.root_cert])
 
     def service() -> KeyService:
-        return KeyService(store, kek, SimulatedTEE(ca, KS_M), release_policy)
+        return KeyService(store, kek, SimulatedTEE(ca, KS_M), release_policy, counter=counter)
 
     trust = bundle(ca.root_pem, KS_M, release_policy)
 

@@ -132,7 +132,7 @@ def test_profile_keys_go_only_to_attested_workers_one_per_model(dep: Deployment)
         dep.worker_keys(hashlib.sha256(b"evil worker").digest()).fetch([profile])
     with pytest.raises(UnknownKey):
         dep.worker_keys().fetch([KeyRequest(kind="profile", model_id="resnet", key_id="p9")])
-    restarted = Deployment.key_service(dep.ca, dep.store, dep.kek)
+    restarted = Deployment.key_service(dep.ca, dep.store, dep.kek, counter=dep.counter)
     worker = dep.worker_keys(transport=restarted)
     assert worker.fetch([profile])[0].key == key.key
     # granting, revoking and a new data key keep it
@@ -250,7 +250,7 @@ def test_key_rotation(dep: Deployment) -> None:
 
 def test_state_survives_restart_with_same_kek(dep: Deployment) -> None:
     _populate(dep)
-    restarted = Deployment.key_service(dep.ca, dep.store, dep.kek)
+    restarted = Deployment.key_service(dep.ca, dep.store, dep.kek, counter=dep.counter)
     worker = dep.worker_keys(transport=restarted, tee=SimulatedTEE(dep.ca, WORKER_MEASUREMENT))
     assert worker.model_key("resnet").key == dep.model_keys["resnet"]
     assert worker.tenant_key("acme", "resnet").key == dep.tenant_keys["acme"]
@@ -286,8 +286,15 @@ def test_swapped_store_records_do_not_open(dep: Deployment) -> None:
 def test_simulated_sealing_key_file(tmp_path: Path) -> None:
     k1 = simulated_sealing_key(tmp_path)
     assert simulated_sealing_key(tmp_path) == k1
-    path = tmp_path / "keyservice" / "simulated-sealing.key"
+    path = tmp_path / "simulated-tee" / "sealing.key"
     assert path.stat().st_mode & 0o077 == 0
+    # a data dir from before the key moved under simulated-tee/ keeps its key
+    old = tmp_path / "old"
+    (old / "keyservice").mkdir(parents=True)
+    (old / "keyservice" / "simulated-sealing.key").write_bytes(k1)
+    assert simulated_sealing_key(old) == k1
+    assert (old / "simulated-tee" / "sealing.key").read_bytes() == k1
+    assert not (old / "keyservice" / "simulated-sealing.key").exists()
 
 
 def test_status_says_simulated(dep: Deployment) -> None:
