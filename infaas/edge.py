@@ -44,6 +44,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from infaas.errors import (
@@ -155,6 +156,23 @@ def http_problem(status: int, message: str) -> InfaasError:
     return InfaasError("internal error")
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    """Every method some route of `app` takes at the request's path, for a 405's ``Allow``.
+
+    The router names only the first route whose path matched; a path served by several
+    routes (``GET`` and ``POST /v1/models``) takes the methods of all of them. Each method
+    is asked of each route (only on a 405), so included routers answer for themselves.
+    """
+    return [
+        method
+        for method in _METHODS
+        if any(r.matches({**scope, "method": method})[0] is Match.FULL for r in app.router.routes)
+    ]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """One handler per error family on `app`, all answering with the problem body."""
 
@@ -180,7 +198,10 @@ def install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, _BodyTooLarge):
             return answer(request, too_large(exc.limit, exc.seen))
         err = http_problem(exc.status_code, str(exc.detail))
-        return answer(request, err, dict(exc.headers or {}))
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request.app, request.scope))
+        return answer(request, err, headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

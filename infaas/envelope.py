@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from infaas.errors import (
     DecryptionFailed,
@@ -53,6 +53,7 @@ from infaas.errors import (
     error_from_code,
     error_from_problem,
 )
+from infaas.types import BASE64_WIRE
 
 if TYPE_CHECKING:  # the store's job records name `wire` types, which name the envelope
     from infaas.store import MetadataStore
@@ -160,9 +161,7 @@ class Envelope(BaseModel):
     and `ciphertext` is authenticated as associated data.
     """
 
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64"
-    )
+    model_config = BASE64_WIRE
 
     v: Literal[2] = 2
     kind: Literal["request", "response", "error"]

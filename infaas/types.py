@@ -10,14 +10,110 @@ from __future__ import annotations
 import re
 import time
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+import annotated_types
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Identifier = Annotated[
     str,
     Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"),
 ]
+
+
+_ALPHABETS = ("A-Za-z0-9+/", "A-Za-z0-9_-")
+
+
+def base64_pattern(
+    min_bytes: int = 0, max_bytes: int | None = None, *, padded: bool = False
+) -> str:
+    """A regular expression matching the base64 text of `min_bytes`..`max_bytes` bytes.
+
+    Either alphabet (standard or URL-safe, not mixed); padding optional unless `padded`,
+    as pydantic's ``val_json_bytes="base64"`` reads it. A length limit of a byte field
+    is on the decoded bytes, not on its text: this is how a JSON Schema can say it.
+    """
+
+    def count(low: int, high: int | None) -> str:
+        return f"{{{low},}}" if high is None else f"{{{low},{high}}}"
+
+    options = []
+    for a in _ALPHABETS:
+        quad, pad = f"[{a}]{{4}}", ("" if padded else "?")
+        parts = []
+        # the text is q whole quads then a tail of t = 0, 1 or 2 more bytes
+        for tail, text in ((0, ""), (1, f"[{a}]{{2}}(?:==){pad}"), (2, f"[{a}]{{3}}={pad}")):
+            low = max(0, -(-(min_bytes - tail) // 3))
+            high = None if max_bytes is None else (max_bytes - tail) // 3
+            if high is None or high >= low:
+                parts.append(f"(?:{quad}){count(low, high)}{text}")
+        options.append("|".join(parts))
+    return "^(?:" + "|".join(f"(?:{o})" for o in options) + ")$"
+
+
+def base64_fields(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+    """Describe `cls`'s bytes fields as base64 text in its JSON schema (a ``json_schema_extra``).
+
+    pydantic writes a byte field's length limits as ``minLength`` / ``maxLength`` of its
+    text, which counts characters, not bytes: a 12-byte nonce would read as 12 base64
+    characters (9 bytes). Here they become a pattern over the text that holds exactly
+    the allowed byte counts, with ``contentEncoding: base64``.
+    """
+    properties = schema.get("properties", {})
+    for name, field in cls.model_fields.items():
+        if field.annotation not in (bytes, bytes | None):
+            continue
+        low = next(
+            (m.min_length for m in field.metadata if isinstance(m, annotated_types.MinLen)), 0
+        )
+        high = next(
+            (m.max_length for m in field.metadata if isinstance(m, annotated_types.MaxLen)), None
+        )
+        prop = properties.get(field.alias or name, {})
+        for sub in [prop, *prop.get("anyOf", [])]:
+            if sub.get("type") == "string":
+                for k in ("minLength", "maxLength", "format"):
+                    sub.pop(k, None)
+                sub.update(base64_text(low, high))
+
+
+_EXACT_MAX_BYTES = 192
+"""Up to this many bytes a pattern bounds the text exactly; above, regular-expression engines
+(validators compile counted repetitions out) would take tens of milliseconds per schema."""
+
+
+def base64_text(min_bytes: int = 0, max_bytes: int | None = None) -> dict[str, Any]:
+    """JSON Schema keywords for the base64 text of `min_bytes`..`max_bytes` bytes.
+
+    Exact up to `_EXACT_MAX_BYTES`; above it the pattern bounds the minimum and
+    ``maxLength`` the text to whole groups of 3 bytes, so what it admits always fits
+    (the last one or two bytes under a large limit go undescribed).
+    """
+    if max_bytes is None or max_bytes <= _EXACT_MAX_BYTES:
+        exact: dict[str, Any] = {
+            "contentEncoding": "base64",
+            "pattern": base64_pattern(min_bytes, max_bytes),
+            # implied by the pattern; stated for generators that test the boundaries
+            "minLength": -(-4 * min_bytes // 3),
+        }
+        if max_bytes is not None:
+            exact["maxLength"] = 4 * -(-max_bytes // 3)
+        return exact
+    return {
+        "contentEncoding": "base64",
+        "pattern": base64_pattern(min_bytes),
+        "maxLength": 4 * (max_bytes // 3),
+    }
+
+
+BASE64_WIRE = ConfigDict(
+    frozen=True,
+    extra="forbid",
+    ser_json_bytes="base64",
+    val_json_bytes="base64",
+    json_schema_extra=base64_fields,
+)
+"""The config of a wire model: frozen, strict, bytes as base64 in JSON (and so described)."""
 
 
 class Precision(StrEnum):

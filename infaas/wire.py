@@ -9,16 +9,22 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from infaas.envelope import Envelope
-from infaas.types import Identifier, ModelRecord, Profile, Task, TensorSpec, VariantSpec
+from infaas.types import (
+    BASE64_WIRE,
+    Identifier,
+    ModelRecord,
+    Profile,
+    Task,
+    TensorSpec,
+    VariantSpec,
+)
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64"
-    )
+    model_config = BASE64_WIRE
 
 
 class InferRequest(_Wire):

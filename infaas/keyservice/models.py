@@ -4,17 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from infaas.types import Identifier
+from infaas.types import BASE64_WIRE, Identifier
 
 KeyId = Identifier
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(
-        frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64"
-    )
+    model_config = BASE64_WIRE
 
 
 class EvidenceResponse(_Wire):

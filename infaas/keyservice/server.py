@@ -27,7 +27,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, Query
 
-from infaas.edge import BodyLimit, install_error_handlers
+from infaas.edge import BodyLimit, install_error_handlers, problem_schema
 from infaas.errors import InvalidInput
 from infaas.keyservice.models import (
     EvidenceResponse,
@@ -37,6 +37,7 @@ from infaas.keyservice.models import (
     SealedMessage,
 )
 from infaas.keyservice.service import KeyService
+from infaas.types import base64_pattern
 
 PREFIX = "/v1/keyservice"
 
@@ -47,10 +48,20 @@ MAX_REQUEST_BYTES = 1 << 20
 
 def create_keyservice_router(service: KeyService) -> APIRouter:
     """The key service's routes around `service` (no global state)."""
-    router = APIRouter(prefix=PREFIX, tags=["keyservice"])
+    router = APIRouter(prefix=PREFIX, tags=["keyservice"], responses={"default": problem_schema()})
 
     @router.get("/evidence")
-    def evidence(nonce: Annotated[str, Query(max_length=128)]) -> EvidenceResponse:
+    def evidence(
+        nonce: Annotated[
+            str,
+            Query(
+                min_length=24,
+                max_length=88,
+                pattern=base64_pattern(16, 64, padded=True),
+                description="16..64 random bytes, base64 (either alphabet, padded)",
+            ),
+        ],
+    ) -> EvidenceResponse:
         try:
             raw = base64.b64decode(nonce.replace("-", "+").replace("_", "/"), validate=True)
         except (binascii.Error, ValueError):

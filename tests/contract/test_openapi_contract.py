@@ -1,0 +1,227 @@
+"""Schemathesis against the service's whole OpenAPI document, in process.
+
+The three apps that share the service's HTTP port (the control plane, the key
+service, the worker replicas' ``POST /v1/infer``) are built over a memory
+store and a simulated-TEE key service and worker (`tests.deployment`), and
+routed by the prefixes Ray Serve mounts them at: no Ray, no socket. The
+document is the one the control plane serves at ``/openapi.json``; every
+operation in it is called with schemathesis's positive and negative examples
+(a bounded number each) and every answer is checked: never a 5xx, status,
+content type, headers and body as documented, schema-invalid requests
+refused.
+
+A caller cannot forge a sealed body (an envelope, a sealed key-service call,
+worker evidence, a sealed model artifact): schema-valid random bytes never
+open, so for those operations "a schema-valid request is accepted" cannot hold,
+and the test checks instead that each refusal is the precise 4xx the sealing
+promises.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.specs.openapi.checks import positive_data_acceptance
+from starlette.types import Receive, Scope, Send
+
+from api.app import create_app
+from api.serve import INFER_PREFIX
+from enclave_workers.endpoint import serve_app
+from infaas.attestation import SimulatedPlatformCA
+from infaas.keyservice import create_keyservice_app
+from infaas.keyservice.server import PREFIX as KEYSERVICE_PREFIX
+from infaas.settings import Settings
+from infaas.store import open_store
+from infaas.wire import JobStatus
+from tests.asgi import TestClient
+from tests.deployment import Deployment
+
+MAX_EXAMPLES = 10
+"""Examples per operation and generation mode: the whole run stays within seconds."""
+
+SEALED = {
+    # operation -> the codes a schema-valid but unsealed (forged) body is refused with
+    "POST /v1/infer": {"decryption_failed", "invalid_input", "permission_denied"},
+    "POST /v1/keyservice/call": {"decryption_failed", "invalid_input"},
+    "POST /v1/keyservice/release": {"invalid_input", "attestation_failed", "permission_denied"},
+    "POST /v1/models": {"invalid_model", "conflict"},
+    "POST /v2/models/{name}/infer": {"sealing_required"},
+    "POST /v2/models/{name}/versions/{version}/infer": {"sealing_required"},
+}
+
+
+class Service:
+    """The service's three apps on one port, routed by prefix as Ray Serve mounts them."""
+
+    def __init__(self, dep: Deployment) -> None:
+        async def prepare(model_id: str) -> JobStatus:
+            # registrations of forged artifacts never reach here (they are refused first)
+            return JobStatus(model_id=model_id, state="queued")
+
+        self.control = create_app(
+            dep.settings,
+            store=dep.store,
+            artifacts=dep.artifacts,
+            tokens=dep.tokens,
+            prepare=prepare,
+            worker_status=dep.runtime.status,
+        )
+        self.keyservice = create_keyservice_app(dep.service)
+        self.worker = serve_app(dep.runtime, max_request_bytes=dep.settings.max_request_bytes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = str(scope.get("path", ""))
+        if scope["type"] == "http" and (
+            path == INFER_PREFIX or path.startswith(INFER_PREFIX + "/")
+        ):
+            await self.worker({**scope, "root_path": INFER_PREFIX}, receive, send)
+        elif scope["type"] == "http" and path.startswith(KEYSERVICE_PREFIX + "/"):
+            await self.keyservice(scope, receive, send)
+        else:
+            await self.control(scope, receive, send)
+
+
+@pytest.fixture(scope="module")
+def deployment_under_test(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """A deployment of its own (the fuzzer creates principals): an owner, a tenant, a worker."""
+    dep = Deployment.create(
+        SimulatedPlatformCA.generate("contract"), tmp_path_factory.mktemp("contract")
+    )
+    dep.add_owner("owner1")
+    dep.add_tenant("acme")
+    dep.start_worker()
+    dep.api_tokens["admin"] = dep.tokens.issue("root", "admin")
+    yield dep
+    dep.close()
+
+
+@pytest.fixture(scope="module")
+def service(deployment_under_test: Deployment) -> Service:
+    return Service(deployment_under_test)
+
+
+def served_document() -> dict[str, Any]:
+    """The document the control plane serves at ``/openapi.json`` (built with no state)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(data_dir=Path(tmp), store_url="memory://")
+        return create_app(settings, store=open_store("memory://")).openapi()
+
+
+# loaded when the module is collected: schemathesis parametrizes the test by operation
+schema = schemathesis.openapi.from_dict(served_document())
+
+
+def token_for(dep: Deployment, method: str, path: str) -> str:
+    """A valid token of the role the operation wants: so the fuzzer gets past the door."""
+    if path == INFER_PREFIX:
+        return dep.api_tokens["acme"]
+    if (method, path) == ("POST", "/v1/models"):
+        return dep.api_tokens["owner1"]
+    return dep.api_tokens["admin"]
+
+
+@schema.parametrize()
+@settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_every_operation_answers_as_documented(
+    case: schemathesis.Case, service: Service, deployment_under_test: Deployment
+) -> None:
+    if "Authorization" in (case.headers or {}):
+        # a generated credential is a random string: answer it with a real one, so the
+        # fuzzer reaches the handlers (a missing header still tests the 401 path)
+        case.headers["Authorization"] = "Bearer " + token_for(
+            deployment_under_test, case.method.upper(), case.path
+        )
+    operation = f"{case.method.upper()} {case.path}"
+    sealed = SEALED.get(operation)
+    response = case.call_and_validate(
+        app=service, excluded_checks=[positive_data_acceptance] if sealed else None
+    )
+    assert response.status_code < 500, response.text
+    if sealed is not None and 400 <= response.status_code < 500 and response.status_code != 401:
+        code = response.json().get("code")
+        assert code in sealed | {"invalid_input", "payload_too_large", "method_not_allowed"}, (
+            operation,
+            response.text,
+        )
+
+
+def test_the_document_describes_every_interface(service: Service) -> None:
+    """Inference, the key service, OIP v2 and the management routes are all in the document
+    the service serves, and it is the document the run above is generated from."""
+    with TestClient(service) as http:
+        served = http.get("/openapi.json").json()
+    assert served["paths"] == schema.raw_schema["paths"]
+    paths = served["paths"]
+    expected = {
+        ("post", INFER_PREFIX),
+        ("get", KEYSERVICE_PREFIX + "/evidence"),
+        ("post", KEYSERVICE_PREFIX + "/call"),
+        ("post", KEYSERVICE_PREFIX + "/nonce"),
+        ("post", KEYSERVICE_PREFIX + "/release"),
+        ("get", "/v2"),
+        ("get", "/v2/health/live"),
+        ("get", "/v2/health/ready"),
+        ("get", "/v2/models/{name}"),
+        ("get", "/v2/models/{name}/versions/{version}"),
+        ("get", "/v2/models/{name}/ready"),
+        ("post", "/v2/models/{name}/infer"),
+        ("post", "/v1/models"),
+        ("get", "/v1/models"),
+        ("get", "/v1/models/{model_id}"),
+        ("get", "/v1/jobs/{model_id}"),
+        ("get", "/v1/tasks"),
+        ("post", "/v1/tenants"),
+        ("get", "/v1/tenants"),
+        ("post", "/v1/owners"),
+        ("post", "/v1/scrapers"),
+        ("get", "/problems/{code}"),
+    }
+    documented = {(m, p) for p, ops in paths.items() for m in ops}
+    assert expected <= documented, sorted(expected - documented)
+    for path, ops in paths.items():
+        for method, op in ops.items():
+            # errors are documented as problems, never as FastAPI's 422 (the edge answers 400)
+            assert "422" not in op["responses"], (method, path)
+            assert "default" in op["responses"] or path in ("/healthz", "/readyz"), (method, path)
+
+
+def test_a_forged_envelope_is_a_precise_400(
+    service: Service, deployment_under_test: Deployment
+) -> None:
+    """The shape schemathesis generates for ``POST /v1/infer``, but sealed by no one."""
+    body = {
+        "envelope": {
+            "kind": "request",
+            "tenant": "acme",
+            "task": "digits",
+            "latency_ms": 50.0,
+            "min_accuracy": 0.5,
+            "request_id": "r1",
+            "timestamp": 0.0,
+            "key_id": "acme-k1",
+            "nonce": "A" * 16,
+            "ciphertext": "A" * 24,
+        }
+    }
+    with TestClient(service) as http:
+        r = http.post(
+            INFER_PREFIX,
+            json=body,
+            headers={"Authorization": f"Bearer {deployment_under_test.api_tokens['acme']}"},
+        )
+    assert 400 <= r.status_code < 500, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+
+
+def test_405_names_every_method_of_the_path(service: Service) -> None:
+    """``/v1/models`` is served by two routes (GET, POST): a 405 names both in ``Allow``."""
+    with TestClient(service) as http:
+        r = http.delete("/v1/models")
+    assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
+    assert {m.strip() for m in r.headers["allow"].split(",")} >= {"GET", "POST"}
