@@ -160,6 +160,14 @@ def eligible(d: Demand, c: Candidate, replica_memory_bytes: int) -> float:
     return slo_capacity(c, d.latency_ms)[1]
 
 
+def _by_task(cands: Sequence[Candidate]) -> dict[str, list[Candidate]]:
+    """Candidates per task: a class is only ever served by its own task's variants."""
+    out: dict[str, list[Candidate]] = {}
+    for c in cands:
+        out.setdefault(c.spec.task, []).append(c)
+    return out
+
+
 def _pool_slots(p: AllocationProblem, pool: Pool) -> int:
     by_cpu = (
         math.floor(p.cpu_budget / pool.num_cpus + 1e-9)
@@ -172,9 +180,10 @@ def _pool_slots(p: AllocationProblem, pool: Pool) -> int:
 def _prune(p: AllocationProblem) -> tuple[list[Candidate], dict[tuple[int, int], float]]:
     """Candidates worth offering the MILP, and mu[(demand index, candidate index)]."""
     keep: dict[str, Candidate] = {}
+    of_task = _by_task(p.candidates)
     for d in p.demands:
         options = []
-        for c in p.candidates:
+        for c in of_task.get(d.task, ()):
             mu = eligible(d, c, p.replica_memory_bytes)
             if mu > 0:
                 options.append((c.pool.cost_per_replica_s / mu, c.peak_memory_bytes, -mu, c))
@@ -200,8 +209,11 @@ def _prune(p: AllocationProblem) -> tuple[list[Candidate], dict[tuple[int, int],
             keep[o[3].variant_id] = o[3]
     cands = sorted(keep.values(), key=lambda c: c.variant_id)
     mu_map: dict[tuple[int, int], float] = {}
+    index = {c.variant_id: ci for ci, c in enumerate(cands)}
+    kept_of_task = _by_task(cands)
     for di, d in enumerate(p.demands):
-        for ci, c in enumerate(cands):
+        for c in kept_of_task.get(d.task, ()):
+            ci = index[c.variant_id]
             mu = eligible(d, c, p.replica_memory_bytes)
             if mu > 0:
                 mu_map[(di, ci)] = mu
@@ -214,6 +226,7 @@ class _OpenWorker:
     vids: list[str]
     shares: list[float]
     mem: int
+    used: float
 
 
 def solve_greedy(p: AllocationProblem) -> Allocation:
@@ -224,12 +237,18 @@ def solve_greedy(p: AllocationProblem) -> Allocation:
     routes: dict[str, tuple[tuple[str, float], ...]] = {}
     unserved: dict[str, float] = {}
     notes: list[str] = []
+    of_task = _by_task(p.candidates)
+    capacity: dict[tuple[str, float], float] = {}  # classes share latency targets
     for d in p.demands:
         if d.arrival_rps <= 0 and not d.keep_warm:
             continue
         best: tuple[float, float, Candidate] | None = None
-        for c in p.candidates:
-            mu = eligible(d, c, p.replica_memory_bytes)
+        for c in of_task.get(d.task, ()):
+            if c.accuracy < d.min_accuracy or c.peak_memory_bytes > p.replica_memory_bytes:
+                continue
+            mu = capacity.get((c.variant_id, d.latency_ms), -1.0)
+            if mu < 0:
+                mu = capacity[(c.variant_id, d.latency_ms)] = slo_capacity(c, d.latency_ms)[1]
             if mu <= 0:
                 continue
             key = (c.pool.cost_per_replica_s / mu, c.peak_memory_bytes)
@@ -263,16 +282,20 @@ def solve_greedy(p: AllocationProblem) -> Allocation:
     for t, vid in pieces:
         c = cand[vid]
         placed = False
-        for w in open_:
-            if w.pool != c.pool.name or sum(w.shares) + t > rho + 1e-9:
+        # a whole replica's piece fits no open one: pieces come largest first, so every
+        # replica open by then already holds a whole replica's share
+        for w in open_ if t < rho else ():
+            if w.pool != c.pool.name or w.used + t > rho + 1e-9:
                 continue
             if vid in w.vids:
                 w.shares[w.vids.index(vid)] += t
+                w.used += t
                 placed = True
                 break
             if w.mem + c.peak_memory_bytes <= p.replica_memory_bytes:
                 w.vids.append(vid)
                 w.shares.append(t)
+                w.used += t
                 w.mem += c.peak_memory_bytes
                 placed = True
                 break
@@ -283,7 +306,7 @@ def solve_greedy(p: AllocationProblem) -> Allocation:
         ) < _pool_slots(p, c.pool):
             cpu_used += c.pool.num_cpus
             pool_count[c.pool.name] = pool_count.get(c.pool.name, 0) + 1
-            open_.append(_OpenWorker(c.pool.name, [vid], [t], c.peak_memory_bytes))
+            open_.append(_OpenWorker(c.pool.name, [vid], [t], c.peak_memory_bytes, t))
         else:
             shed_time[vid] = shed_time.get(vid, 0.0) + t
     if shed_time:

@@ -1,0 +1,286 @@
+"""Cluster-scale experiments on the simulator that runs infaas's own decisions.
+
+One JSON line per experiment on stdout, progress on stderr::
+
+    python bench/sim.py run      # per-request simulation: every policy x CV 1 and 4
+    python bench/sim.py alloc    # allocation time and cost as the fleet grows
+    python bench/sim.py select   # per-request selection time with 10,000 variants
+    python bench/sim.py all
+
+`run` replays synthetic fleets (`scheduler.fleet`: models in families,
+variant numbers drawn around measured ones, tenants in SLO classes) on the
+Azure LLM inference trace's shape (`bench/traces/azure_conv_2023_per_second.csv`,
+minute means, one phase offset per class) with Gamma arrivals of CV 1 and 4
+within each minute, through `scheduler.simulation.Simulation`. It reports SLO
+attainment, replica-seconds against peak provisioning (the greedy plan for
+every class's peak rate, held for the whole horizon), served accuracy and the
+control tick's time. `alloc` times the allocation (`solve_greedy`,
+`solve_milp`, `solve_decomposed`) on the fleet's demand at several minutes of
+the trace, with each plan's cost over `lower_bound` (its proven distance from
+optimal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from infaas.errors import NoFeasibleVariant
+from infaas.settings import AutoscalerSettings
+from infaas.types import SLO
+from scheduler.allocation import (
+    AllocationProblem,
+    Demand,
+    solve_greedy,
+    solve_milp,
+)
+from scheduler.decompose import lower_bound, solve_decomposed
+from scheduler.fleet import ClassLoad, Fleet, fleet, gamma_arrivals, shifted
+from scheduler.policy import LoadSnapshot, Query, VariantLoad, select
+from scheduler.simulation import ServiceModel, Simulation
+
+TRACE = Path(__file__).resolve().parent / "traces" / "azure_conv_2023_per_second.csv"
+POLICIES = ("infaas", "infaas-style", "queue", "static-modelless", "static")
+SIZES = ((10, 4), (25, 8), (50, 16), (100, 32), (200, 64))
+CORES = 16
+
+
+def log(*a: Any) -> None:
+    print(*a, file=sys.stderr, flush=True)
+
+
+def azure_shape(step_s: float) -> list[float]:
+    """The trace's requests per second, averaged over `step_s` windows."""
+    with TRACE.open() as f:
+        counts = [float(r["requests"]) for r in csv.DictReader(f)]
+    n = int(step_s)
+    return [sum(counts[i : i + n]) / n for i in range(0, len(counts) - n + 1, n)]
+
+
+def workload(f: Fleet, horizon_s: float, cv: float, seed: int, step_s: float) -> list[ClassLoad]:
+    rng = random.Random(seed)
+    shape = azure_shape(60.0)
+    out = []
+    for task, slo, rps in f.classes:
+        rates = shifted(shape, step_s, rps, rng.randrange(len(shape)))
+        out.append(ClassLoad(task, slo, gamma_arrivals(rates, horizon_s, cv, rng)))
+    return out
+
+
+def settings(policy: str, nodes: int) -> AutoscalerSettings:
+    cpus = nodes * CORES
+    return AutoscalerSettings(
+        policy=policy,  # type: ignore[arg-type]
+        min_replicas=1,
+        max_replicas=cpus,
+        cpu_budget=cpus,
+        replica_memory_bytes=4 * 1024**3,
+        max_replicas_per_pool=cpus,
+        max_replicas_per_variant=cpus,
+        static_replicas=max(1, cpus // 4),
+        request_overhead_ms=2.0,
+        solver="greedy" if nodes > 4 else "milp",
+    )
+
+
+def problem(f: Fleet, rates: dict[str, float], nodes: int, limit_s: float) -> AllocationProblem:
+    ds = tuple(
+        Demand(key, t, rates[key], s.latency_ms, s.min_accuracy)
+        for t, s, _ in f.classes
+        if (key := f"{t}|{s.latency_ms:g}|{s.min_accuracy:g}") in rates
+    )
+    return AllocationProblem(
+        ds,
+        f.candidates.all,
+        cpu_budget=nodes * CORES,
+        replica_memory_bytes=4 * 1024**3,
+        max_replicas_per_pool=nodes * CORES,
+        time_limit_s=limit_s,
+    )
+
+
+def peak_rates(wl: list[ClassLoad], window_s: float = 10.0) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for cl in wl:
+        counts: dict[int, int] = {}
+        for t in cl.arrivals:
+            counts[int(t // window_s)] = counts.get(int(t // window_s), 0) + 1
+        out[cl.key] = max(counts.values(), default=0) / window_s
+    return out
+
+
+def exp_run(args: argparse.Namespace) -> None:
+    models, nodes = args.models, args.nodes
+    f = fleet(models, tenants=args.tenants or 10 * models, mean_rps=args.rps, seed=args.seed)
+    for cv in (1.0, 4.0):
+        wl = workload(f, args.horizon, cv, args.seed, args.step)
+        peak = solve_greedy(problem(f, peak_rates(wl), nodes, 1.0))
+        peak_rs = len(peak.workers) * args.horizon
+        for policy in args.policies:
+            t0 = time.perf_counter()
+            sim = Simulation(
+                f.candidates,
+                f.pools,
+                config=settings(policy, nodes),
+                nodes=nodes,
+                cores_per_node=CORES,
+                service=ServiceModel(request_overhead_ms=2.0, replica_startup_s=5.0),
+                seed=args.seed,
+            )
+            r = sim.run(wl, args.horizon).summary()
+            line = {
+                "experiment": "run",
+                "models": f.models,
+                "tenants": f.tenants,
+                "classes": len(f.classes),
+                "variants": len(f.candidates),
+                "nodes": nodes,
+                "cores_per_node": CORES,
+                "cv": cv,
+                "horizon_s": args.horizon,
+                "seed": args.seed,
+                **r,
+                "peak_replica_s": peak_rs,
+                "replica_s_over_peak": round(r["replica_s"] / peak_rs, 3) if peak_rs else None,
+                "decision_p99_us": round(1e6 * pct(sim.decision_s, 0.99), 1),
+                "wall_s": round(time.perf_counter() - t0, 1),
+            }
+            print(json.dumps(line), flush=True)
+            log(policy, cv, r["attainment"], r["replica_s"], line["wall_s"])
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(p * len(s)))] if s else 0.0
+
+
+def exp_alloc(args: argparse.Namespace) -> None:
+    shape = azure_shape(60.0)
+    for models, nodes in SIZES:
+        if models > args.max_models:
+            continue
+        f = fleet(models, tenants=10 * models, mean_rps=args.rps_per_model * models, seed=args.seed)
+        rng = random.Random(args.seed)
+        offsets = [rng.randrange(len(shape)) for _ in f.classes]
+        mean = statistics.fmean(shape)
+        times: dict[str, list[float]] = {"greedy": [], "decomposed": [], "milp": []}
+        ratio: dict[str, list[float]] = {k: [] for k in times}
+        for minute in range(0, len(shape), max(1, len(shape) // args.snapshots)):
+            rates = {
+                f"{t}|{s.latency_ms:g}|{s.min_accuracy:g}": rps
+                * shape[(minute + o) % len(shape)]
+                / mean
+                for (t, s, rps), o in zip(f.classes, offsets, strict=True)
+            }
+            p = problem(f, rates, nodes, args.milp_limit)
+            lb = lower_bound(p)
+            solvers = {
+                "greedy": solve_greedy,
+                "decomposed": lambda q: solve_decomposed(q, "greedy"),
+            }
+            if models <= args.milp_max_models:
+                solvers["milp"] = solve_milp
+            for name, fn in solvers.items():
+                t0 = time.perf_counter()
+                a = fn(p)
+                times[name].append(time.perf_counter() - t0)
+                ratio[name].append(
+                    a.cost_per_s / lb if lb > 0 and not a.unserved_rps else float("nan")
+                )
+        line: dict[str, Any] = {
+            "experiment": "alloc",
+            "models": models,
+            "nodes": nodes,
+            "classes": len(f.classes),
+            "variants": len(f.candidates),
+            "snapshots": len(times["greedy"]),
+        }
+        for name in times:
+            if times[name]:
+                line[f"{name}_p50_ms"] = round(1000 * pct(times[name], 0.5), 1)
+                line[f"{name}_p99_ms"] = round(1000 * pct(times[name], 0.99), 1)
+                line[f"{name}_cost_over_bound_max"] = round(max(ratio[name]), 4)
+        print(json.dumps(line), flush=True)
+        log("alloc", models, nodes, line)
+
+
+def exp_select(args: argparse.Namespace) -> None:
+    """`select` with 10,000 variants: 2,000 models in families of 5 (25 variants a task) and,
+    the worst case, all 10,000 in one task. Each decision is timed 3 times, the least kept
+    (the others' processes on a shared host preempt single runs); refusals are timed apart."""
+    rng = random.Random(args.seed)
+    for family in (5, 2000):
+        f = fleet(2000, tenants=2000, mean_rps=1.0, seed=args.seed, family_size=family)
+        tasks = f.candidates.tasks()
+        # every variant loaded and idle: the decision's cost, not a cold start's refusal
+        load = LoadSnapshot({c.variant_id: VariantLoad(1, 1) for c in f.candidates})
+        ok: list[float] = []
+        refused: list[float] = []
+        n = args.requests if family < 2000 else max(1, args.requests // 10)
+        for _ in range(n):
+            task = rng.choice(tasks)
+            slo = SLO(
+                latency_ms=rng.choice((100.0, 200.0, 400.0)), min_accuracy=rng.uniform(0.5, 0.8)
+            )
+            best = float("inf")
+            feasible = True
+            for _ in range(3):
+                t0 = time.perf_counter()
+                try:
+                    select(f.candidates, Query.for_task(task), slo, load)
+                except NoFeasibleVariant:
+                    feasible = False
+                best = min(best, time.perf_counter() - t0)
+            (ok if feasible else refused).append(best)
+        line = {
+            "experiment": "select",
+            "variants": len(f.candidates),
+            "variants_per_task": len(f.candidates) // len(tasks),
+            "selected": len(ok),
+            "p50_us": round(1e6 * pct(ok, 0.5), 1),
+            "p99_us": round(1e6 * pct(ok, 0.99), 1),
+            "refused": len(refused),
+            "refused_p99_us": round(1e6 * pct(refused, 0.99), 1),
+        }
+        print(json.dumps(line), flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("experiment", choices=("run", "alloc", "select", "all"))
+    ap.add_argument("--models", type=int, default=10)
+    ap.add_argument("--nodes", type=int, default=4)
+    ap.add_argument("--tenants", type=int, default=0, help="default: 10 per model")
+    ap.add_argument("--rps", type=float, default=300.0, help="run: the fleet's mean request rate")
+    ap.add_argument("--horizon", type=float, default=300.0, help="run: simulated seconds")
+    ap.add_argument("--step", type=float, default=10.0, help="run: simulated s per trace minute")
+    ap.add_argument("--policies", nargs="+", default=list(POLICIES))
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-models", type=int, default=200, help="alloc: largest fleet")
+    ap.add_argument("--rps-per-model", type=float, default=250.0, help="alloc: mean load")
+    ap.add_argument("--snapshots", type=int, default=20, help="alloc: demand snapshots per size")
+    ap.add_argument("--milp-limit", type=float, default=1.0, help="alloc: MILP time limit, s")
+    ap.add_argument("--milp-max-models", type=int, default=25, help="alloc: MILP up to this size")
+    ap.add_argument("--requests", type=int, default=20000, help="select: decisions timed")
+    args = ap.parse_args()
+    if args.experiment in ("select", "all"):
+        exp_select(args)
+    if args.experiment in ("alloc", "all"):
+        exp_alloc(args)
+    if args.experiment in ("run", "all"):
+        exp_run(args)
+
+
+if __name__ == "__main__":
+    main()
