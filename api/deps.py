@@ -12,11 +12,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials
 
 from infaas.artifacts import ArtifactStore
 from infaas.auth import Principal, Role, TokenRegistry
-from infaas.edge import optional_bearer_token
+from infaas.edge import BEARER, optional_bearer_token
 from infaas.settings import Settings
 from infaas.store import MetadataStore
 
@@ -71,9 +72,12 @@ ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 TokensDep = Annotated[TokenRegistry, Depends(get_tokens)]
 
 
-def request_token(authorization: Annotated[str | None, Header()] = None) -> str | None:
-    """The request's bearer token, if it sent one (parsed by the shared HTTP edge)."""
-    return optional_bearer_token(authorization)
+def request_token(
+    request: Request, _documented: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+) -> str | None:
+    """The request's bearer token, if it sent one (parsed by the shared HTTP edge: a
+    malformed header is a 401 problem, not the framework's own answer)."""
+    return optional_bearer_token(request.headers.get("authorization"))
 
 
 Token = Annotated[str | None, Depends(request_token)]

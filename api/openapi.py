@@ -13,13 +13,13 @@ the key service's routes come from `create_keyservice_router` itself, and
 
 from __future__ import annotations
 
-from typing import Annotated, Any, cast
+from typing import Any, cast
 
-from fastapi import APIRouter, FastAPI, Header
+from fastapi import APIRouter, FastAPI, Security
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, ConfigDict
 
-from infaas.edge import problem_schema
+from infaas.edge import BEARER, problem_schema
 from infaas.errors import NotFound, error_classes, problem_type
 from infaas.keyservice import KeyService, create_keyservice_router
 from infaas.wire import InferRequest, InferResponse
@@ -29,10 +29,12 @@ def _infer_router() -> APIRouter:
     """``POST /v1/infer`` as the worker replicas serve it (described, never mounted here)."""
     router = APIRouter(tags=["inference"], responses={"default": problem_schema()})
 
-    @router.post("/v1/infer", summary="one sealed inference (served by the worker replicas)")
-    def infer(
-        body: InferRequest, authorization: Annotated[str, Header(description="Bearer <token>")]
-    ) -> InferResponse:
+    @router.post(
+        "/v1/infer",
+        summary="one sealed inference (served by the worker replicas)",
+        dependencies=[Security(BEARER)],
+    )
+    def infer(body: InferRequest) -> InferResponse:
         """Run a sealed Open Inference Protocol v2 request under the envelope's task and SLO.
 
         The envelope's plaintext is an OIP v2 request body (its

@@ -43,6 +43,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -243,6 +244,15 @@ def problem_schema() -> dict[str, Any]:
 
 
 # --- bearer tokens ---------------------------------------------------------------------
+
+
+BEARER = HTTPBearer(
+    auto_error=False,
+    scheme_name="bearer",
+    description="an infaas API token: `Authorization: Bearer <token>`",
+)
+"""The bearer scheme, as the OpenAPI document names it (``Security(BEARER)`` on a route);
+the header itself is read by `optional_bearer_token`, whose refusals are problems."""
 
 
 def optional_bearer_token(authorization: str | None) -> str | None:

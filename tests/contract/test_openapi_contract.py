@@ -28,7 +28,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.app import create_app
 from api.serve import INFER_PREFIX
@@ -57,14 +57,21 @@ SEALED = {
 
 
 class Service:
-    """The service's three apps on one port, routed by prefix as Ray Serve mounts them."""
+    """The service's three apps on one port, routed by prefix as Ray Serve mounts them.
 
-    def __init__(self, dep: Deployment) -> None:
+    Made when the module is collected (schemathesis binds its schema to an app then);
+    its apps are built over a deployment by `bind`, in a fixture.
+    """
+
+    def __init__(self) -> None:
+        self.apps: tuple[ASGIApp, ASGIApp, ASGIApp] | None = None
+
+    def bind(self, dep: Deployment) -> None:
         async def prepare(model_id: str) -> JobStatus:
             # registrations of forged artifacts never reach here (they are refused first)
             return JobStatus(model_id=model_id, state="queued")
 
-        self.control = create_app(
+        control = create_app(
             dep.settings,
             store=dep.store,
             artifacts=dep.artifacts,
@@ -72,19 +79,25 @@ class Service:
             prepare=prepare,
             worker_status=dep.runtime.status,
         )
-        self.keyservice = create_keyservice_app(dep.service)
-        self.worker = serve_app(dep.runtime, max_request_bytes=dep.settings.max_request_bytes)
+        keyservice = create_keyservice_app(dep.service)
+        worker = serve_app(dep.runtime, max_request_bytes=dep.settings.max_request_bytes)
+        self.apps = (control, keyservice, worker)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self.apps is not None, "bind the service to a deployment first"
+        control, keyservice, worker = self.apps
         path = str(scope.get("path", ""))
         if scope["type"] == "http" and (
             path == INFER_PREFIX or path.startswith(INFER_PREFIX + "/")
         ):
-            await self.worker({**scope, "root_path": INFER_PREFIX}, receive, send)
+            await worker({**scope, "root_path": INFER_PREFIX}, receive, send)
         elif scope["type"] == "http" and path.startswith(KEYSERVICE_PREFIX + "/"):
-            await self.keyservice(scope, receive, send)
+            await keyservice(scope, receive, send)
         else:
-            await self.control(scope, receive, send)
+            await control(scope, receive, send)
+
+
+SERVICE = Service()
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +115,10 @@ def deployment_under_test(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @pytest.fixture(scope="module")
-def service(deployment_under_test: Deployment) -> Service:
-    return Service(deployment_under_test)
+def service(deployment_under_test: Deployment) -> Iterator[Service]:
+    SERVICE.bind(deployment_under_test)
+    yield SERVICE
+    SERVICE.apps = None
 
 
 def served_document() -> dict[str, Any]:
@@ -115,6 +130,7 @@ def served_document() -> dict[str, Any]:
 
 # loaded when the module is collected: schemathesis parametrizes the test by operation
 schema = schemathesis.openapi.from_dict(served_document())
+schema.app = SERVICE
 
 
 def token_for(dep: Deployment, method: str, path: str) -> str:
@@ -126,21 +142,29 @@ def token_for(dep: Deployment, method: str, path: str) -> str:
     return dep.api_tokens["admin"]
 
 
+def _unauthenticated(case: schemathesis.Case) -> bool:
+    """Whether schemathesis meant this case to go without credentials."""
+    meta = case.meta
+    return meta is not None and "auth" in str(getattr(meta.phase.data, "parameter", "")).lower()
+
+
 @schema.parametrize()
 @settings(max_examples=MAX_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_every_operation_answers_as_documented(
     case: schemathesis.Case, service: Service, deployment_under_test: Deployment
 ) -> None:
-    if "Authorization" in (case.headers or {}):
-        # a generated credential is a random string: answer it with a real one, so the
-        # fuzzer reaches the handlers (a missing header still tests the 401 path)
-        case.headers["Authorization"] = "Bearer " + token_for(
-            deployment_under_test, case.method.upper(), case.path
-        )
+    if case.operation.definition.raw.get("security") and not _unauthenticated(case):
+        # the routes that name the bearer scheme get a real token of the role they want,
+        # so the fuzzer reaches the handlers (a case that drops it tests the 401 path)
+        case.headers = {
+            **(case.headers or {}),
+            "Authorization": "Bearer "
+            + token_for(deployment_under_test, case.method.upper(), case.path),
+        }
     operation = f"{case.method.upper()} {case.path}"
     sealed = SEALED.get(operation)
     response = case.call_and_validate(
-        app=service, excluded_checks=[positive_data_acceptance] if sealed else None
+        excluded_checks=[positive_data_acceptance] if sealed else None
     )
     assert response.status_code < 500, response.text
     if sealed is not None and 400 <= response.status_code < 500 and response.status_code != 401:
@@ -189,6 +213,15 @@ def test_the_document_describes_every_interface(service: Service) -> None:
             # errors are documented as problems, never as FastAPI's 422 (the edge answers 400)
             assert "422" not in op["responses"], (method, path)
             assert "default" in op["responses"] or path in ("/healthz", "/readyz"), (method, path)
+            # credentials are the bearer scheme, never a plain header parameter
+            assert "authorization" not in {p["name"].lower() for p in op.get("parameters", [])}
+    assert served["components"]["securitySchemes"]["bearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an infaas API token: `Authorization: Bearer <token>`",
+    }
+    assert paths[INFER_PREFIX]["post"]["security"] == [{"bearer": []}]
+    assert paths["/v1/tenants"]["post"]["security"] == [{"bearer": []}]
 
 
 def test_a_forged_envelope_is_a_precise_400(
