@@ -179,6 +179,13 @@ class WorkerRuntime:
                 gpu,
                 verifier=keyservice.verifier(),
                 policy_sha256=keyservice.policy_sha256,
+                # heads seen are TEE state (a host restoring an older file only makes the
+                # worker compare with an older head)
+                log=keyservice.witness(
+                    settings.data_dir / "simulated-tee" / f"worker-log-heads-{self.pool.name}.json"
+                    if tee.simulated
+                    else None
+                ),
             ),
             tenant_ttl_s=tenant_key_ttl_s,
         )

@@ -23,6 +23,7 @@ from infaas.errors import (
     Unreachable,
 )
 from infaas.settings import Settings, load_settings
+from infaas.transparency.cli import add_commands as transparency_commands
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -532,6 +533,8 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
     common(tx)
     tx.add_argument("--out", type=Path, help="write the bundle here instead of stdout")
     tx.set_defaults(func=_cmd_trust_export)
+
+    transparency_commands(sub, common)
 
     ev = sub.add_parser("evidence", help="attestation evidence")
     ev_sub = ev.add_subparsers(dest="evidence_command", metavar="ACTION", required=True)

@@ -32,6 +32,7 @@ from infaas.client.sealing import (
 from infaas.envelope import open_error
 from infaas.errors import AuthenticationFailed, InfaasError, InvalidInput, Timeout
 from infaas.protocol import encode_request
+from infaas.transparency.witness import LogWitness
 from infaas.types import Task
 from infaas.wire import InferRequest, InferResponse, ModelInfo
 
@@ -62,8 +63,12 @@ class ClientBase:
         timeout_s: float = 120.0,
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        seen_heads: Path | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.seen_heads = seen_heads
+        """Where the transparency log heads this client saw are kept (None: in memory)."""
+        self._witness: LogWitness | None = None
         self.api_token = api_token
         self.ks_token = ks_token
         self.principal = principal or (api_token.rpartition(".")[0] if api_token else None)
@@ -112,6 +117,7 @@ class ClientBase:
         data = read_credentials(path)
         key = data.get("request_key")
         ks = data.get("keyservice")
+        kwargs.setdefault("seen_heads", Path(path).with_suffix(".log-heads.json"))
         return cls(
             base_url or data.get("base_url") or DEFAULT_URL,
             api_token=data.get("api_token"),

@@ -32,6 +32,7 @@ from infaas.errors import (
 from infaas.keyservice.client import KeyServiceClient, KeyServiceHttpClient
 from infaas.keyservice.models import ConsentKind, ConsentPolicy
 from infaas.protocol import DTYPES
+from infaas.transparency.witness import LogWitness
 from infaas.types import Task, Tenant, TensorSpec
 from infaas.wire import (
     CreateTenantRequest,
@@ -165,6 +166,7 @@ class Client(ClientBase):
             keyservice=self.keyservice,
             timeout_s=self.timeout_s,
             retry=self.retry,
+            seen_heads=self.seen_heads,
         )
 
     # -- the key service --------------------------------------------------------------------
@@ -180,13 +182,23 @@ class Client(ClientBase):
                 "(infaas trust export) before sending it keys"
             )
         ks = KeyServiceClient(
-            KeyServiceHttpClient(self._http), trust.verifier(), policy_sha256=trust.policy_sha256
+            KeyServiceHttpClient(self._http),
+            trust.verifier(),
+            policy_sha256=trust.policy_sha256,
+            log=self._log_witness(trust),
         )
         ks.attest()
         self.keyservice = trust
         self._ks = ks
         assert ks.verified is not None
         return ks.verified.measurement.hex()
+
+    def _log_witness(self, trust: KeyServiceTrust) -> LogWitness | None:
+        """The check of the trust bundle's transparency log, one per pinned log key, keeping
+        the heads seen in `seen_heads` (a file next to the credentials) when set."""
+        if self._witness is None or self._witness.public_key.hex() != trust.log_public_key:
+            self._witness = trust.witness(self.seen_heads)
+        return self._witness
 
     def _keyservice(self) -> KeyServiceClient:
         if self._ks is None:

@@ -54,6 +54,8 @@ from infaas.keyservice.sealing import info_for, open_sealed, seal_to, x25519_raw
 from infaas.keyservice.server import PREFIX
 from infaas.keyservice.service import Role, release_info
 from infaas.keyservice.trust import AttestedKeyService, attest_keyservice
+from infaas.transparency.log import LogExport, LogProof, ProofRequest
+from infaas.transparency.witness import LogWitness
 
 
 class KeyServiceTransport(Protocol):
@@ -64,6 +66,7 @@ class KeyServiceTransport(Protocol):
     def call(self, sealed: bytes) -> bytes: ...
     def issue_nonce(self) -> NonceResponse: ...
     def release(self, req: ReleaseRequest) -> ReleaseResponse: ...
+    def transparency_proof(self, req: ProofRequest) -> LogProof: ...
 
 
 class KeyServiceHttpClient:
@@ -104,16 +107,29 @@ class KeyServiceHttpClient:
         r = self._call("POST", "/release", content=req.model_dump_json())
         return ReleaseResponse.model_validate_json(r.content)
 
+    def transparency_proof(self, req: ProofRequest) -> LogProof:
+        r = self._call("POST", "/transparency/proof", content=req.model_dump_json())
+        return LogProof.model_validate_json(r.content)
+
+    def transparency_log(self) -> LogExport:
+        return LogExport.model_validate_json(self._call("GET", "/transparency").content)
+
 
 class KeyServiceClient:
     """Tenant / owner side: attest the key service, then seal keys to it."""
 
     def __init__(
-        self, transport: KeyServiceTransport, verifier: AttestationVerifier, *, policy_sha256: str
+        self,
+        transport: KeyServiceTransport,
+        verifier: AttestationVerifier,
+        *,
+        policy_sha256: str,
+        log: LogWitness | None = None,
     ) -> None:
         self._t = transport
         self._verifier = verifier
         self._policy_sha256 = policy_sha256
+        self._log = log
         self._service_key: bytes | None = None
         self.verified: VerifiedQuote | None = None
         self.attested: AttestedKeyService | None = None
@@ -121,7 +137,13 @@ class KeyServiceClient:
     def attest(self) -> bytes:
         """Verify the service's evidence (code and release policy) over a fresh nonce; return
         its public key."""
-        self.attested = attest_keyservice(self._t.evidence, self._verifier, self._policy_sha256)
+        self.attested = attest_keyservice(
+            self._t.evidence,
+            self._verifier,
+            self._policy_sha256,
+            log=self._log,
+            prove=self._t.transparency_proof,
+        )
         self.verified = self.attested.verified
         self._service_key = self.attested.hpke_public_key
         return self._service_key
@@ -216,6 +238,7 @@ class WorkerKeyClient:
         *,
         verifier: AttestationVerifier,
         policy_sha256: str,
+        log: LogWitness | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._t = transport
@@ -223,13 +246,20 @@ class WorkerKeyClient:
         self._gpu = gpu
         self._verifier = verifier
         self._policy_sha256 = policy_sha256
+        self._log = log
         self._clock = clock
         self._lock = threading.Lock()
         self.attested: AttestedKeyService | None = None
 
     def attest(self) -> AttestedKeyService:
         """Attest the key service (code and release policy) anew; AttestationFailed if not."""
-        attested = attest_keyservice(self._t.evidence, self._verifier, self._policy_sha256)
+        attested = attest_keyservice(
+            self._t.evidence,
+            self._verifier,
+            self._policy_sha256,
+            log=self._log,
+            prove=self._t.transparency_proof,
+        )
         with self._lock:
             self.attested = attested
         return attested

@@ -29,6 +29,7 @@ from infaas.settings import Settings
 from infaas.store import open_store
 from infaas.telemetry.flusher import Flusher
 from infaas.telemetry.recorder import Recorder
+from infaas.transparency.log import TransparencyLog, derived_log_key, simulated_log_key
 
 log = get_logger(__name__)
 
@@ -84,9 +85,22 @@ class KeyServiceIngress:
             log.warning(
                 "key service rollback protection uses the SIMULATED counter in %s", counter.path
             )
+        # what it trusts is appended to its public transparency log before it serves
+        transparency = TransparencyLog(
+            simulated_log_key(settings.data_dir)
+            if settings.tee_backend == "simulated"
+            else derived_log_key(kek),
+            settings.data_dir / "transparency",
+        )
         # its release policy (and so its identity) follows settings.production too
         self._service = KeyService(
-            store, kek, tee, verifier, production=settings.production, counter=counter
+            store,
+            kek,
+            tee,
+            verifier,
+            production=settings.production,
+            counter=counter,
+            transparency=transparency,
         )
         # key releases and refusals (by code) -> the store, for the dashboard and /metrics
         self._telemetry = Recorder("keyservice")

@@ -12,6 +12,7 @@ from infaas.attestation.deployment import create_worker_verifiers, load_policy, 
 from infaas.keyservice.trust import KeyServiceTrust, policy_sha256, release_policy_document
 from infaas.measurement import REPO, measure_closure
 from infaas.settings import Settings
+from infaas.transparency.log import raw_public_key, simulated_log_key
 
 # The module the key service's replica is started from: Ray imports it to build
 # `KeyServiceIngress`, so everything it imports runs in the key service (and
@@ -34,7 +35,7 @@ def keyservice_trust(
 ) -> KeyServiceTrust:
     """The deployment's trust bundle (`infaas trust export`): its key service's code
     measurement, the hash of the release policy it runs for these `worker_measurements`
-    (by pool), and the roots its evidence chains to.
+    (by pool), the roots its evidence chains to and its transparency log's public key.
 
     The key service computes its policy from the same settings and measurements
     (`KeyServiceIngress`); any difference (another policy file, another worker list, a
@@ -50,10 +51,16 @@ def keyservice_trust(
         roots_pem = b"".join(
             c.public_bytes(serialization.Encoding.PEM) for c in load_policy(settings).roots
         )
+    simulated = settings.tee_backend == "simulated"
     return KeyServiceTrust(
         measurement=keyservice_measurement().hex(),
         roots_pem=roots_pem,
-        allow_simulated=settings.tee_backend == "simulated",
+        allow_simulated=simulated,
         policy_sha256=policy_sha256(document),
         release_policy=document,
+        # the log key of a hardware key service is derived inside it: its bundle takes the
+        # key from the log's own export (GET /v1/keyservice/transparency)
+        log_public_key=raw_public_key(simulated_log_key(settings.data_dir)).hex()
+        if simulated
+        else "",
     )

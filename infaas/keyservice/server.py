@@ -13,6 +13,10 @@ POST     /v1/keyservice/call                a management call sealed to the atte
 POST     /v1/keyservice/nonce               a single-use nonce for worker evidence
 POST     /v1/keyservice/release             worker evidence + nonce + key requests; the
                                             answer signed by the service
+GET      /v1/keyservice/transparency        the public transparency log: its key, every
+                                            entry, the latest signed tree head
+POST     /v1/keyservice/transparency/proof  inclusion proofs of entries and the
+                                            consistency proof from a size seen before
 =======  =================================  ==========================================
 
 No token, key or management answer crosses in clear: the host sees a call's size and
@@ -38,6 +42,7 @@ from infaas.keyservice.models import (
 )
 from infaas.keyservice.service import KeyService
 from infaas.types import base64_pattern
+from infaas.transparency.log import LogExport, LogProof, ProofRequest
 
 PREFIX = "/v1/keyservice"
 
@@ -79,6 +84,14 @@ def create_keyservice_router(service: KeyService) -> APIRouter:
     @router.post("/release")
     def release(body: ReleaseRequest) -> ReleaseResponse:
         return service.release(body)
+
+    @router.get("/transparency")
+    def transparency_log() -> LogExport:
+        return service.transparency.export()
+
+    @router.post("/transparency/proof")
+    def transparency_proof(body: ProofRequest) -> LogProof:
+        return service.transparency_proof(body)
 
     return router
 

@@ -81,6 +81,15 @@ from infaas.keyservice.trust import (
 )
 from infaas.logs import get_logger
 from infaas.store import MetadataStore, SealedTable
+from infaas.transparency.log import (
+    LogProof,
+    ProofRequest,
+    TransparencyLog,
+    keyservice_entry,
+    model_entry,
+    worker_entry,
+    worker_measurements,
+)
 
 log = get_logger(__name__)
 
@@ -126,6 +135,7 @@ class KeyService:
         lease_s: float = 1.0,
         clock: Callable[[], float] = time.time,
         counter: MonotonicCounter | None = None,
+        transparency: TransparencyLog | None = None,
     ) -> None:
         # versioned by a log whose length `counter` holds (a fresh in-memory one if none:
         # a restart over the same store must then pass the same counter)
@@ -149,6 +159,11 @@ class KeyService:
         # what it releases keys to is part of its identity (bound into its evidence)
         self.release_policy = release_policy_document(worker_verifier, production=production)
         self.policy_sha256 = policy_sha256(self.release_policy)
+        # what it trusts is public before it serves (infaas.transparency.log)
+        self.transparency = transparency or TransparencyLog.in_memory()
+        self.transparency.append(keyservice_entry(tee.measurement.hex(), self.policy_sha256))
+        for m in worker_measurements(self.release_policy):
+            self.transparency.append(worker_entry(m))
         if tee.simulated:
             log.warning("key service runs on %s", tee.status())
 
@@ -176,6 +191,11 @@ class KeyService:
             simulated=self._tee.simulated,
             status=self._tee.status(),
         )
+
+    def transparency_proof(self, req: ProofRequest) -> LogProof:
+        """Inclusion proofs of `req.entries` under the log's head, and its consistency with
+        the tree of `req.since` entries (`TransparencyLog.prove`)."""
+        return self.transparency.prove(req.entries, req.since)
 
     def call(self, sealed: bytes) -> bytes:
         """A management call sealed to this service (`infaas.keyservice.channel`): open it
@@ -261,6 +281,7 @@ class KeyService:
                 SealedTable.MODEL, model_id, {"owner": owner, "grants": [], "current_key_id": None}
             )
             model = self._owned_model(model_id, owner)
+            self.transparency.append(model_entry(model_id, key_id, key))
             if not self._records.put_if_absent(
                 SealedTable.MODEL_KEY,
                 f"{model_id}/{key_id}",
@@ -375,6 +396,8 @@ class KeyService:
             now=self._clock(),
         )
         resolved = [self._resolve(k) for k in req.keys]
+        # a policy that admits any measurement: this one is published before it gets a key
+        self.transparency.append(worker_entry(appraisal.cpu.measurement))
         out: list[WrappedKey] = []
         for k, key_id, key, models in resolved:
             wrapped = WrappedKey(

@@ -16,6 +16,13 @@ against it and returns the `AttestedKeyService`; a worker then accepts a
 release only if its signature verifies under that attested signing key and
 its signed statement (`release_statement`) names exactly what the worker
 asked for, the ephemeral key it asked with and its own nonce.
+
+A bundle that pins a transparency log (`KeyServiceTrust.log_public_key`) asks
+more: the key service's measurement and policy, and every worker measurement
+that policy admits, must be in that log (inclusion proofs under a head the log
+key signed) and the log must extend every head this party saw before
+(`infaas.transparency.witness`); a policy that admits any worker measurement
+cannot be checked in the log and is refused.
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidSignature
@@ -35,8 +43,17 @@ from infaas.attestation.policy import AttestationPolicy
 from infaas.attestation.verifier import AttestationVerifier
 from infaas.attestation.verify import VerifiedQuote, load_roots
 from infaas.envelope import canonical_json
-from infaas.errors import AttestationFailed
+from infaas.errors import AttestationFailed, NotFound
 from infaas.keyservice.models import EvidenceResponse, KeyRequest, ReleaseResponse, WrappedKey
+from infaas.transparency.log import (
+    LogProof,
+    ProofRequest,
+    admits_any_worker,
+    keyservice_entry,
+    worker_entry,
+    worker_measurements,
+)
+from infaas.transparency.witness import LogWitness, SeenHeads
 
 if TYPE_CHECKING:
     from infaas.attestation.verifier import WorkerVerifier
@@ -165,15 +182,24 @@ class AttestedKeyService:
 
 
 def attest_keyservice(
-    evidence_of: Any, verifier: AttestationVerifier, expected_policy_sha256: str
+    evidence_of: Any,
+    verifier: AttestationVerifier,
+    expected_policy_sha256: str,
+    *,
+    log: LogWitness | None = None,
+    prove: Callable[[ProofRequest], LogProof] | None = None,
 ) -> AttestedKeyService:
     """Fetch the key service's evidence over a fresh nonce (`evidence_of(nonce)`) and check it:
     quote chain and measurement (`verifier`), report data binding its keys and policy hash,
-    the policy document hashing to that value, and that value being the expected one."""
-    if not expected_policy_sha256:
+    the policy document hashing to that value, and that value being the expected one.
+
+    With a `log` (the bundle's pinned transparency log), the expected policy may be left
+    empty: the measurement and policy, and each worker measurement the policy admits, must
+    then be in the log instead, proven by `prove` (`check_in_log`)."""
+    if not expected_policy_sha256 and log is None:
         raise AttestationFailed(
             "no expected release policy for the key service: its trust bundle must name "
-            "policy_sha256 (infaas trust export)",
+            "policy_sha256 or a transparency log (infaas trust export)",
             check="keyservice_policy",
         )
     nonce = secrets.token_bytes(32)
@@ -185,7 +211,9 @@ def attest_keyservice(
             "key service's release policy document does not hash to the value its evidence binds",
             check="keyservice_policy",
         )
-    if not hmac.compare_digest(ev.policy_sha256, expected_policy_sha256.lower()):
+    if expected_policy_sha256 and not hmac.compare_digest(
+        ev.policy_sha256, expected_policy_sha256.lower()
+    ):
         raise AttestationFailed(
             f"key service runs release policy {ev.policy_sha256}, the trust bundle expects "
             f"{expected_policy_sha256.lower()}: refused (right code, another policy?)",
@@ -193,6 +221,14 @@ def attest_keyservice(
         )
     if not isinstance(verified, VerifiedQuote):  # pragma: no cover - verify returns quotes
         raise AttestationFailed("key service evidence is not a quote")
+    if log is not None:
+        if prove is None:
+            raise AttestationFailed(
+                "the trust bundle pins a transparency log, but this key service transport "
+                "cannot fetch its proofs",
+                check="transparency_log",
+            )
+        check_in_log(log, prove, verified.measurement.hex(), ev.policy_sha256, ev.policy)
     return AttestedKeyService(
         measurement=verified.measurement.hex(),
         hpke_public_key=ev.public_key,
@@ -201,6 +237,34 @@ def attest_keyservice(
         simulated=verified.simulated,
         verified=verified,
     )
+
+
+def check_in_log(
+    log: LogWitness,
+    prove: Callable[[ProofRequest], LogProof],
+    measurement: str,
+    policy_hex: str,
+    policy: Mapping[str, Any],
+) -> None:
+    """AttestationFailed unless the key service `measurement` running `policy` (of hash
+    `policy_hex`) and every worker measurement the policy admits are in the transparency
+    log, under a head consistent with every head `log` saw before."""
+    if admits_any_worker(policy):
+        raise AttestationFailed(
+            "key service's release policy admits any worker measurement: what it releases "
+            "keys to cannot be checked in the transparency log: refused",
+            check="transparency_log",
+        )
+    entries = [keyservice_entry(measurement, policy_hex)]
+    entries += [worker_entry(m) for m in worker_measurements(policy)]
+    try:
+        proof = prove(ProofRequest(entries=entries, since=log.since()))
+    except NotFound as e:
+        raise AttestationFailed(
+            f"the transparency log does not prove what this key service runs: {e.message}",
+            check="transparency_log",
+        ) from None
+    log.check(proof, entries)
 
 
 @dataclass(frozen=True)
@@ -212,7 +276,8 @@ class KeyServiceTrust:
     release policy (`release_policy`, the document itself, is there to be read),
     `roots_pem` the roots its evidence chains to: the simulated platform CA of a simulated
     deployment (then `allow_simulated` must be set: such evidence is not confidential) or
-    Intel's root for hardware.
+    Intel's root for hardware; `log_public_key` the transparency log the key service's
+    identity and the workers it trusts must be in.
     """
 
     measurement: str
@@ -220,6 +285,15 @@ class KeyServiceTrust:
     allow_simulated: bool = False
     policy_sha256: str = ""
     release_policy: Mapping[str, Any] | None = None
+    log_public_key: str = ""
+    """The transparency log's Ed25519 public key (hex): what is trusted must be logged there."""
+
+    def witness(self, seen_heads: Path | None = None) -> LogWitness | None:
+        """The relying party's check of this bundle's transparency log (None: no log pinned),
+        remembering the heads it saw in `seen_heads` (a JSON file) when given."""
+        if not self.log_public_key:
+            return None
+        return LogWitness(bytes.fromhex(self.log_public_key), SeenHeads(seen_heads))
 
     def policy(self) -> AttestationPolicy:
         return AttestationPolicy(
@@ -239,6 +313,8 @@ class KeyServiceTrust:
         }
         if self.release_policy is not None:
             out["release_policy"] = dict(self.release_policy)
+        if self.log_public_key:
+            out["log_public_key"] = self.log_public_key
         return out
 
     @classmethod
@@ -250,4 +326,5 @@ class KeyServiceTrust:
             allow_simulated=bool(data.get("allow_simulated", False)),
             policy_sha256=str(data.get("policy_sha256", "")),
             release_policy=dict(policy) if isinstance(policy, Mapping) else None,
+            log_public_key=str(data.get("log_public_key", "")),
         )

@@ -77,7 +77,10 @@ def served(
         http = httpx.Client(base_url=url, timeout=30.0)
         trust = deployment_trust(settings)
         client = KeyServiceClient(
-            KeyServiceHttpClient(http), trust.verifier(), policy_sha256=trust.policy_sha256
+            KeyServiceHttpClient(http),
+            trust.verifier(),
+            policy_sha256=trust.policy_sha256,
+            log=trust.witness(),
         )
         client.attest()
         owner = client.register("owner1", "owner")

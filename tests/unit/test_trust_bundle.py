@@ -24,7 +24,10 @@ def _attest(settings: Settings, bundle: KeyServiceTrust) -> str:
     replica = KeyServiceIngress.func_or_class.__mro__[1](settings, measurements)  # type: ignore[attr-defined]
     with TestClient(replica.__serve_build_asgi_app__()) as http:
         c = KeyServiceClient(
-            KeyServiceHttpClient(http), bundle.verifier(), policy_sha256=bundle.policy_sha256
+            KeyServiceHttpClient(http),
+            bundle.verifier(),
+            policy_sha256=bundle.policy_sha256,
+            log=bundle.witness(),
         )
         c.attest()
         assert c.attested is not None
@@ -39,6 +42,7 @@ def test_exported_bundle_attests_the_key_service_and_refuses_another_policy(
     assert main([*argv, "--out", str(out)]) == 0
     bundle = KeyServiceTrust.from_json(json.loads(out.read_text()))
     assert bundle.allow_simulated and len(bundle.policy_sha256) == 64
+    assert len(bundle.log_public_key) == 64  # the log its identity and workers must be in
     assert bundle.release_policy is not None
     assert "-----BEGIN CERTIFICATE-----" in bundle.roots_pem.decode()
     assert "PRIVATE" not in out.read_text()
