@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import BaseModel, ConfigDict, Field
 
 from infaas.envelope import canonical_json
-from infaas.errors import AttestationFailed, InfaasError, NotFound
+from infaas.errors import AttestationFailed, InfaasError
 from infaas.logs import get_logger
 from infaas.transparency import merkle
 
@@ -337,21 +337,26 @@ class TransparencyLog:
         return entry_leaf(entry) in self._index
 
     def prove(self, entries: Sequence[Mapping[str, Any]], since: int = 0) -> LogProof:
-        """The current head, an inclusion proof of each of `entries` under it (NotFound for
-        one not in the log) and its consistency proof from the tree of `since` leaves."""
+        """The current head, an inclusion proof of each of `entries` that is in the log (the
+        asker refuses what is missing) and its consistency proof from the tree of `since`
+        leaves (none when the log is shorter: the asker refuses a log that went back)."""
         with self._lock:
             head, leaves = self.head, self._leaves[: self.head.size]
             inclusions = []
             for entry in entries:
                 index = self._index.get(entry_leaf(entry))
                 if index is None or index >= head.size:
-                    raise NotFound(f"not in the transparency log: {dict(entry)}")
+                    continue
                 path = [p.hex() for p in merkle.inclusion_proof(leaves, index)]
                 inclusions.append(Inclusion(entry=dict(entry), index=index, path=path))
-            if since > head.size:
-                raise NotFound(f"the log has {head.size} entries, not {since}")
-            consistency = [p.hex() for p in merkle.consistency_proof(leaves, since)]
-        return LogProof(head=head, inclusions=inclusions, since=since, consistency=consistency)
+            shorter = since > head.size
+            consistency = [] if shorter else merkle.consistency_proof(leaves, since)
+        return LogProof(
+            head=head,
+            inclusions=inclusions,
+            since=since,
+            consistency=[p.hex() for p in consistency],
+        )
 
     def export(self) -> LogExport:
         with self._lock:

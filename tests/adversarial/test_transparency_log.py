@@ -149,9 +149,12 @@ def test_key_service_whose_policy_is_not_in_the_log_is_refused(
     )
     on_path = ProofsFrom(rogue, dep.service.transparency)
     trust = logged_trust(dep)
-    with pytest.raises(AttestationFailed, match="does not prove what this key service runs"):
+    with pytest.raises(
+        AttestationFailed,
+        match=r"key service measurement .* with release policy .* not in the transparency log",
+    ):
         client(on_path, trust).attest()
-    with pytest.raises(AttestationFailed, match="does not prove"):
+    with pytest.raises(AttestationFailed, match="not in the transparency log"):
         worker(dep, on_path, trust).model_key("resnet")
     # forging the proof: the honest log's proof of the honest policy stands for nothing else
     honest_proof = dep.service.transparency_proof(
@@ -185,9 +188,7 @@ def test_worker_measurement_not_in_the_log_is_refused(
     partial.append(keyservice_entry(KS_MEASUREMENT.hex(), dep.service.policy_sha256))
     on_path = ProofsFrom(dep.service, partial)
     trust = logged_trust(dep)
-    with pytest.raises(
-        AttestationFailed, match=r"does not prove .*not in the transparency log: .*worker"
-    ):
+    with pytest.raises(AttestationFailed, match=r"worker measurement .* not in the transparency"):
         client(on_path, trust).attest()
     with pytest.raises(AttestationFailed, match="not in the transparency log"):
         worker(dep, on_path, trust).model_key("resnet")
