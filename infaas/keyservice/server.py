@@ -41,8 +41,8 @@ from infaas.keyservice.models import (
     SealedMessage,
 )
 from infaas.keyservice.service import KeyService
-from infaas.types import base64_pattern
 from infaas.transparency.log import LogExport, LogProof, ProofRequest
+from infaas.types import base64_pattern
 
 PREFIX = "/v1/keyservice"
 

@@ -126,7 +126,7 @@ def entry_leaf(entry: Mapping[str, Any]) -> bytes:
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
 class TreeHead(_Wire):

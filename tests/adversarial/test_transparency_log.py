@@ -207,6 +207,7 @@ def test_a_policy_admitting_any_worker_is_refused_and_its_workers_are_logged(
         SimulatedTEE(dep.ca, KS_MEASUREMENT),
         anyone,
         transparency=dep.service.transparency,
+        counter=dep.counter,  # a restart of the same key service over its state
     )
     with pytest.raises(AttestationFailed, match="admits any worker measurement"):
         client(permissive, logged_trust(dep)).attest()
@@ -234,7 +235,9 @@ def test_a_forked_log_is_detected_by_clients_and_workers(
 
     forked = TransparencyLog(log_key)
     forked.append(worker_entry(OTHER_WORKER.hex()))  # a history only some are shown
-    fork = Deployment.key_service(dep.ca, dep.store, dep.kek, transparency=forked)
+    fork = Deployment.key_service(
+        dep.ca, dep.store, dep.kek, transparency=forked, counter=dep.counter
+    )
     # the same size as the honest log, another root
     assert fork.transparency.head.size == dep.service.transparency.head.size
     assert fork.transparency.head.root != dep.service.transparency.head.root
