@@ -36,7 +36,7 @@ from string import Template
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
-from fastapi import APIRouter, FastAPI, Query, Request
+from fastapi import APIRouter, FastAPI, Query, Request, Security
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
@@ -46,7 +46,7 @@ from api.dashboard.metrics import create_registry
 from api.dashboard.session import COOKIE, SESSION_S, Sessions
 from api.deps import ControlPlane
 from infaas.auth import Principal
-from infaas.edge import optional_bearer_token
+from infaas.edge import BEARER, optional_bearer_token, problem_schema
 from infaas.errors import AuthenticationFailed, InfaasError, PermissionDenied
 from infaas.logs import get_logger
 from infaas.telemetry.events import read_autoscaler_events
@@ -300,7 +300,25 @@ def create_dashboard_router(dash: Dashboard) -> APIRouter:
     def page(request: Request, name: str) -> Response:
         return show(request, name)
 
-    @router.get("/metrics")
+    return router
+
+
+def create_metrics_router(dash: Dashboard) -> APIRouter:
+    """``GET /metrics``, in the OpenAPI document (the dashboard's pages are not: HTML)."""
+    router = APIRouter(tags=["metrics"], responses={"default": problem_schema()})
+
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics (admin, or a scraper's read-only token)",
+        dependencies=[Security(BEARER)],
+        response_class=Response,
+        responses={
+            200: {
+                "description": "the Prometheus text exposition",
+                "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+            }
+        },
+    )
     def metrics(request: Request) -> Response:
         if dash.admin(request) is None:  # else a scraper's read-only token
             token = optional_bearer_token(request.headers.get("authorization"))
@@ -315,4 +333,5 @@ def install_dashboard(app: FastAPI) -> Dashboard:
     dash = Dashboard(app.state.plane)
     app.state.dashboard = dash
     app.include_router(create_dashboard_router(dash))
+    app.include_router(create_metrics_router(dash))
     return dash

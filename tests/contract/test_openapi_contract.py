@@ -205,6 +205,7 @@ def test_the_document_describes_every_interface(service: Service) -> None:
         ("post", "/v1/owners"),
         ("post", "/v1/scrapers"),
         ("get", "/problems/{code}"),
+        ("get", "/metrics"),
     }
     documented = {(m, p) for p, ops in paths.items() for m in ops}
     assert expected <= documented, sorted(expected - documented)
