@@ -6,6 +6,7 @@ One JSON line per experiment on stdout, progress on stderr::
     python bench/sim.py alloc    # allocation time and cost as the fleet grows
     python bench/sim.py select   # per-request selection time with 10,000 variants
     python bench/sim.py all
+    python bench/sim.py validate --results R.jsonl --store URL [--calibrate 0 1]
 
 `run` replays synthetic fleets (`scheduler.fleet`: models in families,
 variant numbers drawn around measured ones, tenants in SLO classes) on the
@@ -43,15 +44,18 @@ from scheduler.allocation import (
     solve_greedy,
     solve_milp,
 )
+from scheduler.control import with_overhead
 from scheduler.decompose import lower_bound, solve_decomposed
 from scheduler.fleet import ClassLoad, Fleet, fleet, gamma_arrivals, shifted
-from scheduler.policy import LoadSnapshot, Query, VariantLoad, select
+from scheduler.policy import Candidate, CandidateSet, LoadSnapshot, Query, VariantLoad, select
 from scheduler.simulation import ServiceModel, Simulation
 
 TRACE = Path(__file__).resolve().parent / "traces" / "azure_conv_2023_per_second.csv"
 POLICIES = ("infaas", "infaas-style", "queue", "static-modelless", "static")
 SIZES = ((10, 4), (25, 8), (50, 16), (100, 32), (200, 64))
 CORES = 16
+OVERHEAD_MS = 2.0
+"""Request path per request on a replica (assumed; the 2-core bench calibrates 12 ms)."""
 
 
 def log(*a: Any) -> None:
@@ -76,7 +80,7 @@ def workload(f: Fleet, horizon_s: float, cv: float, seed: int, step_s: float) ->
     return out
 
 
-def settings(policy: str, nodes: int) -> AutoscalerSettings:
+def settings(policy: str, nodes: int, solver: str = "greedy") -> AutoscalerSettings:
     cpus = nodes * CORES
     return AutoscalerSettings(
         policy=policy,  # type: ignore[arg-type]
@@ -87,8 +91,8 @@ def settings(policy: str, nodes: int) -> AutoscalerSettings:
         max_replicas_per_pool=cpus,
         max_replicas_per_variant=cpus,
         static_replicas=max(1, cpus // 4),
-        request_overhead_ms=2.0,
-        solver="greedy" if nodes > 4 else "milp",
+        request_overhead_ms=OVERHEAD_MS,
+        solver=solver,  # type: ignore[arg-type]
     )
 
 
@@ -120,20 +124,30 @@ def peak_rates(wl: list[ClassLoad], window_s: float = 10.0) -> dict[str, float]:
 
 def exp_run(args: argparse.Namespace) -> None:
     models, nodes = args.models, args.nodes
-    f = fleet(models, tenants=args.tenants or 10 * models, mean_rps=args.rps, seed=args.seed)
-    for cv in (1.0, 4.0):
+    f = fleet(
+        models,
+        tenants=args.tenants or 10 * models,
+        mean_rps=args.rps,
+        seed=args.seed,
+        pools=args.pools,
+    )
+    # the control loop and the workers see profiles with the request path added (as served)
+    served = CandidateSet(
+        Candidate.of(c.spec, with_overhead(c.profile, OVERHEAD_MS), c.pool) for c in f.candidates
+    )
+    for cv in args.cv:
         wl = workload(f, args.horizon, cv, args.seed, args.step)
         peak = solve_greedy(problem(f, peak_rates(wl), nodes, 1.0))
         peak_rs = len(peak.workers) * args.horizon
         for policy in args.policies:
             t0 = time.perf_counter()
             sim = Simulation(
-                f.candidates,
+                served,
                 f.pools,
-                config=settings(policy, nodes),
+                config=settings(policy, nodes, args.solver),
                 nodes=nodes,
                 cores_per_node=CORES,
-                service=ServiceModel(request_overhead_ms=2.0, replica_startup_s=5.0),
+                service=ServiceModel(request_overhead_ms=OVERHEAD_MS, replica_startup_s=5.0),
                 seed=args.seed,
             )
             r = sim.run(wl, args.horizon).summary()
@@ -254,11 +268,136 @@ def exp_select(args: argparse.Namespace) -> None:
         print(json.dumps(line), flush=True)
 
 
+def _replay(
+    row: dict[str, Any], cfg: dict[str, Any], cands: Any, service: ServiceModel
+) -> dict[str, Any]:
+    """One `bench/slo.py` result row replayed in the simulator: same trace, seed and settings."""
+    from bench.traces import read_trace  # the bench's own trace reader and arrival draw
+    from infaas.settings import Pool
+
+    trace = read_trace(TRACE.parent / f"{row['trace']}.csv").scaled(
+        cfg.get("rate_scale", 1.0), cfg.get("time_scale", 1.0)
+    )
+    sent = trace.arrivals(int(row["seed"]), cfg.get("max_requests"))
+    loads = [
+        ClassLoad(
+            c.task,
+            SLO(latency_ms=c.latency_ms, min_accuracy=c.min_accuracy),
+            [t for t, j in sent if j == i],
+        )
+        for i, c in enumerate(trace.classes)
+    ]
+    pool = Pool(name="cpu", num_cpus=cfg.get("replica_cpus", 1.0), cost_per_replica_s=1.0)
+    conf = AutoscalerSettings(
+        policy=row["policy"],
+        max_replicas=cfg.get("max_replicas", 2),
+        static_replicas=cfg.get("static_replicas", 2),
+        **cfg.get("autoscaler", {}),
+    ).for_pool(pool)
+    sim = Simulation(
+        cands,
+        [pool],
+        config=conf,
+        nodes=1,
+        cores_per_node=2.0,
+        service=service,
+        seed=int(row["seed"]),
+    )
+    return sim.run(loads, trace.duration_s).summary()
+
+
+def exp_validate(args: argparse.Namespace) -> None:
+    """Calibrate the service model on `--calibrate` seeds of real `bench/slo.py` rows, predict
+    the other seeds; one line per predicted row, then the agreement (violations within 20 %,
+    cost within 5 %, the policies ranked alike per trace and seed)."""
+    import yaml
+
+    from infaas.store import open_store
+    from scheduler.control import with_overhead
+    from scheduler.policy import CandidateSet
+
+    cfg = yaml.safe_load(Path(args.config).read_text())
+    rows = [json.loads(x) for x in Path(args.results).read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if "violations" in r and not r.get("smoke")]
+    store = open_store(args.store)
+    variants, profiles = store.list_variants(), store.list_profiles()
+    from infaas.settings import Pool
+
+    pool = Pool(name="cpu", num_cpus=cfg.get("replica_cpus", 1.0), cost_per_replica_s=1.0)
+    calib = [r for r in rows if r["seed"] in args.calibrate]
+    held = [r for r in rows if r["seed"] not in args.calibrate]
+    best: tuple[float, float, float] | None = None
+    for overhead in (4.0, 8.0, 12.0, 16.0, 24.0):
+        cands = CandidateSet.build(variants, [with_overhead(p, overhead) for p in profiles], [pool])
+        for startup in (2.0, 5.0, 10.0):
+            service = ServiceModel(request_overhead_ms=overhead, replica_startup_s=startup)
+            err = 0.0
+            for r in calib:
+                pred = _replay(r, cfg, cands, service)
+                err += abs(pred["violations"] - r["violations"]) / max(1, r["violations"])
+            log("calibrate", overhead, startup, round(err, 3))
+            if best is None or err < best[0]:
+                best = (err, overhead, startup)
+    if best is None:
+        raise SystemExit("no calibration rows (--calibrate names seeds absent from --results)")
+    _, overhead, startup = best
+    cands = CandidateSet.build(variants, [with_overhead(p, overhead) for p in profiles], [pool])
+    service = ServiceModel(request_overhead_ms=overhead, replica_startup_s=startup)
+    ok_v = ok_c = 0
+    ranks: dict[tuple[str, int], list[tuple[str, int, int]]] = {}
+    for r in held:
+        pred = _replay(r, cfg, cands, service)
+        ev = abs(pred["violations"] - r["violations"]) / max(1, r["violations"])
+        ec = abs(pred["replica_s"] - r["cost_replica_s"]) / max(1e-9, r["cost_replica_s"])
+        ok_v += ev <= 0.2
+        ok_c += ec <= 0.05
+        ranks.setdefault((r["trace"], r["seed"]), []).append(
+            (r["policy"], r["violations"], pred["violations"])
+        )
+        print(
+            json.dumps(
+                {
+                    "experiment": "validate",
+                    "policy": r["policy"],
+                    "trace": r["trace"],
+                    "seed": r["seed"],
+                    "violations": r["violations"],
+                    "predicted_violations": pred["violations"],
+                    "cost_replica_s": r["cost_replica_s"],
+                    "predicted_replica_s": pred["replica_s"],
+                    "violations_error": round(ev, 3),
+                    "cost_error": round(ec, 3),
+                }
+            ),
+            flush=True,
+        )
+    same_rank = sum(
+        [p for p, _, _ in sorted(g, key=lambda x: x[1])]
+        == [p for p, _, _ in sorted(g, key=lambda x: x[2])]
+        for g in ranks.values()
+    )
+    print(
+        json.dumps(
+            {
+                "experiment": "validate-summary",
+                "calibrated_on_seeds": args.calibrate,
+                "request_overhead_ms": overhead,
+                "replica_startup_s": startup,
+                "predicted_rows": len(held),
+                "violations_within_20pct": ok_v,
+                "cost_within_5pct": ok_c,
+                "ranked_alike": f"{same_rank}/{len(ranks)}",
+            }
+        ),
+        flush=True,
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("experiment", choices=("run", "alloc", "select", "all"))
+    ap.add_argument("experiment", choices=("run", "alloc", "select", "validate", "all"))
     ap.add_argument("--models", type=int, default=10)
     ap.add_argument("--nodes", type=int, default=4)
     ap.add_argument("--tenants", type=int, default=0, help="default: 10 per model")
@@ -266,14 +405,34 @@ def main() -> None:
     ap.add_argument("--horizon", type=float, default=300.0, help="run: simulated seconds")
     ap.add_argument("--step", type=float, default=10.0, help="run: simulated s per trace minute")
     ap.add_argument("--policies", nargs="+", default=list(POLICIES))
+    ap.add_argument("--cv", nargs="+", type=float, default=[1.0, 4.0], help="run: arrival CVs")
+    ap.add_argument(
+        "--pools",
+        nargs="+",
+        default=["cpu"],
+        help="run: pools of the fleet (cpu amx gpu; the control loop's plan is per pool)",
+    )
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--solver",
+        choices=("greedy", "milp"),
+        default="greedy",
+        help="run: infaas's allocation (the MILP takes its 1 s limit on every tick at these sizes)",
+    )
     ap.add_argument("--max-models", type=int, default=200, help="alloc: largest fleet")
     ap.add_argument("--rps-per-model", type=float, default=250.0, help="alloc: mean load")
     ap.add_argument("--snapshots", type=int, default=20, help="alloc: demand snapshots per size")
     ap.add_argument("--milp-limit", type=float, default=1.0, help="alloc: MILP time limit, s")
     ap.add_argument("--milp-max-models", type=int, default=25, help="alloc: MILP up to this size")
     ap.add_argument("--requests", type=int, default=20000, help="select: decisions timed")
+    ap.add_argument("--results", help="validate: bench/slo.py result rows (JSON lines)")
+    ap.add_argument("--config", default="configs/slo-eval.yaml", help="validate: their config")
+    ap.add_argument("--store", help="validate: the store URL of their runs (the zoo's profiles)")
+    ap.add_argument("--calibrate", nargs="+", type=int, default=[0, 1], help="validate: seeds")
     args = ap.parse_args()
+    if args.experiment == "validate":
+        exp_validate(args)
+        return
     if args.experiment in ("select", "all"):
         exp_select(args)
     if args.experiment in ("alloc", "all"):

@@ -474,7 +474,9 @@ class Simulation:
     def route(self, req: _Request) -> None:
         """Serve's router: the pool the plan routes the class to, then two random replicas."""
         pool = self._pool_for(req)
-        reps = [r for r in self.replicas.get(pool, ()) if not r.draining]
+        live = [r for r in self.replicas.get(pool, ()) if not r.draining]
+        # Serve routes to a replica once it is up (to a starting one only when none is)
+        reps = [r for r in live if r.ready_at <= self.loop.now] or live
         if not reps:
             self.finish(req, None)
             return
