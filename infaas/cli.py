@@ -290,6 +290,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
         "tenant-list": command.tenant_list_command,
         "tenant-create": command.principal_create_command,
         "tenant-consent": command.consent_command,
+        "audit": command.audit_command,
         "owner-create": command.principal_create_command,
         "proxy": _cmd_proxy,
     }

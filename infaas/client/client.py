@@ -277,6 +277,13 @@ class Client(ClientBase):
         """The owners and models this tenant accepted."""
         return self._keyservice().consent(self._tenant_ks_token())
 
+    def audit(self) -> list[dict[str, Any]]:
+        """This principal's own audit trail at the key service (grants, consent, key ids,
+        releases and the worker measurements they went to), oldest first."""
+        if self.ks_token is None:
+            raise AuthenticationFailed("no key service token: register first")
+        return self._keyservice().audit(self.ks_token)
+
     # -- models (owner) ---------------------------------------------------------------------
 
     def upload_model(

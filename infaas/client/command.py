@@ -1,6 +1,6 @@
 """The `infaas` subcommands that act as a principal of a running service: grant and
 revoke (owner), tenant and owner create, tenant list (admin), tenant accept / unaccept
-/ accepted (tenant), status.
+/ accepted (tenant), audit (tenant or owner), status.
 
 `add_principal_commands` adds their parsers to the CLI's. Each handler takes the
 parsed arguments, the settings and a `Client` built from the principal's
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,19 @@ def consent_command(args: argparse.Namespace, settings: Settings, tenant: Client
     return 0
 
 
+def audit_command(args: argparse.Namespace, settings: Settings, principal: Client) -> int:
+    """A tenant or model owner reads its own audit trail at the key service."""
+    trail = principal.audit()
+    if args.json:
+        print_json(trail)
+        return 0
+    for entry in trail:
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(entry["at"])))
+        rest = {k: v for k, v in entry.items() if k not in ("seq", "event", "at") and v is not None}
+        print(f"{entry['seq']:>4} {at} {entry['event']}: " + json.dumps(rest, sort_keys=True))
+    return 0
+
+
 ClientOptions = Callable[[argparse.ArgumentParser, str], None]
 """The CLI's adder of --credentials/--url/--json (and the handler) for a principal."""
 
@@ -172,6 +186,16 @@ def add_principal_commands(sub: Any, client_opts: ClientOptions) -> None:
         ta.add_argument("name", help="model owner id (or model id with --model)")
         ta.add_argument("--model", action="store_true", help="NAME is one model, not an owner")
         ta.set_defaults(client_command="tenant-consent")
+    audit = sub.add_parser(
+        "audit",
+        help="this tenant's or owner's own audit trail (key service)",
+        description="As a tenant or model owner: what the key service did that concerns you "
+        "(grants, consent, key ids, key releases and the worker measurement each went to; "
+        "not lease renewals). Only your own key-service token reads it. Uses "
+        "DATA_DIR/credentials/demo.json by default.",
+    )
+    client_opts(audit, "demo")
+    audit.set_defaults(client_command="audit")
     accepted = tenant_actions.add_parser(
         "accepted",
         help="the owners and models this tenant accepted",

@@ -180,6 +180,8 @@ def dispatch(service: Any, call: Mapping[str, Any]) -> Any:
         return getattr(service, op)(token, need("kind"), need("name")).model_dump(mode="json")
     elif op == "consent":
         return service.consent(token).model_dump(mode="json")
+    elif op == "audit":
+        return service.audit(token)
     else:
         raise InvalidInput(f"unknown key-service call {op!r}")
     return None

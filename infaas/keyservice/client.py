@@ -201,6 +201,11 @@ class KeyServiceClient:
     def consent(self, token: str) -> ConsentPolicy:
         return ConsentPolicy.model_validate(self._sealed("consent", token))
 
+    def audit(self, token: str) -> list[dict[str, Any]]:
+        """The token's principal's own audit trail (`infaas.keyservice.audit`), oldest first."""
+        answer: list[dict[str, Any]] = self._sealed("audit", token)
+        return answer
+
 
 def _b64(b: bytes) -> str:
     return base64.b64encode(b).decode()

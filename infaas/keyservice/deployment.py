@@ -18,7 +18,7 @@ from ray import serve
 from starlette.types import Receive, Scope, Send
 
 from infaas.attestation.deployment import create_tee, create_worker_verifiers
-from infaas.keyservice.counter import SimulatedCounter
+from infaas.keyservice.counter import MemoryCounter, MonotonicCounter, SimulatedCounter
 from infaas.keyservice.measurement import keyservice_measurement
 from infaas.keyservice.sealing import gramine_sealing_key, simulated_sealing_key
 from infaas.keyservice.server import create_keyservice_app
@@ -79,12 +79,13 @@ class KeyServiceIngress:
         )
         # the length of its state's log, where the host cannot roll it back (SIMULATED: a
         # file under data_dir/simulated-tee/; a TPM NV counter or a replicated ledger on
-        # hardware, `infaas.keyservice.counter`)
-        counter = SimulatedCounter(settings.data_dir)
+        # hardware, `infaas.keyservice.counter`); a memory store's state ends with the
+        # process, and so does its counter
+        counter: MonotonicCounter = (
+            MemoryCounter() if store.url == "memory://" else SimulatedCounter(settings.data_dir)
+        )
         if settings.tee_backend != "simulated":
-            log.warning(
-                "key service rollback protection uses the SIMULATED counter in %s", counter.path
-            )
+            log.warning("key service rollback protection uses a SIMULATED counter")
         # what it trusts is appended to its public transparency log before it serves
         transparency = TransparencyLog(
             simulated_log_key(settings.data_dir)

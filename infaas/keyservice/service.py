@@ -29,6 +29,9 @@ AES-256-GCM-encrypted under the KEK with "namespace/key" as associated data, so
 records cannot be swapped either, and versioned by a hash-chained log tied to a
 monotonic counter the host cannot roll back (`infaas.keyservice.state`): restored,
 reordered or deleted records are refused. Tokens are stored as SHA-256 hashes only.
+Each principal has a private audit trail there (`infaas.keyservice.audit`): the events
+that concern it and each key release with the worker measurement it went to (once per
+key and worker code: renewals are not events), read only with its own token.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from infaas.errors import (
     PermissionDenied,
     UnknownKey,
 )
+from infaas.keyservice.audit import AuditTrail
 from infaas.keyservice.channel import CallOpener, dispatch
 from infaas.keyservice.counter import MonotonicCounter
 from infaas.keyservice.models import (
@@ -140,6 +144,8 @@ class KeyService:
         # versioned by a log whose length `counter` holds (a fresh in-memory one if none:
         # a restart over the same store must then pass the same counter)
         self._records = SealedRecords(store, kek, counter)
+        # each principal's private trail of what concerns it (releases once per worker code)
+        self._audit = AuditTrail(self._records, clock)
         self._tee = tee
         self._verifier = worker_verifier
         self._clock = clock
@@ -218,6 +224,7 @@ class KeyService:
             {"id": principal_id, "role": role, "token_sha256": digest},
         ):
             raise Conflict(f"principal {principal_id!r} already exists")
+        self._audit.record(principal_id, "registered", role=role)
         log.info("registered %s %s", role, principal_id)
         return RegisterResponse(id=principal_id, role=role, token=token)
 
@@ -250,6 +257,7 @@ class KeyService:
         with self._lock:
             rec = self._records.get(SealedTable.PRINCIPAL, tenant) or {}
             self._records.put(SealedTable.PRINCIPAL, tenant, rec | {"current_key_id": key_id})
+        self._audit.record(tenant, "tenant_key_added", key_id=key_id)
         log.info("tenant %s established request key id %s", tenant, key_id)
 
     def retire_tenant_key(self, token: str, key_id: str) -> None:
@@ -267,6 +275,7 @@ class KeyService:
                 self._records.put(
                     SealedTable.PRINCIPAL, tenant, principal | {"current_key_id": None}
                 )
+        self._audit.record(tenant, "tenant_key_retired", key_id=key_id)
         log.info("tenant %s retired request key id %s", tenant, key_id)
 
     def set_model_key(self, token: str, model_id: str, key_id: str, sealed_key: bytes) -> None:
@@ -289,6 +298,7 @@ class KeyService:
             ):
                 raise Conflict(f"model {model_id!r} already has key id {key_id!r}")
             self._records.put(SealedTable.MODEL, model_id, model | {"current_key_id": key_id})
+        self._audit.record(owner, "model_key_added", model_id=model_id, key_id=key_id)
         log.info("owner %s uploaded data key id %s for model %s", owner, key_id, model_id)
 
     def grant(self, token: str, model_id: str, tenant: str) -> None:
@@ -300,6 +310,7 @@ class KeyService:
             model = self._owned_model(model_id, owner)
             grants = sorted(set(model["grants"]) | {tenant})
             self._records.put(SealedTable.MODEL, model_id, model | {"grants": grants})
+        self._grant_event("granted", owner, model_id, tenant)
         log.info("owner %s granted tenant %s model %s", owner, tenant, model_id)
 
     def revoke(self, token: str, model_id: str, tenant: str) -> None:
@@ -308,6 +319,7 @@ class KeyService:
             model = self._owned_model(model_id, owner)
             grants = [t for t in model["grants"] if t != tenant]
             self._records.put(SealedTable.MODEL, model_id, model | {"grants": grants})
+        self._grant_event("revoked", owner, model_id, tenant)
         log.info("owner %s revoked tenant %s from model %s", owner, tenant, model_id)
 
     # --- consent (the tenant's own policy) ------------------------------------------------
@@ -331,6 +343,7 @@ class KeyService:
                     owners=policy.owners, models=policy.models | {name: str(model["owner"])}
                 )
             self._put_consent(tenant, rec, policy)
+        self._audit.record(tenant, "accepted", kind=kind, name=name)
         log.info("tenant %s accepted %s %s", tenant, kind, name)
         return policy
 
@@ -347,8 +360,21 @@ class KeyService:
                 models = {m: o for m, o in policy.models.items() if m != name}
                 policy = ConsentPolicy(owners=policy.owners, models=models)
             self._put_consent(tenant, rec, policy)
+        self._audit.record(tenant, "withdrew", kind=kind, name=name)
         log.info("tenant %s withdrew its acceptance of %s %s", tenant, kind, name)
         return policy
+
+    # --- the private audit trail ----------------------------------------------------------
+
+    def audit(self, token: str) -> list[dict[str, Any]]:
+        """The caller's own audit trail (`infaas.keyservice.audit`), oldest first."""
+        principal_id = token.rpartition(":")[0]
+        rec = self._records.get(SealedTable.PRINCIPAL, principal_id) or {}
+        return self._audit.read(self.authenticate(token, rec.get("role", "tenant")))
+
+    def _grant_event(self, event: str, owner: str, model_id: str, tenant: str) -> None:
+        for principal in (owner, tenant):
+            self._audit.record(principal, event, model_id=model_id, tenant=tenant, owner=owner)
 
     def consent(self, token: str) -> ConsentPolicy:
         """The tenant's accepted owners and models."""
@@ -419,6 +445,8 @@ class KeyService:
             keys=out,
             lease_s=self._lease_s,
         )
+        for w in out:
+            self._audit_release(w, appraisal.cpu.measurement)
         log.info(
             "released %d key(s) to worker %s…: %s",
             len(out),
@@ -430,6 +458,25 @@ class KeyService:
         )
 
     # --- internals ----------------------------------------------------------------------
+
+    def _audit_release(self, w: WrappedKey, measurement: str) -> None:
+        """A release in its principal's trail: a tenant key in the tenant's, a data key in its
+        model owner's (profile keys are the workers' own, in no one's)."""
+        if w.kind == "tenant" and w.tenant is not None:
+            principal = w.tenant
+        elif w.kind == "model" and w.model_id is not None:
+            principal = str(self._model(w.model_id)["owner"])
+        else:
+            return
+        models = list(w.models) if w.models is not None else None
+        self._audit.released(
+            principal,
+            kind=w.kind,
+            key_id=w.key_id,
+            model_id=w.model_id,
+            models=models,
+            worker_measurement=measurement,
+        )
 
     def _resolve(self, k: KeyRequest) -> tuple[KeyRequest, str, bytes, tuple[str, ...] | None]:
         if k.kind == "profile":

@@ -140,12 +140,18 @@ class SealedRecords:
         self._live()
         entry = self._index.get((table.value, key))
         blob = self._store.get_sealed(table, key)
-        if entry is None:
-            if blob is not None:
-                # not in the log: forged or moved (does not open), or a write never committed
-                self._open(table, key, blob)
-            return None
-        plain = self._checked(table, key, blob, entry)
+        if entry is not None and blob is not None and _sha256(blob) == entry.blob_sha256:
+            plain = self._open(table, key, blob)
+        else:
+            with self._lock:  # again, with no write of this service half done
+                entry = self._index.get((table.value, key))
+                blob = self._store.get_sealed(table, key)
+                if entry is None:
+                    if blob is not None:
+                        # not in the log: forged or moved (does not open), or never committed
+                        self._open(table, key, blob)
+                    return None
+                plain = self._checked(table, key, blob, entry)
         if plain.get("deleted"):
             return None
         out: dict[str, Any] = plain["value"]
@@ -364,8 +370,19 @@ class SealedRecords:
     def _live(self) -> None:
         """Raise the refusal once the state was found rolled back; check the counter."""
         if self._refusal is None:
+            # this service's own writes move the counter only up to `_advancing`, set
+            # first: read before it and after `_seq`, a larger value is someone else's
+            seq = self._seq
             count = self.counter.read()
-            if count not in (self._seq, self._advancing):
+            if count < seq:
+                self._refuse(
+                    RollbackDetected(
+                        f"the key service's monotonic counter went back to {count} from "
+                        f"{seq}: its TEE state was replaced",
+                        reason="counter_reset",
+                    )
+                )
+            if count > max(self._seq, self._advancing):
                 self._refuse(
                     RollbackDetected(
                         f"the key service's monotonic counter is at {count} but its log head "

@@ -56,6 +56,8 @@ class SealedTable(StrEnum):
     TENANT_KEY = "ks_tenant_key"
     MODEL = "ks_model"
     MODEL_KEY = "ks_model_key"
+    AUDIT = "ks_audit"
+    """Each principal's private audit trail (`infaas.keyservice.audit`)."""
     LOG = "ks_log"
     """The hash-chained log that versions the others (`infaas.keyservice.state`)."""
 

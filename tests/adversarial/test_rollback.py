@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -275,16 +276,22 @@ def test_a_stale_replica_refuses_once_another_advanced_the_state(
 
 
 def test_releases_do_not_grow_the_log(platform_ca: SimulatedPlatformCA, tmp_path: Path) -> None:
-    """The log grows with deployment events, not requests: releases append nothing."""
+    """The log grows with deployment events, not requests: once a key went to workers of a
+    measurement (an audit event; a profile key is made on first use), releasing it again
+    and renewing its lease append nothing."""
     dep = _deployment(platform_ca, tmp_path, MemoryStore())
     worker = dep.worker_keys()
     profile = [KeyRequest(kind="profile", model_id="resnet")]
-    worker.fetch(profile)  # a model's profile key is made once, on first release
-    before = (dep.counter.read(), len(_log(dep.store)))
-    for _ in range(20):
+
+    def release() -> None:
         worker.model_key("resnet")
         worker.tenant_key("acme", "resnet")
         worker.fetch(profile)
+
+    release()
+    before = (dep.counter.read(), len(_log(dep.store)))
+    for _ in range(20):
+        release()
     assert (dep.counter.read(), len(_log(dep.store))) == before
 
 
@@ -333,3 +340,27 @@ def test_simulated_counter_only_moves_forward_from_what_it_saw(tmp_path: Path) -
         c.advance(0)
     assert SimulatedCounter(tmp_path).read() == 1
     assert c.path == tmp_path / "simulated-tee" / "counter"
+
+
+def test_reads_during_writes_are_not_mistaken_for_a_rollback(tmp_path: Path) -> None:
+    """A release reading a record while the owner rewrites it sees the old or the new
+    version, never a refusal (a write holds its record ahead of the log's head while the
+    counter file is synced)."""
+    records = SealedRecords(MemoryStore(), new_key(), SimulatedCounter(tmp_path))
+    records.put(SealedTable.MODEL, "resnet", {"n": 0})
+    failures: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            for _ in range(3000):
+                assert records.get(SealedTable.MODEL, "resnet") is not None
+        except BaseException as e:  # reported below
+            failures.append(e)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for n in range(100):
+        records.put(SealedTable.MODEL, "resnet", {"n": n})
+    reader.join()
+    assert failures == []
+    assert records.get(SealedTable.MODEL, "resnet") == {"n": 99}

@@ -333,6 +333,12 @@ def test_the_readme_commands_work(served: Served) -> None:
     assert r.returncode == 0 and json.loads(r.stdout)["owners"] == ["zoo-owner"], r.stderr
     r = _cli("tenant", "accepted", *common, "--credentials", str(path))
     assert r.returncode == 0 and "zoo-owner" in r.stdout, r.stderr
+    # its own audit trail: registered, its request key, the acceptance (nobody else's)
+    r = _cli("audit", *common, "--credentials", str(path), "--json")
+    assert r.returncode == 0, r.stderr
+    trail = json.loads(r.stdout)
+    assert [e["event"] for e in trail] == ["registered", "tenant_key_added", "accepted"]
+    assert trail[2]["name"] == "zoo-owner"
     r = _cli(*digits, "--min-accuracy", "0.9999", "--example")
     assert r.returncode == 1 and "min_accuracy" in r.stderr, r.stderr  # 422: a run-time refusal
 

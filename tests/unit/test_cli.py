@@ -42,6 +42,7 @@ COMMANDS = [
     ["tenant", "accept"],
     ["tenant", "unaccept"],
     ["tenant", "accepted"],
+    ["audit"],
     ["owner"],
     ["owner", "create"],
     ["zoo", "build"],
