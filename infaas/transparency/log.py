@@ -39,7 +39,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from infaas.envelope import canonical_json
 from infaas.errors import AttestationFailed, InfaasError
@@ -126,7 +126,7 @@ def entry_leaf(entry: Mapping[str, Any]) -> bytes:
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 class TreeHead(_Wire):
@@ -189,6 +189,13 @@ class LogProof(_Wire):
 class ProofRequest(_Wire):
     entries: list[dict[str, Any]] = Field(max_length=256)
     since: int = Field(default=0, ge=0)
+
+    @field_validator("since", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, v: Any) -> Any:
+        if isinstance(v, bool):
+            raise ValueError("since is a tree size (an integer), not a boolean")
+        return v
 
 
 class LogExport(_Wire):
@@ -344,7 +351,10 @@ class TransparencyLog:
             head, leaves = self.head, self._leaves[: self.head.size]
             inclusions = []
             for entry in entries:
-                index = self._index.get(entry_leaf(entry))
+                try:
+                    index = self._index.get(entry_leaf(entry))
+                except UnicodeEncodeError:  # not UTF-8 (a lone surrogate): never appended
+                    continue
                 if index is None or index >= head.size:
                     continue
                 path = [p.hex() for p in merkle.inclusion_proof(leaves, index)]
