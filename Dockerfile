@@ -10,7 +10,8 @@
 # this file and checks it against the manifest.
 FROM python:3.11.7-slim-bookworm
 
-# KubeRay's default probes call wget; nothing else comes from Debian
+# KubeRay's exec health probes (the form it uses for some Ray versions) call wget;
+# nothing else comes from Debian
 RUN apt-get update \
     && apt-get install -y --no-install-recommends wget=1.21.3-1+deb12u1 \
     && rm -rf /var/lib/apt/lists/*

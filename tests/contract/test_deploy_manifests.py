@@ -166,8 +166,8 @@ def test_the_serve_config_is_ray_serves_and_the_same_applications_as_serve_deplo
 def test_the_settings_are_infaas_settings_for_a_tee_cluster() -> None:
     doc = load_manifest()
     args = BuildArgs.model_validate(_serve_config(doc)["applications"][0]["args"])
-    # the image holds the repository's configs/ at /opt/infaas/configs (Dockerfile)
-    assert args.config == Path("/opt/infaas/configs") / DEFAULT_CONFIG.name
+    # the image holds the repository's configs/ where the settings file is named
+    assert args.config == image_path("configs") / DEFAULT_CONFIG.name
     settings = load_settings(DEFAULT_CONFIG, **args.settings)
     assert settings.production and settings.tee_backend == "tdx-configfs"
     assert settings.store_url.startswith("redis://"), "every node must reach one store"
@@ -300,6 +300,17 @@ def _lint_run(args: str) -> list[str]:
             if loose:
                 problems.append(f"DL3013 pin pip packages: {loose}")
     return problems
+
+
+def image_path(source: str) -> Path:
+    """Where the Dockerfile's ``COPY <source> <dest>`` puts `source` in the image."""
+    workdir = Path("/")
+    for i, args in instructions(DOCKERFILE.read_text()):
+        if i == "WORKDIR":
+            workdir = workdir / args
+        if i == "COPY" and shlex.split(args)[:-1] == [source]:
+            return workdir / shlex.split(args)[-1]
+    raise AssertionError(f"the Dockerfile does not copy {source}")
 
 
 def dockerfile_user() -> str:
