@@ -5,8 +5,12 @@ as a remote owner and tenant would: an administrator token (issued here, on the
 host, once), a ``zoo-owner`` that attests the key service, registers each zoo
 model sealed under its own data key and grants it to ``demo``, and a ``demo``
 tenant with its own request key that accepts the zoo owner (a grant alone sends
-no tenant's data to a model: the tenant consents too). Credentials land in
-``DATA_DIR/credentials/{admin,zoo-owner,demo}.json`` (mode 0600). Each step is
+no tenant's data to a model: the tenant consents too). Each of the two joins as a
+remote party would, with an enrolment the administrator signed (`infaas.client.enrolment`),
+but on the operator's machine: so their credentials, the demo tenant's request key
+included, land in the operator's ``DATA_DIR/credentials/{admin,zoo-owner,demo}.json``
+(mode 0600). Tenants and owners created with ``infaas tenant create`` are not like that:
+they log in on their own machines. Each step is
 skipped when its result exists, so an interrupted first start resumes.
 """
 
@@ -20,7 +24,9 @@ from pathlib import Path
 
 from infaas.auth import TokenRegistry
 from infaas.client import Client, KeyServiceTrust
+from infaas.client.enrolment import issue_enrolment_file, login
 from infaas.errors import ModelNotFound
+from infaas.keyservice.enrolment import load_enrolment_key
 from infaas.logs import get_logger
 from infaas.settings import Settings
 from infaas.store import open_store
@@ -81,9 +87,8 @@ def _owner(settings: Settings, admin: Client) -> Client:
     path = credentials_dir(settings) / f"{ZOO_OWNER}.json"
     if path.exists():
         return _reload(path, admin.base_url)
-    owner = admin.with_credentials(admin.create_owner(ZOO_OWNER, "example model zoo"))
-    owner.attest_keyservice()
-    owner.register_owner()
+    key = load_enrolment_key(settings.data_dir)
+    owner = login(issue_enrolment_file(admin, key, ZOO_OWNER, "owner", "example model zoo"))
     owner.save_credentials(path)
     return owner
 
@@ -92,9 +97,8 @@ def _tenant(settings: Settings, admin: Client, tenant: str) -> Client:
     path = credentials_dir(settings) / f"{tenant}.json"
     if path.exists():
         return _reload(path, admin.base_url)
-    client = admin.with_credentials(admin.create_tenant(tenant, f"{tenant} tenant"))
-    client.attest_keyservice()
-    client.register_tenant()
+    key = load_enrolment_key(settings.data_dir)
+    client = login(issue_enrolment_file(admin, key, tenant, "tenant", f"{tenant} tenant"))
     client.save_credentials(path)
     return client
 

@@ -50,6 +50,7 @@ from api.autoscaler import AUTOSCALER_APP, build_autoscaler_app
 from enclave_workers.deployment import APP_NAME as INFER_APP
 from enclave_workers.deployment import ROUTE_PREFIX as INFER_PREFIX
 from infaas.keyservice.deployment import KeyServiceIngress
+from infaas.keyservice.enrolment import enrolment_public_key
 from infaas.keyservice.server import PREFIX as KEYSERVICE_PREFIX
 from infaas.logs import configure_logging, get_logger
 from infaas.settings import Settings, load_settings
@@ -119,7 +120,9 @@ def build_keyservice_app(
 
     pools = measurements if measurements is not None else worker_measurements(settings)
     app: serve.Application = KeyServiceIngress.bind(  # type: ignore[attr-defined]
-        settings, {pool: m.hex() for pool, m in pools.items()}
+        settings,
+        {pool: m.hex() for pool, m in pools.items()},
+        enrolment_public_key(settings.data_dir).hex(),
     )
     return app
 

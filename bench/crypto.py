@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from infaas.attestation import (
@@ -55,7 +56,8 @@ from infaas.keyservice import (
     KeyServiceTrust,
     WorkerKeyClient,
 )
-from infaas.keyservice.trust import policy_sha256, release_policy_document
+from infaas.keyservice.enrolment import issue_enrolment
+from infaas.keyservice.trust import ed25519_raw, policy_sha256, release_policy_document
 from infaas.store import open_store
 
 DEFAULT_VECTORS = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "attestation"
@@ -127,16 +129,23 @@ def bench_release(n: int) -> dict[str, float]:
     ks_m, worker_m = hashlib.sha256(b"ks").digest(), hashlib.sha256(b"worker").digest()
     wpol = AttestationPolicy(allow_simulated=True, allowed_measurements=(worker_m.hex(),))
     release_policy = AttestationVerifier(wpol, extra_roots=[ca.root_cert])
-    service = KeyService(open_store("memory://"), new_key(), SimulatedTEE(ca, ks_m), release_policy)
+    admin = Ed25519PrivateKey.generate()
+    admin_public = ed25519_raw(admin.public_key())
+    service = KeyService(
+        open_store("memory://"),
+        new_key(),
+        SimulatedTEE(ca, ks_m),
+        release_policy,
+        enrolment_key=admin_public,
+    )
+    document = release_policy_document(release_policy, production=False, enrolment_key=admin_public)
     trust = KeyServiceTrust(
-        ks_m.hex(),
-        ca.root_pem,
-        allow_simulated=True,
-        policy_sha256=policy_sha256(release_policy_document(release_policy, production=False)),
+        ks_m.hex(), ca.root_pem, allow_simulated=True, policy_sha256=policy_sha256(document)
     )
     client = KeyServiceClient(service, trust.verifier(), policy_sha256=trust.policy_sha256)
     client.attest()
-    owner, tenant = client.register("zoo", "owner"), client.register("acme", "tenant")
+    owner = client.register(issue_enrolment(admin, "zoo", "owner"))
+    tenant = client.register(issue_enrolment(admin, "acme", "tenant"))
     client.upload_model_key(owner, "m", "dk1", new_key())
     client.upload_tenant_key(tenant, "k1", new_key())
     client.grant(owner, "m", "acme")

@@ -273,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     from infaas.auth import TokenRegistry
     from infaas.envelope import new_key, seal_artifact
     from infaas.keyservice import KeyServiceClient, KeyServiceHttpClient
+    from infaas.keyservice.enrolment import issue_enrolment, load_or_create_enrolment_key
     from infaas.keyservice.server import PREFIX as KEYSERVICE_PREFIX
     from infaas.settings import Pool, ProfilerSettings, Settings
     from infaas.store import open_store
@@ -307,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
             calibration_samples=16,
         ),
     )
+    admin = load_or_create_enrolment_key(work)  # the key service enrols with its public half
     t_start = time.perf_counter()
     ray.init(
         num_cpus=max(2, args.replicas * 2),
@@ -330,8 +332,8 @@ def main(argv: list[str] | None = None) -> int:
             KeyServiceHttpClient(http), trust.verifier(), policy_sha256=trust.policy_sha256
         )
         ks.attest()
-        owner = ks.register("bench-owner", "owner")
-        ks_tenant = ks.register("bench", "tenant")
+        owner = ks.register(issue_enrolment(admin, "bench-owner", "owner"))
+        ks_tenant = ks.register(issue_enrolment(admin, "bench", "tenant"))
         tenant_key = new_key()
         ks.upload_tenant_key(ks_tenant, "b1", tenant_key)
         api_token = TokenRegistry(store).issue("bench", "tenant")

@@ -220,18 +220,19 @@ def start_policy(args: argparse.Namespace, config: Path, policy: str) -> Served:
 def ensure_tenant(data_dir: Path, url: str, tenant: str) -> None:
     """A second tenant with its own request key, granted every zoo model (once)."""
     from infaas.client import Client
+    from infaas.client.enrolment import issue_enrolment_file, login
+    from infaas.keyservice.enrolment import load_enrolment_key
 
     creds = data_dir / "credentials"
     path = creds / f"{tenant}.json"
     if path.exists():
         return
     with Client.from_credentials(creds / "admin.json", base_url=url) as admin:
-        client = admin.with_credentials(admin.create_tenant(tenant, "SLO benchmark tenant"))
-        client.attest_keyservice()
-        client.register_tenant()
+        key = load_enrolment_key(data_dir)
+        enrolment = issue_enrolment_file(admin, key, tenant, "tenant", "SLO benchmark tenant")
+    with login(enrolment) as client:
         client.accept("zoo-owner")
         client.save_credentials(path)
-        client.close()
     with Client.from_credentials(creds / "zoo-owner.json", base_url=url) as owner:
         for info in owner.models():
             owner.grant(info.model.model_id, tenant)

@@ -158,7 +158,7 @@ class WorkerRuntime:
         inline_batch_ms: float = 5.0,
         refresh_s: float = 2.0,
         tenant_key_ttl_s: float = 60.0,
-        token_cache_s: float = 5.0,
+        token_cache_s: float = 1.0,
         shared_replay_guard: bool = True,
         preparation: PreparationOptions | None = None,
         clock: Callable[[], float] = time.time,
@@ -392,7 +392,8 @@ class WorkerRuntime:
     # --- the request path ---------------------------------------------------------------
 
     def authenticate(self, token: str | None) -> str:
-        """The tenant a token belongs to (cached briefly); AuthenticationFailed otherwise."""
+        """The tenant a token belongs to; AuthenticationFailed otherwise. Cached for
+        `token_cache_s` (1 s): a revoked API token is refused within that."""
         digest = hashlib.sha256((token or "").encode()).hexdigest()
         hit = self._token_cache.get(digest)
         now = time.monotonic()

@@ -186,92 +186,7 @@ def _cmd_infer(args: argparse.Namespace, settings: Settings, client: Any) -> int
     return 0
 
 
-def _cmd_models(args: argparse.Namespace, settings: Settings, client: Any) -> int:
-    infos = client.models(task=args.task)
-    if args.json:
-        _print_json([i.model_dump(mode="json") for i in infos])
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="models and variants")
-    for col in ("model", "task", "state", "variant", "p50 b1 ms", "accuracy", "load ms"):
-        table.add_column(col)
-    for info in infos:
-        state = info.job.state if info.job else "?"
-        profiles = {p.variant_id: p for p in info.profiles}
-        if not info.variants:
-            table.add_row(info.model.model_id, info.model.task, state, "-", "", "", "")
-        for v in info.variants:
-            p = profiles.get(v.variant_id)
-            table.add_row(
-                info.model.model_id,
-                info.model.task,
-                state,
-                v.variant_id,
-                f"{p.p50_batch1_ms:.2f}" if p else "",
-                f"{p.accuracy:.3f} ({p.accuracy_kind})" if p else "",
-                f"{p.load_ms:.0f}" if p else "",
-            )
-    Console().print(table)
-    return 0
-
-
-def _onnx_input_name(data: bytes) -> str:
-    import onnx
-
-    model = onnx.load_model_from_string(data)
-    inits = {i.name for i in model.graph.initializer}
-    names = [i.name for i in model.graph.input if i.name not in inits]
-    if len(names) != 1:
-        raise InfaasError(f"the model has inputs {names}; pass --input-name")
-    return str(names[0])
-
-
-def _cmd_register(args: argparse.Namespace, settings: Settings, client: Any) -> int:
-    import numpy as np
-
-    data = args.model.read_bytes()
-    with np.load(args.validation) as z:
-        if "x" not in z.files:
-            raise InfaasError(f"{args.validation} has no 'x' array")
-        x = np.asarray(z["x"])
-        y = np.asarray(z["y"]) if "y" in z.files else None
-    num_classes = args.num_classes
-    if num_classes is None:
-        known = {t.name: t for t in client.tasks()}
-        if args.task not in known:
-            raise InfaasError(f"task {args.task!r} is new: pass --num-classes")
-        num_classes = known[args.task].num_classes
-    client.attest_keyservice()
-    client.register_owner()
-    job = client.upload_model(
-        args.model_id,
-        args.task,
-        args.architecture or args.model_id,
-        data,
-        x,
-        y,
-        num_classes=num_classes,
-        input_name=args.input_name or _onnx_input_name(data),
-        declared_accuracy=args.declared_accuracy,
-    )
-    for tenant in args.grant:
-        client.grant(args.model_id, tenant)
-    if not args.no_wait:
-        job = client.wait_ready(args.model_id, progress=not args.json)
-    if args.json:
-        _print_json(job.model_dump(mode="json"))
-    else:
-        print(f"model {args.model_id}: {job.state} {job.message}".rstrip())
-    return 0
-
-
-_CLIENT_COMMANDS = {
-    "infer": _cmd_infer,
-    "models": _cmd_models,
-    "register": _cmd_register,
-}
+_CLIENT_COMMANDS = {"infer": _cmd_infer}
 
 
 def _cmd_proxy(args: argparse.Namespace, settings: Settings, client: Any) -> int:
@@ -285,6 +200,8 @@ def _cmd_client(args: argparse.Namespace) -> int:
 
     commands = {
         **_CLIENT_COMMANDS,
+        "models": command.models_command,
+        "register": command.register_command,
         "grant": command.grant_command,
         "revoke": command.grant_command,
         "tenant-list": command.tenant_list_command,
@@ -292,6 +209,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
         "tenant-consent": command.consent_command,
         "audit": command.audit_command,
         "owner-create": command.principal_create_command,
+        "token-revoke": command.token_revoke_command,
         "proxy": _cmd_proxy,
     }
     settings = _settings(args)
@@ -479,7 +397,11 @@ def build_parser(json_errors: bool = False) -> argparse.ArgumentParser:
 
     from infaas.client.command import add_principal_commands
 
-    add_principal_commands(sub, client_opts)
+    def plain_opts(p: argparse.ArgumentParser, handler: Any) -> None:
+        common(p)
+        p.set_defaults(func=lambda args: handler(args, _settings(args)))
+
+    add_principal_commands(sub, client_opts, plain_opts)
 
     px = sub.add_parser(
         "proxy",

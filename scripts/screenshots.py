@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from infaas import Client  # noqa: E402
 from infaas.errors import Conflict, InfaasError  # noqa: E402
+from infaas.keyservice.enrolment import issue_enrolment, load_enrolment_key  # noqa: E402
 from tests.e2e.server import CHROMIUM_ARGS, Served, start_serve, stop_serve  # noqa: E402
 
 PAGES = ("overview", "models", "traffic", "autoscaler", "tenants")
@@ -46,7 +47,7 @@ def second_tenant(url: str, data_dir: Path) -> Client:
             raise SystemExit("tenant acme exists without saved credentials") from None
         acme = admin.with_credentials(creds)
     acme.attest_keyservice()
-    acme.register_tenant()
+    acme.register_tenant(issue_enrolment(load_enrolment_key(data_dir), "acme", "tenant"))
     acme.accept("zoo-owner")
     acme.save_credentials(path)
     with Client.from_credentials(

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from enclave_workers.preparation import validation_artifact
 from enclave_workers.profiles import authenticate_profile
@@ -51,7 +52,9 @@ from infaas.keyservice import (
     WorkerKeyClient,
 )
 from infaas.keyservice.counter import MemoryCounter
-from infaas.keyservice.trust import policy_sha256, release_policy_document
+from infaas.keyservice.enrolment import issue_enrolment
+from infaas.keyservice.principals import Role
+from infaas.keyservice.trust import ed25519_raw, policy_sha256, release_policy_document
 from infaas.protocol import decode_response, encode_request
 from infaas.settings import Settings
 from infaas.store import MemoryStore, MetadataStore
@@ -59,6 +62,10 @@ from infaas.types import ModelRecord, Profile, Task, VariantSpec
 from infaas.wire import InferRequest, InferResponse
 
 KS_MEASUREMENT = hashlib.sha256(b"keyservice under test").digest()
+ADMIN_KEY = Ed25519PrivateKey.from_private_bytes(hashlib.sha256(b"administrator").digest())
+"""The tests' administrator: its enrolment key's public half is in every test key service's
+release policy (`ADMIN_PUBLIC`), so only its enrolments register principals."""
+ADMIN_PUBLIC = ed25519_raw(ADMIN_KEY.public_key())
 WORKER_MEASUREMENT = hashlib.sha256(b"worker under test").digest()
 
 
@@ -75,11 +82,19 @@ def worker_verifier(ca: SimulatedPlatformCA) -> AttestationVerifier:
 
 
 def bundle(
-    roots_pem: bytes, measurement: bytes, release_policy: Any, *, production: bool = False
+    roots_pem: bytes,
+    measurement: bytes,
+    release_policy: Any,
+    *,
+    production: bool = False,
+    enrolment_key: bytes | None = ADMIN_PUBLIC,
 ) -> KeyServiceTrust:
     """The trust bundle of a simulated key service of `measurement` releasing keys under
-    `release_policy` (its worker verifier), as the deployment would publish it."""
-    document = release_policy_document(release_policy, production=production)
+    `release_policy` (its worker verifier) and enrolling with `enrolment_key`, as the
+    deployment would publish it."""
+    document = release_policy_document(
+        release_policy, production=production, enrolment_key=enrolment_key
+    )
     return KeyServiceTrust(
         measurement.hex(),
         roots_pem,
@@ -92,6 +107,12 @@ def bundle(
 def trust(ca: SimulatedPlatformCA) -> KeyServiceTrust:
     """The tests' published trust bundle: the key service's code and release policy."""
     return bundle(ca.root_pem, KS_MEASUREMENT, worker_verifier(ca))
+
+
+def enrol(keys: KeyServiceClient, principal: str, role: Role) -> str:
+    """Register `principal` as `role` with an enrolment of the tests' administrator, as the
+    party's own login does; its key-service token (made on the party's side)."""
+    return keys.register(issue_enrolment(ADMIN_KEY, principal, role))
 
 
 def put_sealed_model(
@@ -171,6 +192,7 @@ class Deployment:
     ) -> KeyService:
         """A key service on `store` under `kek` (a second one over the same state and
         `counter`: a restart)."""
+        kw.setdefault("enrolment_key", ADMIN_PUBLIC)
         return KeyService(store, kek, SimulatedTEE(ca, KS_MEASUREMENT), worker_verifier(ca), **kw)
 
     def worker_tee(self, measurement: bytes = WORKER_MEASUREMENT, **kw: Any) -> SimulatedTEE:
@@ -203,7 +225,7 @@ class Deployment:
 
     def add_owner(self, owner: str) -> str:
         """Register a model owner with the key service and the API; its key-service token."""
-        self.ks_tokens[owner] = self.keys.register(owner, "owner")
+        self.ks_tokens[owner] = enrol(self.keys, owner, "owner")
         self.api_tokens[owner] = self.tokens.issue(owner, "owner")
         return self.ks_tokens[owner]
 
@@ -226,7 +248,7 @@ class Deployment:
         """Register a tenant with a request key (id `key_id`, by default ``f"{tenant}-k1"``,
         the id `request` seals under), granted the models in `grant` by `owner`; the tenant
         accepts `owner` unless `accept` is false (a grant alone serves nothing)."""
-        ks_token = self.keys.register(tenant, "tenant")
+        ks_token = enrol(self.keys, tenant, "tenant")
         self.ks_tokens[tenant] = ks_token
         self.tenant_keys[tenant] = new_key()
         self.keys.upload_tenant_key(ks_token, key_id or f"{tenant}-k1", self.tenant_keys[tenant])

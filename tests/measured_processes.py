@@ -38,14 +38,19 @@ def keyservice(work: Path) -> None:
     ingress = importlib.import_module(KEYSERVICE_ENTRY).KeyServiceIngress
     assert ingress.func_or_class.__module__ == KEYSERVICE_ENTRY
     from infaas.keyservice import KeyServiceClient, KeyServiceHttpClient
+    from infaas.keyservice.enrolment import issue_enrolment, load_or_create_enrolment_key
     from infaas.keyservice.measurement import keyservice_trust
+    from infaas.keyservice.trust import ed25519_raw
     from infaas.settings import Settings
 
     settings = Settings(data_dir=work, store_url="memory://")
+    admin = load_or_create_enrolment_key(work)  # the administrator's, before the service reads it
     # the class as written, below Serve's ASGI wrapper (whose constructor needs a replica)
     # (the measurement its pool's workers would report; none connects here)
     replica = ingress.func_or_class.__mro__[1](
-        settings, {p.name: "00" * 32 for p in settings.pools}
+        settings,
+        {p.name: "00" * 32 for p in settings.pools},
+        ed25519_raw(admin.public_key()).hex(),
     )
     trust = keyservice_trust(settings, {p.name: b"\x00" * 32 for p in settings.pools})
     with _testclient()(replica.__serve_build_asgi_app__()) as http:
@@ -53,7 +58,7 @@ def keyservice(work: Path) -> None:
             KeyServiceHttpClient(http), trust.verifier(), policy_sha256=trust.policy_sha256
         )
         client.attest()
-        client.register("tenant-a", "tenant")
+        client.register(issue_enrolment(admin, "tenant-a", "tenant"))
 
 
 def worker(work: Path) -> None:
@@ -84,7 +89,7 @@ def worker(work: Path) -> None:
     from infaas.types import ModelRecord, Task
     from infaas.wire import InferRequest, InferResponse
     from profiler.profile import ProfileOptions
-    from tests.deployment import bundle, put_sealed_model
+    from tests.deployment import ADMIN_PUBLIC, bundle, enrol, put_sealed_model
 
     model = json.loads((work / "model.json").read_text())
     onnx = (work / "model.onnx").read_bytes()
@@ -104,17 +109,19 @@ def worker(work: Path) -> None:
         return AttestationPolicy(allow_simulated=True, allowed_measurements=(m.hex(),))
 
     release_policy = AttestationVerifier(policy(worker_m), extra_roots=[ca.root_cert])
-    service = KeyService(store, new_key(), SimulatedTEE(ca, ks_m), release_policy)
+    service = KeyService(
+        store, new_key(), SimulatedTEE(ca, ks_m), release_policy, enrolment_key=ADMIN_PUBLIC
+    )
     trust = bundle(ca.root_pem, ks_m, release_policy)
     ks = KeyServiceClient(service, trust.verifier(), policy_sha256=trust.policy_sha256)
     ks.attest()
-    owner = ks.register("owner", "owner")
+    owner = enrol(ks, "owner", "owner")
     data_key = new_key()
     ks.upload_model_key(owner, model["model_id"], "m1", data_key)
     put_sealed_model(artifacts, data_key, ModelRecord.model_validate(model["record"]), onnx, x, y)
     store.put_task(Task.model_validate(model["task"]))
     store.put_model(ModelRecord.model_validate(model["record"]))
-    tenant_ks = ks.register("acme", "tenant")
+    tenant_ks = enrol(ks, "acme", "tenant")
     tenant_key = new_key()
     ks.upload_tenant_key(tenant_ks, "acme-k1", tenant_key)
     ks.grant(owner, model["model_id"], "acme")

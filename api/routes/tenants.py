@@ -6,6 +6,8 @@ GET      /v1/tenants   admin lists tenants
 POST     /v1/owners    admin creates a model owner -> its API token
 POST     /v1/scrapers  admin creates a metrics scraper -> a token that
                        reads ``/metrics`` and nothing else
+DELETE   /v1/tokens/P  admin revokes P's API token (refused by the
+                       ingress at once, by workers within a second)
 =======  ============  ==================================================
 
 API tokens authenticate callers to the control plane and the inference
@@ -20,7 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from api.deps import Admin, StoreDep, TokensDep
 from infaas.edge import problem_schema
-from infaas.errors import Conflict
+from infaas.errors import Conflict, NotFound
 from infaas.logs import get_logger
 from infaas.types import Identifier, Tenant
 from infaas.wire import CreateTenantRequest, Credentials
@@ -77,5 +79,14 @@ def create_tenants_router() -> APIRouter:
         token = tokens.issue(body.scraper_id, "metrics")
         log.info("admin %s created metrics scraper %s", admin.id, body.scraper_id)
         return Credentials(principal=body.scraper_id, role="metrics", token=token)
+
+    @router.delete("/v1/tokens/{principal}", status_code=204, summary="revoke an API token (admin)")
+    def revoke_token(principal: Identifier, admin: Admin, tokens: TokensDep) -> None:
+        """Delete `principal`'s API token: every later call with it is refused."""
+        if principal == admin.id:
+            raise Conflict("an administrator does not revoke its own token here")
+        if not tokens.revoke(principal):
+            raise NotFound(f"{principal!r} has no API token", principal=principal)
+        log.info("admin %s revoked the API token of %s", admin.id, principal)
 
     return router

@@ -27,9 +27,11 @@ from infaas.errors import (
     InfaasError,
     InvalidInput,
     ModelNotFound,
+    NotFound,
     error_from_code,
 )
 from infaas.keyservice.client import KeyServiceClient, KeyServiceHttpClient
+from infaas.keyservice.enrolment import statement_subject
 from infaas.keyservice.models import ConsentKind, ConsentPolicy
 from infaas.protocol import DTYPES
 from infaas.transparency.witness import LogWitness
@@ -156,6 +158,18 @@ class Client(ClientBase):
         r = self._request("POST", "/v1/owners", json_body={"owner_id": owner_id, "name": name})
         return Credentials.model_validate_json(r.content)
 
+    def revoke_api_token(self, principal: str) -> bool:
+        """Admin: revoke `principal`'s API token (False: it had none)."""
+        try:
+            self._request("DELETE", f"/v1/tokens/{principal}")
+        except NotFound:
+            return False
+        return True
+
+    def revoke_keyservice_token(self, revocation: str) -> None:
+        """Admin: hand the key service a signed revocation (`infaas.keyservice.enrolment`)."""
+        self._keyservice().revoke_token(revocation=revocation)
+
     def with_credentials(self, creds: Credentials) -> Client:
         """A client on the same server and key-service trust, acting as `creds`' principal."""
         return Client(
@@ -206,58 +220,67 @@ class Client(ClientBase):
         assert self._ks is not None
         return self._ks
 
-    def register_tenant(self, tenant_id: str | None = None, *, key_id: str | None = None) -> None:
-        """Register with the attested key service and establish a fresh request key.
+    def register_tenant(self, enrolment: str, *, key_id: str | None = None) -> None:
+        """Register with the attested key service with an administrator's one-time
+        `enrolment`, and establish a fresh request key.
 
-        The request key is generated here and leaves this process only sealed to
-        the attested key service (and, in `save_credentials`, to the 0600 file).
+        The key-service token and the request key are made here: the token leaves this
+        process only hashed, the key only sealed to the attested key service (and, in
+        `save_credentials`, to the 0600 file). Nobody else, the administrator included,
+        ever holds them.
         """
-        tenant = tenant_id or self.principal
-        if not tenant:
-            raise InvalidInput("which tenant? give tenant_id or an API token")
-        ks = self._keyservice()
-        if self.ks_token is None:
-            self.ks_token = ks.register(tenant, "tenant")
-        self.principal = tenant
+        self._enrol(enrolment)
         self.rotate_request_key(key_id=key_id)
+
+    def _enrol(self, enrolment: str) -> None:
+        subject = statement_subject(enrolment)
+        if self.principal not in (None, subject):
+            raise InvalidInput(
+                f"the enrolment is for {subject!r}, these credentials are {self.principal!r}"
+            )
+        if self.ks_token is None:
+            self.ks_token = self._keyservice().register(enrolment)
+        self.principal = subject
 
     def rotate_request_key(self, *, key_id: str | None = None) -> str:
         """Upload a new request key to the key service; new requests use it."""
-        if self.ks_token is None:
-            raise AuthenticationFailed("no key service token: call register_tenant first")
+        token = self._ks_token()
         kid = key_id or f"rk-{int(time.time())}-{secrets.token_hex(3)}"
         key = new_key()
-        self._keyservice().upload_tenant_key(self.ks_token, kid, key)
+        self._keyservice().upload_tenant_key(token, kid, key)
         self._request_key, self.key_id = key, kid
         return kid
 
-    def register_owner(self, owner_id: str | None = None) -> None:
-        """Register as a model owner with the attested key service."""
-        owner = owner_id or self.principal
-        if not owner:
-            raise InvalidInput("which owner? give owner_id or an API token")
-        if self.ks_token is None:
-            self.ks_token = self._keyservice().register(owner, "owner")
-        self.principal = owner
+    def register_owner(self, enrolment: str) -> None:
+        """Register as a model owner with the attested key service with an administrator's
+        one-time `enrolment` (the token is made here, as for a tenant)."""
+        self._enrol(enrolment)
 
-    def _owner_ks_token(self) -> str:
+    def revoke_ks_token(self) -> None:
+        """Revoke this principal's own key-service token (a leaked one): the key service
+        refuses it at once and stops releasing this principal's keys; only a new enrolment
+        from the administrator lets it back."""
+        self._keyservice().revoke_token(self._ks_token())
+        self.ks_token = None
+
+    def _ks_token(self) -> str:
         if self.ks_token is None:
-            raise AuthenticationFailed("no key service token: call register_owner first")
+            raise AuthenticationFailed("no key service token: register first (infaas login)")
         return self.ks_token
+
+    def retire_model_key(self, model_id: str, key_id: str) -> None:
+        """Owner: never release data key `key_id` of `model_id` again (if it is the current
+        one, workers stop serving the model within a second)."""
+        self._keyservice().retire_model_key(self._ks_token(), model_id, key_id)
 
     def grant(self, model_id: str, tenant: str) -> None:
         """Let `tenant` use `model_id` (the key service then releases its key for it)."""
-        self._keyservice().grant(self._owner_ks_token(), model_id, tenant)
+        self._keyservice().grant(self._ks_token(), model_id, tenant)
 
     def revoke(self, model_id: str, tenant: str) -> None:
-        self._keyservice().revoke(self._owner_ks_token(), model_id, tenant)
+        self._keyservice().revoke(self._ks_token(), model_id, tenant)
 
     # -- consent (tenant) -------------------------------------------------------------------
-
-    def _tenant_ks_token(self) -> str:
-        if self.ks_token is None:
-            raise AuthenticationFailed("no key service token: call register_tenant first")
-        return self.ks_token
 
     def accept(self, owner_or_model: str, *, kind: ConsentKind = "owner") -> ConsentPolicy:
         """Let this tenant's requests reach the models of owner `owner_or_model` (or, with
@@ -267,15 +290,15 @@ class Client(ClientBase):
         releases this tenant's key for a model only when both hold, and model-less
         selection happens inside that set.
         """
-        return self._keyservice().accept(self._tenant_ks_token(), kind, owner_or_model)
+        return self._keyservice().accept(self._ks_token(), kind, owner_or_model)
 
     def unaccept(self, owner_or_model: str, *, kind: ConsentKind = "owner") -> ConsentPolicy:
         """Withdraw an acceptance (workers stop within their key cache's lifetime)."""
-        return self._keyservice().unaccept(self._tenant_ks_token(), kind, owner_or_model)
+        return self._keyservice().unaccept(self._ks_token(), kind, owner_or_model)
 
     def accepted(self) -> ConsentPolicy:
         """The owners and models this tenant accepted."""
-        return self._keyservice().consent(self._tenant_ks_token())
+        return self._keyservice().consent(self._ks_token())
 
     def audit(self) -> list[dict[str, Any]]:
         """This principal's own audit trail at the key service (grants, consent, key ids,
@@ -330,7 +353,7 @@ class Client(ClientBase):
         np.savez(buf, **arrays)  # type: ignore[arg-type]
         data_key = new_key()
         key_id = f"dk-{int(time.time())}-{secrets.token_hex(3)}"
-        self._keyservice().upload_model_key(self._owner_ks_token(), model_id, key_id, data_key)
+        self._keyservice().upload_model_key(self._ks_token(), model_id, key_id, data_key)
         body = RegisterModelRequest(
             model_id=model_id,
             task=task,

@@ -19,6 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from infaas.client.client import Client
+from infaas.client.enrolment import (
+    PartyRole,
+    issue_enrolment_file,
+    login,
+    read_enrolment_file,
+    write_enrolment_file,
+)
+from infaas.errors import InfaasError
+from infaas.keyservice.enrolment import PRIVATE_FILE, issue_revocation, load_enrolment_key
 from infaas.keyservice.models import ConsentKind
 from infaas.settings import Settings
 
@@ -74,24 +83,133 @@ def tenant_list_command(args: argparse.Namespace, settings: Settings, admin: Cli
 
 
 def principal_create_command(args: argparse.Namespace, settings: Settings, admin: Client) -> int:
-    """As the administrator, create a tenant or model owner; then, as it, attest the key
-    service and register (a tenant also uploads a fresh request key); save its credentials."""
-    role = args.client_command.partition("-")[0]
-    if role == "tenant":
-        principal = admin.with_credentials(admin.create_tenant(args.name))
-        principal.attest_keyservice()
-        principal.register_tenant()
-    else:
-        principal = admin.with_credentials(admin.create_owner(args.name))
-        principal.attest_keyservice()
-        principal.register_owner()
-    out = principal.save_credentials(
-        args.out or settings.data_dir / "credentials" / f"{args.name}.json"
+    """As the administrator, create a tenant or model owner: its API token and a one-time
+    enrolment signed with the administrator's enrolment key, written to an enrolment file
+    for the party (which logs in with it on its own machine: no key of it is made here)."""
+    role: PartyRole = "tenant" if args.client_command == "tenant-create" else "owner"
+    key = load_enrolment_key(settings.data_dir)
+    data = issue_enrolment_file(admin, key, args.name, role)
+    out = write_enrolment_file(
+        args.out or settings.data_dir / "enrolments" / f"{args.name}.json", data
     )
     if args.json:
-        print_json({role: args.name, "credentials": str(out)})
+        print_json({role: args.name, "enrolment_file": str(out)})
     else:
-        print(f"{role} {args.name} created; its credentials are in {out} (mode 0600)")
+        print(
+            f"{role} {args.name} created; give it {out} (mode 0600, usable once): on its own "
+            f"machine it runs `infaas login {out.name}`, which makes its keys there"
+        )
+    return 0
+
+
+def login_command(args: argparse.Namespace, settings: Settings) -> int:
+    """As a new tenant or owner, on its own machine: attest the key service, make the
+    key-service token (and a tenant's request key) here, register with the enrolment,
+    write the credentials file."""
+    data = read_enrolment_file(args.enrolment)
+    with login(data, base_url=args.url) as client:
+        out = client.save_credentials(
+            args.out or settings.data_dir / "credentials" / f"{client.principal}.json"
+        )
+    if args.json:
+        print_json({str(data["role"]): client.principal, "credentials": str(out)})
+    else:
+        print(f"logged in as {data['role']} {client.principal}; credentials in {out} (mode 0600)")
+    return 0
+
+
+def token_revoke_command(args: argparse.Namespace, settings: Settings, admin: Client) -> int:
+    """As the administrator, revoke a principal's API token and key-service token."""
+    key = load_enrolment_key(settings.data_dir)
+    api = admin.revoke_api_token(args.name)
+    admin.revoke_keyservice_token(issue_revocation(key, args.name))
+    if args.json:
+        print_json({"revoked": args.name, "api_token": api, "keyservice_token": True})
+    else:
+        print(
+            f"{args.name}: key-service token revoked (its keys are released no more)"
+            + ("; API token revoked" if api else "; it had no API token")
+        )
+    return 0
+
+
+def models_command(args: argparse.Namespace, settings: Settings, client: Any) -> int:
+    infos = client.models(task=args.task)
+    if args.json:
+        print_json([i.model_dump(mode="json") for i in infos])
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="models and variants")
+    for col in ("model", "task", "state", "variant", "p50 b1 ms", "accuracy", "load ms"):
+        table.add_column(col)
+    for info in infos:
+        state = info.job.state if info.job else "?"
+        profiles = {p.variant_id: p for p in info.profiles}
+        if not info.variants:
+            table.add_row(info.model.model_id, info.model.task, state, "-", "", "", "")
+        for v in info.variants:
+            p = profiles.get(v.variant_id)
+            table.add_row(
+                info.model.model_id,
+                info.model.task,
+                state,
+                v.variant_id,
+                f"{p.p50_batch1_ms:.2f}" if p else "",
+                f"{p.accuracy:.3f} ({p.accuracy_kind})" if p else "",
+                f"{p.load_ms:.0f}" if p else "",
+            )
+    Console().print(table)
+    return 0
+
+
+def onnx_input_name(data: bytes) -> str:
+    import onnx
+
+    model = onnx.load_model_from_string(data)
+    inits = {i.name for i in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    if len(names) != 1:
+        raise InfaasError(f"the model has inputs {names}; pass --input-name")
+    return str(names[0])
+
+
+def register_command(args: argparse.Namespace, settings: Settings, client: Any) -> int:
+    import numpy as np
+
+    data = args.model.read_bytes()
+    with np.load(args.validation) as z:
+        if "x" not in z.files:
+            raise InfaasError(f"{args.validation} has no 'x' array")
+        x = np.asarray(z["x"])
+        y = np.asarray(z["y"]) if "y" in z.files else None
+    num_classes = args.num_classes
+    if num_classes is None:
+        known = {t.name: t for t in client.tasks()}
+        if args.task not in known:
+            raise InfaasError(f"task {args.task!r} is new: pass --num-classes")
+        num_classes = known[args.task].num_classes
+    client.attest_keyservice()
+    job = client.upload_model(
+        args.model_id,
+        args.task,
+        args.architecture or args.model_id,
+        data,
+        x,
+        y,
+        num_classes=num_classes,
+        input_name=args.input_name or onnx_input_name(data),
+        declared_accuracy=args.declared_accuracy,
+    )
+    for tenant in args.grant:
+        client.grant(args.model_id, tenant)
+    if not args.no_wait:
+        job = client.wait_ready(args.model_id, progress=not args.json)
+    if args.json:
+        print_json(job.model_dump(mode="json"))
+    else:
+        print(f"model {args.model_id}: {job.state} {job.message}".rstrip())
     return 0
 
 
@@ -128,10 +246,14 @@ def audit_command(args: argparse.Namespace, settings: Settings, principal: Clien
 
 ClientOptions = Callable[[argparse.ArgumentParser, str], None]
 """The CLI's adder of --credentials/--url/--json (and the handler) for a principal."""
+PlainOptions = Callable[[argparse.ArgumentParser, Callable[..., int]], None]
+"""The CLI's adder of --data-dir (and `handler(args, settings)`) for a command without
+credentials."""
 
 
-def add_principal_commands(sub: Any, client_opts: ClientOptions) -> None:
-    """grant / revoke, tenant {create,list,accept,unaccept,accepted}, owner create."""
+def add_principal_commands(sub: Any, client_opts: ClientOptions, plain_opts: PlainOptions) -> None:
+    """grant / revoke, tenant {create,list,accept,unaccept,accepted}, owner create, login,
+    token revoke."""
     for action in ("grant", "revoke"):
         gr = sub.add_parser(
             action,
@@ -154,16 +276,18 @@ def add_principal_commands(sub: Any, client_opts: ClientOptions) -> None:
         actions = group.add_subparsers(dest=f"{role}_command", metavar="ACTION", required=True)
         create = actions.add_parser(
             "create",
-            help=f"create a {role} with its own credentials",
-            description=f"As the administrator, create a {role} and its API token; then, as "
-            f"that {role}, attest the key service and register"
-            + (" and upload a fresh request key" if role == "tenant" else "")
-            + f". Writes the {role}'s credentials (0600) to --out (default "
-            "DATA_DIR/credentials/NAME.json).",
+            help=f"create a {role}: its enrolment file (no key of it is made here)",
+            description=f"As the administrator, create a {role}: its API token and a "
+            "one-time enrolment signed with the administrator's enrolment key "
+            f"(DATA_DIR/{PRIVATE_FILE}), written (0600) to --out (default "
+            f"DATA_DIR/enrolments/NAME.json). Hand that file to the {role}: on its own "
+            "machine `infaas login FILE` makes its key-service token"
+            + (" and request key" if role == "tenant" else "")
+            + " there and registers.",
         )
         client_opts(create, "admin")
         create.add_argument("name", help=f"{role} id")
-        create.add_argument("--out", type=Path, help=f"where to write the {role}'s credentials")
+        create.add_argument("--out", type=Path, help="where to write the enrolment file")
         create.set_defaults(client_command=f"{role}-create")
         role_actions[role] = actions
     tenant_actions = role_actions["tenant"]
@@ -204,3 +328,33 @@ def add_principal_commands(sub: Any, client_opts: ClientOptions) -> None:
     )
     client_opts(accepted, "demo")
     accepted.set_defaults(client_command="tenant-consent", model=False)
+
+    lg = sub.add_parser(
+        "login",
+        help="join a deployment with an enrolment file (as the new tenant or owner)",
+        description="On your own machine: attest the key service against the enrolment "
+        "file's trust bundle, make your key-service token (and, as a tenant, your request "
+        "key) here, register with the one-time enrolment and write your credentials (0600) "
+        "to --out (default DATA_DIR/credentials/NAME.json). Neither the administrator nor "
+        "the key service ever holds your token or key in the clear.",
+    )
+    plain_opts(lg, login_command)
+    lg.add_argument("enrolment", type=Path, metavar="ENROLMENT_FILE")
+    lg.add_argument("--out", type=Path, help="where to write your credentials")
+    lg.add_argument("--url", help="infaas base URL (default: the enrolment file's)")
+    lg.add_argument("--json", action="store_true", help="machine-readable output")
+
+    tok = sub.add_parser("token", help="API and key-service tokens (admin)")
+    tok_actions = tok.add_subparsers(dest="token_command", metavar="ACTION", required=True)
+    rv = tok_actions.add_parser(
+        "revoke",
+        help="revoke a principal's API token and key-service token",
+        description="As the administrator: delete NAME's API token (the control plane and "
+        "the workers refuse it within a second) and send the key service a revocation "
+        "signed with the enrolment key (it refuses NAME's key-service token at once and "
+        "releases its keys no more: workers stop serving them when their one-second lease "
+        "ends). A new enrolment lets NAME back.",
+    )
+    client_opts(rv, "admin")
+    rv.add_argument("name", help="tenant or owner id")
+    rv.set_defaults(client_command="token-revoke")

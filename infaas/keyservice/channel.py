@@ -1,11 +1,12 @@
 """The attested channel for management calls: sealed end to end to the key service.
 
-Registration, key uploads, grants, revocations, consent and key retirement carry tokens
-and decide who gets keys, so they cross the host (the Serve proxy, any HTTP hop) only
-sealed. A client that attested the key service seals each call with HPKE to the
-service's attested X25519 key; the call names a fresh answer key, to which the service
-seals its answer. Nothing on the path reads a token, an argument or an answer, and a
-rewritten call does not open.
+Registration (with an administrator's enrolment), token revocation, key uploads,
+grants, revocations, consent and key retirement carry tokens and decide who gets keys,
+so they cross the host (the Serve proxy, any HTTP hop) only sealed. A client that
+attested the key service seals each call with HPKE to the service's attested X25519
+key; the call names a fresh answer key, to which the service seals its answer.
+Nothing on the path reads a token, an argument or an answer, and a rewritten call
+does not open.
 
 Wire format (``POST /v1/keyservice/call``, body ``{"sealed": "<b64>"}``, answer
 ``{"sealed": "<b64>"}``)::
@@ -167,11 +168,15 @@ def dispatch(service: Any, call: Mapping[str, Any]) -> Any:
         return value
 
     if op == "register":
-        return service.register(need("id"), need("role")).model_dump(mode="json")
+        return service.register(need("enrolment"), need("token_sha256")).model_dump(mode="json")
+    if op == "revoke_token":
+        return service.revoke_token(token or None, a.revocation)
     if op == "set_tenant_key":
         service.set_tenant_key(token, need("key_id"), need("sealed_key"))
     elif op == "retire_tenant_key":
         service.retire_tenant_key(token, need("key_id"))
+    elif op == "retire_model_key":
+        service.retire_model_key(token, need("model_id"), need("key_id"))
     elif op == "set_model_key":
         service.set_model_key(token, need("model_id"), need("key_id"), need("sealed_key"))
     elif op in ("grant", "revoke"):

@@ -39,6 +39,7 @@ from infaas.attestation.verifier import AttestationVerifier
 from infaas.attestation.verify import VerifiedQuote
 from infaas.errors import AttestationFailed, InvalidInput, error_from_problem
 from infaas.keyservice.channel import SealedCall
+from infaas.keyservice.enrolment import statement_subject
 from infaas.keyservice.models import (
     ConsentKind,
     ConsentPolicy,
@@ -50,9 +51,10 @@ from infaas.keyservice.models import (
     ReleaseResponse,
     SealedMessage,
 )
+from infaas.keyservice.principals import token_sha256
 from infaas.keyservice.sealing import info_for, open_sealed, seal_to, x25519_raw
 from infaas.keyservice.server import PREFIX
-from infaas.keyservice.service import Role, release_info
+from infaas.keyservice.service import release_info
 from infaas.keyservice.trust import AttestedKeyService, attest_keyservice
 from infaas.transparency.log import LogExport, LogProof, ProofRequest
 from infaas.transparency.witness import LogWitness
@@ -165,10 +167,18 @@ class KeyServiceClient:
         call = SealedCall(self._attested_key(), op, args, token)
         return call.open_answer(self._t.call(call.sealed))
 
-    def register(self, principal_id: str, role: Role = "tenant") -> str:
-        """Register; returns the secret token (keep it: it is not shown again)."""
-        answer = self._sealed("register", id=principal_id, role=role)
-        return RegisterResponse.model_validate(answer).token
+    def register(self, enrolment: str) -> str:
+        """Register with an administrator's one-time enrolment; returns the key-service token,
+        made here (only its hash is sent: nobody else ever holds it)."""
+        token = f"{statement_subject(enrolment)}:{secrets.token_urlsafe(32)}"
+        answer = self._sealed("register", enrolment=enrolment, token_sha256=token_sha256(token))
+        RegisterResponse.model_validate(answer)
+        return token
+
+    def revoke_token(self, token: str | None = None, *, revocation: str | None = None) -> str:
+        """Revoke `token` (one's own), or the token an administrator's signed `revocation`
+        names; the principal revoked."""
+        return str(self._sealed("revoke_token", token, revocation=revocation))
 
     def upload_tenant_key(self, token: str, key_id: str, key: bytes) -> None:
         tenant = token.rpartition(":")[0]
@@ -184,6 +194,11 @@ class KeyServiceClient:
         info = info_for("model-key", {"model_id": model_id, "key_id": key_id})
         sealed = _b64(seal_to(self._attested_key(), key, info))
         self._sealed("set_model_key", token, model_id=model_id, key_id=key_id, sealed_key=sealed)
+
+    def retire_model_key(self, token: str, model_id: str, key_id: str) -> None:
+        """Never release data key `key_id` of `model_id` again (if current: the model is
+        served no more once the tenant keys' leases end)."""
+        self._sealed("retire_model_key", token, model_id=model_id, key_id=key_id)
 
     def grant(self, token: str, model_id: str, tenant: str) -> None:
         self._sealed("grant", token, model_id=model_id, tenant=tenant)

@@ -4,8 +4,9 @@
 TEE, verifier of worker evidence, sealing key, monotonic counter), serves `create_keyservice_app`
 under the route prefix ``/v1/keyservice`` and flushes its release counters
 (`KeyServiceTelemetry`) to the store for the dashboard. The worker
-measurements it releases keys to, one per pool, are given by the composition root
-(`api.serve`), which knows the worker deployment; a GPU pool's workers get keys only
+measurements it releases keys to, one per pool, and the administrator's enrolment key
+(`infaas.keyservice.enrolment`) are given by the composition root (`api.serve`), which
+knows the worker deployment and the data directory; a GPU pool's workers get keys only
 for composite evidence (`create_worker_verifiers`).
 """
 
@@ -65,7 +66,12 @@ class _UnprefixedRoot:
 class KeyServiceIngress:
     """The key service as a Serve replica; one replica owns its store namespace."""
 
-    def __init__(self, settings: Settings, worker_measurements_hex: dict[str, str]) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        worker_measurements_hex: dict[str, str],
+        enrolment_key_hex: str | None,
+    ) -> None:
         configure_logging()
         store = open_store(settings.resolved_store_url)
         tee = create_tee(settings, keyservice_measurement())
@@ -93,7 +99,8 @@ class KeyServiceIngress:
             else derived_log_key(kek),
             settings.data_dir / "transparency",
         )
-        # its release policy (and so its identity) follows settings.production too
+        # its release policy (and so its identity) follows settings.production and the
+        # administrator's enrolment key too
         self._service = KeyService(
             store,
             kek,
@@ -102,6 +109,7 @@ class KeyServiceIngress:
             production=settings.production,
             counter=counter,
             transparency=transparency,
+            enrolment_key=bytes.fromhex(enrolment_key_hex) if enrolment_key_hex else None,
         )
         # key releases and refusals (by code) -> the store, for the dashboard and /metrics
         self._telemetry = Recorder("keyservice")

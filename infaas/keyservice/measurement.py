@@ -9,6 +9,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 
 from infaas.attestation.deployment import create_worker_verifiers, load_policy, simulated_ca
+from infaas.keyservice.enrolment import enrolment_public_key
 from infaas.keyservice.trust import KeyServiceTrust, policy_sha256, release_policy_document
 from infaas.measurement import REPO, measure_closure
 from infaas.settings import Settings
@@ -43,7 +44,9 @@ def keyservice_trust(
     and workers refuse.
     """
     document = release_policy_document(
-        create_worker_verifiers(settings, worker_measurements), production=settings.production
+        create_worker_verifiers(settings, worker_measurements),
+        production=settings.production,
+        enrolment_key=enrolment_public_key(settings.data_dir),
     )
     if settings.tee_backend == "simulated":
         roots_pem = simulated_ca(settings).root_pem

@@ -47,11 +47,13 @@ class CallArgs(_Wire):
     """The arguments of a sealed management call (each call uses the ones it names).
 
     ``{"model_id": "resnet", "tenant": "acme"}`` (grant),
+    ``{"enrolment": "infaas-enrolment-v1.…", "token_sha256": "<hex>"}`` (register),
     ``{"key_id": "k1", "sealed_key": "<b64>"}`` (a tenant's key upload)
     """
 
-    id: Identifier | None = None
-    role: Literal["tenant", "owner"] | None = None
+    enrolment: str | None = Field(None, max_length=2048, description="administrator-signed")
+    token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    revocation: str | None = Field(None, max_length=2048, description="administrator-signed")
     key_id: KeyId | None = None
     model_id: Identifier | None = None
     tenant: Identifier | None = None
@@ -61,11 +63,11 @@ class CallArgs(_Wire):
 
 
 class RegisterResponse(_Wire):
-    """``{"id": "acme", "role": "tenant", "token": "acme:…"}`` (shown once, stored hashed)."""
+    """``{"id": "acme", "role": "tenant"}``: who the enrolment made (the token is the
+    party's own: it sent only its hash)."""
 
     id: str
     role: Literal["tenant", "owner"]
-    token: str
 
 
 ConsentKind = Literal["owner", "model"]

@@ -32,18 +32,21 @@ reordered or deleted records are refused. Tokens are stored as SHA-256 hashes on
 Each principal has a private audit trail there (`infaas.keyservice.audit`): the events
 that concern it and each key release with the worker measurement it went to (once per
 key and worker code: renewals are not events), read only with its own token.
+
+Principals: a tenant or owner registers with a one-time enrolment signed by the
+administrator's enrolment key (part of the release policy), sending only the hash of
+a token it made itself; tokens can be revoked, and a revoked principal's keys are no
+longer released (`infaas.keyservice.principals`).
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import secrets
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -52,7 +55,6 @@ from infaas.attestation.backends import EvidenceGenerator, report_data_for
 from infaas.attestation.verifier import GpuEvidence, NonceIssuer, WorkerVerifier
 from infaas.envelope import KEY_LEN
 from infaas.errors import (
-    AuthenticationFailed,
     Conflict,
     InfaasError,
     InvalidInput,
@@ -74,6 +76,7 @@ from infaas.keyservice.models import (
     ReleaseResponse,
     WrappedKey,
 )
+from infaas.keyservice.principals import Principals, Role
 from infaas.keyservice.sealing import info_for, open_sealed, seal_to, x25519_raw
 from infaas.keyservice.state import SealedRecords
 from infaas.keyservice.trust import (
@@ -96,8 +99,6 @@ from infaas.transparency.log import (
 )
 
 log = get_logger(__name__)
-
-Role = Literal["tenant", "owner"]
 
 PROFILE_KEY_ID = "profile-1"
 """Key id of every model's profile key (one per model; rotation would add another)."""
@@ -137,6 +138,7 @@ class KeyService:
         production: bool = False,
         nonce_ttl_s: float = 60.0,
         lease_s: float = 1.0,
+        enrolment_key: bytes | None = None,
         clock: Callable[[], float] = time.time,
         counter: MonotonicCounter | None = None,
         transparency: TransparencyLog | None = None,
@@ -155,6 +157,8 @@ class KeyService:
         # read-modify-write of model/principal records (grants, current key id) is
         # serialised here; one key service process owns its store namespace
         self._lock = threading.RLock()
+        # who may register: enrolments signed by the administrator's key (in its policy)
+        self._principals = Principals(self._records, enrolment_key, lock=self._lock, clock=clock)
         # the identity key lives only in this process: clients re-attest after a restart
         self._sk = X25519PrivateKey.generate()
         self.public_key = x25519_raw(self._sk.public_key())
@@ -163,7 +167,9 @@ class KeyService:
         self._signing = Ed25519PrivateKey.generate()
         self.signing_key = ed25519_raw(self._signing.public_key())
         # what it releases keys to is part of its identity (bound into its evidence)
-        self.release_policy = release_policy_document(worker_verifier, production=production)
+        self.release_policy = release_policy_document(
+            worker_verifier, production=production, enrolment_key=enrolment_key
+        )
         self.policy_sha256 = policy_sha256(self.release_policy)
         # what it trusts is public before it serves (infaas.transparency.log)
         self.transparency = transparency or TransparencyLog.in_memory()
@@ -214,30 +220,25 @@ class KeyService:
 
     # --- principals ---------------------------------------------------------------------
 
-    def register(self, principal_id: str, role: Role) -> RegisterResponse:
-        """Create a tenant or model owner; returns its secret token (stored only hashed)."""
-        token = f"{principal_id}:{secrets.token_urlsafe(32)}"
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        if not self._records.put_if_absent(
-            SealedTable.PRINCIPAL,
-            principal_id,
-            {"id": principal_id, "role": role, "token_sha256": digest},
-        ):
-            raise Conflict(f"principal {principal_id!r} already exists")
-        self._audit.record(principal_id, "registered", role=role)
-        log.info("registered %s %s", role, principal_id)
-        return RegisterResponse(id=principal_id, role=role, token=token)
+    def register(self, enrolment: str, token_sha256: str) -> RegisterResponse:
+        """Create the tenant or model owner an administrator's one-time enrolment names,
+        with the token it made itself (only its hash comes here; `principals`)."""
+        registered = self._principals.register(enrolment, token_sha256)
+        self._audit.record(registered.id, "registered", role=registered.role)
+        return registered
 
     def authenticate(self, token: str, role: Role) -> str:
         """The principal id a token belongs to; AuthenticationFailed unless it is valid."""
-        principal_id, sep, _ = token.rpartition(":")
-        rec = self._records.get(SealedTable.PRINCIPAL, principal_id) if sep else None
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        if rec is None or not hmac.compare_digest(rec["token_sha256"], digest):
-            raise AuthenticationFailed("invalid key service token")
-        if rec["role"] != role:
-            raise PermissionDenied(f"{principal_id!r} is not a {role}")
-        return principal_id
+        return self._principals.authenticate(token, role)
+
+    def revoke_token(self, token: str | None = None, revocation: str | None = None) -> str:
+        """Revoke the caller's own token, or the one an administrator's signed revocation
+        names: it is refused from now on, and the principal's keys are no longer released
+        (workers stop serving them within their one-second lease)."""
+        principal = self._principals.revoke(token=token, revocation=revocation)
+        by = "itself" if token else "the administrator"
+        self._audit.record(principal, "token_revoked", by=by)
+        return principal
 
     # --- keys and grants ----------------------------------------------------------------
 
@@ -300,6 +301,23 @@ class KeyService:
             self._records.put(SealedTable.MODEL, model_id, model | {"current_key_id": key_id})
         self._audit.record(owner, "model_key_added", model_id=model_id, key_id=key_id)
         log.info("owner %s uploaded data key id %s for model %s", owner, key_id, model_id)
+
+    def retire_model_key(self, token: str, model_id: str, key_id: str) -> None:
+        """The owner retires data key `key_id` of `model_id`: it is never released again; if it
+        was the current one the model has none, and no tenant key is released for it, so
+        workers stop serving the model when the tenant keys' leases end (within a second)."""
+        owner = self.authenticate(token, "owner")
+        name = f"{model_id}/{key_id}"
+        with self._lock:
+            model = self._owned_model(model_id, owner)
+            rec = self._records.get(SealedTable.MODEL_KEY, name)
+            if rec is None:
+                raise UnknownKey(f"model {model_id!r} has no key id {key_id!r}")
+            self._records.put(SealedTable.MODEL_KEY, name, rec | {"retired_at": self._clock()})
+            if model.get("current_key_id") == key_id:
+                self._records.put(SealedTable.MODEL, model_id, model | {"current_key_id": None})
+        self._audit.record(owner, "model_key_retired", model_id=model_id, key_id=key_id)
+        log.info("owner %s retired data key id %s of model %s", owner, key_id, model_id)
 
     def grant(self, token: str, model_id: str, tenant: str) -> None:
         """Let `tenant` use `model_id` (its request key may then be released for that model)."""
@@ -394,6 +412,8 @@ class KeyService:
         """Why `tenant` may not use `model_id` ('' when grant and consent both hold)."""
         if tenant not in model["grants"]:
             return f"tenant {tenant!r} is not granted model {model_id!r}"
+        if model.get("current_key_id") is None:
+            return f"model {model_id!r} has no current data key (its owner retired it)"
         owner = model["owner"]
         if owner not in policy.owners and policy.models.get(model_id) != owner:
             return f"tenant {tenant!r} has not accepted model {model_id!r} or its owner {owner!r}"
@@ -483,21 +503,26 @@ class KeyService:
             assert k.model_id is not None  # KeyRequest checks it
             if k.key_id not in (None, PROFILE_KEY_ID):
                 raise UnknownKey(f"model {k.model_id!r} has no profile key id {k.key_id!r}")
+            self._check_owner_active(k.model_id)
             return k, PROFILE_KEY_ID, self._profile_key(k.model_id), None
         if k.kind == "model":
             assert k.model_id is not None  # KeyRequest checks it
-            model = self._model(k.model_id)
+            model = self._check_owner_active(k.model_id)
             key_id = k.key_id or model["current_key_id"]
             rec = self._records.get(SealedTable.MODEL_KEY, f"{k.model_id}/{key_id}")
             if key_id is None or rec is None:
                 raise UnknownKey(f"model {k.model_id!r} has no key id {key_id!r}")
+            if rec.get("retired_at") is not None:
+                raise UnknownKey(f"model {k.model_id!r} retired key id {key_id!r}")
             return k, str(key_id), _unb64(rec["key"]), None
         if k.tenant is None:
             raise InvalidInput("a tenant key request must name the tenant")
+        self._principals.check_active(k.tenant, "tenant key not released")
         tenant_rec, policy = self._consent(k.tenant)
         models: tuple[str, ...] | None = None
         if k.model_id is not None:
-            why = self._may_use(k.tenant, policy, k.model_id, self._model(k.model_id))
+            model = self._check_owner_active(k.model_id)
+            why = self._may_use(k.tenant, policy, k.model_id, model)
             if why:
                 raise PermissionDenied(f"{why}: key not released", tenant=k.tenant)
         else:
@@ -521,9 +546,16 @@ class KeyService:
         if not policy.owners and not policy.models:
             return ()
         out = []
+        active: dict[str, bool] = {}  # owner -> not revoked (one record read per owner)
         for model_id in self._records.keys(SealedTable.MODEL):
             model = self._records.get(SealedTable.MODEL, model_id)
-            if model is not None and not self._may_use(tenant, policy, model_id, model):
+            if model is None or self._may_use(tenant, policy, model_id, model):
+                continue
+            owner = str(model["owner"])
+            if owner not in active:
+                rec = self._records.get(SealedTable.PRINCIPAL, owner)
+                active[owner] = rec is not None and not rec.get("revoked_at")
+            if active[owner]:
                 out.append(model_id)
         return tuple(out)
 
@@ -535,6 +567,11 @@ class KeyService:
                 model = model | {"profile_key": _b64(secrets.token_bytes(KEY_LEN))}
                 self._records.put(SealedTable.MODEL, model_id, model)
             return _unb64(model["profile_key"])
+
+    def _check_owner_active(self, model_id: str) -> dict[str, Any]:
+        model = self._model(model_id)
+        self._principals.check_active(str(model["owner"]), f"model {model_id!r} key not released")
+        return model
 
     def _model(self, model_id: str) -> dict[str, Any]:
         model = self._records.get(SealedTable.MODEL, model_id)

@@ -3,8 +3,8 @@
 The key service has three public things, all bound into its evidence: its
 HPKE key (keys are sealed to it), its Ed25519 signing key (it signs every
 release) and the SHA-256 of its *release policy* (which workers it releases
-keys to: their measurements, the roots, debug, TCB floor, production flag;
-`release_policy_document`). The evidence's report data is
+keys to: their measurements, the roots, debug, TCB floor, production flag; whose
+enrolments it accepts: `release_policy_document`). The evidence's report data is
 ``SHA-256(identity || nonce)`` with ``identity = hpke key || signing key ||
 policy SHA-256`` (`identity_bytes`), so a genuine key service started with a
 permissive policy reports another policy hash and is refused.
@@ -62,12 +62,17 @@ RELEASE_POLICY_VERSION = 1
 _STATEMENT = "infaas-keyservice/v1 release"
 
 
-def release_policy_document(verifier: WorkerVerifier, *, production: bool) -> dict[str, Any]:
-    """The key service's effective release policy in canonical form (what its hash covers)."""
+def release_policy_document(
+    verifier: WorkerVerifier, *, production: bool, enrolment_key: bytes | None = None
+) -> dict[str, Any]:
+    """The key service's effective release policy in canonical form (what its hash covers):
+    which workers get keys, and whose enrolments make tenants and owners
+    (`infaas.keyservice.enrolment`; None: it enrols nobody)."""
     return {
         "version": RELEASE_POLICY_VERSION,
         "production": production,
         "workers": verifier.policy_document(),
+        "enrolment_key": enrolment_key.hex() if enrolment_key is not None else None,
     }
 
 

@@ -60,6 +60,7 @@ class SealedTable(StrEnum):
     """Each principal's private audit trail (`infaas.keyservice.audit`)."""
     LOG = "ks_log"
     """The hash-chained log that versions the others (`infaas.keyservice.state`)."""
+    ENROLMENT = "ks_enrolment"
 
 
 class MetadataStore(ABC):

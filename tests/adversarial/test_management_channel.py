@@ -22,7 +22,7 @@ from infaas.attestation import SimulatedPlatformCA
 from infaas.envelope import new_key
 from infaas.errors import DecryptionFailed, InvalidInput, PermissionDenied
 from infaas.keyservice import KeyServiceClient, KeyServiceHttpClient, create_keyservice_app
-from tests.deployment import Deployment
+from tests.deployment import Deployment, enrol
 from tests.e2e.server import ThreadedServer
 from tests.security.markers import encodings
 
@@ -94,8 +94,8 @@ def _flip_sealed(path: str, body: bytes) -> bytes:
 
 def test_the_proxy_reads_no_token_and_no_key(world: World) -> None:
     c, seen = world.client, world.proxy.seen
-    owner = c.register("zoo", "owner")
-    tenant = c.register("acme", "tenant")
+    owner = enrol(c, "zoo", "owner")
+    tenant = enrol(c, "acme", "tenant")
     model_key, tenant_key = new_key(), new_key()
     c.upload_model_key(owner, "resnet", "dk1", model_key)
     c.upload_tenant_key(tenant, "k1", tenant_key)
@@ -117,8 +117,8 @@ def test_the_proxy_reads_no_token_and_no_key(world: World) -> None:
 
 def test_a_rewritten_call_does_not_open_and_changes_nothing(world: World) -> None:
     c, dep = world.client, world.dep
-    owner = c.register("zoo", "owner")
-    tenant = c.register("acme", "tenant")
+    owner = enrol(c, "zoo", "owner")
+    tenant = enrol(c, "acme", "tenant")
     c.upload_model_key(owner, "resnet", "dk1", new_key())
     c.upload_tenant_key(tenant, "k1", new_key())
     c.accept(tenant, "model", "resnet")
@@ -132,13 +132,13 @@ def test_a_rewritten_call_does_not_open_and_changes_nothing(world: World) -> Non
 def test_a_rewritten_answer_is_refused_by_the_client(world: World) -> None:
     world.proxy.rewrite_answer = _flip_sealed
     with pytest.raises(DecryptionFailed):
-        world.client.register("zoo", "owner")
+        enrol(world.client, "zoo", "owner")
 
 
 def test_a_recorded_grant_cannot_be_replayed_after_revoke(world: World) -> None:
     c, dep, proxy = world.client, world.dep, world.proxy
-    owner = c.register("zoo", "owner")
-    tenant = c.register("acme", "tenant")
+    owner = enrol(c, "zoo", "owner")
+    tenant = enrol(c, "acme", "tenant")
     c.upload_model_key(owner, "resnet", "dk1", new_key())
     c.upload_tenant_key(tenant, "k1", new_key())
     c.accept(tenant, "owner", "zoo")
@@ -157,8 +157,10 @@ def test_a_recorded_grant_cannot_be_replayed_after_revoke(world: World) -> None:
 
 
 def test_sealed_arguments_are_validated_like_plain_ones(world: World) -> None:
+    with pytest.raises(InvalidInput, match="no valid principal id"):
+        enrol(world.client, "../escape", "tenant")
     with pytest.raises(InvalidInput, match="bad arguments"):
-        world.client.register("../escape", "tenant")
-    owner = world.client.register("zoo", "owner")
+        world.client._sealed("register", enrolment="x", token_sha256="not hex")
+    owner = enrol(world.client, "zoo", "owner")
     with pytest.raises(InvalidInput, match="needs tenant"):
         world.client._sealed("grant", owner, model_id="resnet")

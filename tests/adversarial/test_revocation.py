@@ -17,7 +17,7 @@ import pytest
 
 from enclave_workers.keycache import KeyCache
 from infaas.attestation import SimulatedPlatformCA
-from infaas.errors import InfaasError, PermissionDenied, UnknownKey
+from infaas.errors import AuthenticationFailed, InfaasError, PermissionDenied, UnknownKey
 from infaas.keyservice import KeyService, ReleaseRequest, ReleaseResponse, WorkerKeyClient
 from tests.deployment import Deployment
 
@@ -126,6 +126,75 @@ def test_retired_key_id_is_not_served_after_its_lease(dep: Deployment) -> None:
         worker.tenant_access("acme", "k1")
     with pytest.raises(InfaasError):
         worker.tenant_access("acme", None)  # retired was the current key: none now
+
+
+def test_a_revoked_token_stops_its_tenant_within_the_lease(dep: Deployment) -> None:
+    """The administrator revokes acme (a signed revocation): the key service refuses its
+    token at once, and the worker, whose renewals the host drops, serves its key no longer
+    than the lease signed before."""
+    from infaas.keyservice.enrolment import issue_revocation
+    from tests.deployment import ADMIN_KEY
+
+    now = [0.0]
+    host = Host(dep.service)
+    worker = _worker(dep, host, now)
+    assert worker.tenant_access("acme", None).models == {"resnet", "mlp"}
+    dep.keys.revoke_token(revocation=issue_revocation(ADMIN_KEY, "acme"))
+    with pytest.raises(AuthenticationFailed, match="revoked"):
+        dep.keys.consent(dep.ks_tokens["acme"])
+    host.dropping = True
+    now[0] = 0.6
+    assert worker.renew() == 0
+    now[0] = 1.0
+    with pytest.raises(OSError):  # its lease is over
+        worker.tenant_access("acme", None)
+    host.dropping = False
+    with pytest.raises(PermissionDenied, match="revoked"):
+        worker.tenant_access("acme", None)
+
+
+def test_a_retired_model_key_and_a_revoked_owner_stop_the_model_within_the_lease(
+    dep: Deployment,
+) -> None:
+    """Model keys are decided under the same lease: a tenant key is released only with the
+    models that still have a current data key and an owner in good standing, so retiring
+    a model's key id (or revoking its owner) narrows what every worker serves at the next
+    renewal, and no worker gets the retired key again."""
+    now = [0.0]
+    host = Host(dep.service)
+    worker = _worker(dep, host, now)
+    assert worker.tenant_access("acme", None).models == {"resnet", "mlp"}
+    assert worker.model_key("resnet")[0] == "dk1"
+    dep.keys.retire_model_key(dep.ks_tokens["zoo"], "resnet", "dk1")
+    now[0] = 0.6
+    assert worker.renew() == 1
+    assert worker.tenant_access("acme", None).models == {"mlp"}
+    with pytest.raises(UnknownKey, match="retired"):
+        dep.worker_keys().model_key("resnet", "dk1")
+    with pytest.raises(PermissionDenied, match="no current data key"):
+        dep.worker_keys().tenant_key("acme", "resnet")
+    # the owner's token revoked: none of its models is served once the lease ends
+    dep.keys.revoke_token(dep.ks_tokens["zoo"])
+    now[0] = 1.2
+    assert worker.renew() == 0
+    with pytest.raises(PermissionDenied, match="may use no model"):
+        worker.tenant_access("acme", None)
+
+
+def test_a_revoked_api_token_is_refused_by_the_worker_within_a_second(
+    dep: Deployment,
+) -> None:
+    runtime = dep.new_worker()
+    try:
+        assert runtime.authenticate(dep.api_tokens["acme"]) == "acme"
+        assert dep.tokens.revoke("acme")
+        time.sleep(1.05)  # the worker's token cache (1 s): an API token gates work only
+        with pytest.raises(AuthenticationFailed):
+            runtime.authenticate(dep.api_tokens["acme"])
+    finally:
+        import asyncio
+
+        asyncio.run(runtime.close())
 
 
 def test_idle_keys_are_not_renewed_and_run_out(dep: Deployment) -> None:

@@ -38,6 +38,7 @@ from infaas.errors import (
     ReplayedRequest,
     UnknownKey,
 )
+from infaas.keyservice.enrolment import issue_enrolment, load_enrolment_key
 from infaas.settings import Pool
 from infaas.types import Profile
 from infaas.zoo import ZooEntry, load_manifest, load_validation
@@ -68,7 +69,7 @@ def beta(served: Served, owner: Client) -> Iterator[Client]:
         creds = admin.create_tenant("beta", "second tenant")
     with Client(served.url, api_token=creds.token, keyservice=owner.keyservice) as c:
         c.attest_keyservice()
-        c.register_tenant()
+        c.register_tenant(issue_enrolment(load_enrolment_key(served.data_dir), "beta", "tenant"))
         for m in c.models(task="digits"):
             owner.grant(m.model.model_id, "beta")
         c.accept("zoo-owner")

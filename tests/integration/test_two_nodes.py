@@ -30,6 +30,8 @@ import pytest
 import yaml
 
 from infaas import Client
+from infaas.client.enrolment import issue_enrolment_file, login
+from infaas.keyservice.enrolment import load_enrolment_key
 from infaas.zoo import Manifest, load_model_bytes, load_validation
 from tests.ray_nodes import REPO, RayNodes, free_ports
 from tests.zoo_fixtures import entry, small_manifest, small_zoo
@@ -186,12 +188,9 @@ def test_serve_deploy_bootstrap_and_a_sealed_request_on_the_tee_node(
     assert _get(cluster.url + "/analytics") == 200  # one config for the cluster: still there
 
     admin = Client.from_credentials(cluster.data_dir / "credentials" / "admin.json")
-    owner = admin.with_credentials(admin.create_owner("owner1", "a model owner"))
-    owner.attest_keyservice()
-    owner.register_owner()
-    tenant = admin.with_credentials(admin.create_tenant("acme", "a tenant"))
-    tenant.attest_keyservice()
-    tenant.register_tenant()
+    enrolment_key = load_enrolment_key(cluster.data_dir)
+    owner = login(issue_enrolment_file(admin, enrolment_key, "owner1", "owner", "a model owner"))
+    tenant = login(issue_enrolment_file(admin, enrolment_key, "acme", "tenant", "a tenant"))
     zoo = entry(small_manifest, MODEL)
     x, y = load_validation(small_zoo, zoo)
     owner.upload_model(

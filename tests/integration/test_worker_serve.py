@@ -23,6 +23,7 @@ from infaas.artifacts import ArtifactStore
 from infaas.auth import TokenRegistry
 from infaas.envelope import new_key, open_response, seal_request
 from infaas.keyservice import KeyServiceClient, KeyServiceHttpClient
+from infaas.keyservice.enrolment import issue_enrolment, load_or_create_enrolment_key
 from infaas.protocol import decode_response, encode_request
 from infaas.settings import Pool, ProfilerSettings, Settings
 from infaas.store import open_store
@@ -67,6 +68,7 @@ def served(
             validation_samples=64, calibration_samples=16,
         ),
     )  # fmt: skip
+    admin = load_or_create_enrolment_key(settings.data_dir)
     with ray_serve_with_keyservice(settings) as url:
         # register the model as the control plane does: keys to the attested key service,
         # sealed blobs beside the store, metadata in it
@@ -83,14 +85,14 @@ def served(
             log=trust.witness(),
         )
         client.attest()
-        owner = client.register("owner1", "owner")
+        owner = client.register(issue_enrolment(admin, "owner1", "owner"))
         data_key = new_key()
         client.upload_model_key(owner, MODEL, "m1", data_key)
         artifacts = ArtifactStore(settings.data_dir / "artifacts")
         put_sealed_model(artifacts, data_key, zoo_entry.to_model_record(), onnx, x, y)
         store.put_task(small_manifest.tasks["digits"])
         store.put_model(zoo_entry.to_model_record())
-        ks_token = client.register("acme", "tenant")
+        ks_token = client.register(issue_enrolment(admin, "acme", "tenant"))
         tenant_key = new_key()
         client.upload_tenant_key(ks_token, "acme-k1", tenant_key)
         client.grant(owner, MODEL, "acme")

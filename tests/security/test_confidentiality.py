@@ -33,11 +33,13 @@ import httpx
 import numpy as np
 import onnx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from onnx import TensorProto, helper, numpy_helper
 
 from infaas import Client
 from infaas.artifacts import MODEL_PART, artifact_name
 from infaas.errors import InfaasError
+from infaas.keyservice.enrolment import issue_enrolment, load_enrolment_key
 from infaas.zoo import IR_VERSION, OPSET
 from tests.e2e.server import Served, start_serve, stop_serve
 from tests.security.markers import encodings
@@ -231,11 +233,11 @@ def _refused_attempts(owner: Client, tenant: Client, seen: Seen) -> None:
     seen.refused(refused.value)
 
 
-def _serve_the_marker_model(owner: Client, tenant: Client) -> None:
+def _serve_the_marker_model(owner: Client, tenant: Client, admin_key: Ed25519PrivateKey) -> None:
     owner.attest_keyservice()
-    owner.register_owner()
+    owner.register_owner(issue_enrolment(admin_key, "marker-owner", "owner"))
     tenant.attest_keyservice()
-    tenant.register_tenant()
+    tenant.register_tenant(issue_enrolment(admin_key, "marker-tenant", "tenant"))
     rng = np.random.default_rng(7)
     x_val = rng.normal(size=(64, N_IN)).astype(np.float32)
     y_val = np.argmax(x_val @ WEIGHTS, axis=1)
@@ -282,7 +284,7 @@ def test_no_plaintext_marker_on_the_untrusted_side(
             )
             for c in (owner_creds, tenant_creds)
         )
-        _serve_the_marker_model(owner, tenant)
+        _serve_the_marker_model(owner, tenant, load_enrolment_key(served.data_dir))
         _refused_attempts(owner, tenant, seen)
     assert seen.errors >= 1, "no error body reached the clients: the check would be vacuous"
     found = scan_bytes(seen.bodies)

@@ -43,7 +43,7 @@ from infaas.keyservice import (
 from infaas.keyservice.counter import MemoryCounter
 from infaas.store import SealedTable, open_store
 from tests.asgi import TestClient
-from tests.deployment import bundle
+from tests.deployment import ADMIN_PUBLIC, bundle, enrol
 from tests.security.markers import encodings
 
 KS_M = hashlib.sha256(b"ks").digest()
@@ -74,7 +74,14 @@ def test_no_key_in_logs_or_store(tmp_path: Path, caplog: pytest.LogCaptureFixtur
     release_policy = AttestationVerifier(pol, extra_roots=[ca.root_cert])
 
     def service() -> KeyService:
-        return KeyService(store, kek, SimulatedTEE(ca, KS_M), release_policy, counter=counter)
+        return KeyService(
+            store,
+            kek,
+            SimulatedTEE(ca, KS_M),
+            release_policy,
+            counter=counter,
+            enrolment_key=ADMIN_PUBLIC,
+        )
 
     trust = bundle(ca.root_pem, KS_M, release_policy)
 
@@ -93,8 +100,8 @@ def test_no_key_in_logs_or_store(tmp_path: Path, caplog: pytest.LogCaptureFixtur
         remote = KeyServiceHttpClient(http)
         c = KeyServiceClient(remote, trust.verifier(), policy_sha256=trust.policy_sha256)
         c.attest()
-        owner = c.register("zoo", "owner")
-        tenant = c.register("acme", "tenant")
+        owner = enrol(c, "zoo", "owner")
+        tenant = enrol(c, "acme", "tenant")
         secrets_ += [owner.encode(), tenant.encode()]
         c.upload_model_key(owner, "resnet", "dk1", model_key)
         c.upload_tenant_key(tenant, "k1", tenant_key)

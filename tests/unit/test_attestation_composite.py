@@ -31,7 +31,7 @@ from infaas.errors import AttestationFailed
 from infaas.keyservice import KeyRequest, KeyService, KeyServiceClient, ReleaseRequest
 from infaas.keyservice.sealing import x25519_raw
 from infaas.store import open_store
-from tests.deployment import bundle
+from tests.deployment import ADMIN_PUBLIC, bundle, enrol
 
 KS_M = hashlib.sha256(b"keyservice").digest()
 WORKER_M = hashlib.sha256(b"gpu worker").digest()
@@ -108,6 +108,7 @@ def service(ca: SimulatedPlatformCA, gpu: SimulatedGPU) -> KeyService:
         new_key(),
         SimulatedTEE(ca, KS_M),
         _verifier(ca, gpu, WORKER_M, require_gpu=True),
+        enrolment_key=ADMIN_PUBLIC,
     )
 
 
@@ -121,7 +122,7 @@ def test_key_service_releases_to_gpu_pool_worker_only_for_composite(
         policy_sha256=expected.policy_sha256,
     )
     c.attest()
-    owner = c.register("zoo", "owner")
+    owner = enrol(c, "zoo", "owner")
     model_key = new_key()
     c.upload_model_key(owner, "llm", "dk1", model_key)
     sk = X25519PrivateKey.generate()

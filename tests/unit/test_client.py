@@ -44,10 +44,12 @@ from infaas.errors import (
     PermissionDenied,
 )
 from infaas.keyservice import create_keyservice_router
+from infaas.keyservice.enrolment import issue_enrolment
+from infaas.keyservice.principals import Role
 from infaas.settings import load_settings
 from infaas.wire import InferRequest, InferResponse
 from tests.asgi import TestClient
-from tests.deployment import KS_MEASUREMENT, WORKER_MEASUREMENT, Deployment
+from tests.deployment import ADMIN_KEY, KS_MEASUREMENT, WORKER_MEASUREMENT, Deployment
 from variants.runtime import load_variant
 
 MODEL = "digits-mlp-small"
@@ -180,14 +182,20 @@ def world(deployment: Deployment, tmp_path: Path) -> Iterator[World]:
         asyncio.run(runtime.close())
 
 
+def _enrolment(party: Client, role: Role = "tenant") -> str:
+    """The administrator's one-time enrolment of `party` (named by its API token)."""
+    assert party.principal is not None
+    return issue_enrolment(ADMIN_KEY, party.principal, role)
+
+
 def _owner_and_tenant(world: World) -> tuple[Client, Client]:
     admin = world.client(world.admin_token)
     owner = world.client(admin.create_owner(_name("zoo")).token)
     owner.attest_keyservice()
-    owner.register_owner()
+    owner.register_owner(_enrolment(owner, "owner"))
     tenant = world.client(admin.create_tenant(_name("acme")).token)
     assert tenant.attest_keyservice() == KS_MEASUREMENT.hex()
-    tenant.register_tenant()
+    tenant.register_tenant(_enrolment(tenant))
     return owner, tenant
 
 
@@ -307,31 +315,31 @@ def test_the_key_service_is_attested_before_it_gets_keys(world: World) -> None:
     creds = admin.create_tenant(_name("acme"))
     no_trust = Client("http://testserver", api_token=creds.token, http=world.http)
     with pytest.raises(AttestationFailed, match="no expectation"):
-        no_trust.register_tenant()
+        no_trust.register_tenant(_enrolment(no_trust))
     wrong = world.client(creds.token, keyservice=world.trust(b"\x01" * 32))
     with pytest.raises(AttestationFailed, match="allowed_measurements"):
-        wrong.register_tenant()
+        wrong.register_tenant(_enrolment(wrong))
     other_ca = SimulatedPlatformCA.generate("someone else")
     forged = world.client(
         creds.token,
         keyservice=replace(world.trust(), roots_pem=other_ca.root_pem),
     )
     with pytest.raises(AttestationFailed, match="trusted root"):
-        forged.register_tenant()
+        forged.register_tenant(_enrolment(forged))
     not_simulated = world.client(
         creds.token,
         keyservice=replace(world.trust(), allow_simulated=False),
     )
     with pytest.raises(AttestationFailed, match="simulated"):
-        not_simulated.register_tenant()
+        not_simulated.register_tenant(_enrolment(not_simulated))
     other_policy = world.client(
         creds.token, keyservice=replace(world.trust(), policy_sha256="ab" * 32)
     )
     with pytest.raises(AttestationFailed, match="another policy"):
-        other_policy.register_tenant()
+        other_policy.register_tenant(_enrolment(other_policy))
     # nothing was registered by the refused attempts
     ok = world.client(creds.token)
-    ok.register_tenant()
+    ok.register_tenant(_enrolment(ok))
     assert ok.ks_token is not None and ok.key_id is not None
 
 
@@ -348,7 +356,7 @@ def test_server_errors_come_back_typed(world: World) -> None:
     tenant = world.client(admin.create_tenant(_name("t2")).token)
     with pytest.raises(PermissionDenied):
         tenant.create_tenant(_name("t3"))
-    tenant.register_tenant()
+    tenant.register_tenant(_enrolment(tenant))
     with pytest.raises(InfaasError, match="unknown task"):
         tenant.infer(task="nope", inputs=np.zeros((1, 64), np.float32), latency_ms=10)
 
@@ -362,7 +370,7 @@ def test_credentials_file_is_private_and_round_trips(world: World, tmp_path: Pat
     admin = world.client(world.admin_token)
     acme = _name("acme")
     tenant = world.client(admin.create_tenant(acme).token)
-    tenant.register_tenant()
+    tenant.register_tenant(_enrolment(tenant))
     path = tenant.save_credentials(tmp_path / "creds" / "acme.json")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     again = Client.from_credentials(path, http=world.http)

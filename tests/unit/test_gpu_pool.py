@@ -39,7 +39,7 @@ from infaas.keyservice import (
 from infaas.settings import Pool, Settings
 from infaas.store import open_store
 from tests.asgi import TestClient
-from tests.deployment import bundle
+from tests.deployment import ADMIN_PUBLIC, bundle, enrol
 
 KS_M = hashlib.sha256(b"keyservice of a gpu deployment").digest()
 CPU_M = hashlib.sha256(b"cpu-pool worker").digest()
@@ -92,6 +92,7 @@ def deployment(tmp_path: Path) -> tuple[Settings, KeyServiceHttpClient, bytes, T
         new_key(),
         create_tee(settings, KS_M),
         create_worker_verifiers(settings, {"cpu": CPU_M, "gpu": GPU_M}),
+        enrolment_key=ADMIN_PUBLIC,
     )
     http = TestClient(create_keyservice_app(service))
     remote = KeyServiceHttpClient(http)
@@ -100,7 +101,7 @@ def deployment(tmp_path: Path) -> tuple[Settings, KeyServiceHttpClient, bytes, T
         remote, create_verifier(settings, measurements=[KS_M]), policy_sha256=trust.policy_sha256
     )
     owner.attest()
-    token = owner.register("zoo", "owner")
+    token = enrol(owner, "zoo", "owner")
     model_key = new_key()
     owner.upload_model_key(token, "llm", "dk1", model_key)
     return settings, remote, model_key, http

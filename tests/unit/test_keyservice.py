@@ -33,7 +33,7 @@ from infaas.keyservice import (
 )
 from infaas.store import SealedTable
 from tests.asgi import TestClient
-from tests.deployment import KS_MEASUREMENT, WORKER_MEASUREMENT, Deployment, policy
+from tests.deployment import KS_MEASUREMENT, WORKER_MEASUREMENT, Deployment, enrol, policy
 
 
 @pytest.fixture
@@ -209,13 +209,13 @@ def test_authentication_and_ownership(dep: Deployment) -> None:
         c.grant("zoo:not-the-token", "resnet", "acme")
     with pytest.raises(PermissionDenied, match="not a owner"):
         c.grant(dep.ks_tokens["acme"], "resnet", "acme")
-    rival = c.register("rival", "owner")
+    rival = enrol(c, "rival", "owner")
     with pytest.raises(PermissionDenied, match="another owner"):
         c.upload_model_key(rival, "resnet", "dk2", new_key())
     with pytest.raises(PermissionDenied, match="another owner"):
         c.grant(rival, "resnet", "acme")
     with pytest.raises(Conflict):
-        c.register("acme", "tenant")
+        enrol(c, "acme", "tenant")
     with pytest.raises(Conflict):
         c.upload_tenant_key(dep.ks_tokens["acme"], "k1", new_key())
 
@@ -272,7 +272,7 @@ def test_swapped_store_records_do_not_open(dep: Deployment) -> None:
     _populate(dep)
     c = _client(dep)
     c.attest()
-    globex = c.register("globex", "tenant")
+    globex = enrol(c, "globex", "tenant")
     c.upload_tenant_key(globex, "k1", new_key())
     c.grant(dep.ks_tokens["zoo"], "resnet", "globex")
     c.accept(globex, "owner", "zoo")
@@ -312,8 +312,8 @@ def test_http_flow_and_typed_errors(dep: Deployment) -> None:
         remote = KeyServiceHttpClient(http)
         c = _client(dep, transport=remote)
         c.attest()
-        owner = c.register("zoo", "owner")
-        tenant = c.register("acme", "tenant")
+        owner = enrol(c, "zoo", "owner")
+        tenant = enrol(c, "acme", "tenant")
         mk, tk = new_key(), new_key()
         c.upload_model_key(owner, "resnet", "dk1", mk)
         c.upload_tenant_key(tenant, "k1", tk)

@@ -21,6 +21,7 @@ from enclave_workers.measurement import worker_measurements
 from infaas.cli import main
 from infaas.keyservice import KeyServiceTrust
 from infaas.keyservice.deployment import KeyServiceIngress
+from infaas.keyservice.enrolment import enrolment_public_key
 from infaas.settings import Settings
 from infaas.transparency.log import TransparencyLog, simulated_log_key, worker_entry
 
@@ -34,7 +35,9 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, KeyService
     bundle = KeyServiceTrust.from_json(json.loads((data / "trust.json").read_text()))
     settings = Settings(data_dir=data, store_url="memory://")
     measurements = {pool: m.hex() for pool, m in worker_measurements(settings).items()}
-    KeyServiceIngress.func_or_class.__mro__[1](settings, measurements)  # type: ignore[attr-defined]
+    KeyServiceIngress.func_or_class.__mro__[1](  # type: ignore[attr-defined]
+        settings, measurements, enrolment_public_key(data).hex()
+    )
     assert (
         main(["transparency", "export", "--data-dir", str(data), "--out", str(data / "log.json")])
         == 0

@@ -7,21 +7,27 @@ import json
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from enclave_workers.measurement import worker_measurements
 from infaas.cli import main
 from infaas.errors import AttestationFailed
 from infaas.keyservice import KeyServiceClient, KeyServiceHttpClient, KeyServiceTrust
 from infaas.keyservice.deployment import KeyServiceIngress
+from infaas.keyservice.enrolment import load_or_create_enrolment_key
+from infaas.keyservice.trust import ed25519_raw
 from infaas.settings import Settings
 from tests.asgi import TestClient
 
 
-def _attest(settings: Settings, bundle: KeyServiceTrust) -> str:
-    """Start the key service as its Serve replica does, attest it over HTTP with `bundle`."""
+def _attest(settings: Settings, bundle: KeyServiceTrust, enrolment_key: bytes | None) -> str:
+    """Start the key service as its Serve replica does (trusting `enrolment_key`), attest it
+    over HTTP with `bundle`."""
     measurements = {pool: m.hex() for pool, m in worker_measurements(settings).items()}
     # the class as written, below Serve's ASGI wrapper (whose constructor needs a replica)
-    replica = KeyServiceIngress.func_or_class.__mro__[1](settings, measurements)  # type: ignore[attr-defined]
+    replica = KeyServiceIngress.func_or_class.__mro__[1](  # type: ignore[attr-defined]
+        settings, measurements, enrolment_key.hex() if enrolment_key else None
+    )
     with TestClient(replica.__serve_build_asgi_app__()) as http:
         c = KeyServiceClient(
             KeyServiceHttpClient(http),
@@ -37,6 +43,8 @@ def _attest(settings: Settings, bundle: KeyServiceTrust) -> str:
 def test_exported_bundle_attests_the_key_service_and_refuses_another_policy(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    admin = load_or_create_enrolment_key(tmp_path)  # the administrator's (first serve)
+    admin_public = ed25519_raw(admin.public_key())
     out = tmp_path / "trust.json"
     argv = ["trust", "export", "--data-dir", str(tmp_path), "--store-url", "memory://"]
     assert main([*argv, "--out", str(out)]) == 0
@@ -48,14 +56,20 @@ def test_exported_bundle_attests_the_key_service_and_refuses_another_policy(
     assert "PRIVATE" not in out.read_text()
 
     settings = Settings(data_dir=tmp_path, store_url="memory://")
-    assert _attest(settings, bundle) == bundle.policy_sha256
+    assert bundle.release_policy["enrolment_key"] == admin_public.hex()
+    assert _attest(settings, bundle, admin_public) == bundle.policy_sha256
+
+    # the host starts the same code trusting an enrolment key of its own (to enrol anyone)
+    host_admin = ed25519_raw(Ed25519PrivateKey.generate().public_key())
+    with pytest.raises(AttestationFailed, match="another policy"):
+        _attest(settings, bundle, host_admin)
 
     # the host starts the same code with a policy file of its own that admits debug workers
     permissive = tmp_path / "permissive.yaml"
     permissive.write_text("attestation:\n  allow_simulated: true\n  allow_debug: true\n")
     host_settings = settings.model_copy(update={"attestation_policy": permissive})
     with pytest.raises(AttestationFailed, match="another policy"):
-        _attest(host_settings, bundle)
+        _attest(host_settings, bundle, admin_public)
 
     # the same command prints the bundle for scripts
     capsys.readouterr()
