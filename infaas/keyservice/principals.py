@@ -97,10 +97,14 @@ class Principals:
             used = {"id": principal_id, "used_at": self._clock()}
             if not self._records.put_if_absent(SealedTable.ENROLMENT, st.enrolment_id, used):
                 raise spent
+            # back after a revocation: keys uploaded before are released no more (they may
+            # have leaked with the token), and none is current until the party uploads one
+            fresh = {"keys_valid_from": self._clock(), "current_key_id": None} if rec else {}
             self._records.put(
                 SealedTable.PRINCIPAL,
                 principal_id,
                 (rec or {})
+                | fresh
                 | {
                     "id": principal_id,
                     "role": st.role,

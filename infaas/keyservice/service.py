@@ -539,6 +539,8 @@ class KeyService:
             raise UnknownKey(f"tenant {k.tenant!r} has no key id {key_id!r}")
         if rec.get("retired_at") is not None:
             raise UnknownKey(f"tenant {k.tenant!r} retired key id {key_id!r}")
+        if rec["created_at"] < tenant_rec.get("keys_valid_from", 0.0):
+            raise UnknownKey(f"tenant {k.tenant!r} key id {key_id!r} predates its re-enrolment")
         return k, str(key_id), _unb64(rec["key"]), models
 
     def _usable_models(self, tenant: str, policy: ConsentPolicy) -> tuple[str, ...]:

@@ -31,6 +31,7 @@ from infaas.errors import (
     Conflict,
     DecryptionFailed,
     PermissionDenied,
+    UnknownKey,
 )
 from infaas.keyservice import KeyServiceClient, create_keyservice_router
 from infaas.keyservice.enrolment import (
@@ -69,19 +70,32 @@ def _edited(enrolment: str, **change: object) -> str:
 
 
 def test_an_enrolment_registers_once(dep: Deployment) -> None:
+    dep.add_owner("zoo")
+    dep.add_model_key("zoo", "resnet", "dk1")
     enrolment = issue_enrolment(ADMIN_KEY, "acme", "tenant")
     token = dep.keys.register(enrolment)
     dep.keys.upload_tenant_key(token, "k1", new_key())
+    dep.keys.grant(dep.ks_tokens["zoo"], "resnet", "acme")
+    dep.keys.accept(token, "owner", "zoo")
     with pytest.raises(Conflict, match="used already"):
         dep.keys.register(enrolment)
-    # nor for another name after its holder was revoked: the enrolment itself is spent
+    # nor after its holder was revoked: the enrolment itself is spent
     dep.keys.revoke_token(token)
     with pytest.raises(Conflict, match="used already"):
         dep.keys.register(enrolment)
-    # a new enrolment lets the revoked principal back, with a new token
+    # a new enrolment lets the revoked principal back, with a new token and new keys only
+    # (the key uploaded with the revoked token may have leaked with it)
     again = dep.keys.register(issue_enrolment(ADMIN_KEY, "acme", "tenant"))
     assert again != token
-    assert dep.keys.consent(again).owners == ()
+    worker = dep.worker_keys()
+    with pytest.raises(UnknownKey):
+        worker.tenant_key("acme", "resnet")  # no current key until it uploads one
+    new = new_key()
+    dep.keys.upload_tenant_key(again, "k2", new)
+    assert worker.tenant_key("acme", "resnet").key == new
+    with pytest.raises(UnknownKey, match="predates its re-enrolment"):
+        worker.tenant_key("acme", "resnet", key_id="k1")
+    assert dep.keys.consent(again).owners == ("zoo",)  # its own choices stay
     with pytest.raises(AuthenticationFailed, match=r"revoked|invalid"):
         dep.keys.consent(token)
 
