@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from infaas.types import BASE64_WIRE, Identifier
+from infaas.types import BASE64_WIRE, Identifier, base64_fields
 
 KeyId = Identifier
 
@@ -92,6 +92,19 @@ class NonceResponse(_Wire):
     ttl_s: float
 
 
+def _named_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+    """`KeyRequest._named` in its JSON schema: what each kind of request must name."""
+    base64_fields(schema, cls)
+
+    def names(kinds: list[str], field: str) -> dict[str, Any]:
+        return {
+            "if": {"properties": {"kind": {"enum": kinds}}, "required": ["kind"]},
+            "then": {"required": [field], "properties": {field: {"type": "string"}}},
+        }
+
+    schema["allOf"] = [names(["model", "profile"], "model_id"), names(["tenant"], "tenant")]
+
+
 class KeyRequest(_Wire):
     """One key a worker asks for.
 
@@ -106,6 +119,8 @@ class KeyRequest(_Wire):
     which workers authenticate the profiles and specs they measure (no owner,
     tenant or host ever holds it). `key_id` null means the current key.
     """
+
+    model_config = BASE64_WIRE | ConfigDict(json_schema_extra=_named_schema)
 
     kind: Literal["model", "tenant", "profile"]
     model_id: Identifier | None = None
