@@ -42,6 +42,13 @@ def _infer_router() -> APIRouter:
         the answer's is the OIP v2 response, sealed under the same tenant key and
         bound to the variant and the worker measurement that served it. A 503
         carries ``Retry-After``.
+
+        The same request and answer also travel as binary envelope frames
+        (``Content-Type`` / ``Accept: application/vnd.infaas.envelope``: the
+        envelope's associated data as a length-prefixed header, then nonce and
+        ciphertext, no base64; the answer's timings in ``Infaas-Latency-Ms``,
+        ``Infaas-Queue-Ms``, ``Infaas-Batch-Size``), as `infaas.Client` sends them;
+        another ``Content-Type`` gets 415.
         """
         raise NotImplementedError  # documentation only: the worker replicas serve this route
 

@@ -8,6 +8,13 @@ carries ``Retry-After``); bodies over ``max_request_bytes`` refused with 413
 before any parsing, by the declared Content-Length, else while the body
 streams in.
 
+The request travels as a binary envelope frame (``Content-Type:
+application/vnd.infaas.envelope``, `infaas.wire`: the associated data as its
+header, then nonce and ciphertext, decrypted in place from the received body) or
+as JSON; the answer is a frame when ``Accept`` lists that type, else JSON. Any
+other ``Content-Type`` is refused with 415 before the body is read; a malformed
+frame gets the precise 400 a malformed JSON body gets.
+
 Load shedding: a replica holds at most `Admission.limit` inference requests at
 once (running, batching or waiting for a batch); one more is answered at once
 with 503 ``overloaded`` and ``Retry-After`` (through the edge), before its body
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -42,25 +50,45 @@ from infaas.edge import (
     problem_headers,
     read_body,
 )
-from infaas.errors import InfaasError, InvalidInput, Overloaded
+from infaas.errors import InfaasError, InvalidInput, Overloaded, UnsupportedMediaType
 from infaas.logs import get_logger
 from infaas.settings import Settings
 from infaas.telemetry.records import QUEUE_BUCKETS
-from infaas.wire import InferRequest
+from infaas.wire import (
+    ENVELOPE_MEDIA_TYPE,
+    InferRequest,
+    accepts_envelope,
+    envelope_from_frame,
+    infer_response_frame,
+    media_type,
+)
 
 log = get_logger(__name__)
 
-_JSON = b"application/json"
-_PROBLEM = PROBLEM_JSON.encode()
 
-
-def parse_infer_request(body: bytes) -> InferRequest:
+def parse_infer_request(body: bytes | bytearray, content_type: str = "") -> InferRequest:
+    """The request a body carries, in its media type (`ENVELOPE_MEDIA_TYPE` or JSON)."""
+    if content_type == ENVELOPE_MEDIA_TYPE:
+        return InferRequest.model_construct(envelope=envelope_from_frame(body))
     try:
         return InferRequest.model_validate_json(body)
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise InvalidInput(f"invalid InferRequest at {where}: {first['msg']}") from None
+
+
+def request_media_type(content_type: str | None) -> str:
+    """The request's media type: the binary envelope or JSON (the default when unnamed);
+    `UnsupportedMediaType` (415) for anything else."""
+    kind = media_type(content_type)
+    if kind in ("", "application/json"):
+        return "application/json"
+    if kind == ENVELOPE_MEDIA_TYPE:
+        return kind
+    raise UnsupportedMediaType(
+        f"POST /v1/infer reads {ENVELOPE_MEDIA_TYPE} or application/json, not {kind!r}"
+    )
 
 
 class Admission:
@@ -114,27 +142,58 @@ class Admission:
 
 async def answer(
     runtime: WorkerRuntime,
-    authorization: str | None,
-    content_length: str | None,
+    headers: InferHeaders,
     chunks: AsyncIterator[bytes],
     max_bytes: int,
     admission: Admission,
 ) -> tuple[int, bytes, dict[str, str]]:
-    """(status, JSON body, extra headers) for one ``POST /v1/infer``; never raises."""
+    """(status, body, headers with its content-type) for one ``POST /v1/infer``; never
+    raises. The answer is binary when ``Accept`` lists `ENVELOPE_MEDIA_TYPE`, else JSON."""
     try:
         with admission.admit():
-            token = bearer_token(authorization)
+            token = bearer_token(headers.authorization)
             runtime.authenticate(token)  # a bad token costs no body read
-            check_declared_length(content_length, max_bytes)
-            request = parse_infer_request(await read_body(chunks, max_bytes))
+            kind = request_media_type(headers.content_type)
+            check_declared_length(headers.content_length, max_bytes)
+            request = parse_infer_request(await read_body(chunks, max_bytes), kind)
             response = await runtime.infer(request, token)
     except InfaasError as e:
-        return e.status_code, problem_body(e), problem_headers(e)
+        return e.status_code, problem_body(e), {"content-type": PROBLEM_JSON, **problem_headers(e)}
     except Exception:  # one request's bug must not become another's problem
         log.exception("inference request failed unexpectedly")
         err = InfaasError("internal error in the worker")
-        return err.status_code, problem_body(err), {}
-    return 200, response.model_dump_json().encode(), {}
+        return err.status_code, problem_body(err), {"content-type": PROBLEM_JSON}
+    if accepts_envelope(headers.accept):
+        frame, timings = infer_response_frame(response)
+        return 200, frame, {"content-type": ENVELOPE_MEDIA_TYPE, **timings}
+    return 200, response.model_dump_json().encode(), {"content-type": "application/json"}
+
+
+@dataclass(frozen=True, slots=True)
+class InferHeaders:
+    """The request headers ``POST /v1/infer`` reads."""
+
+    authorization: str | None = None
+    content_type: str | None = None
+    content_length: str | None = None
+    accept: str | None = None
+
+    @classmethod
+    def of_scope(cls, scope: Scope) -> InferHeaders:
+        found: dict[str, str] = {}
+        for name, value in scope["headers"]:
+            key = _WANTED.get(name)
+            if key is not None:
+                found[key] = value.decode("latin-1")
+        return cls(**found)
+
+
+_WANTED = {
+    b"authorization": "authorization",
+    b"content-type": "content_type",
+    b"content-length": "content_length",
+    b"accept": "accept",
+}
 
 
 class WorkerASGI:
@@ -164,13 +223,6 @@ class WorkerASGI:
         await self.app(scope, receive, send)
 
     async def _infer(self, scope: Scope, receive: Receive, send: Send) -> None:
-        authorization = content_length = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-            elif name == b"content-length":
-                content_length = value.decode("latin-1")
-
         async def chunks() -> AsyncIterator[bytes]:
             while True:
                 message: Message = await receive()
@@ -182,14 +234,12 @@ class WorkerASGI:
 
         status, body, extra = await answer(
             self.runtime,
-            authorization,
-            content_length,
+            InferHeaders.of_scope(scope),
             chunks(),
             self.max_request_bytes,
             self.admission,
         )
-        kind = _JSON if status == 200 else _PROBLEM
-        headers = [(b"content-type", kind), (b"content-length", str(len(body)).encode())]
+        headers = [(b"content-length", str(len(body)).encode())]
         headers += [(k.lower().encode(), v.encode()) for k, v in extra.items()]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
@@ -212,16 +262,18 @@ def create_worker_app(
 
     async def infer(request: Request) -> Response:
         """``POST /v1/infer``: InferRequest in, InferResponse out (see `infaas.wire`)."""
+        h = request.headers
         status, body, extra = await answer(
             runtime,
-            request.headers.get("authorization"),
-            request.headers.get("content-length"),
+            InferHeaders(
+                h.get("authorization"), h.get("content-type"), h.get("content-length"),
+                h.get("accept"),
+            ),
             request.stream(),
             max_request_bytes,
             admission,
-        )
-        kind = "application/json" if status == 200 else PROBLEM_JSON
-        return Response(body, status_code=status, headers=extra, media_type=kind)
+        )  # fmt: skip
+        return Response(body, status_code=status, headers=extra)
 
     app.add_route("/", infer, methods=["POST"], include_in_schema=False)
     return app

@@ -300,13 +300,19 @@ def check_declared_length(content_length: str | bytes | None, limit: int) -> Non
 
 
 async def read_body(chunks: AsyncIterator[bytes], limit: int) -> bytes:
-    """The body from its chunks, refusing more than `limit` bytes (413) before it is all read."""
-    body = bytearray()
+    """The body from its chunks, refusing more than `limit` bytes (413) before it is all read.
+
+    One copy at most (none for a body that came in one chunk), not a growing
+    buffer copied again into `bytes`: an image-sized body is the tensor itself.
+    """
+    parts: list[bytes] = []
+    size = 0
     async for chunk in chunks:
-        body += chunk
-        if len(body) > limit:
+        size += len(chunk)
+        if size > limit:
             raise too_large(limit)
-    return bytes(body)
+        parts.append(chunk)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class BodyLimit:

@@ -7,7 +7,8 @@ The hierarchy::
     │   ├── InvalidModel (400)             not ONNX, unsupported ops, bad validation set
     │   │   └── PreparationLimitExceeded (400)  preparing it took more memory or time than allowed
     │   ├── SealingRequired (400)          plain OIP v2 inference sent to the service
-    │   └── PayloadTooLarge (413)
+    │   ├── PayloadTooLarge (413)
+    │   └── UnsupportedMediaType (415)     a body in a Content-Type the endpoint does not read
     ├── AuthenticationFailed (401)
     ├── PermissionDenied (403)
     │   └── AttestationFailed (403)        evidence did not verify or broke policy
@@ -119,6 +120,11 @@ class SealingRequired(InvalidInput):
 class PayloadTooLarge(InvalidInput):
     status_code = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaType(InvalidInput):
+    status_code = 415
+    code = "unsupported_media_type"
 
 
 class AuthenticationFailed(InfaasError):

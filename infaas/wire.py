@@ -3,15 +3,33 @@
 Every byte field is base64 in JSON. Plaintext never appears here: model
 weights, validation sets, inference inputs and outputs travel only inside
 AES-256-GCM blobs (`infaas.envelope`).
+
+``POST /v1/infer`` also speaks a binary form, `ENVELOPE_MEDIA_TYPE` (chosen by
+the request's ``Content-Type`` and the answer's ``Accept``), so a 600 KB image
+crosses the proxy as 600 KB, not as 800 KB of base64 inside JSON that the worker
+must parse. One frame is an envelope::
+
+    b"IFE2" | header length (4 bytes, big-endian) | header | nonce (12) | ciphertext + tag
+
+The header is the envelope's associated data itself, the canonical JSON of its
+metadata (`Envelope.associated_data`): the untrusted path reads it, the tag
+authenticates it, and a header that is not in canonical form is refused before
+any key is touched. The worker decrypts straight from the received buffer. An
+answer's unauthenticated timings ride in ``Infaas-Latency-Ms``, ``Infaas-Queue-Ms``
+and ``Infaas-Batch-Size`` headers; what served it is in its authenticated header.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+import struct
+from collections.abc import Mapping
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
-from infaas.envelope import Envelope
+from infaas.envelope import NONCE_LEN, TAG_LEN, Envelope
+from infaas.errors import InvalidInput
 from infaas.types import (
     BASE64_WIRE,
     Identifier,
@@ -201,3 +219,130 @@ class ModelReadiness(_Wire):
 
     name: str
     ready: bool
+
+
+# --- the binary envelope (``application/vnd.infaas.envelope``) ----------------------------
+
+ENVELOPE_MEDIA_TYPE = "application/vnd.infaas.envelope"
+FRAME_MAGIC = b"IFE2"
+MAX_FRAME_HEADER_BYTES = 8192
+"""Far above any honest header (a few hundred bytes): every field in it is bounded."""
+_PREFIX = struct.Struct(">4sI")
+_PLACEHOLDER_CT = bytes(TAG_LEN)
+
+
+def envelope_frame(envelope: Envelope) -> bytes:
+    """An envelope as one binary frame (see the module docstring)."""
+    header = envelope.associated_data()
+    return b"".join(
+        (_PREFIX.pack(FRAME_MAGIC, len(header)), header, envelope.nonce, envelope.ciphertext)
+    )
+
+
+def envelope_from_frame(frame: bytes | bytearray | memoryview) -> Envelope:
+    """The envelope a frame carries; `InvalidInput` (400) saying what is wrong otherwise.
+
+    Its `ciphertext` is a read-only view into `frame` (no copy of the tensor): keep
+    `frame` unchanged while the envelope is in use.
+    """
+    view = memoryview(frame).toreadonly()
+    if len(view) < _PREFIX.size:
+        raise InvalidInput(
+            f"truncated envelope frame: {len(view)} bytes, shorter than its {_PREFIX.size}-byte "
+            "prefix"
+        )
+    magic, header_len = _PREFIX.unpack_from(view)
+    if magic != FRAME_MAGIC:
+        raise InvalidInput(f"not an envelope frame: it starts with {bytes(magic)!r}, not b'IFE2'")
+    if not 0 < header_len <= MAX_FRAME_HEADER_BYTES:
+        raise InvalidInput(
+            f"envelope frame header length {header_len} is outside 1..{MAX_FRAME_HEADER_BYTES}"
+        )
+    body_at = _PREFIX.size + header_len
+    if len(view) < body_at + NONCE_LEN + TAG_LEN:
+        raise InvalidInput(
+            f"truncated envelope frame: {len(view)} bytes cannot hold its {header_len}-byte "
+            f"header, a {NONCE_LEN}-byte nonce and a {TAG_LEN}-byte tag"
+        )
+    header = bytes(view[_PREFIX.size : body_at])
+    try:
+        meta = json.loads(header)
+    except ValueError:  # UnicodeDecodeError too
+        raise InvalidInput("envelope frame header is not JSON") from None
+    if not isinstance(meta, dict) or {"nonce", "ciphertext"} & meta.keys():
+        raise InvalidInput("envelope frame header is not an envelope's metadata object")
+    nonce = bytes(view[body_at : body_at + NONCE_LEN])
+    try:
+        checked = Envelope.model_validate(meta | {"nonce": nonce, "ciphertext": _PLACEHOLDER_CT})
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "header"
+        raise InvalidInput(f"invalid envelope frame header at {where}: {first['msg']}") from None
+    if checked.associated_data() != header:
+        # the tag covers the canonical form: any other spelling could never open
+        raise InvalidInput("envelope frame header is not in canonical form (sorted, compact)")
+    fields = {k: getattr(checked, k) for k in Envelope.model_fields if k != "ciphertext"}
+    # a buffer view where the model says bytes: AES-GCM reads it in place, nothing copies it
+    ciphertext = view[body_at + NONCE_LEN :]
+    return Envelope.model_construct(**fields, ciphertext=ciphertext)  # type: ignore[arg-type]
+
+
+TIMING_HEADERS = ("infaas-latency-ms", "infaas-queue-ms", "infaas-batch-size")
+
+
+def infer_response_frame(response: InferResponse) -> tuple[bytes, dict[str, str]]:
+    """An answer in binary: its envelope's frame and the timing headers beside it."""
+    headers = {
+        "infaas-latency-ms": f"{response.latency_ms:.3f}",
+        "infaas-queue-ms": f"{response.queue_ms:.3f}",
+        "infaas-batch-size": str(response.batch_size),
+    }
+    return envelope_frame(response.envelope), headers
+
+
+def infer_response_from_frame(frame: bytes, headers: Mapping[str, str]) -> InferResponse:
+    """The answer a binary frame and its timing headers carry (`InvalidInput` if malformed).
+
+    The clear copies of what served it are read from the frame's header, the
+    authenticated one: there is no other copy to disagree with it.
+    """
+    opened = envelope_from_frame(frame)
+    # an answer is small: its own bytes, so it outlives the frame and dumps as any envelope
+    envelope = opened.model_copy(update={"ciphertext": bytes(opened.ciphertext)})
+    clear: dict[str, Any] = {
+        "envelope": envelope,
+        "variant_id": envelope.variant_id,
+        "pool": envelope.pool,
+        "measurement": envelope.measurement,
+        "simulated_tee": envelope.simulated_tee,
+    }
+    for name, field in zip(TIMING_HEADERS, ("latency_ms", "queue_ms", "batch_size"), strict=True):
+        clear[field] = headers.get(name)
+    try:
+        return InferResponse.model_validate(clear)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "answer"
+        raise InvalidInput(f"invalid binary answer at {where}: {first['msg']}") from None
+
+
+def media_type(content_type: str | None) -> str:
+    """The bare, lower-case media type of a ``Content-Type`` value ("" when absent)."""
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+def accepts_envelope(accept: str | None) -> bool:
+    """Whether an ``Accept`` value lists `ENVELOPE_MEDIA_TYPE` (with a non-zero q)."""
+    for item in (accept or "").split(","):
+        kind, *params = item.split(";")
+        if kind.strip().lower() != ENVELOPE_MEDIA_TYPE:
+            continue
+        for p in params:
+            name, _, value = p.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    return float(value) > 0
+                except ValueError:
+                    return False
+        return True
+    return False

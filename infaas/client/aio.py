@@ -114,12 +114,12 @@ class AsyncClient(ClientBase):
         A refusal after the worker decrypted an `InferRequest` is raised with its
         precise, sealed reason (`Client.send_infer`).
         """
-        raw = request if isinstance(request, bytes) else request.model_dump_json().encode()
+        call = self._infer_call(request)
         try:
-            r = await self._request("POST", self.infer_path, content=raw, timeout_s=timeout_s)
+            r = await self._request("POST", self.infer_path, timeout_s=timeout_s, **call)
         except InfaasError as e:
             raise self._opened(request, e) from None
-        return InferResponse.model_validate_json(r.content)
+        return self._infer_answer(r.content, r.headers)
 
     async def infer(
         self,

@@ -30,11 +30,19 @@ from infaas.client.sealing import (
     seal_infer_request,
 )
 from infaas.envelope import open_error
-from infaas.errors import AuthenticationFailed, InfaasError, InvalidInput, Timeout
+from infaas.errors import AnswerRejected, AuthenticationFailed, InfaasError, InvalidInput, Timeout
 from infaas.protocol import encode_request
 from infaas.transparency.witness import LogWitness
 from infaas.types import Task
-from infaas.wire import InferRequest, InferResponse, ModelInfo
+from infaas.wire import (
+    ENVELOPE_MEDIA_TYPE,
+    InferRequest,
+    InferResponse,
+    ModelInfo,
+    envelope_frame,
+    infer_response_from_frame,
+    media_type,
+)
 
 Role = Literal["tenant", "owner", "admin"]
 Inputs = np.ndarray | Mapping[str, np.ndarray]
@@ -64,11 +72,15 @@ class ClientBase:
         retry: RetryPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
         seen_heads: Path | None = None,
+        wire: Literal["binary", "json"] = "binary",
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.seen_heads = seen_heads
         """Where the transparency log heads this client saw are kept (None: in memory)."""
         self._witness: LogWitness | None = None
+        self.wire = wire
+        """How a sealed request travels: a binary envelope frame (`ENVELOPE_MEDIA_TYPE`,
+        no base64 for the service to undo) or JSON."""
         self.api_token = api_token
         self.ks_token = ks_token
         self.principal = principal or (api_token.rpartition(".")[0] if api_token else None)
@@ -182,6 +194,28 @@ class ClientBase:
             plaintext, ask, key_id=self.key_id, key=self._request_key, tenant=self.principal,
             request_id=rid, header_length=header_length,
         )  # fmt: skip
+
+    def _infer_call(self, request: InferRequest | bytes) -> dict[str, Any]:
+        """The body and media types of one ``POST /v1/infer`` (raw bytes go as JSON)."""
+        if isinstance(request, bytes):
+            return {"content": request}
+        if self.wire == "json":
+            return {"content": request.model_dump_json().encode()}
+        return {
+            "content": envelope_frame(request.envelope),
+            "content_type": ENVELOPE_MEDIA_TYPE,
+            "accept": f"{ENVELOPE_MEDIA_TYPE}, application/json;q=0.5, application/problem+json",
+        }
+
+    @staticmethod
+    def _infer_answer(content: bytes, headers: Mapping[str, str]) -> InferResponse:
+        """The sealed answer, in the media type it came in (its ``Content-Type``)."""
+        if media_type(headers.get("content-type")) != ENVELOPE_MEDIA_TYPE:
+            return InferResponse.model_validate_json(content)
+        try:
+            return infer_response_from_frame(content, headers)
+        except InvalidInput as e:
+            raise AnswerRejected(f"the binary answer is malformed: {e.message}") from None
 
     def _opened(self, request: InferRequest | bytes, error: InfaasError) -> InfaasError:
         """The precise reason a worker sealed into `error` for `request`, else `error`."""

@@ -463,12 +463,12 @@ class Client(ClientBase):
         A refusal after the worker decrypted an `InferRequest` carries its reason
         sealed: it is opened here and raised with its precise message.
         """
-        raw = request if isinstance(request, bytes) else request.model_dump_json().encode()
+        call = self._infer_call(request)
         try:
-            r = self._request("POST", self.infer_path, content=raw, timeout_s=timeout_s)
+            r = self._request("POST", self.infer_path, timeout_s=timeout_s, **call)
         except InfaasError as e:
             raise self._opened(request, e) from None
-        return InferResponse.model_validate_json(r.content)
+        return self._infer_answer(r.content, r.headers)
 
     def infer(
         self,

@@ -28,12 +28,14 @@ from infaas.errors import (
 )
 
 
-def _headers(token: str | None, content: bytes | None) -> dict[str, str]:
-    headers = {"Accept": "application/json, application/problem+json"}
+def _headers(
+    token: str | None, content: bytes | None, content_type: str | None, accept: str | None
+) -> dict[str, str]:
+    headers = {"Accept": accept or "application/json, application/problem+json"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     if content is not None:
-        headers["Content-Type"] = "application/json"
+        headers["Content-Type"] = content_type or "application/json"
     return headers
 
 
@@ -62,13 +64,16 @@ def request_options(
     content: bytes | None = None,
     params: Mapping[str, str] | None = None,
     timeout_s: float | None = None,
+    content_type: str | None = None,
+    accept: str | None = None,
 ) -> dict[str, Any]:
-    """The httpx keywords of one call: bearer token, body, query, per-call timeout."""
+    """The httpx keywords of one call: bearer token, body (`content` is JSON unless
+    `content_type` says otherwise), query, ``Accept``, per-call timeout."""
     return {
         "json": json_body,
         "content": content,
         "params": params,
-        "headers": _headers(token, content),
+        "headers": _headers(token, content, content_type, accept),
         "timeout": httpx.Timeout(timeout_s) if timeout_s is not None else httpx.USE_CLIENT_DEFAULT,
     }
 

@@ -47,7 +47,7 @@ from infaas.keyservice import create_keyservice_router
 from infaas.keyservice.enrolment import issue_enrolment
 from infaas.keyservice.principals import Role
 from infaas.settings import load_settings
-from infaas.wire import InferRequest, InferResponse
+from infaas.wire import InferResponse, envelope_from_frame
 from tests.asgi import TestClient
 from tests.deployment import ADMIN_KEY, KS_MEASUREMENT, WORKER_MEASUREMENT, Deployment
 from variants.runtime import load_variant
@@ -100,7 +100,8 @@ class RewritingTransport(httpx.BaseTransport):
 
     It forwards every request to the real deployment and, while `rewrite` is
     set, replaces each ``/v1/infer`` answer by what `rewrite` makes of it (it
-    may also hand back the previous genuine answer, to another request).
+    may also hand back the previous genuine answer, to another request), in
+    JSON: the form with clear copies of what served it to lie about.
     """
 
     def __init__(self, upstream: httpx.Client) -> None:
@@ -112,9 +113,11 @@ class RewritingTransport(httpx.BaseTransport):
         response = self.upstream.send(request)
         if request.url.path != Client.infer_path or response.status_code != 200:
             return response
-        answer = InferResponse.model_validate_json(response.read())
-        sent = answer if self.rewrite is None else self.rewrite(answer, self.previous)
-        self.previous = answer
+        answer = Client._infer_answer(response.read(), response.headers)
+        previous, self.previous = self.previous, answer
+        if self.rewrite is None:
+            return response
+        sent = self.rewrite(answer, previous)
         return httpx.Response(
             200, headers={"content-type": "application/json"}, content=sent.model_dump_json()
         )
@@ -394,8 +397,7 @@ class Refusing(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == Client.infer_path:
-            body = InferRequest.model_validate_json(request.read())
-            self.request_ids.append(body.envelope.request_id)
+            self.request_ids.append(envelope_from_frame(request.read()).request_id)
             if self.left > 0:
                 self.left -= 1
                 busy = Overloaded("the worker's queue is full", retry_after_s=self.retry_after_s)

@@ -29,7 +29,7 @@ from infaas.errors import (
     Unreachable,
 )
 from infaas.types import Task, TensorSpec
-from infaas.wire import InferRequest
+from infaas.wire import envelope_from_frame
 
 TASK = Task(name="digits", input=TensorSpec(name="x", shape=(64,)), num_classes=10)
 X = np.zeros((2, 64), np.float32)
@@ -66,8 +66,7 @@ class Scripted:
     def __call__(self, request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/tasks":
             return httpx.Response(200, json=[TASK.model_dump(mode="json")])
-        body = InferRequest.model_validate_json(request.read())
-        self.request_ids.append(body.envelope.request_id)
+        self.request_ids.append(envelope_from_frame(request.read()).request_id)
         n = len(self.request_ids) - 1
         return self.script[min(n, len(self.script) - 1)](request)
 
