@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import schemathesis
+from fastapi import FastAPI
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -214,6 +215,12 @@ def test_the_document_describes_every_interface(service: Service) -> None:
     }
     documented = {(m, p) for p, ops in paths.items() for m in ops}
     assert expected <= documented, sorted(expected - documented)
+    # whatever the key service serves is in the document (its routes are added there)
+    assert service.apps is not None
+    keyservice = service.apps[1]
+    assert isinstance(keyservice, FastAPI)
+    served_by_keyservice = {(m, p) for p, ops in keyservice.openapi()["paths"].items() for m in ops}
+    assert served_by_keyservice <= documented, sorted(served_by_keyservice - documented)
     for path, ops in paths.items():
         for method, op in ops.items():
             # errors are documented as problems, never as FastAPI's 422 (the edge answers 400)
