@@ -47,6 +47,7 @@ from infaas.keyservice import create_keyservice_router
 from infaas.keyservice.enrolment import issue_enrolment
 from infaas.keyservice.principals import Role
 from infaas.settings import load_settings
+from infaas.transparency.log import TransparencyLog
 from infaas.wire import InferResponse, envelope_from_frame
 from tests.asgi import TestClient
 from tests.deployment import ADMIN_KEY, KS_MEASUREMENT, WORKER_MEASUREMENT, Deployment
@@ -150,6 +151,8 @@ class World:
             self.dep.ca.root_pem,
             allow_simulated=True,
             policy_sha256=self.dep.trust.policy_sha256,
+            # what the key service trusts must be in its transparency log too
+            log_public_key=self.dep.service.transparency.public_key.hex(),
         )
 
     def client(self, token: str | None = None, **kw: Any) -> Client:
@@ -340,6 +343,14 @@ def test_the_key_service_is_attested_before_it_gets_keys(world: World) -> None:
     )
     with pytest.raises(AttestationFailed, match="another policy"):
         other_policy.register_tenant(_enrolment(other_policy))
+    other_log = world.client(
+        creds.token,
+        keyservice=replace(
+            world.trust(), log_public_key=TransparencyLog.in_memory().public_key.hex()
+        ),
+    )
+    with pytest.raises(AttestationFailed, match="pinned log"):  # its heads are another log's
+        other_log.register_tenant(_enrolment(other_log))
     # nothing was registered by the refused attempts
     ok = world.client(creds.token)
     ok.register_tenant(_enrolment(ok))
