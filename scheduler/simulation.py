@@ -352,7 +352,7 @@ class Result:
     latencies_ms: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        served = self.requests - self.refused
+        served = len(self.latencies_ms)
         ticks = sorted(self.tick_s)
         lat = sorted(self.latencies_ms)
 
