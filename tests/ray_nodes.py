@@ -213,6 +213,11 @@ class RayNodes:
             time.sleep(0.1)
         self._signal(pids, signal.SIGKILL)
 
+    def pids(self) -> list[int]:
+        """The processes of this cluster (its raylets, GCS, agents and Ray workers)."""
+        gcs = f"127.0.0.1:{self.gcs_port}"
+        return self._mine([str(self.temp_dir), f":{self.gcs_port} ", f"--gcs-address={gcs}"])
+
     def kill_worker(self, node: Node) -> None:
         """Kill one worker node's raylet and what it started, as a machine failing would."""
         pids = self._mine([f"--node_manager_port={node.ports[0]}"])

@@ -1,0 +1,345 @@
+"""Faults under load on a Ray cluster of `ray start` nodes on loopback; one JSON line each.
+
+The cluster: a head (1 CPU, no TEE) and two TEE nodes (1 CPU each, ``tee_simulated``), token
+authentication, Redis with an fsync-always append-only file as the store, infaas deployed
+with ``serve deploy`` (deploy/serve-config.yaml's applications) and bootstrapped with
+`infaas bootstrap`; one owner's digits model, one tenant. While `--concurrency` client
+threads call ``Client.infer`` back to back (each call bounded by `--deadline-s`, the client
+retrying what is safe, each attempt re-sealed under a new request id), one fault at a time:
+
+=============  =========================================================================
+``worker``     SIGKILL the worker replica's process (Serve replaces it)
+``keyservice`` SIGKILL the key service replica's process (workers hold leased keys)
+``redis``      SIGKILL redis-server, start it again on its append-only file 1 s later
+``node``       SIGKILL every process of the TEE node the worker replica runs on (its
+               raylet included): Ray marks the node dead, Serve starts the replica on the
+               other TEE node
+``soak``       no fault: RSS of the cluster's processes and the store's size, start to end
+=============  =========================================================================
+
+Each line says: calls, answers, typed errors by code, calls that overran their deadline by
+more than 1 s (a hang: must be 0), the slowest call, the outage (from the fault to the first
+answer after the last failure, 0 when no call failed) and the replay check: envelopes
+answered before the fault, sent again after it, must all be refused (no request id is
+answered twice, the replay guard survives the fault).
+
+Run: python bench/faults.py [--scenarios worker,keyservice,redis,node,soak] [--duration-s 30]
+     [--concurrency 2] [--deadline-s 10] [--soak-s 60]
+
+Ray's defaults decide how fast a dead node is noticed (GCS health checks every 3 s, dead
+after 5 misses); the ``node`` line reports what that gives, untuned.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from infaas import Client  # noqa: E402
+from infaas.errors import InfaasError  # noqa: E402
+from infaas.wire import InferResponse  # noqa: E402
+from infaas.zoo import build_zoo, load_manifest, load_model_bytes, load_validation  # noqa: E402
+from tests.ray_nodes import RayNodes, free_ports  # noqa: E402
+
+MODEL = "digits-mlp-small"
+TEE = "tee_simulated"
+
+
+@dataclass
+class Call:
+    start: float
+    end: float
+    ok: bool
+    error: str = ""
+
+
+@dataclass
+class Redis:
+    port: int
+    workdir: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit("redis-server is not installed")
+        self.proc = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.cli("PING") == "True":
+                return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def cli(self, *args: str) -> str:
+        import redis
+
+        try:
+            with redis.Redis(port=self.port, socket_timeout=2) as r:
+                return str(r.execute_command(*args))
+        except redis.RedisError:
+            return ""
+
+    def used_memory(self) -> int:
+        import redis
+
+        with redis.Redis(port=self.port) as r:
+            return int(r.info("memory")["used_memory"])
+
+    def dbsize(self) -> int:
+        return int(self.cli("DBSIZE") or 0)
+
+
+@dataclass
+class Load:
+    credentials: Path
+    x: np.ndarray
+    deadline_s: float
+    calls: list[Call] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, n: int) -> list[threading.Thread]:
+        """Start `n` client threads calling back to back until `stop` is set."""
+
+        def loop(i: int) -> None:
+            client = Client.from_credentials(self.credentials)
+            while not self.stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    client.infer(
+                        task="digits", inputs=self.x[i % len(self.x)][None], latency_ms=2000,
+                        timeout_s=self.deadline_s,
+                    )  # fmt: skip
+                    self.calls.append(Call(t0, time.monotonic(), True))
+                except InfaasError as e:
+                    self.calls.append(Call(t0, time.monotonic(), False, e.code))
+                    time.sleep(0.05)
+            client.close()
+
+        threads = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(n)]
+        for t in threads:
+            t.start()
+        return threads
+
+
+def answered_envelopes(tenant: Client, x: np.ndarray, url: str, n: int) -> list[bytes]:
+    """`n` sealed requests sent once and answered (their bodies, to be replayed)."""
+    bodies = []
+    headers = {"Authorization": f"Bearer {tenant.api_token}", "Content-Type": "application/json"}
+    for i in range(n * 5):
+        request = tenant.seal_infer(task="digits", inputs=x[i % len(x)][None], latency_ms=2000)
+        body = request.model_dump_json().encode()
+        r = httpx.post(url + tenant.infer_path, content=body, headers=headers, timeout=30)
+        if r.status_code == 200:
+            tenant.open_infer(request, InferResponse.model_validate_json(r.content))
+            bodies.append(body)
+        if len(bodies) == n:
+            break
+    return bodies
+
+
+def replayed_answers(tenant: Client, url: str, bodies: list[bytes]) -> int:
+    """How many of these already answered envelopes are answered again (must be 0)."""
+    headers = {"Authorization": f"Bearer {tenant.api_token}", "Content-Type": "application/json"}
+    return sum(
+        httpx.post(url + tenant.infer_path, content=b, headers=headers, timeout=30).status_code
+        == 200
+        for b in bodies
+    )
+
+
+def rss_kib(pids: list[int]) -> dict[int, int]:
+    out = {}
+    for p in pids:
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    out[p] = int(line.split()[1])
+        except OSError:
+            pass
+    return out
+
+
+def actor(nodes: RayNodes, class_suffix: str) -> dict[str, Any]:
+    rows = [
+        a for a in nodes.list("actors")
+        if str(a.get("class_name", "")).endswith(class_suffix) and a.get("state") == "ALIVE"
+    ]  # fmt: skip
+    if len(rows) != 1:
+        raise RuntimeError(f"{len(rows)} live actors of {class_suffix}")
+    return rows[0]
+
+
+def summarise(name: str, calls: list[Call], fault_at: float, deadline_s: float) -> dict[str, Any]:
+    failed = [c for c in calls if not c.ok]
+    after = [c for c in calls if c.end >= fault_at]
+    outage: float | None = 0.0
+    if [c for c in failed if c.end >= fault_at]:
+        last = max(c.end for c in failed)
+        firsts = [c.end for c in calls if c.ok and c.end > last]
+        outage = (min(firsts) - fault_at) if firsts else None  # not recovered in the run
+    return {
+        "scenario": name,
+        "calls": len(calls),
+        "answered": len(calls) - len(failed),
+        "errors": dict(Counter(c.error for c in failed)),
+        "hangs": sum(c.end - c.start > deadline_s + 1.0 for c in calls),
+        "slowest_call_s": round(max((c.end - c.start for c in calls), default=0.0), 3),
+        "slowest_after_fault_s": round(max((c.end - c.start for c in after), default=0.0), 3),
+        "outage_s": None if outage is None else round(outage, 2),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--scenarios", default="worker,keyservice,redis,node,soak")
+    ap.add_argument("--duration-s", type=float, default=30.0, help="load after each fault")
+    ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument("--deadline-s", type=float, default=10.0, help="each call's deadline")
+    ap.add_argument("--soak-s", type=float, default=60.0)
+    args = ap.parse_args()
+    scenarios = args.scenarios.split(",")
+
+    nodes = RayNodes()
+    redis_port, port = free_ports(2)
+    store = Redis(redis_port, nodes.root / "redis")
+    store.workdir.mkdir()
+    try:
+        store.start()
+        t_setup = time.monotonic()
+        nodes.start_head(num_cpus=1)
+        tee_nodes = [
+            nodes.add_worker(f"tee-{k}", num_cpus=1, resources={TEE: 1.0, f"node_tee_{k}": 1.0})
+            for k in ("a", "b")
+        ]
+        data_dir = nodes.root / "data"
+        settings = nodes.root / "settings.yaml"
+        settings.write_text(yaml.safe_dump({
+            "data_dir": str(data_dir), "store_url": f"redis://127.0.0.1:{redis_port}/0",
+            "http_port": port, "num_cpus": 1,
+            "pools": [{"name": "cpu", "num_cpus": 1, "cost_per_replica_s": 1.0,
+                       "custom_resources": {TEE: 0.01}}],
+            "profiler": {"batch_sizes": [1, 2, 4, 8], "warmup_runs": 1, "min_runs": 3,
+                         "min_time_s": 0.02, "validation_samples": 64, "calibration_samples": 16},
+        }))  # fmt: skip
+        apps = yaml.safe_load((REPO / "deploy" / "serve-config.yaml").read_text())["applications"]
+        config = nodes.root / "serve.yaml"
+        config.write_text(yaml.safe_dump({
+            "proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": port},
+            "applications": [a | {"args": {"config": str(settings)}} for a in apps],
+        }))  # fmt: skip
+        bin_dir = Path(sys.executable).parent
+        run = {"env": nodes.env(), "cwd": nodes.root, "check": True, "capture_output": True}
+        subprocess.run([bin_dir / "serve", "deploy", "--address", nodes.dashboard, config], **run)  # type: ignore[call-overload]
+        url = f"http://127.0.0.1:{port}"
+        subprocess.run(  # type: ignore[call-overload]
+            [sys.executable, "-m", "infaas.cli", "--config", settings, "bootstrap", "--no-zoo",
+             "--url", url, "--wait-s", "600"], **run,
+        )  # fmt: skip
+        zoo_dir = nodes.root / "zoo"
+        build_zoo(zoo_dir, small=True)
+        zoo = next(e for e in load_manifest(zoo_dir).models if e.model_id == MODEL)
+        x, y = load_validation(zoo_dir, zoo)
+        admin = Client.from_credentials(data_dir / "credentials" / "admin.json")
+        owner = admin.with_credentials(admin.create_owner("owner1"))
+        owner.attest_keyservice()
+        owner.register_owner()
+        tenant = admin.with_credentials(admin.create_tenant("acme"))
+        tenant.attest_keyservice()
+        tenant.register_tenant()
+        owner.upload_model(
+            MODEL, zoo.task, zoo.architecture, load_model_bytes(zoo_dir, zoo), x, y,
+            num_classes=zoo.num_classes, input_spec=zoo.input,
+            declared_accuracy=zoo.declared_accuracy,
+        )  # fmt: skip
+        owner.grant(MODEL, "acme")
+        tenant.accept("owner1")
+        while owner.job(MODEL).state not in ("ready", "failed"):
+            time.sleep(1)
+        assert owner.job(MODEL).state == "ready", owner.job(MODEL).message
+        tenant.infer(task="digits", inputs=x[:1], latency_ms=2000, timeout_s=60)
+        tenant_file = data_dir / "credentials" / "acme.json"
+        tenant.save_credentials(tenant_file)
+        print(json.dumps({"setup_s": round(time.monotonic() - t_setup, 1)}), flush=True)
+
+        for name in scenarios:
+            before = answered_envelopes(tenant, x, url, 4)
+            load = Load(tenant_file, x, args.deadline_s)
+            threads = load.run(args.concurrency)
+            time.sleep(3.0)  # steady load first
+            fault_at = time.monotonic()
+            extra: dict[str, Any] = {}
+            if name == "worker":
+                os.kill(int(actor(nodes, ":EnclaveWorker")["pid"]), signal.SIGKILL)
+            elif name == "keyservice":
+                os.kill(int(actor(nodes, ":KeyService")["pid"]), signal.SIGKILL)
+            elif name == "redis":
+                store.kill()
+                time.sleep(1.0)
+                store.start()
+            elif name == "node":
+                node_id = actor(nodes, ":EnclaveWorker")["node_id"]
+                row = next(n for n in nodes.list("nodes") if n["node_id"] == node_id)
+                total = row["resources_total"]
+                victim = next(n for n in tee_nodes if f"node_tee_{n.name[-1]}" in total)  # type: ignore[operator]
+                nodes.kill_worker(victim)
+                tee_nodes.remove(victim)
+                extra["killed_node"] = victim.name
+            elif name == "soak":
+                pids = nodes.pids()
+                rss0, mem0, keys0 = rss_kib(pids), store.used_memory(), store.dbsize()
+            time.sleep(args.soak_s if name == "soak" else args.duration_s)
+            load.stop.set()
+            for t in threads:
+                t.join(timeout=args.deadline_s + 5)
+            line = summarise(name, load.calls, fault_at, args.deadline_s)
+            line["replayed_answered"] = replayed_answers(tenant, url, before)
+            line["replay_probes"] = len(before)
+            if name == "soak":
+                rss1 = rss_kib(pids)
+                growth = [
+                    (rss1[p] - rss0[p]) / rss0[p] for p in rss0 if p in rss1 and rss0[p] > 20_000
+                ]
+                extra |= {
+                    "processes": len(growth),
+                    "rss_growth_max": round(max(growth, default=0.0), 4),
+                    "rss_growth_median": round(float(np.median(growth)) if growth else 0.0, 4),
+                    "store_bytes": [mem0, store.used_memory()],
+                    "store_keys": [keys0, store.dbsize()],
+                    "rps": round(line["answered"] / (args.soak_s + 3.0), 1),
+                }
+            print(json.dumps(line | extra), flush=True)
+    finally:
+        nodes.stop()
+        store.kill()
+
+
+if __name__ == "__main__":
+    main()
