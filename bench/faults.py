@@ -54,7 +54,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from infaas import Client  # noqa: E402
+from infaas.client.enrolment import issue_enrolment_file, login  # noqa: E402
 from infaas.errors import InfaasError  # noqa: E402
+from infaas.keyservice.enrolment import load_enrolment_key  # noqa: E402
 from infaas.wire import InferResponse  # noqa: E402
 from infaas.zoo import build_zoo, load_manifest, load_model_bytes, load_validation  # noqa: E402
 from tests.ray_nodes import RayNodes, free_ports  # noqa: E402
@@ -268,12 +270,9 @@ def main() -> None:
         zoo = next(e for e in load_manifest(zoo_dir).models if e.model_id == MODEL)
         x, y = load_validation(zoo_dir, zoo)
         admin = Client.from_credentials(data_dir / "credentials" / "admin.json")
-        owner = admin.with_credentials(admin.create_owner("owner1"))
-        owner.attest_keyservice()
-        owner.register_owner()
-        tenant = admin.with_credentials(admin.create_tenant("acme"))
-        tenant.attest_keyservice()
-        tenant.register_tenant()
+        key = load_enrolment_key(data_dir)
+        owner = login(issue_enrolment_file(admin, key, "owner1", "owner"))
+        tenant = login(issue_enrolment_file(admin, key, "acme", "tenant"))
         owner.upload_model(
             MODEL, zoo.task, zoo.architecture, load_model_bytes(zoo_dir, zoo), x, y,
             num_classes=zoo.num_classes, input_spec=zoo.input,
