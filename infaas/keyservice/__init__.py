@@ -3,7 +3,8 @@
 One room: `service` (the custody and release rules), `models` (its wire
 format), `sealing` (its key-encryption key), `state` (its records, versioned by a
 hash-chained log), `counter` (the monotonic counter that log is tied to), `audit`
-(each principal's private trail), `server` (its HTTP routes and
+(each principal's private trail), `publisher` (what it appends to its public
+transparency log, `infaas.transparency`, kept from rolling back), `server` (its HTTP routes and
 app), `client` (`KeyServiceClient`, `WorkerKeyClient` and the HTTP client
 transport `KeyServiceHttpClient`), `measurement` (its code identity),
 `trust` (its identity as others check it: the trust bundle, signed releases),

@@ -77,6 +77,7 @@ from infaas.keyservice.models import (
     WrappedKey,
 )
 from infaas.keyservice.principals import Principals, Role
+from infaas.keyservice.publisher import Publisher
 from infaas.keyservice.sealing import info_for, open_sealed, seal_to, x25519_raw
 from infaas.keyservice.state import SealedRecords
 from infaas.keyservice.trust import (
@@ -173,6 +174,9 @@ class KeyService:
         self.policy_sha256 = policy_sha256(self.release_policy)
         # what it trusts is public before it serves (infaas.transparency.log)
         self.transparency = transparency or TransparencyLog.in_memory()
+        # (refused if older than the head its sealed state recorded; each start appends these
+        # again, model keys are recorded in that state as they are logged)
+        self._publish = Publisher(self.transparency, self._records).publish
         self.transparency.append(keyservice_entry(tee.measurement.hex(), self.policy_sha256))
         for m in worker_measurements(self.release_policy):
             self.transparency.append(worker_entry(m))
@@ -291,7 +295,7 @@ class KeyService:
                 SealedTable.MODEL, model_id, {"owner": owner, "grants": [], "current_key_id": None}
             )
             model = self._owned_model(model_id, owner)
-            self.transparency.append(model_entry(model_id, key_id, key))
+            self._publish(model_entry(model_id, key_id, key))
             if not self._records.put_if_absent(
                 SealedTable.MODEL_KEY,
                 f"{model_id}/{key_id}",

@@ -59,6 +59,8 @@ class SealedTable(StrEnum):
     AUDIT = "ks_audit"
     """Each principal's private audit trail (`infaas.keyservice.audit`)."""
     LOG = "ks_log"
+    TRANSPARENCY = "ks_transparency"
+    """The transparency log's latest head, so the log's files cannot be rolled back alone."""
     """The hash-chained log that versions the others (`infaas.keyservice.state`)."""
     ENROLMENT = "ks_enrolment"
 

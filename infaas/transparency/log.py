@@ -340,6 +340,11 @@ class TransparencyLog:
         log.info("transparency log: entry %d %s", index, clean.get("kind"))
         return index
 
+    def root_at(self, size: int) -> str:
+        """The root (hex) of the tree of the first `size` entries."""
+        with self._lock:
+            return merkle.root(self._leaves[:size]).hex()
+
     def contains(self, entry: Mapping[str, Any]) -> bool:
         return entry_leaf(entry) in self._index
 

@@ -36,6 +36,7 @@ from infaas.keyservice.server import create_keyservice_app
 from infaas.keyservice.trust import KeyServiceTrust
 from infaas.store import MemoryStore
 from infaas.transparency.log import (
+    LogCorrupted,
     LogProof,
     ProofRequest,
     TransparencyLog,
@@ -235,9 +236,8 @@ def test_a_forked_log_is_detected_by_clients_and_workers(
 
     forked = TransparencyLog(log_key)
     forked.append(worker_entry(OTHER_WORKER.hex()))  # a history only some are shown
-    fork = Deployment.key_service(
-        dep.ca, dep.store, dep.kek, transparency=forked, counter=dep.counter
-    )
+    # (over a copy of the state of its own: its own sealed state would refuse the fork)
+    fork = Deployment.key_service(dep.ca, MemoryStore(), new_key(), transparency=forked)
     # the same size as the honest log, another root
     assert fork.transparency.head.size == dep.service.transparency.head.size
     assert fork.transparency.head.root != dep.service.transparency.head.root
@@ -254,3 +254,25 @@ def test_a_forked_log_is_detected_by_clients_and_workers(
     fresh = LogWitness(dep.service.transparency.public_key)
     assert fresh.since() == 0  # a party that saw nothing cannot tell: gossip heads (README)
     client(fork, trust).attest()
+
+
+def test_key_service_refuses_its_log_files_rolled_back(
+    dep: Deployment, log_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """The host restores the log's files from before a model key was logged (its key
+    service state, rollback-protected, recorded the newer head)."""
+    files = tmp_path / "log"
+    backup = {p.name: p.read_bytes() for p in files.iterdir()}
+    dep.add_model_key("zoo", "bert", "dk1")
+
+    def restart() -> KeyService:
+        return Deployment.key_service(
+            dep.ca, dep.store, dep.kek, counter=dep.counter,
+            transparency=TransparencyLog(log_key, files),
+        )  # fmt: skip
+
+    assert restart().transparency.contains(model_entry("bert", "dk1", dep.model_keys["bert"]))
+    for name, data in backup.items():
+        (files / name).write_bytes(data)
+    with pytest.raises(LogCorrupted, match="rolled back or replaced"):
+        restart()
