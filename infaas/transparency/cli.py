@@ -149,11 +149,17 @@ def verify_command(args: argparse.Namespace) -> int:
 
 
 def export_command(args: argparse.Namespace) -> int:
+    from infaas.errors import InvalidInput
     from infaas.settings import load_settings
     from infaas.transparency.log import TransparencyLog, simulated_log_key
 
     overrides = {"data_dir": args.data_dir} if args.data_dir else {}
     settings = load_settings(getattr(args, "config", None), **overrides)
+    if settings.tee_backend != "simulated":
+        raise InvalidInput(
+            "the log key of a hardware key service never leaves it: read its log from "
+            "GET /v1/keyservice/transparency (infaas transparency verify --log URL)"
+        )
     log = TransparencyLog(simulated_log_key(settings.data_dir), settings.data_dir / "transparency")
     text = log.export().model_dump_json(indent=2)
     if args.out:
