@@ -15,6 +15,9 @@ Everything confidential happens here or in an attested worker::
 - `infer` seals an Open Inference Protocol v2 body under the tenant's request
   key (task and SLO are authenticated associated data), and opens the sealed
   answer, checking that it answers this request, this task and this SLO.
+- A tenant or owner joins with an administrator's one-time enrolment
+  (`infaas.client.enrolment.login`, ``infaas login``): its key-service token
+  and request key are made here; the administrator never holds them.
 - `upload_model` generates a data key, gives it only to the attested key
   service, seals the ONNX bytes and the validation set under it and registers
   the model. The control plane sees ciphertext and metadata only.
@@ -40,6 +43,8 @@ module             concept
 ``aio``            `AsyncClient`: inference, tasks and models over asyncio
 ``retry``          which failures are tried again, how long to wait (tenacity)
 ``credentials``    `KeyServiceTrust` and the 0600 credentials file
+``enrolment``      joining: the administrator's enrolment file, the party's own
+                   `login` (its token and request key made on its machine)
 ``sealing``        one inference's request sealing and answer checking
 ``transport``      HTTP to the service (sync and async) and typed errors
                    (`problem_error`, `Timeout`, `Unreachable`)
