@@ -325,8 +325,13 @@ def test_the_readme_commands_work(served: Served) -> None:
     assert {m["model"]["task"] for m in json.loads(r.stdout)} == {"digits", "images"}
     r = _cli("tenant", "create", "gamma", *common, "--json")
     assert r.returncode == 0, r.stderr
+    enrolment = Path(json.loads(r.stdout)["enrolment_file"])
+    # gamma logs in on its own machine: its key-service token and request key are made there
+    gamma_dir = served.data_dir.parent / "gamma-machine"
+    r = _cli("login", str(enrolment), "--data-dir", str(gamma_dir), "--json")
+    assert r.returncode == 0, r.stderr
     path = Path(json.loads(r.stdout)["credentials"])
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.is_relative_to(gamma_dir) and stat.S_IMODE(path.stat().st_mode) == 0o600
     r = _cli("infer", *common, "--credentials", str(path), "--task", "digits", "--example")
     # gamma has its own key but no grant yet: a clear refusal (permission: 4), not a crash
     assert r.returncode == 4 and "may use no model" in r.stderr, r.stderr
