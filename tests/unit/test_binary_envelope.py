@@ -174,9 +174,9 @@ def _tamper_ciphertext(frame: bytes) -> bytes:
 
 def _tamper_json(body: str) -> bytes:
     doc = json.loads(body)
-    ct = bytearray(base64.b64decode(doc["envelope"]["ciphertext"]))
+    ct = bytearray(base64.urlsafe_b64decode(doc["envelope"]["ciphertext"]))
     ct[-4] ^= 1
-    doc["envelope"]["ciphertext"] = base64.b64encode(bytes(ct)).decode()
+    doc["envelope"]["ciphertext"] = base64.urlsafe_b64encode(bytes(ct)).decode()
     return json.dumps(doc).encode()
 
 
