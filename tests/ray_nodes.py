@@ -138,7 +138,15 @@ class RayNodes:
         ]
         return ports, args
 
-    def start_head(self, *, num_cpus: int = 1, resources: dict[str, float] | None = None) -> None:
+    def start_head(
+        self,
+        *,
+        num_cpus: int = 1,
+        resources: dict[str, float] | None = None,
+        system_config: dict[str, object] | None = None,
+    ) -> None:
+        """The head node; `system_config`: Ray's internal settings (e.g. the GCS's
+        ``health_check_period_ms``), which only a head takes."""
         self.gcs_port, self.dashboard_port, client_port = free_ports(3)
         ports, args = self._node_ports(6)
         res = resources or {}
@@ -153,6 +161,7 @@ class RayNodes:
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={self.dashboard_port}",
             f"--ray-client-server-port={client_port}",
+            *([f"--system-config={json.dumps(system_config)}"] if system_config else []),
             *args,
         )
         self.nodes.append(Node("head", res, num_cpus, [*ports, client_port]))
