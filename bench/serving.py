@@ -18,6 +18,13 @@ ResNet-18 at 32x32), in the same run on the same machine:
 Load is closed-loop: `--concurrency` clients (threads, one keep-alive HTTP
 connection each) send one sample per request, back to back, for `--duration-s`
 after `--warmup-s`, at concurrency 1 (latency) and `--concurrency` (throughput).
+`--repetitions` (default 3) runs the (a)/(b) phases that many times, interleaved
+phase by phase; each ratio is the median of the repetitions with its min, max and
+every run. (a) sends its sealed request as a binary envelope frame, as
+`infaas.Client` does (`--wire json` for the JSON envelope); (b) gets the same OIP v2
+body bytes unsealed, so the two differ by the crypto and the checks only. The
+machine's load average at start and end is in the line: on a shared machine,
+read the figures with it.
 Ratios: throughput a/b, a/c, b/c (c = in-process samples/s at the largest batch)
 and p50/p99 latency a/b at concurrency 1 (and a/c, b/c against c's batch-1 run).
 
@@ -83,7 +90,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="worker keeps replay records in memory only (no shared-store write per request)",
     )
+    p.add_argument(
+        "--repetitions",
+        type=int,
+        default=3,
+        help="interleaved confidential/plain repetitions; ratios are their median, min, max",
+    )
+    p.add_argument(
+        "--wire",
+        choices=("binary", "json"),
+        default="binary",
+        help="the confidential request's form: a binary envelope frame (as infaas.Client) or JSON",
+    )
     args = p.parse_args(argv)
+    if args.repetitions < 1:
+        p.error("--repetitions must be at least 1")
     if args.concurrency < 1 or args.duration_s <= 0 or args.max_batch < 1:
         p.error("--concurrency, --duration-s and --max-batch must be positive")
     return args
@@ -250,6 +271,7 @@ class Registered:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    load_at_start = os.getloadavg()[0]
     # stdout carries the one JSON line; Ray's driver threads print there too, so
     # everything else goes to stderr
     out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
@@ -412,7 +434,10 @@ def main(argv: list[str] | None = None) -> int:
             "proxy": "haproxy" if args.haproxy else "default",
             "zoo": "small (images 32x32)",
             "replay_guard": "memory" if args.memory_replay_only else "memory+store (sqlite)",
+            "repetitions": args.repetitions,
+            "confidential_wire": args.wire,
         },
+        "loadavg_1m": {"start": round(load_at_start, 2), "end": round(os.getloadavg()[0], 2)},
         "setup_s": round(setup_s, 1),
         "shutdown_s": round(shutdown_s, 1),
         "models": result,
@@ -453,13 +478,24 @@ def bench_model(
     from infaas.artifacts import artifact_name, variant_part
     from infaas.envelope import open_artifact, open_response, seal_request
     from infaas.protocol import decode_response, encode_request
-    from infaas.wire import InferRequest, InferResponse
+    from infaas.wire import (
+        ENVELOPE_MEDIA_TYPE,
+        InferRequest,
+        InferResponse,
+        envelope_frame,
+        envelope_from_frame,
+    )
     from variants.runtime import load_variant
 
     x1 = np.ascontiguousarray(r.x1, dtype=np.float32)
     oip, oip_header_length = encode_request({"x": x1})
     keys = {"b1": tenant_key}
-    auth = {"Authorization": f"Bearer {api_token}", "Content-Type": "application/json"}
+    binary = args.wire == "binary"
+    auth = {
+        "Authorization": f"Bearer {api_token}",
+        "Content-Type": ENVELOPE_MEDIA_TYPE if binary else "application/json",
+        "Accept": ENVELOPE_MEDIA_TYPE if binary else "application/json",
+    }
     served: dict[str, int] = {}
 
     def confidential() -> tuple[bytes, dict[str, str], Callable[[bytes, int | None], None]]:
@@ -468,14 +504,21 @@ def bench_model(
             keys, oip, tenant="bench", task=r.task, latency_ms=10_000.0, min_accuracy=0.0,
             request_id=rid, header_length=oip_header_length, architecture=r.architecture,
         )  # fmt: skip
-        body = InferRequest(envelope=env).model_dump_json().encode()
+        if binary:
+            body = envelope_frame(env)
+        else:
+            body = InferRequest(envelope=env).model_dump_json().encode()
 
         def check(data: bytes, header_length: int | None) -> None:
-            resp = InferResponse.model_validate_json(data)
-            plain = open_response(resp.envelope, keys, request_id=rid, tenant="bench")
-            _, out = decode_response(bytes(plain), resp.envelope.header_length)
-            assert out["logits"].shape[0] == 1
-            served[resp.variant_id] = served.get(resp.variant_id, 0) + 1
+            sealed = (
+                envelope_from_frame(data)
+                if binary
+                else InferResponse.model_validate_json(data).envelope
+            )
+            plain = open_response(sealed, keys, request_id=rid, tenant="bench")
+            _, out = decode_response(bytes(plain), sealed.header_length)
+            assert out["logits"].shape[0] == 1 and sealed.variant_id is not None
+            served[sealed.variant_id] = served.get(sealed.variant_id, 0) + 1
 
         return body, auth, check
 
@@ -518,49 +561,72 @@ def bench_model(
 
     served.clear()
     out: dict[str, Any] = {"variant": variant_id}
-    phases: dict[str, dict[str, dict[str, float]]] = {"confidential": {}, "plain": {}}
-    for c in sorted({1, args.concurrency}):
-        for name, maker, path in (
-            ("confidential", confidential, ROUTE_PREFIX),
-            ("plain", plain, plain_prefix),
-        ):
-            before = worker_batches(handle, variant_id) if name == "confidential" else None
-            pid = worker_pid if name == "confidential" else plain_pid
-            cpu0 = cpu_s(pid)
-            ph = closed_loop(port, path, maker, c, args.warmup_s, args.duration_s)
-            summary = phases[name][f"c{c}"] = ph.summary()
-            # whole phase (warm-up included) over every request answered in it
-            answered = ph.requests * (args.warmup_s + args.duration_s) / args.duration_s
-            summary["replica_cpu_ms_per_request"] = round(
-                (cpu_s(pid) - cpu0) * 1e3 / max(answered, 1.0), 3
-            )
-            if before is not None:
-                after = worker_batches(handle, variant_id)
-                batches = after[0] - before[0]
-                phases[name][f"c{c}"]["mean_batch"] = round(
-                    (after[1] - before[1]) / batches if batches else 0.0, 2
+    # repetitions interleave the two servers phase by phase, so load that drifts over the
+    # run (a shared machine) falls on both; every ratio is taken within one repetition
+    reps: list[dict[str, dict[str, dict[str, float]]]] = []
+    for _ in range(args.repetitions):
+        phases: dict[str, dict[str, dict[str, float]]] = {"confidential": {}, "plain": {}}
+        for c in sorted({1, args.concurrency}):
+            for name, maker, path in (
+                ("confidential", confidential, ROUTE_PREFIX),
+                ("plain", plain, plain_prefix),
+            ):
+                before = worker_batches(handle, variant_id) if name == "confidential" else None
+                pid = worker_pid if name == "confidential" else plain_pid
+                cpu0 = cpu_s(pid)
+                ph = closed_loop(port, path, maker, c, args.warmup_s, args.duration_s)
+                summary = phases[name][f"c{c}"] = ph.summary()
+                # whole phase (warm-up included) over every request answered in it
+                answered = ph.requests * (args.warmup_s + args.duration_s) / args.duration_s
+                summary["replica_cpu_ms_per_request"] = round(
+                    (cpu_s(pid) - cpu0) * 1e3 / max(answered, 1.0), 3
                 )
+                if before is not None:
+                    after = worker_batches(handle, variant_id)
+                    batches = after[0] - before[0]
+                    phases[name][f"c{c}"]["mean_batch"] = round(
+                        (after[1] - before[1]) / batches if batches else 0.0, 2
+                    )
+        reps.append(phases)
     serve.delete(plain_app)
     variant = load_variant(spec, onnx, args.threads)
     local = inprocess(variant, x1, args.max_batch, args.duration_s)
     variant.close()
-    a_c1, b_c1 = phases["confidential"]["c1"], phases["plain"]["c1"]
-    a_cn = phases["confidential"][f"c{args.concurrency}"]
-    b_cn = phases["plain"][f"c{args.concurrency}"]
-    out.update(phases)
+    per_rep: list[dict[str, float | None]] = []
+    for phases in reps:
+        a_c1, b_c1 = phases["confidential"]["c1"], phases["plain"]["c1"]
+        a_cn = phases["confidential"][f"c{args.concurrency}"]
+        b_cn = phases["plain"][f"c{args.concurrency}"]
+        per_rep.append(
+            {
+                "throughput_a_over_b": _ratio(a_cn["rps"], b_cn["rps"]),
+                "throughput_a_over_c": _ratio(a_cn["rps"], local["rps"]),
+                "throughput_b_over_c": _ratio(b_cn["rps"], local["rps"]),
+                "p50_c1_a_over_b": _ratio(a_c1["p50_ms"], b_c1["p50_ms"]),
+                "p99_c1_a_over_b": _ratio(a_c1["p99_ms"], b_c1["p99_ms"]),
+                "p50_c1_a_over_c": _ratio(a_c1["p50_ms"], local["p50_ms"]),
+                "p50_c1_b_over_c": _ratio(b_c1["p50_ms"], local["p50_ms"]),
+                f"p50_c{args.concurrency}_a_over_b": _ratio(a_cn["p50_ms"], b_cn["p50_ms"]),
+            }
+        )
+    out["repetitions"] = reps
     out["inprocess"] = local
     out["variants_served_by_confidential"] = dict(served)
-    out["ratios"] = {
-        "throughput_a_over_b": _ratio(a_cn["rps"], b_cn["rps"]),
-        "throughput_a_over_c": _ratio(a_cn["rps"], local["rps"]),
-        "throughput_b_over_c": _ratio(b_cn["rps"], local["rps"]),
-        "p50_c1_a_over_b": _ratio(a_c1["p50_ms"], b_c1["p50_ms"]),
-        "p99_c1_a_over_b": _ratio(a_c1["p99_ms"], b_c1["p99_ms"]),
-        "p50_c1_a_over_c": _ratio(a_c1["p50_ms"], local["p50_ms"]),
-        "p50_c1_b_over_c": _ratio(b_c1["p50_ms"], local["p50_ms"]),
-        f"p50_c{args.concurrency}_a_over_b": _ratio(a_cn["p50_ms"], b_cn["p50_ms"]),
-    }
+    out["ratios"] = {name: _spread([r[name] for r in per_rep]) for name in per_rep[0]}
     return out
+
+
+def _spread(values: list[float | None]) -> dict[str, Any]:
+    """Median, min and max of one ratio over the repetitions (each run kept)."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return {"median": None, "min": None, "max": None, "runs": values}
+    return {
+        "median": round(float(np.median(known)), 3),
+        "min": min(known),
+        "max": max(known),
+        "runs": values,
+    }
 
 
 if __name__ == "__main__":
