@@ -225,3 +225,25 @@ def test_the_real_control_loop_on_the_simulated_clock_matches_the_built_in_tick(
         "tick_p99_ms": 0,
     }
     assert real.requests > 1000
+
+
+def test_a_bench_slo_row_replays_with_its_trace_seed_and_settings() -> None:
+    """The validation path (`bench/sim.py validate`): a `bench/slo.py` row is replayed on the
+    same trace and seed, so it sends exactly the requests the real run sent."""
+    import yaml
+
+    from bench.sim import TRACE, _replay
+    from bench.sim import ServiceModel as BenchService
+    from bench.traces import read_trace
+
+    cfg = yaml.safe_load((TRACE.parents[2] / "configs" / "slo-eval.yaml").read_text())
+    vs = [
+        synthetic_variant("r50", task="images", accuracy=0.78, intercept_ms=45, slope_ms=6),
+        synthetic_variant("mlp", task="digits", architecture="mlp", accuracy=0.97, intercept_ms=1),
+    ]
+    cands = CandidateSet.build([v for v, _ in vs], [p for _, p in vs], [POOL])
+    row = {"policy": "static", "trace": "bursty", "seed": 3}
+    out = _replay(row, cfg, cands, BenchService(request_overhead_ms=12.0))
+    trace = read_trace(TRACE.parent / "bursty.csv").scaled(cfg["rate_scale"], cfg["time_scale"])
+    assert out["requests"] == len(trace.arrivals(3, cfg["max_requests"]))
+    assert out["replica_s"] == pytest.approx(cfg["static_replicas"] * trace.duration_s, rel=0.02)
