@@ -24,12 +24,15 @@ optimal).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
+import os
 import random
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -180,8 +183,21 @@ def pct(xs: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(p * len(s)))] if s else 0.0
 
 
+@contextlib.contextmanager
+def c_stdout_to_stderr() -> Iterator[None]:
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def exp_alloc(args: argparse.Namespace) -> None:
     shape = azure_shape(60.0)
+    lines: list[dict[str, Any]] = []
     for models, nodes in SIZES:
         if models > args.max_models:
             continue
@@ -207,9 +223,10 @@ def exp_alloc(args: argparse.Namespace) -> None:
             if models <= args.milp_max_models:
                 solvers["milp"] = solve_milp
             for name, fn in solvers.items():
-                t0 = time.perf_counter()
-                a = fn(p)
-                times[name].append(time.perf_counter() - t0)
+                with c_stdout_to_stderr():  # HiGHS writes notes to fd 1: keep stdout JSON
+                    t0 = time.perf_counter()
+                    a = fn(p)
+                    times[name].append(time.perf_counter() - t0)
                 ratio[name].append(
                     a.cost_per_s / lb if lb > 0 and not a.unserved_rps else float("nan")
                 )
@@ -228,6 +245,44 @@ def exp_alloc(args: argparse.Namespace) -> None:
                 line[f"{name}_cost_over_bound_max"] = round(max(ratio[name]), 4)
         print(json.dumps(line), flush=True)
         log("alloc", models, nodes, line)
+        lines.append(line)
+    if args.plot:
+        plot_alloc(lines, Path(args.plot))
+
+
+def plot_alloc(lines: list[dict[str, Any]], path: Path) -> None:
+    """Allocation p99 time and cost over the relaxation's bound, against the fleet's size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for name, label in (
+        ("greedy", "greedy"),
+        ("milp", "MILP (1 s limit)"),
+        ("decomposed", "per family"),
+    ):
+        pts = [
+            (x["models"], x[f"{name}_p99_ms"], x[f"{name}_cost_over_bound_max"])
+            for x in lines
+            if f"{name}_p99_ms" in x
+        ]
+        if not pts:
+            continue
+        ax1.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax2.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=label)
+    ax1.axhline(1000, color="grey", ls="--", lw=0.8)
+    ax1.set(
+        xscale="log",
+        yscale="log",
+        xlabel="models (on 4, 8, 16, 32, 64 nodes)",
+        ylabel="allocation p99 (ms)",
+    )
+    ax2.set(xscale="log", xlabel="models", ylabel="cost / relaxation bound (max)")
+    ax1.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def exp_select(args: argparse.Namespace) -> None:
@@ -433,6 +488,7 @@ def main() -> None:
     ap.add_argument("--snapshots", type=int, default=20, help="alloc: demand snapshots per size")
     ap.add_argument("--milp-limit", type=float, default=1.0, help="alloc: MILP time limit, s")
     ap.add_argument("--milp-max-models", type=int, default=25, help="alloc: MILP up to this size")
+    ap.add_argument("--plot", help="alloc: write the scaling plot here (PNG)")
     ap.add_argument("--requests", type=int, default=20000, help="select: decisions timed")
     ap.add_argument("--results", help="validate: bench/slo.py result rows (JSON lines)")
     ap.add_argument("--config", default="configs/slo-eval.yaml", help="validate: their config")
