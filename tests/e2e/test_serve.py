@@ -207,11 +207,13 @@ def test_an_infeasible_slo_is_a_clear_422(served: Served, demo: Client) -> None:
         demo.infer(task="digits", inputs=x, latency_ms=0.001)
 
 
-def _post(served: Served, client: Client, body: bytes) -> httpx.Response:
+def _post(
+    served: Served, client: Client, body: bytes, content_type: str = "application/json"
+) -> httpx.Response:
     return httpx.post(
         f"{served.url}/v1/infer",
         content=body,
-        headers={"Authorization": f"Bearer {client.api_token}", "Content-Type": "application/json"},
+        headers={"Authorization": f"Bearer {client.api_token}", "Content-Type": content_type},
         timeout=60,
     )
 
@@ -226,6 +228,11 @@ def test_bad_requests_get_precise_4xx_and_the_service_keeps_serving(
     assert r.status_code == 400 and r.json()["code"] == "invalid_input"
     r = _post(served, demo, b'{"envelope": {"v": 1}}')
     assert r.status_code == 400 and "envelope" in r.json()["detail"]
+    # the binary form through the Serve proxy: a truncated frame, a body of another type
+    r = _post(served, demo, b"IFE2\x00\x00\x01\x00{}", "application/vnd.infaas.envelope")
+    assert r.status_code == 400 and "truncated envelope frame" in r.json()["detail"]
+    r = _post(served, demo, b"x", "text/plain")
+    assert r.status_code == 415 and r.json()["code"] == "unsupported_media_type"
 
     with pytest.raises(InvalidInput, match="JSON"):  # malformed JSON inside the envelope
         demo.send_infer(demo.seal_infer(inputs=x, plaintext=b'{"inputs": [', **ok))
