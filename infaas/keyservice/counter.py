@@ -3,7 +3,10 @@
 The key service keeps its records in the untrusted store as a hash-chained log
 (`infaas.keyservice.state`); the counter holds how many entries the log has.
 An older copy of the store has fewer entries than the counter says, so a
-restored store is refused rather than served.
+restored store is refused rather than served. Beside the number the counter keeps
+the SHA-256 of the log entry it was advanced to (its *head*): a write that failed
+after its entry reached the store leaves the host a second, genuine entry of the
+same number, and only the head tells that history from the one committed.
 
 `MonotonicCounter` is the interface. Backends:
 
@@ -14,8 +17,9 @@ restored store is refused rather than served.
 - Production (not built here): a TPM 2.0 NV index of type counter
   (``TPMA_NV_COUNTER``: ``TPM2_NV_Increment`` only ever goes up, ``TPM2_NV_Read``
   over a session salted to the TPM's endorsement key so the host cannot answer
-  for it), or a replicated ledger: a quorum of attested key-service replicas
-  (ROTE / CCF style) that each acknowledge a value before it counts.
+  for it) with the head in an ordinary NV index written under the same policy,
+  or a replicated ledger: a quorum of attested key-service replicas (ROTE / CCF
+  style) that each acknowledge a value and head before it counts.
 
 Each advance is a compare-and-set from the value the caller last saw, so a
 second, stale instance of the key service cannot advance the counter past a
@@ -47,12 +51,17 @@ class MonotonicCounter(ABC):
 
     name: str
 
-    @abstractmethod
-    def read(self) -> int: ...
+    def read(self) -> int:
+        return self.read_head()[0]
 
     @abstractmethod
-    def advance(self, seen: int) -> int:
-        """Go from `seen` to `seen + 1` (the new value); `CounterMoved` when it is not at `seen`."""
+    def read_head(self) -> tuple[int, str]:
+        """The value and the head recorded with it ("" when none was)."""
+
+    @abstractmethod
+    def advance(self, seen: int, head: str = "") -> int:
+        """Go from `seen` to `seen + 1` (the new value), recording `head` with it;
+        `CounterMoved` when it is not at `seen`."""
 
 
 class MemoryCounter(MonotonicCounter):
@@ -60,23 +69,26 @@ class MemoryCounter(MonotonicCounter):
 
     name = "memory"
 
-    def __init__(self, value: int = 0) -> None:
+    def __init__(self, value: int = 0, head: str = "") -> None:
         self._value = value
+        self._head = head
         self._lock = threading.Lock()
 
-    def read(self) -> int:
-        return self._value
+    def read_head(self) -> tuple[int, str]:
+        with self._lock:
+            return self._value, self._head
 
-    def advance(self, seen: int) -> int:
+    def advance(self, seen: int, head: str = "") -> int:
         with self._lock:
             if self._value != seen:
                 raise CounterMoved(f"counter is at {self._value}, not {seen}")
-            self._value += 1
+            self._value, self._head = self._value + 1, head
             return self._value
 
 
 class SimulatedCounter(MonotonicCounter):
-    """SIMULATED hardware counter: ``DATA_DIR/simulated-tee/counter`` (a decimal number).
+    """SIMULATED hardware counter: ``DATA_DIR/simulated-tee/counter`` (a decimal number and
+    the head, hex; a file from before heads holds the number alone).
 
     Advances are atomic across processes (an exclusive lock on the file, a write to a
     temporary file, fsync, rename)."""
@@ -89,14 +101,14 @@ class SimulatedCounter(MonotonicCounter):
         self._lock_path = self.path.with_name("counter.lock")
         self._lock = threading.Lock()
 
-    def read(self) -> int:
+    def read_head(self) -> tuple[int, str]:
         try:
-            text = self.path.read_text()
+            fields = self.path.read_text().split()
         except FileNotFoundError:
-            return 0
-        return int(text.strip() or "0")
+            return 0, ""
+        return int(fields[0]) if fields else 0, fields[1] if len(fields) > 1 else ""
 
-    def advance(self, seen: int) -> int:
+    def advance(self, seen: int, head: str = "") -> int:
         with self._lock, open(self._lock_path, "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             value = self.read()
@@ -105,7 +117,7 @@ class SimulatedCounter(MonotonicCounter):
             tmp = self.path.with_name("counter.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
-                f.write(f"{value + 1}\n")
+                f.write(f"{value + 1} {head}".strip() + "\n")
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)

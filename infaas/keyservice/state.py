@@ -11,12 +11,16 @@ hash-chained log in the store (``ks_log``)::
 
 and advances a monotonic counter (`infaas.keyservice.counter`) held where the
 host cannot roll it back (TEE hardware state; simulated under
-``DATA_DIR/simulated-tee/``). The log key is derived from the KEK, so it lives
-wherever the sealing key does.
+``DATA_DIR/simulated-tee/``), recording with it the SHA-256 of the entry (the
+head). The log key is derived from the KEK, so it lives wherever the sealing key
+does.
 
 At start the service replays the log up to the counter: a missing entry (an
 older copy of the store, or deleted entries), an entry that does not verify
-(forged) or does not follow its predecessor (reordered, spliced) is refused;
+(forged) or does not follow its predecessor (reordered, spliced) is refused, and
+so is a log whose last entry is not the head the counter recorded (a fork: a
+write that failed after its entry reached the store leaves the host a genuine
+entry of the same number as the next one committed);
 then every record the log holds is read and must be the very blob its latest
 entry commits to. While running, each read checks the record against the
 in-memory head of the log (its version and digest) and the counter against the
@@ -213,7 +217,7 @@ class SealedRecords:
         self._store.put_sealed(table, key, blob)
         self._advancing = seq
         try:
-            self.counter.advance(seq - 1)
+            self.counter.advance(seq - 1, _sha256(raw))
         except CounterMoved as e:
             self._refuse(
                 RollbackDetected(
@@ -267,7 +271,7 @@ class SealedRecords:
 
     def _load(self) -> None:
         """Replay the log up to the counter, commit an interrupted write, check every record."""
-        count = self.counter.read()
+        count, recorded = self.counter.read_head()
         raw = self._store.sealed_records(SealedTable.LOG)
         if count == 0 and not raw:
             self._import_legacy()
@@ -275,6 +279,13 @@ class SealedRecords:
         for seq in range(1, count + 1):
             data = raw.get(_log_key(seq))
             self._apply(self._entry(data, seq), data or b"")
+        if recorded and recorded != self._head:  # a counter from before heads has none
+            raise RollbackDetected(
+                f"the key service's log entry {count} is not the one its monotonic counter "
+                "recorded: the store holds a fork of its history (an entry of a write that "
+                "failed, shown in place of the one committed)",
+                reason="log_forked",
+            )
         self._advancing = count
         if self._commit_interrupted(raw.get(_log_key(count + 1)), count + 1):
             count += 1
@@ -317,7 +328,7 @@ class SealedRecords:
         blob = self._store.get_sealed(SealedTable(entry["table"]), entry["key"])
         if blob is None or _sha256(blob) != entry["blob_sha256"]:
             return False
-        self.counter.advance(seq - 1)
+        self.counter.advance(seq - 1, _sha256(raw))
         self._apply(entry, raw)
         log.warning("key service committed log entry %d (a write interrupted by a stop)", seq)
         return True

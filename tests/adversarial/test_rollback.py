@@ -298,7 +298,7 @@ def test_releases_do_not_grow_the_log(platform_ca: SimulatedPlatformCA, tmp_path
 class _PowerCut(MemoryCounter):
     """A counter whose next advance does not happen: the machine stops first."""
 
-    def advance(self, seen: int) -> int:
+    def advance(self, seen: int, head: str = "") -> int:
         raise KeyboardInterrupt("power cut")
 
 
@@ -340,6 +340,10 @@ def test_simulated_counter_only_moves_forward_from_what_it_saw(tmp_path: Path) -
         c.advance(0)
     assert SimulatedCounter(tmp_path).read() == 1
     assert c.path == tmp_path / "simulated-tee" / "counter"
+    assert c.advance(1, "ab" * 32) == 2
+    assert SimulatedCounter(tmp_path).read_head() == (2, "ab" * 32)
+    c.path.write_text("7\n")  # a counter file from before heads
+    assert c.read_head() == (7, "")
 
 
 def test_reads_during_writes_are_not_mistaken_for_a_rollback(tmp_path: Path) -> None:
@@ -364,3 +368,40 @@ def test_reads_during_writes_are_not_mistaken_for_a_rollback(tmp_path: Path) -> 
     reader.join()
     assert failures == []
     assert records.get(SealedTable.MODEL, "resnet") == {"n": 99}
+
+
+class _FlakyStore(MemoryStore):
+    """The host's store: it keeps a record it is sent but answers the write with an error."""
+
+    fail_record = False
+
+    def put_sealed(self, table: SealedTable, key: str, blob: bytes) -> None:
+        super().put_sealed(table, key, blob)
+        if self.fail_record and table is not SealedTable.LOG:
+            self.fail_record = False
+            raise ConnectionError("store unavailable")
+
+
+def test_a_failed_write_kept_by_the_host_does_not_replace_a_later_revocation() -> None:
+    """The host fails one write after keeping its log entry and record, so the service writes
+    its next record (a revocation) under the same log number; after a restart the host shows
+    the failed write's entry in its place and the record from before the revocation. The
+    log verifies link by link and has as many entries as the counter: only the head the
+    counter holds tells the two histories apart."""
+    store, kek, counter = _FlakyStore(), new_key(), MemoryCounter()
+    records = SealedRecords(store, kek, counter)
+    records.put(SealedTable.MODEL, "resnet", {"owner": "zoo", "grants": ["acme"]})
+    granted = store.get_sealed(SealedTable.MODEL, "resnet")
+    store.fail_record = True
+    with pytest.raises(ConnectionError):
+        records.put(SealedTable.PRINCIPAL, "mallory", {"role": "tenant"})
+    kept = {t: store.sealed_records(t) for t in (SealedTable.LOG, SealedTable.PRINCIPAL)}
+    records.put(SealedTable.MODEL, "resnet", {"owner": "zoo", "grants": []})  # the revocation
+    assert counter.read() == 2
+    for table, blobs in kept.items():
+        for key, blob in blobs.items():
+            store.put_sealed(table, key, blob)
+    assert granted is not None
+    store.put_sealed(SealedTable.MODEL, "resnet", granted)
+    with pytest.raises(RollbackDetected, match="fork"):
+        SealedRecords(store, kek, counter).get(SealedTable.MODEL, "resnet")
