@@ -281,10 +281,8 @@ def envelope_from_frame(frame: bytes | bytearray | memoryview) -> Envelope:
     if checked.associated_data() != header:
         # the tag covers the canonical form: any other spelling could never open
         raise InvalidInput("envelope frame header is not in canonical form (sorted, compact)")
-    fields = {k: getattr(checked, k) for k in Envelope.model_fields if k != "ciphertext"}
     # a buffer view where the model says bytes: AES-GCM reads it in place, nothing copies it
-    ciphertext = view[body_at + NONCE_LEN :]
-    return Envelope.model_construct(**fields, ciphertext=ciphertext)  # type: ignore[arg-type]
+    return checked.model_copy(update={"ciphertext": view[body_at + NONCE_LEN :]})
 
 
 TIMING_HEADERS = ("infaas-latency-ms", "infaas-queue-ms", "infaas-batch-size")
