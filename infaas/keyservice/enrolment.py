@@ -22,7 +22,9 @@ A revocation is the same with prefix ``infaas-revocation-v1`` and body
 ``{"purpose": "revocation", "id": "acme", "issued_at": ...}``. The key service
 accepts an enrolment once (it records each ``enrolment_id`` it consumed) and
 before it expires; a revocation only if issued after the party's current
-enrolment, so an old revocation cannot undo a later re-enrolment.
+enrolment, so an old revocation cannot undo a later re-enrolment, and a revoked
+name only with an enrolment issued after the revocation, so an old enrolment
+cannot undo a revocation.
 
 The enrolment key lives with the administrator (``DATA_DIR/enrolment-key.pem``,
 0600, made by the first deployment or trust export of the data directory); the key

@@ -8,7 +8,8 @@ holds the token. Each decision here is the key service's, on its own sealed reco
 
 * an enrolment opens only under the enrolment key in the service's release policy,
   before it expires, once (its ``enrolment_id`` is recorded when used), and only for a
-  name nobody holds (or whose holder was revoked, with the same role);
+  name nobody holds (or whose holder was revoked, with the same role, by an enrolment
+  issued after the revocation: one issued before it, unused, does not reopen the name);
 * a token is refused once revoked, by its holder (``revoke_token``) or by the
   administrator (a signed revocation issued after the holder's enrolment); a revoked
   principal's keys are no longer released either (`KeyService` asks `check_active`),
@@ -94,6 +95,13 @@ class Principals:
             rec = self._records.get(SealedTable.PRINCIPAL, principal_id)
             if rec is not None and not (rec.get("revoked_at") and rec["role"] == st.role):
                 raise Conflict(f"principal {principal_id!r} already exists")
+            if rec is not None and st.issued_at <= float(
+                rec.get("revoked_as_of") or rec["revoked_at"]
+            ):
+                raise AuthenticationFailed(
+                    f"enrolment of {principal_id!r} was issued before its revocation: ask "
+                    "the administrator for a new one"
+                )
             used = {"id": principal_id, "used_at": self._clock()}
             if not self._records.put_if_absent(SealedTable.ENROLMENT, st.enrolment_id, used):
                 raise spent
@@ -153,8 +161,13 @@ class Principals:
                 rec = found
             else:
                 raise AuthenticationFailed("revoking a token needs the token or a revocation")
+            now = self._clock()
+            # enrolments issued up to then (administrator's clock for its revocation) stay void
+            as_of = now if token else st.issued_at
             self._records.put(
-                SealedTable.PRINCIPAL, principal_id, rec | {"revoked_at": self._clock()}
+                SealedTable.PRINCIPAL,
+                principal_id,
+                rec | {"revoked_at": now, "revoked_as_of": as_of},
             )
         log.info("revoked the key service token of %s", principal_id)
         return principal_id

@@ -283,3 +283,26 @@ def test_only_the_administrator_issues_enrolments(
             "--data-dir", str(elsewhere), "--json"]  # fmt: skip
     code, _, err = _run(argv, capsys)
     assert code == 4 and "no administrator enrolment key" in err
+
+
+def test_an_enrolment_issued_before_a_revocation_does_not_reopen_the_name(
+    dep: Deployment,
+) -> None:
+    """The administrator issued acme two enrolments (the first one mislaid) and later
+    revokes acme; whoever holds the unused first one cannot take the revoked name back,
+    with the grants and consent that came with it."""
+    dep.add_owner("zoo")
+    dep.add_model_key("zoo", "resnet", "dk1")
+    dep.add_tenant("acme", owner="zoo", grant=("resnet",), key_id="k1")
+    mislaid = issue_enrolment(ADMIN_KEY, "acme", "tenant")
+    dep.keys.revoke_token(revocation=issue_revocation(ADMIN_KEY, "acme"))
+    with pytest.raises(AuthenticationFailed, match="issued before"):
+        dep.keys.register(mislaid)
+    # the holder's own revocation is final against older enrolments too
+    dep.add_tenant("beta", owner="zoo", grant=("resnet",), key_id="k1")
+    older = issue_enrolment(ADMIN_KEY, "beta", "tenant", now=1.0, ttl_s=9e12)
+    dep.keys.revoke_token(dep.ks_tokens["beta"])
+    with pytest.raises(AuthenticationFailed, match="issued before"):
+        dep.keys.register(older)
+    # an enrolment issued after the revocation lets the party back
+    assert dep.keys.register(issue_enrolment(ADMIN_KEY, "acme", "tenant")).startswith("acme:")
