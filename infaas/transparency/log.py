@@ -17,7 +17,9 @@ Its public key is in the deployment's trust bundle.
 
 The entries and the last head are public and kept where the host can edit them
 (``DATA_DIR/transparency/``). At start the log re-reads them and refuses to go
-on if they no longer match the head it signed (an edited or dropped entry). A
+on if they no longer match the head it signed (an edited or dropped entry);
+entries past that head (an append stopped before its head, or lines the host
+added) are dropped, never signed. A
 host that restores an older copy of both files makes the key service sign a
 shorter log: every client that saw a later head refuses it
 (`infaas.transparency.witness`), which is the point of a transparency log.
@@ -292,8 +294,23 @@ class TransparencyLog:
         except AttestationFailed as e:
             raise LogCorrupted(f"transparency log {directory}: {e.message}") from None
         lines = entries_file.read_bytes().splitlines() if entries_file.exists() else []
+        kept = 0
         for line in lines:
+            if len(self._leaves) == head.size:
+                break
             self._add(json.loads(line))
+            kept += 1
+        if kept < len(lines):
+            # past the signed head: an append stopped before its head was written, or lines
+            # the host added; neither is signed into the log as this service's
+            log.warning(
+                "transparency log %s: %d entries past its signed head dropped",
+                directory,
+                len(lines) - kept,
+            )
+            tmp = entries_file.with_name("entries.jsonl.tmp")
+            tmp.write_bytes(b"".join(line + b"\n" for line in lines[:kept]))
+            tmp.replace(entries_file)
         if len(self._leaves) < head.size or merkle.root(self._leaves[: head.size]).hex() != (
             head.root
         ):

@@ -157,6 +157,28 @@ def test_log_edited_on_disk_is_refused_at_start(tmp_path: Path) -> None:
         _log(tmp_path)  # a head the log key did not sign
 
 
+def test_entries_the_host_appends_past_the_signed_head_are_not_signed_at_start(
+    tmp_path: Path,
+) -> None:
+    """The host adds a worker measurement of its own (and a model key) to the log's file
+    after the last signed head: the next start does not sign them into the log as the key
+    service's (they are dropped as an append that never completed)."""
+    log = _log(tmp_path)
+    log.append(worker_entry("aa" * 32))
+    head = log.head
+    entries = tmp_path / "transparency" / "entries.jsonl"
+    planted = [worker_entry("ee" * 32), {"kind": "model", "model_id": "resnet", "key_id": "x"}]
+    with entries.open("ab") as f:
+        for entry in planted:
+            f.write(json.dumps(entry).encode() + b"\n")
+    again = _log(tmp_path)
+    assert (again.head.size, again.head.root) == (head.size, head.root)
+    assert not any(again.contains(e) for e in planted)
+    # and the log goes on from its signed head (the next start agrees)
+    again.append(worker_entry("bb" * 32))
+    assert _log(tmp_path).head.root == again.head.root
+
+
 # --- the relying party --------------------------------------------------------------------
 
 
