@@ -172,8 +172,10 @@ class Principals:
         log.info("revoked the key service token of %s", principal_id)
         return principal_id
 
-    def check_active(self, principal_id: str, what: str) -> None:
-        """PermissionDenied when `principal_id` was revoked (its keys are not released)."""
+    def check_active(self, principal_id: str, what: str) -> dict[str, Any]:
+        """The record of `principal_id`; PermissionDenied when it was revoked (its keys are
+        not released)."""
         rec = self._records.get(SealedTable.PRINCIPAL, principal_id)
         if rec is None or rec.get("revoked_at"):
             raise PermissionDenied(f"{what}: {principal_id!r} is revoked or unknown")
+        return rec

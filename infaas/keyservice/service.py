@@ -511,13 +511,15 @@ class KeyService:
             return k, PROFILE_KEY_ID, self._profile_key(k.model_id), None
         if k.kind == "model":
             assert k.model_id is not None  # KeyRequest checks it
-            model = self._check_owner_active(k.model_id)
+            model, owner = self._check_owner_active(k.model_id)
             key_id = k.key_id or model["current_key_id"]
             rec = self._records.get(SealedTable.MODEL_KEY, f"{k.model_id}/{key_id}")
             if key_id is None or rec is None:
                 raise UnknownKey(f"model {k.model_id!r} has no key id {key_id!r}")
             if rec.get("retired_at") is not None:
                 raise UnknownKey(f"model {k.model_id!r} retired key id {key_id!r}")
+            if rec["created_at"] < owner.get("keys_valid_from", 0.0):  # maybe a leaked token's
+                raise UnknownKey(f"model {k.model_id!r} key {key_id!r} predates its owner's return")
             return k, str(key_id), _unb64(rec["key"]), None
         if k.tenant is None:
             raise InvalidInput("a tenant key request must name the tenant")
@@ -525,7 +527,7 @@ class KeyService:
         tenant_rec, policy = self._consent(k.tenant)
         models: tuple[str, ...] | None = None
         if k.model_id is not None:
-            model = self._check_owner_active(k.model_id)
+            model, _ = self._check_owner_active(k.model_id)
             why = self._may_use(k.tenant, policy, k.model_id, model)
             if why:
                 raise PermissionDenied(f"{why}: key not released", tenant=k.tenant)
@@ -574,10 +576,11 @@ class KeyService:
                 self._records.put(SealedTable.MODEL, model_id, model)
             return _unb64(model["profile_key"])
 
-    def _check_owner_active(self, model_id: str) -> dict[str, Any]:
+    def _check_owner_active(self, model_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The model's record and its owner's; PermissionDenied if the owner was revoked."""
         model = self._model(model_id)
-        self._principals.check_active(str(model["owner"]), f"model {model_id!r} key not released")
-        return model
+        what = f"model {model_id!r} key not released"
+        return model, self._principals.check_active(str(model["owner"]), what)
 
     def _model(self, model_id: str) -> dict[str, Any]:
         model = self._records.get(SealedTable.MODEL, model_id)

@@ -306,3 +306,22 @@ def test_an_enrolment_issued_before_a_revocation_does_not_reopen_the_name(
         dep.keys.register(older)
     # an enrolment issued after the revocation lets the party back
     assert dep.keys.register(issue_enrolment(ADMIN_KEY, "acme", "tenant")).startswith("acme:")
+
+
+def test_an_owner_back_after_a_revocation_has_no_model_key_from_before(dep: Deployment) -> None:
+    """Whoever held zoo's leaked token made its own data key resnet's current one; the
+    administrator revokes zoo and enrols it again: that key (nor any from before) is not
+    released for resnet any more, until zoo uploads a new one."""
+    dep.add_owner("zoo")
+    dep.add_model_key("zoo", "resnet", "dk1")
+    thief_key = new_key()
+    dep.keys.upload_model_key(dep.ks_tokens["zoo"], "resnet", "dk-thief", thief_key)
+    dep.keys.revoke_token(revocation=issue_revocation(ADMIN_KEY, "zoo"))
+    zoo = dep.keys.register(issue_enrolment(ADMIN_KEY, "zoo", "owner"))
+    worker = dep.worker_keys()
+    for key_id in (None, "dk-thief", "dk1"):
+        with pytest.raises(UnknownKey, match=r"predates|no key id"):
+            worker.model_key("resnet", key_id=key_id)
+    fresh = new_key()
+    dep.keys.upload_model_key(zoo, "resnet", "dk2", fresh)
+    assert worker.model_key("resnet").key == fresh
