@@ -14,7 +14,9 @@ retrying what is safe, each attempt re-sealed under a new request id), one fault
 ``node``       SIGKILL every process of the TEE node the worker replica runs on (its
                raylet included): Ray marks the node dead, Serve starts the replica on the
                other TEE node
-``soak``       no fault: RSS of the cluster's processes and the store's size, start to end
+``soak``       no fault, at --soak-load (0.8) of the saturation throughput measured first
+               (a ``saturation`` line): errors, RSS of the cluster's processes and the
+               store's size, start to end
 =============  =========================================================================
 
 Each line says: calls, answers, typed errors by code, calls that overran their deadline by
@@ -24,7 +26,7 @@ answered before the fault, sent again after it, must all be refused (no request 
 answered twice, the replay guard survives the fault).
 
 Run: python bench/faults.py [--scenarios worker,keyservice,redis,node,soak] [--duration-s 30]
-     [--concurrency 2] [--deadline-s 10] [--soak-s 60] [--health-check-ms 1000]
+     [--concurrency 2] [--deadline-s 10] [--soak-s 60] [--soak-load 0.8] [--health-check-ms 1000]
 
 Ray's defaults decide how fast a dead node is noticed (GCS health checks every 3 s, dead
 after 5 misses); ``--health-check-ms`` tunes the period (and 3 misses).
@@ -127,12 +129,18 @@ class Load:
     calls: list[Call] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
-    def run(self, n: int) -> list[threading.Thread]:
-        """Start `n` client threads calling back to back until `stop` is set."""
+    def run(self, n: int, rate: float | None = None) -> list[threading.Thread]:
+        """Start `n` client threads calling until `stop` is set: back to back, or paced so
+        that together they offer `rate` calls per second (open loop: a slow answer does
+        not delay the next call's slot, unless every thread is busy)."""
 
         def loop(i: int) -> None:
             client = Client.from_credentials(self.credentials)
+            slot = time.monotonic() + (i / rate if rate else 0.0)
             while not self.stop.is_set():
+                if rate:
+                    time.sleep(max(0.0, slot - time.monotonic()))
+                    slot += n / rate
                 t0 = time.monotonic()
                 try:
                     client.infer(
@@ -227,6 +235,14 @@ def main() -> None:
     ap.add_argument("--deadline-s", type=float, default=10.0, help="each call's deadline")
     ap.add_argument("--soak-s", type=float, default=60.0)
     ap.add_argument(
+        "--soak-load",
+        type=float,
+        default=0.8,
+        help="the soak offers this fraction of the saturation throughput, measured first "
+        "with --saturation-concurrency threads back to back for --duration-s",
+    )
+    ap.add_argument("--saturation-concurrency", type=int, default=8)
+    ap.add_argument(
         "--health-check-ms",
         type=int,
         default=0,
@@ -297,10 +313,31 @@ def main() -> None:
         tenant.save_credentials(tenant_file)
         print(json.dumps({"setup_s": round(time.monotonic() - t_setup, 1)}), flush=True)
 
+        rate: float | None = None
+        if "soak" in scenarios:
+            # saturation first: the soak's offered load is a fraction of it
+            load = Load(tenant_file, x, args.deadline_s)
+            threads = load.run(args.saturation_concurrency)
+            time.sleep(3.0)
+            t0, n0 = time.monotonic(), sum(c.ok for c in load.calls)
+            time.sleep(args.duration_s)
+            saturation = (sum(c.ok for c in load.calls) - n0) / (time.monotonic() - t0)
+            load.stop.set()
+            for t in threads:
+                t.join(timeout=args.deadline_s + 5)
+            rate = args.soak_load * saturation
+            errors = sum(not c.ok for c in load.calls)
+            print(json.dumps({
+                "scenario": "saturation", "concurrency": args.saturation_concurrency,
+                "rps": round(saturation, 1), "errors": errors, "soak_rps": round(rate, 1),
+            }), flush=True)  # fmt: skip
+
         for name in scenarios:
             before = answered_envelopes(tenant, x, url, 4)
             load = Load(tenant_file, x, args.deadline_s)
-            threads = load.run(args.concurrency)
+            soak = name == "soak"
+            threads = load.run(args.saturation_concurrency if soak else args.concurrency,
+                               rate=rate if soak else None)  # fmt: skip
             time.sleep(3.0)  # steady load first
             fault_at = time.monotonic()
             extra: dict[str, Any] = {}
@@ -342,6 +379,7 @@ def main() -> None:
                     "store_bytes": [mem0, store.used_memory()],
                     "store_keys": [keys0, store.dbsize()],
                     "rps": round(line["answered"] / (args.soak_s + 3.0), 1),
+                    "offered_rps": round(rate or 0.0, 1),
                 }
             extra["health_check_ms"] = args.health_check_ms or "default"
             print(json.dumps(line | extra), flush=True)
