@@ -19,9 +19,10 @@ Wire format (``POST /v1/keyservice/call``, body ``{"sealed": "<b64>"}``, answer
                   {"result": ...} or {"error": {"code", "message", "detail"}})
 
 Replay: the service opens a call only within `window_s` of its ``sent_at`` and only once
-per ``request_id`` (remembered for the window); a call recorded before a restart does
-not open at all (the service's key is made anew at each start). So a recorded grant
-cannot be played again after a revoke.
+per ``request_id`` (remembered for the window; when `max_remembered` ids are in it,
+new calls are refused as overloaded rather than any forgotten); a call recorded before
+a restart does not open at all (the service's key is made anew at each start). So a
+recorded grant cannot be played again after a revoke.
 """
 
 from __future__ import annotations
@@ -38,7 +39,13 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from pydantic import ValidationError
 
 from infaas.envelope import canonical_json
-from infaas.errors import DecryptionFailed, InfaasError, InvalidInput, ReplayedRequest
+from infaas.errors import (
+    DecryptionFailed,
+    InfaasError,
+    InvalidInput,
+    Overloaded,
+    ReplayedRequest,
+)
 from infaas.keyservice.models import CallArgs
 from infaas.keyservice.sealing import open_sealed, seal_to, x25519_raw
 
@@ -127,8 +134,13 @@ class CallOpener:
                 self._seen.popitem(last=False)
             if request_id in self._seen:
                 raise ReplayedRequest("key-service call replayed (request id seen before)")
-            while len(self._seen) >= self._max:
-                self._seen.popitem(last=False)
+            if len(self._seen) >= self._max:
+                # each id remembered may still be played within its window: forgetting one
+                # would let its call open again, so new calls wait instead
+                raise Overloaded(
+                    f"key service holds {self._max} calls within its replay window: retry shortly",
+                    retry_after_s=self._window / 10,
+                )
             self._seen[request_id] = now
         call["answer_key"] = answer_key
         return call

@@ -8,6 +8,7 @@ request with httpx, as a Serve proxy or any HTTP hop would, and keeping what it 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -164,3 +165,25 @@ def test_sealed_arguments_are_validated_like_plain_ones(world: World) -> None:
     owner = enrol(world.client, "zoo", "owner")
     with pytest.raises(InvalidInput, match="needs tenant"):
         world.client._sealed("grant", owner, model_id="resnet")
+
+
+def test_a_flood_of_calls_does_not_make_the_service_forget_a_recorded_one() -> None:
+    """The proxy records a grant, then seals calls of its own to the service's public key
+    (anyone can: HPKE base mode) until the ids it remembers are full, and plays the grant
+    again within its window: refused, not forgotten (8 stands for the 100,000 bound)."""
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    from infaas.errors import Overloaded, ReplayedRequest
+    from infaas.keyservice.channel import CallOpener, SealedCall
+    from infaas.keyservice.sealing import x25519_raw
+
+    sk = X25519PrivateKey.generate()
+    opener = CallOpener(sk, max_remembered=8)
+    public = x25519_raw(sk.public_key())
+    grant = SealedCall(public, "grant", {"model_id": "resnet", "tenant": "acme"}, "zoo:t")
+    assert opener.open(grant.sealed)["op"] == "grant"
+    for _ in range(8):
+        with contextlib.suppress(Overloaded):
+            opener.open(SealedCall(public, "consent", {}, None).sealed)
+    with pytest.raises(ReplayedRequest):
+        opener.open(grant.sealed)
