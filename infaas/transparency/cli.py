@@ -4,8 +4,9 @@
 public key (from the deployment's trust bundle, or given as hex), and checks that
 
 * the latest tree head is signed by that key and is the RFC 9162 root of the entries;
-* each ``--measurement`` (key service or worker, hex) and ``--policy`` (release policy
-  SHA-256) is in the log, with its inclusion proof checked against that head;
+* each ``--measurement`` (key service or worker, hex) is in the log, and each ``--policy``
+  (release policy SHA-256) is in a key-service entry together with one of those
+  measurements, with its inclusion proof checked against that head;
 * with ``--heads FILE``, the log extends the head recorded there by an earlier run
   (consistency proof): a log that forked or went back since is refused. The new head is
   then recorded.
@@ -55,7 +56,8 @@ def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) ->
         "--policy",
         action="append",
         default=[],
-        help="a release policy SHA-256 (hex) that must be in the log (repeatable)",
+        help="a release policy SHA-256 (hex) that must be in the log in a key-service entry "
+        "with one of the --measurement values, when any is given (repeatable)",
     )
     ver.add_argument(
         "--heads", type=Path, help="file of the heads seen before: the log must extend them"
@@ -111,10 +113,24 @@ def verify_command(args: argparse.Namespace) -> int:
         )
     root = bytes.fromhex(head.root)
     found: list[dict[str, Any]] = []
-    wanted = [("measurement", m.lower()) for m in args.measurement]
-    wanted += [("policy_sha256", p.lower()) for p in args.policy]
-    for field, value in wanted:
-        hits = [i for i, e in enumerate(export.entries) if e.get(field) == value]
+    measurements = {m.lower() for m in args.measurement}
+
+    def has_measurement(m: str) -> Callable[[dict[str, Any]], bool]:
+        return lambda e: e.get("measurement") == m
+
+    def has_policy(p: str) -> Callable[[dict[str, Any]], bool]:
+        # a policy counts only in a key-service entry, beside one of the measurements asked
+        # for: a measurement and a policy each logged, but never together, are not a pair
+        return lambda e: (
+            e.get("kind") == "keyservice"
+            and e.get("policy_sha256") == p
+            and (not measurements or e.get("measurement") in measurements)
+        )
+
+    wanted = [("measurement", m, has_measurement(m)) for m in sorted(measurements)]
+    wanted += [("key service policy", p.lower(), has_policy(p.lower())) for p in args.policy]
+    for field, value, matches in wanted:
+        hits = [i for i, e in enumerate(export.entries) if matches(e)]
         for i in hits:  # each with its audit path, checked as a remote party would
             path = merkle.inclusion_proof(leaves, i)
             if not merkle.verify_inclusion(leaves[i], i, head.size, path, root):
@@ -122,7 +138,13 @@ def verify_command(args: argparse.Namespace) -> int:
             found.append({"index": i, "entry": export.entries[i], "path_length": len(path)})
         if not hits:
             raise AttestationFailed(
-                f"{field.replace('_sha256', '')} {value} is not in the transparency log "
+                f"{field} {value} is not in the transparency log"
+                + (
+                    " beside the measurements given"
+                    if field != "measurement" and measurements
+                    else ""
+                )
+                + " "
                 f"(size {head.size}): not trusted by this deployment",
                 check="transparency_log",
             )

@@ -72,6 +72,17 @@ def test_verify_refuses_an_unknown_measurement(
     assert "not in the transparency log" in capsys.readouterr().err
 
 
+def test_verify_refuses_a_measurement_and_a_policy_never_logged_together(
+    deployed: tuple[Path, KeyServiceTrust, dict], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A worker's measurement and the key service's policy are each in the log, but no
+    key-service entry holds them together: not a key service this deployment runs."""
+    data, bundle, workers = deployed
+    worker = next(iter(workers.values()))
+    assert verify(data, "--measurement", worker, "--policy", bundle.policy_sha256) != 0
+    assert "beside the measurements given" in capsys.readouterr().err
+
+
 def test_verify_refuses_an_edited_log_and_a_foreign_head(
     deployed: tuple[Path, KeyServiceTrust, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
