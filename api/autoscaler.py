@@ -28,9 +28,9 @@ from infaas.telemetry.events import record_autoscaler_event
 from infaas.types import AutoscalerEvent
 from scheduler.autoscaler import AutoscalerState, Policy, ScalingDecision
 from scheduler.baselines import POLICIES
-from scheduler.control import POLICY_NAMES, Plan, build_context, measure, plan, with_overhead
+from scheduler.control import POLICY_NAMES, Plan, RateWindow, build_context, plan, with_overhead
 from scheduler.policy import CandidateSet
-from scheduler.routing import LoadReport, read_reports
+from scheduler.routing import read_reports
 
 __all__ = [
     "AUTOSCALER_APP",
@@ -96,9 +96,7 @@ class ControlLoop:
     clock: Callable[[], float] = time.time
     _policy: Policy = field(init=False)
     _state: AutoscalerState = field(default_factory=AutoscalerState, init=False)
-    _seen: list[tuple[float, dict[str, LoadReport]]] = field(default_factory=list, init=False)
-    """(when, reports) of the ticks within the rate window, oldest first."""
-    _known: dict[str, float] = field(default_factory=dict, init=False)
+    _window: RateWindow = field(init=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False)
     _thread: threading.Thread | None = field(default=None, init=False)
     _last_sample: object = field(default=None, init=False)
@@ -110,28 +108,19 @@ class ControlLoop:
         if self.config.policy not in POLICY_NAMES:
             raise ValueError(f"no control loop for autoscaler policy {self.config.policy!r}")
         self._policy = POLICIES[POLICY_NAMES[self.config.policy]]
+        self._window = RateWindow(self.config)
 
     def tick(self) -> Plan | None:
         """One round; None until two reports sets are there to differentiate."""
         cfg = self.config
         now = self.clock()
-        reports = read_reports(self.store, now)
-        if not self._seen:
-            self._seen.append((now, reports))
+        m = self._window.observe(read_reports(self.store, now), now)
+        if m is None:
             return None
-        # rates over the window: the oldest reports at most rate_window_s old (or the last)
-        kept = [(t, r) for t, r in self._seen if now - t <= cfg.rate_window_s + 1e-6]
-        then, before = kept[0] if kept else self._seen[-1]
-        m = measure(before, reports, now - then, now)
-        self._seen = [*kept, (now, reports)]
-        for key, rate in m.arrival_rps.items():
-            if rate > 0:
-                self._known[key] = now
-        self._known = {k: t for k, t in self._known.items() if now - t <= cfg.forget_class_s}
         cands = self.candidates()
         if not len(cands):
             return None
-        ctx = build_context(m, cands, cfg, self._state, self._known)
+        ctx = build_context(m, cands, cfg, self._state, self._window.known)
         decision, self._state = self._policy(ctx)
         p = plan(
             decision,

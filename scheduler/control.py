@@ -33,7 +33,7 @@ Everything here is pure: no clock, no store, no Ray.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from infaas.settings import AutoscalerSettings, Pool
 from infaas.types import AutoscalerEvent, Precision, Profile
@@ -141,6 +141,39 @@ def measure(
         for v in set(outstanding) | set(loaded)
     }
     return Measurement(now_s, rates, LoadSnapshot(by_variant, now_s), replicas)
+
+
+@dataclass
+class RateWindow:
+    """What a control loop keeps between ticks: the report sets within the rate window
+    (to turn counters into rates) and when each demand class last had arrivals (a class
+    keeps its replicas for ``forget_class_s`` after its last request).
+
+    The Serve control loop (`api.autoscaler.ControlLoop`) and both simulators tick
+    through it, so they measure and forget alike.
+    """
+
+    config: AutoscalerSettings
+    seen: list[tuple[float, Mapping[str, LoadReport]]] = field(default_factory=list)
+    """(when, reports) of the ticks within the rate window, oldest first."""
+    known: dict[str, float] = field(default_factory=dict)
+    """demand key -> when it last had arrivals."""
+
+    def observe(self, reports: Mapping[str, LoadReport], now: float) -> Measurement | None:
+        """The traffic since the oldest report set in the window; None on the first tick."""
+        cfg = self.config
+        if not self.seen:
+            self.seen.append((now, reports))
+            return None
+        kept = [(t, r) for t, r in self.seen if now - t <= cfg.rate_window_s + 1e-6]
+        then, before = kept[0] if kept else self.seen[-1]
+        m = measure(before, reports, now - then, now)
+        self.seen = [*kept, (now, reports)]
+        for key, rate in m.arrival_rps.items():
+            if rate > 0:
+                self.known[key] = now
+        self.known = {k: t for k, t in self.known.items() if now - t <= cfg.forget_class_s}
+        return m
 
 
 def build_context(

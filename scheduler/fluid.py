@@ -32,7 +32,7 @@ from infaas.settings import AutoscalerSettings, Pool
 from infaas.store.backends import MemoryStore
 from scheduler.autoscaler import AutoscalerState, Policy
 from scheduler.baselines import POLICIES
-from scheduler.control import POLICY_NAMES, build_context, measure, plan
+from scheduler.control import POLICY_NAMES, RateWindow, build_context, plan
 from scheduler.fleet import ClassLoad
 from scheduler.policy import CandidateSet, LoadSnapshot, Query, VariantLoad, route_select
 from scheduler.routing import LoadReport, RoutingHints, read_reports
@@ -65,8 +65,7 @@ class FluidSimulation:
         self.service = service or ServiceModel()
         self.store = MemoryStore()
         self.state = AutoscalerState()
-        self.known: dict[str, float] = {}
-        self.seen: list[tuple[float, dict[str, LoadReport]]] = []
+        self.window = RateWindow(config)
         self.hints: RoutingHints | None = None
         # per pool: replicas as (ready at), per variant: queued requests and when loaded
         self.replicas: dict[str, list[float]] = {
@@ -108,18 +107,10 @@ class FluidSimulation:
     def _tick(self, now: float) -> None:
         cfg = self.config
         self._report(now)
-        reports = read_reports(self.store, now)
-        if not self.seen:
-            self.seen.append((now, reports))
+        m = self.window.observe(read_reports(self.store, now), now)
+        if m is None:
             return
-        kept = [(t, r) for t, r in self.seen if now - t <= cfg.rate_window_s + 1e-6]
-        then, before = kept[0] if kept else self.seen[-1]
-        m = measure(before, reports, now - then, now)
-        self.seen = [*kept, (now, reports)]
-        for key, rate in m.arrival_rps.items():
-            if rate > 0:
-                self.known[key] = now
-        ctx = build_context(m, self.candidates, cfg, self.state, self.known)
+        ctx = build_context(m, self.candidates, cfg, self.state, self.window.known)
         t0 = time.perf_counter()
         decision, self.state = self.policy(ctx)
         self.result.tick_s.append(time.perf_counter() - t0)

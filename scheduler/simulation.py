@@ -42,7 +42,7 @@ from infaas.store.backends import MemoryStore
 from infaas.types import SLO
 from scheduler.autoscaler import AutoscalerState, Policy
 from scheduler.baselines import POLICIES
-from scheduler.control import POLICY_NAMES, build_context, measure, plan
+from scheduler.control import POLICY_NAMES, RateWindow, build_context, plan
 from scheduler.fleet import ClassLoad
 from scheduler.policy import (
     Candidate,
@@ -414,8 +414,7 @@ class Simulation:
         self.replicas: dict[str, list[Replica]] = {p.name: [] for p in pools}
         self.hints: RoutingHints | None = None
         self.state = AutoscalerState()
-        self.known: dict[str, float] = {}
-        self._seen: list[tuple[float, dict[str, LoadReport]]] = []
+        self.window = RateWindow(config)
         self.decision_s: list[float] = []
         self.decisions: list[Any] = []
         self.result = Result(config.policy)
@@ -524,19 +523,10 @@ class Simulation:
     def _decide(self, now: float) -> None:
         """The control loop's tick (`api.autoscaler.ControlLoop.tick`) for several pools."""
         cfg = self.config
-        reports = read_reports(self.store, now)
-        if not self._seen:
-            self._seen.append((now, reports))
+        m = self.window.observe(read_reports(self.store, now), now)
+        if m is None:
             return
-        kept = [(t, r) for t, r in self._seen if now - t <= cfg.rate_window_s + 1e-6]
-        then, before = kept[0] if kept else self._seen[-1]
-        m = measure(before, reports, now - then, now)
-        self._seen = [*kept, (now, reports)]
-        for key, rate in m.arrival_rps.items():
-            if rate > 0:
-                self.known[key] = now
-        self.known = {k: t for k, t in self.known.items() if now - t <= cfg.forget_class_s}
-        ctx = build_context(m, self.candidates, cfg, self.state, self.known)
+        ctx = build_context(m, self.candidates, cfg, self.state, self.window.known)
         decision, self.state = self.policy(ctx)
         self.decisions.append(decision)
         static = cfg.policy in ("static", "static-modelless")
