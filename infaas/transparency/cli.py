@@ -6,7 +6,8 @@ public key (from the deployment's trust bundle, or given as hex), and checks tha
 * the latest tree head is signed by that key and is the RFC 9162 root of the entries;
 * each ``--measurement`` (key service or worker, hex) is in the log, and each ``--policy``
   (release policy SHA-256) is in a key-service entry together with one of those
-  measurements, with its inclusion proof checked against that head;
+  measurements, with its inclusion proof checked against that head, and is the latest
+  key-service entry for that measurement (the head names it): an older one is superseded;
 * with ``--heads FILE``, the log extends the head recorded there by an earlier run
   (consistency proof): a log that forked or went back since is refused. The new head is
   then recorded.
@@ -111,6 +112,15 @@ def verify_command(args: argparse.Namespace) -> int:
             f"the log's {len(leaves)} entries do not hash to its signed head (size {head.size})",
             check="transparency_log",
         )
+    latest: dict[str, int] = {}
+    for i, e in enumerate(export.entries):
+        if e.get("kind") == "keyservice":
+            latest[str(e.get("measurement"))] = i
+    if head.keyservices != latest:
+        raise AttestationFailed(
+            "the log's signed head names other latest key-service entries than its entries hold",
+            check="transparency_log",
+        )
     root = bytes.fromhex(head.root)
     found: list[dict[str, Any]] = []
     measurements = {m.lower() for m in args.measurement}
@@ -136,6 +146,15 @@ def verify_command(args: argparse.Namespace) -> int:
             if not merkle.verify_inclusion(leaves[i], i, head.size, path, root):
                 raise AttestationFailed(f"entry {i} fails its inclusion proof")
             found.append({"index": i, "entry": export.entries[i], "path_length": len(path)})
+        if hits and field != "measurement" and measurements:
+            current = [i for i in hits if latest.get(export.entries[i]["measurement"]) == i]
+            if not current:
+                raise AttestationFailed(
+                    f"{field} {value} is superseded: a later key-service entry for "
+                    f"{'/'.join(sorted(str(export.entries[i]['measurement'])[:16] for i in hits))}"
+                    f"… is in the log (size {head.size}): not what it runs now",
+                    check="transparency_log",
+                )
         if not hits:
             raise AttestationFailed(
                 f"{field} {value} is not in the transparency log"

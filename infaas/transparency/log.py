@@ -133,24 +133,31 @@ class _Wire(BaseModel):
 
 class TreeHead(_Wire):
     """A signed tree head: the log (`log_id`, SHA-256 of its public key) had `size` entries
-    with Merkle root `root` at `timestamp_ms`, signed with the log key (Ed25519, hex)."""
+    with Merkle root `root` at `timestamp_ms`, signed with the log key (Ed25519, hex).
+
+    `keyservices` maps each key-service measurement to the index of its latest key-service
+    entry in that tree (signed with the rest, and checked against the entries by anyone
+    who reads the whole log): with an inclusion proof of that index it proves a key
+    service's (measurement, policy) is the one it logged last, not one it superseded."""
 
     log_id: str
     size: int = Field(ge=0)
     root: str
     timestamp_ms: int
+    keyservices: dict[str, int] = Field(default_factory=dict)
     signature: str
 
     def statement(self) -> bytes:
-        return canonical_json(
-            {
-                "purpose": _HEAD_PURPOSE,
-                "log_id": self.log_id,
-                "size": self.size,
-                "root": self.root,
-                "timestamp_ms": self.timestamp_ms,
-            }
-        )
+        fields: dict[str, Any] = {
+            "purpose": _HEAD_PURPOSE,
+            "log_id": self.log_id,
+            "size": self.size,
+            "root": self.root,
+            "timestamp_ms": self.timestamp_ms,
+        }
+        if self.keyservices:  # heads of a log with no key-service entry sign as before
+            fields["keyservices"] = self.keyservices
+        return canonical_json(fields)
 
     def check_signature(self, public_key: bytes) -> None:
         """AttestationFailed unless the log of `public_key` signed this head."""
@@ -255,7 +262,9 @@ class TransparencyLog:
     """An append-only Merkle log of canonical-JSON entries under one signing key.
 
     `directory` keeps it across restarts (``entries.jsonl`` and ``head.json``); without
-    one it lives in memory. Appending an entry already in the log returns its index.
+    one it lives in memory. Appending an entry already in the log returns its index, except
+    a key-service entry that is not the latest for its measurement: it is appended again
+    (a key service switched back to an older policy shows in the log as a new entry).
     """
 
     def __init__(
@@ -273,7 +282,8 @@ class TransparencyLog:
         self._lock = threading.Lock()
         self._entries: list[dict[str, Any]] = []
         self._leaves: list[bytes] = []
-        self._index: dict[bytes, int] = {}
+        self._index: dict[bytes, int] = {}  # each leaf's latest index
+        self._keyservices: dict[str, int] = {}  # measurement -> its latest key-service entry
         if directory is not None:
             self._load(directory)
         self.head = self._sign()
@@ -321,12 +331,21 @@ class TransparencyLog:
 
     def _add(self, entry: dict[str, Any]) -> int:
         leaf = entry_leaf(entry)
-        if leaf in self._index:
-            return self._index[leaf]
         self._entries.append(entry)
         self._leaves.append(leaf)
-        self._index[leaf] = len(self._leaves) - 1
-        return self._index[leaf]
+        index = self._index[leaf] = len(self._leaves) - 1
+        if entry.get("kind") == "keyservice":
+            self._keyservices[str(entry.get("measurement"))] = index
+        return index
+
+    def _logged(self, entry: Mapping[str, Any], leaf: bytes) -> int | None:
+        """The index `entry` need not be appended again at: any, or for a key-service
+        entry only the latest for its measurement."""
+        index = self._index.get(leaf)
+        if index is None or entry.get("kind") != "keyservice":
+            return index
+        latest = self._keyservices.get(str(entry.get("measurement")))
+        return index if latest == index else None
 
     def _sign(self) -> TreeHead:
         unsigned = TreeHead(
@@ -334,17 +353,20 @@ class TransparencyLog:
             size=len(self._leaves),
             root=merkle.root(self._leaves).hex(),
             timestamp_ms=int(self._clock() * 1000),
+            keyservices=dict(self._keyservices),
             signature="",
         )
         return unsigned.model_copy(update={"signature": self._key.sign(unsigned.statement()).hex()})
 
     def append(self, entry: Mapping[str, Any]) -> int:
-        """Log `entry` (once) and sign the new head; its index."""
+        """Log `entry` (once; a key-service entry unless it is the latest for its
+        measurement) and sign the new head; its index."""
         clean: dict[str, Any] = json.loads(canonical_json(entry))
         leaf = entry_leaf(clean)
         with self._lock:
-            if leaf in self._index:
-                return self._index[leaf]
+            logged = self._logged(clean, leaf)
+            if logged is not None:
+                return logged
             index = self._add(clean)
             self.head = self._sign()
             if self._dir is not None:
@@ -365,10 +387,15 @@ class TransparencyLog:
     def contains(self, entry: Mapping[str, Any]) -> bool:
         return entry_leaf(entry) in self._index
 
+    def is_latest(self, entry: Mapping[str, Any]) -> bool:
+        """Whether `entry` is logged and, for a key-service entry, its measurement's latest."""
+        return self._logged(entry, entry_leaf(entry)) is not None
+
     def prove(self, entries: Sequence[Mapping[str, Any]], since: int = 0) -> LogProof:
-        """The current head, an inclusion proof of each of `entries` that is in the log (the
-        asker refuses what is missing) and its consistency proof from the tree of `since`
-        leaves (none when the log is shorter: the asker refuses a log that went back)."""
+        """The current head, an inclusion proof of each of `entries` that is in the log (at
+        its latest index; the asker refuses what is missing) and its consistency proof from
+        the tree of `since` leaves (none when the log is shorter: the asker refuses a log
+        that went back)."""
         with self._lock:
             head, leaves = self.head, self._leaves[: self.head.size]
             inclusions = []

@@ -9,6 +9,10 @@ when given one). `LogWitness.check` accepts a `LogProof` only if
   worker measurement that policy admits) is in that tree (RFC 9162 inclusion
   proof): a key service or worker that is not logged is refused, so a change
   made for one client alone would have to be published to all;
+* a key-service entry is the *latest* key-service entry for its measurement in that
+  tree: its proven index is the one the signed head names for the measurement
+  (`TreeHead.keyservices`), so a (measurement, policy) logged once and superseded
+  since is refused — switching back to it must be logged again, in sight of everyone;
 * the tree extends the latest head this party saw (RFC 9162 consistency proof
   from that head's size): a log shown to this party that is not the one it saw
   grow — a fork, or a rolled-back log — is refused, naming both heads.
@@ -124,6 +128,14 @@ class LogWitness:
                     f"{_what(entry)} is not in the transparency log (no valid inclusion proof "
                     f"under the head of {_describe(head)}): refused"
                 )
+            if entry.get("kind") == "keyservice":
+                latest = head.keyservices.get(str(entry.get("measurement")))
+                if latest != inclusion.index:
+                    raise _fail(
+                        f"{_what(entry)} is entry {inclusion.index} of the transparency log, "
+                        f"but the head of {_describe(head)} names entry {latest} as the latest "
+                        "key-service entry for that measurement: superseded, refused"
+                    )
         seen = self.heads.latest(self.log_id)
         if seen is not None:
             if proof.since != seen.size:

@@ -276,3 +276,51 @@ def test_key_service_refuses_its_log_files_rolled_back(
         (files / name).write_bytes(data)
     with pytest.raises(LogCorrupted, match="rolled back or replaced"):
         restart()
+
+
+def test_switching_back_to_a_superseded_policy_is_logged_again_and_a_stale_proof_refused(
+    dep: Deployment, log_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """The host restarts the genuine key service with another policy (logged), then with the
+    first one again, hoping that policy's old entry stands for it and nothing new shows."""
+    files, trust, seen = tmp_path / "log", logged_trust(dep), tmp_path / "acme-heads.json"
+    first = keyservice_entry(KS_MEASUREMENT.hex(), dep.service.policy_sha256)
+    first_index = dep.service.transparency.prove([first]).inclusions[0].index
+    other = KeyService(
+        MemoryStore(),
+        new_key(),
+        SimulatedTEE(dep.ca, KS_MEASUREMENT),
+        AttestationVerifier(policy(OTHER_WORKER), extra_roots=[dep.ca.root_cert]),
+        transparency=TransparencyLog(log_key, files),
+    )
+    client(other, trust, seen).attest()  # logged, so accepted: the acme client saw that head
+    # the superseded policy: its entry is in the log, but a later one for the measurement is
+    # named by the signed head, so its (genuine) inclusion proof is refused
+    with pytest.raises(AttestationFailed, match="superseded"):
+        client(ProofsFrom(dep.service, other.transparency), trust).attest()
+    # a stale answer (the log from before the switch, where it was the latest) is refused by
+    # a party that saw the later head
+    with pytest.raises(AttestationFailed, match="went back"):
+        client(dep.service, trust, seen).attest()
+    # the genuine restart with the first policy appends its entry again, for all to see
+    back = Deployment.key_service(
+        dep.ca, MemoryStore(), new_key(), transparency=TransparencyLog(log_key, files)
+    )
+    again = back.transparency.prove([first]).inclusions[0].index
+    assert again > first_index and again == back.transparency.head.size - 1
+    entries = back.transparency.export().entries
+    assert [i for i, e in enumerate(entries) if e == first] == [first_index, again]
+    client(back, trust, seen).attest()  # the latest: accepted, and visible to everyone
+    # restarting it again with the same policy adds nothing
+    size = back.transparency.head.size
+    assert TransparencyLog(log_key, files).head.size == size
+    assert (
+        Deployment.key_service(
+            dep.ca, MemoryStore(), new_key(), transparency=TransparencyLog(log_key, files)
+        ).transparency.head.size
+        == size
+    )
+    # a bundle that pins the policy the host switched away from refuses the switch back
+    pinned = dataclasses.replace(trust, policy_sha256=other.policy_sha256)
+    with pytest.raises(AttestationFailed):
+        client(back, pinned).attest()

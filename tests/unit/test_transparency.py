@@ -23,6 +23,7 @@ from infaas.transparency.log import (
     LogCorrupted,
     LogProof,
     TransparencyLog,
+    keyservice_entry,
     raw_public_key,
     simulated_log_key,
     worker_entry,
@@ -254,3 +255,30 @@ def test_witness_refuses_a_rolled_back_log(tmp_path: Path) -> None:
     )
     with pytest.raises(AttestationFailed, match="went back"):
         witness.check(replay, [])
+
+
+def test_a_key_service_entry_is_appended_again_unless_it_is_the_latest_for_its_measurement(
+    tmp_path: Path,
+) -> None:
+    """Switching a measurement back to a policy logged before is a new entry, named by the
+    signed head as the latest; the head's claim cannot be edited without its signature."""
+    key = Ed25519PrivateKey.generate()
+    old, new = keyservice_entry("aa" * 32, "01" * 32), keyservice_entry("aa" * 32, "02" * 32)
+    log = TransparencyLog(key, tmp_path)
+    assert [log.append(old), log.append(worker_entry("bb" * 32)), log.append(old)] == [0, 1, 0]
+    assert log.append(new) == 2 and not log.is_latest(old)
+    assert log.append(old) == 3 and log.append(old) == 3 and log.is_latest(old)
+    reopened = TransparencyLog(key, tmp_path)  # the same after a restart
+    assert reopened.head.size == 4 and reopened.head.keyservices == {"aa" * 32: 3}
+    witness = LogWitness(log.public_key)
+    proof = reopened.prove([old])
+    assert proof.inclusions[0].index == 3
+    witness.check(proof, [old])
+    # the host points the head's claim at the superseded entry: no longer signed
+    forged = proof.model_copy(
+        update={"head": proof.head.model_copy(update={"keyservices": {"aa" * 32: 2}})}
+    )
+    with pytest.raises(AttestationFailed, match="not signed"):
+        LogWitness(log.public_key).check(forged, [old])
+    with pytest.raises(AttestationFailed, match="superseded"):
+        LogWitness(log.public_key).check(reopened.prove([new]), [new])

@@ -12,6 +12,7 @@ non-zero, naming why.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,12 @@ from infaas.keyservice import KeyServiceTrust
 from infaas.keyservice.deployment import KeyServiceIngress
 from infaas.keyservice.enrolment import enrolment_public_key
 from infaas.settings import Settings
-from infaas.transparency.log import TransparencyLog, simulated_log_key, worker_entry
+from infaas.transparency.log import (
+    TransparencyLog,
+    keyservice_entry,
+    simulated_log_key,
+    worker_entry,
+)
 
 
 @pytest.fixture(scope="module")
@@ -119,3 +125,20 @@ def test_verify_detects_a_fork_from_the_heads_it_recorded(
     assert verify(data, log=tmp_path / "forked.json") == 0  # alone it is a valid log
     assert verify(data, "--heads", str(heads), log=tmp_path / "forked.json") != 0
     assert "forked" in capsys.readouterr().err
+
+
+def test_verify_says_a_policy_is_superseded(
+    deployed: tuple[Path, KeyServiceTrust, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The key service's policy is in the log, but a later key-service entry for its
+    measurement (another policy) is too: the policy is not what it runs now."""
+    data, bundle, _ = deployed
+    shutil.copytree(data / "transparency", tmp_path / "transparency")
+    log = TransparencyLog(simulated_log_key(data), tmp_path / "transparency")
+    log.append(keyservice_entry(bundle.measurement, "ef" * 32))
+    (tmp_path / "later.json").write_text(log.export().model_dump_json())
+    wanted = ["--measurement", bundle.measurement, "--policy", bundle.policy_sha256]
+    assert verify(data, *wanted, log=tmp_path / "later.json") != 0
+    assert "superseded" in capsys.readouterr().err
+    assert verify(data, "--measurement", bundle.measurement, "--policy", "ef" * 32,
+                  log=tmp_path / "later.json") == 0  # fmt: skip
