@@ -34,9 +34,10 @@ variant outside it is refused (403), and the 422 says "a model you accepted".
 
 Everything per variant that does not depend on the request is computed once in
 `CandidateSet.build`, when profiles change, so a decision is a short loop over
-pre-sorted candidates with an early exit on cost.
+pre-sorted candidates with an early exit on cost, which jumps over the runs of
+candidates below the accuracy floor (`AccuracyReach`) instead of stepping through them.
 
-The load a decision sees is a `LoadSnapshot` (per-variant `VariantLoad`), built
+The load a decision sees is a `LoadSnapshot` (per-variant `VariantLoad`, `scheduler.load`), built
 by the control loop from the workers' reports or by a worker from its own
 queues. `route_select` is a worker's per-request choice under the control
 loop's `RoutingHints`; `demand_key` names the demand classes both count.
@@ -46,13 +47,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
 from infaas.errors import ModelNotFound, NoFeasibleVariant, PermissionDenied, VariantNotFound
 from infaas.settings import Pool
 from infaas.types import SLO, Profile, VariantSpec
+from scheduler.load import IDLE, LoadSnapshot, VariantLoad
+from scheduler.reach import AccuracyReach
 
 if TYPE_CHECKING:  # the hints are a store record; the decision only reads them
     from scheduler.routing import RoutingHints
@@ -72,50 +75,6 @@ __all__ = [
     "route_select",
     "select",
 ]
-
-
-# --- the load a decision sees (pure values) -------------------------------------------
-@dataclass(frozen=True, slots=True)
-class VariantLoad:
-    """Live load of one variant across its replicas."""
-
-    replicas: int = 0
-    """Worker replicas that host the variant (loaded or loading)."""
-    loaded_replicas: int = 0
-    """Replicas on which the variant's session is ready (no cold start)."""
-    outstanding: int = 0
-    """Requests queued or in flight on the variant, over all its replicas."""
-    arrival_rps: float = 0.0
-    """Measured arrival rate routed to the variant, requests per second."""
-    ahead_ms: float = 0.0
-    """Work of *other* variants queued on the same replica's inference threads (ms per
-    thread): variants packed on one replica share them, so it delays this one too."""
-    latency_ms: float = 0.0
-    """Mean latency of the requests the variant completed since the last measurement
-    (0: none completed, or not measured)."""
-
-    def __post_init__(self) -> None:
-        if self.replicas < 0 or self.loaded_replicas < 0 or self.outstanding < 0:
-            raise ValueError("replica and request counts must be non-negative")
-        if self.loaded_replicas > self.replicas:
-            raise ValueError("loaded_replicas cannot exceed replicas")
-        if self.arrival_rps < 0 or self.ahead_ms < 0 or self.latency_ms < 0:
-            raise ValueError("arrival_rps, ahead_ms and latency_ms must be non-negative")
-
-
-IDLE = VariantLoad()
-"""The load of a variant the snapshot does not mention: no replica, no traffic."""
-
-
-@dataclass(frozen=True, slots=True)
-class LoadSnapshot:
-    """Per-variant load at `taken_at_s` (seconds on the control loop's clock)."""
-
-    by_variant: Mapping[str, VariantLoad] = field(default_factory=dict)
-    taken_at_s: float = 0.0
-
-    def get(self, variant_id: str) -> VariantLoad:
-        return self.by_variant.get(variant_id, IDLE)
 
 
 # --- the query and the decision ------------------------------------------------------
@@ -307,7 +266,7 @@ class CandidateSet:
     first feasible one met is the cheapest.
     """
 
-    __slots__ = ("_by_key", "_by_variant", "_ordered")
+    __slots__ = ("_by_key", "_by_variant", "_ordered", "_reach")
 
     def __init__(self, candidates: Iterable[Candidate]) -> None:
         ordered = sorted(candidates, key=lambda c: (c.cost_per_request, c.idle_p99_ms))
@@ -327,6 +286,7 @@ class CandidateSet:
                 groups.setdefault(key, []).append(c)
         for key, group in groups.items():
             by_key[key] = tuple(group)
+        self._reach = {k: AccuracyReach([c.accuracy for c in g]) for k, g in by_key.items()}
         self._ordered = tuple(ordered)
         self._by_variant = by_variant
         self._by_key = by_key
@@ -375,11 +335,23 @@ class CandidateSet:
         found = self._by_key.get((query.kind, query.name))
         if found:
             return found
+        raise self._unmatched(query)
+
+    def reach(self, query: Query) -> tuple[tuple[Candidate, ...], AccuracyReach]:
+        """`matching(query)` with the index of its candidates' accuracies."""
+        key = (query.kind, query.name)
+        found = self._by_key.get(key)
+        if found:
+            return found, self._reach[key]
+        raise self._unmatched(query)
+
+    @staticmethod
+    def _unmatched(query: Query) -> Exception:
         if query.kind is QueryKind.VARIANT:
-            raise VariantNotFound(f"variant {query.name} is not registered or not profiled")
+            return VariantNotFound(f"variant {query.name} is not registered or not profiled")
         if query.kind is QueryKind.MODEL:
-            raise ModelNotFound(f"model {query.name} has no profiled variant")
-        raise NoFeasibleVariant(
+            return ModelNotFound(f"model {query.name} has no profiled variant")
+        return NoFeasibleVariant(
             f"no profiled variant is registered for {query}",
             reason="unregistered",
             query=str(query),
@@ -481,7 +453,7 @@ def select(
     `ModelNotFound` when the query names nothing registered; `PermissionDenied`
     when it names a model outside `allowed`.
     """
-    cands = candidates.matching(query)
+    cands, reach = candidates.reach(query)
     min_acc = slo.min_accuracy
     target = slo.latency_ms
     max_cost = slo.max_cost / 1000.0 if slo.max_cost is not None else math.inf
@@ -489,15 +461,22 @@ def select(
     best: Candidate | None = None
     best_p = math.inf
     best_cost = math.inf
-    for c in cands:
+    # cheapest first; a run below the accuracy floor is jumped (costs only grow past it)
+    accuracy = reach.accuracy
+    n = len(cands)
+    i = reach.first_from(0, min_acc)
+    while i < n:
+        c = cands[i]
         cost = c.cost_per_request
         if cost > best_cost or cost > max_cost:
             break
-        if c.accuracy < min_acc or (allowed is not None and c.spec.model_id not in allowed):
-            continue
-        p = predict_p99_ms(c, loads.get(c.variant_id, IDLE))
-        if p <= target and p < best_p:
-            best, best_p, best_cost = c, p, cost
+        if allowed is None or c.spec.model_id in allowed:
+            p = predict_p99_ms(c, loads.get(c.variant_id, IDLE))
+            if p <= target and p < best_p:
+                best, best_p, best_cost = c, p, cost
+        i += 1
+        if i < n and accuracy[i] < min_acc:
+            i = reach.first_from(i, min_acc)
     if best is None:
         raise _infeasible(cands, query, slo, loads, allowed)
     cold = loads.get(best.variant_id, IDLE).loaded_replicas == 0
