@@ -464,9 +464,14 @@ def select(
     # cheapest first; a run below the accuracy floor is jumped (costs only grow past it)
     accuracy = reach.accuracy
     n = len(cands)
-    i = reach.first_from(0, min_acc)
+    i = 0
     while i < n:
+        if accuracy[i] < min_acc:
+            i = reach.first_from(i, min_acc)
+            if i == n:
+                break
         c = cands[i]
+        i += 1
         cost = c.cost_per_request
         if cost > best_cost or cost > max_cost:
             break
@@ -474,9 +479,6 @@ def select(
             p = predict_p99_ms(c, loads.get(c.variant_id, IDLE))
             if p <= target and p < best_p:
                 best, best_p, best_cost = c, p, cost
-        i += 1
-        if i < n and accuracy[i] < min_acc:
-            i = reach.first_from(i, min_acc)
     if best is None:
         raise _infeasible(cands, query, slo, loads, allowed)
     cold = loads.get(best.variant_id, IDLE).loaded_replicas == 0
