@@ -28,7 +28,14 @@ from infaas.telemetry.events import record_autoscaler_event
 from infaas.types import AutoscalerEvent
 from scheduler.autoscaler import AutoscalerState, Policy, ScalingDecision
 from scheduler.baselines import POLICIES
-from scheduler.control import POLICY_NAMES, Plan, RateWindow, build_context, plan, with_overhead
+from scheduler.control import (
+    POLICY_NAMES,
+    Plan,
+    RateWindow,
+    build_context,
+    plan_tick,
+    with_overhead,
+)
 from scheduler.policy import CandidateSet
 from scheduler.routing import read_reports
 
@@ -122,18 +129,7 @@ class ControlLoop:
             return None
         ctx = build_context(m, cands, cfg, self._state, self._window.known)
         decision, self._state = self._policy(ctx)
-        p = plan(
-            decision,
-            cfg.policy,
-            cands,
-            now_s=now,
-            min_replicas=cfg.min_replicas,
-            max_replicas=cfg.max_replicas,
-            pool=self.pool,
-            static_replicas=(
-                cfg.static_replicas if cfg.policy in ("static", "static-modelless") else None
-            ),
-        )
+        p = plan_tick(decision, cfg, cands, self.pool, now)
         self.store.put_replica_target(p.target)
         self.store.put_routing_hints(p.hints)
         if self.record_event is not None:

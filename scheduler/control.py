@@ -300,6 +300,27 @@ def plan(
 # ------------------------------------------------------------------ profiles as served
 
 
+def plan_tick(
+    decision: ScalingDecision,
+    config: AutoscalerSettings,
+    candidates: CandidateSet,
+    pool: Pool,
+    now_s: float,
+) -> Plan:
+    """`plan` under a control loop's settings: what the Serve loop and both simulators call."""
+    static = config.policy in ("static", "static-modelless")
+    return plan(
+        decision,
+        config.policy,
+        candidates,
+        now_s=now_s,
+        min_replicas=config.min_replicas,
+        max_replicas=config.max_replicas,
+        pool=pool,
+        static_replicas=config.static_replicas if static else None,
+    )
+
+
 def with_overhead(profile: Profile, overhead_ms: float) -> Profile:
     """`profile` as a serving replica sees it: `overhead_ms` of request path per request.
 

@@ -32,7 +32,7 @@ from infaas.settings import AutoscalerSettings, Pool
 from infaas.store.backends import MemoryStore
 from scheduler.autoscaler import AutoscalerState, Policy
 from scheduler.baselines import POLICIES
-from scheduler.control import POLICY_NAMES, RateWindow, build_context, plan
+from scheduler.control import POLICY_NAMES, RateWindow, build_context, plan_tick
 from scheduler.fleet import ClassLoad
 from scheduler.policy import CandidateSet, LoadSnapshot, Query, VariantLoad, route_select
 from scheduler.routing import LoadReport, RoutingHints, read_reports
@@ -114,20 +114,10 @@ class FluidSimulation:
         t0 = time.perf_counter()
         decision, self.state = self.policy(ctx)
         self.result.tick_s.append(time.perf_counter() - t0)
-        static = cfg.policy in ("static", "static-modelless")
         for name, pool in self.pools.items():
             if not self.by_pool[name]:
                 continue
-            p = plan(
-                decision,
-                cfg.policy,
-                self.candidates,
-                now_s=now,
-                min_replicas=cfg.min_replicas,
-                max_replicas=cfg.max_replicas,
-                pool=pool,
-                static_replicas=cfg.static_replicas if static else None,
-            )
+            p = plan_tick(decision, cfg, self.candidates, pool, now)
             self.hints = p.hints
             reps = self.replicas[name]
             want = p.target.num_replicas

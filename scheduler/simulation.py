@@ -42,7 +42,7 @@ from infaas.store.backends import MemoryStore
 from infaas.types import SLO
 from scheduler.autoscaler import AutoscalerState, Policy
 from scheduler.baselines import POLICIES
-from scheduler.control import POLICY_NAMES, RateWindow, build_context, plan
+from scheduler.control import POLICY_NAMES, RateWindow, build_context, plan_tick
 from scheduler.fleet import ClassLoad
 from scheduler.policy import (
     Candidate,
@@ -529,20 +529,10 @@ class Simulation:
         ctx = build_context(m, self.candidates, cfg, self.state, self.window.known)
         decision, self.state = self.policy(ctx)
         self.decisions.append(decision)
-        static = cfg.policy in ("static", "static-modelless")
         for pool in self.pools.values():
             if not self.pool_candidates[pool.name]:
                 continue
-            p = plan(
-                decision,
-                cfg.policy,
-                self.candidates,
-                now_s=now,
-                min_replicas=cfg.min_replicas,
-                max_replicas=cfg.max_replicas,
-                pool=pool,
-                static_replicas=cfg.static_replicas if static else None,
-            )
+            p = plan_tick(decision, cfg, self.candidates, pool, now)
             self.store.put_replica_target(p.target)
             self.store.put_routing_hints(p.hints)
             target = read_target(self.store)
