@@ -53,7 +53,10 @@ content-free `detail` in the clear and its own problem sealed for the tenant
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 PROBLEM_MEMBERS = frozenset({"type", "title", "status", "detail", "instance", "code"})
 """The members RFC 9457 defines, and ours (`code`); an error's own fields never replace them."""
@@ -99,6 +102,16 @@ class InfaasError(Exception):
 class InvalidInput(InfaasError):
     status_code = 400
     code = "invalid_input"
+
+
+def invalid_at(exc: ValidationError, what: str, whole: str) -> InvalidInput:
+    """An `InvalidInput` naming where in `what` pydantic's first refusal is, and why.
+
+    `whole` names the location when the whole value was refused (an empty ``loc``).
+    """
+    first = exc.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or whole
+    return InvalidInput(f"invalid {what} at {where}: {first['msg']}")
 
 
 class InvalidModel(InvalidInput):

@@ -44,7 +44,7 @@ import ml_dtypes
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 
-from infaas.errors import InvalidInput
+from infaas.errors import InvalidInput, invalid_at
 from infaas.types import TensorSpec
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -348,7 +348,7 @@ def _parse(cls: type[_M], head: memoryview | bytes) -> _M:
                 f"invalid inference header at {where}: the datatype must be one of "
                 f"{', '.join(DTYPES)}"
             ) from None
-        raise InvalidInput(f"invalid inference header at {where}: {first['msg']}") from None
+        raise invalid_at(e, "inference header", "body") from None
 
 
 def _from_binary(t: Tensor, raw: memoryview, count: int) -> np.ndarray:

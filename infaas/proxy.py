@@ -41,7 +41,7 @@ from starlette.types import Scope
 
 from infaas.client import Client
 from infaas.edge import BodyLimit, install_error_handlers, problem_response, read_body
-from infaas.errors import InfaasError, InvalidInput
+from infaas.errors import InfaasError, InvalidInput, invalid_at
 from infaas.logs import get_logger
 from infaas.protocol import parse_header_length, read_request_header
 from infaas.settings import Settings
@@ -63,9 +63,7 @@ def slo_of(parameters: dict[str, Any] | None, default: SLO) -> SLO:
     try:
         return SLO(**(default.model_dump(include=set(SLO_PARAMETERS)) | asked))
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidInput(f"invalid parameter {where!r}: {first['msg']}") from None
+        raise invalid_at(e, "parameters", "parameters") from None
 
 
 class Gateway:

@@ -29,7 +29,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from infaas.envelope import NONCE_LEN, TAG_LEN, Envelope
-from infaas.errors import InvalidInput
+from infaas.errors import InvalidInput, invalid_at
 from infaas.types import (
     BASE64_WIRE,
     Identifier,
@@ -275,9 +275,7 @@ def envelope_from_frame(frame: bytes | bytearray | memoryview) -> Envelope:
     try:
         checked = Envelope.model_validate(meta | {"nonce": nonce, "ciphertext": _PLACEHOLDER_CT})
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "header"
-        raise InvalidInput(f"invalid envelope frame header at {where}: {first['msg']}") from None
+        raise invalid_at(e, "envelope frame header", "header") from None
     if checked.associated_data() != header:
         # the tag covers the canonical form: any other spelling could never open
         raise InvalidInput("envelope frame header is not in canonical form (sorted, compact)")
@@ -319,9 +317,7 @@ def infer_response_from_frame(frame: bytes, headers: Mapping[str, str]) -> Infer
     try:
         return InferResponse.model_validate(clear)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "answer"
-        raise InvalidInput(f"invalid binary answer at {where}: {first['msg']}") from None
+        raise invalid_at(e, "binary answer", "answer") from None
 
 
 def media_type(content_type: str | None) -> str:
