@@ -43,12 +43,15 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from api.app import create_app
 from api.autoscaler import AUTOSCALER_APP, build_autoscaler_app
 from enclave_workers.deployment import APP_NAME as INFER_APP
 from enclave_workers.deployment import ROUTE_PREFIX as INFER_PREFIX
+from infaas.errors import ReplicaUnavailable
 from infaas.keyservice.deployment import KeyServiceIngress
 from infaas.keyservice.enrolment import enrolment_public_key
 from infaas.keyservice.server import PREFIX as KEYSERVICE_PREFIX
@@ -64,6 +67,19 @@ APPS = (KEYSERVICE_APP, INFER_APP, AUTOSCALER_APP, CONTROL_APP)
 """Every application infaas may run, in the order `deploy` starts them."""
 ROUTES = {KEYSERVICE_APP: KEYSERVICE_PREFIX, INFER_APP: INFER_PREFIX, CONTROL_APP: CONTROL_PREFIX}
 _QUIET = {"enable_access_log": False}
+_REPLICA_GONE = (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError)
+"""What a handle call raises when the replica serving it died, went unreachable (its node
+lost) or none can be started: the call was not answered."""
+
+
+def replica_unavailable(exc: BaseException) -> ReplicaUnavailable | None:
+    """The typed, retryable error for a handle call whose replica went away; None for any
+    other failure (an answer that is an error stays that error)."""
+    if not isinstance(exc, _REPLICA_GONE):
+        return None
+    return ReplicaUnavailable(
+        f"the worker replica serving the call went away ({type(exc).__name__})"
+    )
 
 
 @serve.deployment(
@@ -90,11 +106,20 @@ class ControlIngress:
             self._handle = serve.get_app_handle(self._infer_app)
         return self._handle
 
+    async def _call(self, method: str, *args: Any) -> Any:
+        try:
+            return await getattr(self._worker(), method).remote(*args)
+        except Exception as e:
+            typed = replica_unavailable(e)
+            if typed is None:
+                raise
+            raise typed from e
+
     async def _prepare(self, model_id: str) -> Any:
-        return await self._worker().prepare_model.remote(model_id)
+        return await self._call("prepare_model", model_id)
 
     async def _status(self) -> Mapping[str, Any]:
-        status = await self._worker().status.remote()
+        status = await self._call("status")
         if isinstance(status, Mapping):
             return status
         if hasattr(status, "model_dump"):

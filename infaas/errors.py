@@ -32,6 +32,7 @@ The hierarchy::
     ├── StoreUnavailable (503)
     ├── RollbackDetected (500)         the key service found its state rolled back; it refuses
     ├── TeeUnavailable (503)           the configured TEE device is absent
+    ├── ReplicaUnavailable (503)       the replica serving the call died or went away mid-call
     ├── Unreachable (503)              client side: no connection to the service
     ├── Timeout (504)                  client side: the call's deadline passed
     └── AnswerRejected (502)           client side: a sealed answer claims what was not asked
@@ -298,6 +299,19 @@ class TeeUnavailable(InfaasError):
 
     status_code = 503
     code = "tee_unavailable"
+
+
+class ReplicaUnavailable(InfaasError):
+    """The replica serving the call died or became unreachable before it answered (a killed
+    process, a lost node): nothing was answered, so the call may be sent again; an
+    inference is re-sealed under a new request id, so no request id is answered twice.
+
+    The control plane raises it for a handle call whose replica died; the client raises it
+    for a bare 500 / 502 on a route whose every infaas answer carries a body of its own (a
+    sealed answer or a problem): the serving platform's proxy answered, not infaas."""
+
+    status_code = 503
+    code = "replica_unavailable"
 
 
 class Unreachable(InfaasError):

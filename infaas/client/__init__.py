@@ -22,7 +22,8 @@ Everything confidential happens here or in an attested worker::
   service, seals the ONNX bytes and the validation set under it and registers
   the model. The control plane sees ciphertext and metadata only.
 
-- Calls that find the service unreachable or answered 429 / 503 are tried
+- Calls that find the service unreachable, answered 429 / 503, or lost with
+  the replica serving them (`ReplicaUnavailable`) are tried
   again (`RetryPolicy`: jittered backoff, at least ``Retry-After``, each
   inference attempt sealed anew under a new request id) within the call's
   deadline (`timeout_s`); `infer_many` cuts a large batch into chunks every

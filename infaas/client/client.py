@@ -53,9 +53,10 @@ _M = TypeVar("_M", bound=BaseModel)
 class Client(ClientBase):
     """A synchronous infaas client (httpx). Use as a context manager or call `close()`.
 
-    Calls that fail because the service is unreachable or answers 429 / 503 are
-    tried again under `retry` (`infaas.client.retry`); `timeout_s` is a call's
-    default deadline, all its attempts together.
+    Calls that fail because the service is unreachable, answers 429 / 503 or loses
+    the replica serving them (`ReplicaUnavailable`) are tried again under `retry`
+    (`infaas.client.retry`); `timeout_s` is a call's default deadline, all its
+    attempts together.
     """
 
     def __init__(
@@ -483,8 +484,8 @@ class Client(ClientBase):
     ) -> InferResult:
         """Run `inputs` (a batch, ``(n, *task input shape)``) under an SLO, confidentially.
 
-        Unreachable, 429 and 503 are tried again under the retry policy, each
-        attempt sealed anew (a new request id); `timeout_s` bounds the whole call.
+        Unreachable, 429, 503 and a dead replica are tried again under the retry
+        policy, each attempt sealed anew (a new request id); `timeout_s` bounds the whole call.
         """
         ask = Ask(task, latency_ms, min_accuracy, architecture, variant_id)
         return self._infer(ask, inputs, timeout_s)

@@ -1,8 +1,10 @@
 """When and how long the client waits before trying a call again (tenacity underneath).
 
 A call is retried when the service is unreachable or answers 429 / 503
-(overloaded, store or TEE unavailable), at most `RetryPolicy.attempts` times in
-all, never past the call's deadline:
+(overloaded, store or TEE unavailable, the replica serving it died:
+`ReplicaUnavailable`, which the transport also makes of the serving platform's
+bare 500 / 502), at most `RetryPolicy.attempts` times in all, never past the
+call's deadline:
 
 - the wait is full-jitter exponential backoff (tenacity's
   `wait_random_exponential`), but never shorter than the answer's

@@ -22,10 +22,14 @@ from infaas.errors import (
     Overloaded,
     PayloadTooLarge,
     RateLimited,
+    ReplicaUnavailable,
     Timeout,
     Unreachable,
     error_from_problem,
 )
+
+PLATFORM_FAILURES = frozenset({500, 502})
+"""Statuses that, without an infaas problem body, only the serving platform answers."""
 
 
 def _headers(
@@ -143,4 +147,12 @@ def _problem_error(response: httpx.Response) -> InfaasError:
     if status == 503:
         # e.g. Ray Serve's own back-pressure answer (plain text, Retry-After)
         return Overloaded(f"HTTP 503: {text}")
+    if status in PLATFORM_FAILURES:
+        # infaas answers every call with a body of its own (a sealed answer or a problem):
+        # a bare 500 / 502 is the proxy's, e.g. Ray Serve's when the replica died mid-call
+        return ReplicaUnavailable(
+            f"HTTP {status} from {response.request.url.path} without an infaas answer: the "
+            f"replica serving it died or went away ({text})",
+            http_status=status,
+        )
     return InfaasError(f"HTTP {status} from {response.request.url.path}: {text}")

@@ -42,6 +42,7 @@ from infaas.errors import (
     Overloaded,
     PayloadTooLarge,
     PermissionDenied,
+    ReplicaUnavailable,
 )
 from infaas.keyservice import create_keyservice_router
 from infaas.keyservice.enrolment import issue_enrolment
@@ -88,8 +89,11 @@ def test_bodies_without_a_problem_still_map() -> None:
         problem_error(httpx.Response(413, text="too big", request=req)), PayloadTooLarge
     )
     assert isinstance(problem_error(httpx.Response(401, request=req)), AuthenticationFailed)
+    # no infaas answer is a bare 500 / 502: a proxy answered for a replica that went away
     err = problem_error(httpx.Response(502, text="bad gateway", request=req))
-    assert type(err) is InfaasError and "502" in err.message
+    assert type(err) is ReplicaUnavailable and "502" in err.message
+    err = problem_error(httpx.Response(504, text="gateway timeout", request=req))
+    assert type(err) is InfaasError and "504" in err.message
 
 
 Rewrite = Callable[[InferResponse, "InferResponse | None"], InferResponse]

@@ -25,6 +25,7 @@ from infaas.errors import (
     NoFeasibleVariant,
     Overloaded,
     RateLimited,
+    ReplicaUnavailable,
     Timeout,
     Unreachable,
 )
@@ -210,3 +211,64 @@ def test_get_is_retried_but_a_post_that_creates_is_not() -> None:
         c.create_tenant("acme")
     assert calls.count("GET /v1/models") == 4 and calls.count("POST /v1/tenants") == 1
     assert json.dumps(c.credentials())  # credentials still serialise
+
+
+def bare(status: int, text: str = "Internal Server Error") -> Answer:
+    """What Ray Serve's proxy answers when the replica serving the call died mid-call."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, text=text, headers={"content-type": "text/plain"})
+
+    return answer
+
+
+def test_a_replica_dying_mid_call_is_retried_resealed_to_an_answer_within_the_deadline() -> None:
+    # the replica serving the call is killed: the proxy's bare 500, then (the router still
+    # tries the dead replica) a bare 502, then the replacement refuses with a typed answer
+    final = NoFeasibleVariant("nothing is registered", reason="unregistered")
+    service = Scripted([bare(500), bare(502, "Bad Gateway"), problem(final)])
+    time = FakeTime()
+    with pytest.raises(NoFeasibleVariant):
+        client(service, time).infer(task="digits", inputs=X, latency_ms=50, timeout_s=10)
+    # each attempt re-sealed under its own request id: none is ever answered twice
+    assert len(service.request_ids) == 3 and len(set(service.request_ids)) == 3
+    assert len(time.slept) == 2 and time.now - 1000.0 <= 10.0
+
+
+def test_a_dead_replica_is_retried_only_while_the_deadline_allows() -> None:
+    service, time = Scripted([bare(500)]), FakeTime()
+    policy = RetryPolicy(attempts=100, backoff_s=1.0, max_backoff_s=4.0)
+    with pytest.raises(ReplicaUnavailable) as e:
+        client(service, time, retry=policy).infer(
+            task="digits", inputs=X, latency_ms=50, timeout_s=10
+        )
+    assert e.value.detail["http_status"] == 500 and e.value.code == "replica_unavailable"
+    assert len(service.request_ids) == len(time.slept) + 1 >= 3
+    assert time.now - 1000.0 <= 10.0  # never a wait past the deadline
+
+
+def test_the_async_client_retries_a_dead_replica_resealed() -> None:
+    service, time = Scripted([bare(500), bare(500), raising(httpx.ReadTimeout)]), FakeTime()
+
+    async def run() -> None:
+        async with async_client(service, time) as c:
+            with pytest.raises(Timeout):
+                await c.infer(task="digits", inputs=X, latency_ms=50, timeout_s=10)
+
+    asyncio.run(run())
+    assert len(service.request_ids) == 3 and len(set(service.request_ids)) == 3
+
+
+def test_an_infaas_internal_error_is_an_answer_and_not_retried() -> None:
+    # a 500 with infaas's problem body was written by infaas (a worker's own failure):
+    # it is final, unlike the platform's bare 500
+    service, time = Scripted([problem(InfaasError("internal error in the worker"))]), FakeTime()
+    with pytest.raises(InfaasError) as e:
+        client(service, time).infer(task="digits", inputs=X, latency_ms=50)
+    assert type(e.value) is InfaasError and e.value.code == "internal_error"
+    assert len(service.request_ids) == 1 and time.slept == []
+    # a bare 504 (a gateway's own timeout) is not a dead replica either
+    service = Scripted([bare(504, "Gateway Timeout")])
+    with pytest.raises(InfaasError) as e:
+        client(service, FakeTime()).infer(task="digits", inputs=X, latency_ms=50)
+    assert not isinstance(e.value, ReplicaUnavailable) and len(service.request_ids) == 1
