@@ -15,8 +15,10 @@ retrying what is safe, each attempt re-sealed under a new request id), one fault
                raylet included): Ray marks the node dead, Serve starts the replica on the
                other TEE node
 ``soak``       no fault, at --soak-load (0.8) of the saturation throughput measured first
-               (a ``saturation`` line): errors, RSS of the cluster's processes and the
-               store's size, start to end
+               (a ``saturation`` line): errors; each cluster process's RSS (and Redis's)
+               by role, growth from the start and from the end of --soak-warmup-s; the
+               store's records per namespace, sampled every --soak-sample-s (lines
+               ``soak_processes`` and ``soak_samples`` follow the ``soak`` line)
 =============  =========================================================================
 
 Each line says: calls, answers, typed errors by code, calls that overran their deadline by
@@ -26,7 +28,8 @@ answered before the fault, sent again after it, must all be refused (no request 
 answered twice, the replay guard survives the fault).
 
 Run: python bench/faults.py [--scenarios worker,keyservice,redis,node,soak] [--duration-s 30]
-     [--concurrency 2] [--deadline-s 10] [--soak-s 60] [--soak-load 0.8] [--health-check-ms 1000]
+     [--concurrency 2] [--deadline-s 10] [--soak-s 60] [--soak-load 0.8] [--soak-warmup-s 120]
+     [--soak-sample-s 30] [--health-check-ms 1000]
 
 Ray's defaults decide how fast a dead node is noticed (GCS health checks every 3 s, dead
 after 5 misses); ``--health-check-ms`` tunes the period (and 3 misses).
@@ -55,10 +58,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.soak_watch import SoakWatch  # noqa: E402
 from infaas import Client  # noqa: E402
 from infaas.client.enrolment import issue_enrolment_file, login  # noqa: E402
 from infaas.errors import InfaasError  # noqa: E402
 from infaas.keyservice.enrolment import load_enrolment_key  # noqa: E402
+from infaas.settings import Settings  # noqa: E402
+from infaas.store import open_store  # noqa: E402
 from infaas.wire import InferResponse  # noqa: E402
 from infaas.zoo import build_zoo, load_manifest, load_model_bytes, load_validation  # noqa: E402
 from tests.ray_nodes import RayNodes, free_ports  # noqa: E402
@@ -185,18 +191,6 @@ def replayed_answers(tenant: Client, url: str, bodies: list[bytes]) -> int:
     )
 
 
-def rss_kib(pids: list[int]) -> dict[int, int]:
-    out = {}
-    for p in pids:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    out[p] = int(line.split()[1])
-        except OSError:
-            pass
-    return out
-
-
 def actor(nodes: RayNodes, class_suffix: str) -> dict[str, Any]:
     rows = [
         a for a in nodes.list("actors")
@@ -242,6 +236,19 @@ def main() -> None:
         "with --saturation-concurrency threads back to back for --duration-s",
     )
     ap.add_argument("--saturation-concurrency", type=int, default=8)
+    ap.add_argument(
+        "--soak-warmup-s",
+        type=float,
+        default=120.0,
+        help="RSS growth is also reported from the first sample at or after this many "
+        "seconds into the soak (allocator arenas, lazy imports and caches fill first)",
+    )
+    ap.add_argument(
+        "--soak-sample-s",
+        type=float,
+        default=30.0,
+        help="how often the soak samples each process's RSS and the store's records",
+    )
     ap.add_argument(
         "--health-check-ms",
         type=int,
@@ -358,8 +365,15 @@ def main() -> None:
                 tee_nodes.remove(victim)
                 extra["killed_node"] = victim.name
             elif name == "soak":
-                pids = nodes.pids()
-                rss0, mem0, keys0 = rss_kib(pids), store.used_memory(), store.dbsize()
+                assert store.proc is not None
+                census = open_store(f"redis://127.0.0.1:{redis_port}/0")
+                watch = SoakWatch(
+                    [*nodes.pids(), store.proc.pid], census, store.used_memory,
+                    sample_s=args.soak_sample_s, warmup_s=args.soak_warmup_s,
+                    node_ports={n.ports[0]: n.name for n in nodes.nodes},
+                )  # fmt: skip
+                watch.start()
+                keys0 = store.dbsize()
             time.sleep(args.soak_s if name == "soak" else args.duration_s)
             load.stop.set()
             for t in threads:
@@ -368,19 +382,18 @@ def main() -> None:
             line["replayed_answered"] = replayed_answers(tenant, url, before)
             line["replay_probes"] = len(before)
             if name == "soak":
-                rss1 = rss_kib(pids)
-                growth = [
-                    (rss1[p] - rss0[p]) / rss0[p] for p in rss0 if p in rss1 and rss0[p] > 20_000
-                ]
-                extra |= {
-                    "processes": len(growth),
-                    "rss_growth_max": round(max(growth, default=0.0), 4),
-                    "rss_growth_median": round(float(np.median(growth)) if growth else 0.0, 4),
-                    "store_bytes": [mem0, store.used_memory()],
+                report = watch.report(watch.stop())
+                census.close()
+                window_s = Settings.model_fields["request_window_s"].default
+                extra |= {k: v for k, v in report.items() if k != "process_table"} | {
                     "store_keys": [keys0, store.dbsize()],
+                    "replay_records_bound": round((rate or 0.0) * 1.1 * window_s),
                     "rps": round(line["answered"] / (args.soak_s + 3.0), 1),
                     "offered_rps": round(rate or 0.0, 1),
                 }
+                detail = {"scenario": "soak_processes", "processes": report["process_table"]}
+                print(json.dumps(detail), flush=True)
+                print(json.dumps({"scenario": "soak_samples"} | watch.series()), flush=True)
             extra["health_check_ms"] = args.health_check_ms or "default"
             print(json.dumps(line | extra), flush=True)
     finally:

@@ -43,6 +43,11 @@ _CONTROL = "autoscaler"
 _TELEMETRY = "telemetry"
 _EVENTS = "autoscaler_events"
 
+_PLAIN_NAMESPACES = (
+    _MODELS, _VARIANTS, _PROFILES, _TENANTS, _TASKS, _JOBS, _TOKENS, _DASHBOARD, _REPLAY,
+    _LOAD, _CONTROL, _TELEMETRY, _EVENTS,
+)  # fmt: skip
+
 REPLAY_PRUNE_INTERVAL_S = 10.0
 """At most this often (on the callers' clock) a replay claim also drops expired records."""
 EXPIRING_NAMESPACES = frozenset({_REPLAY})
@@ -341,6 +346,13 @@ class MetadataStore(ABC):
 
     def delete_autoscaler_event(self, key: str) -> bool:
         return self._delete(_EVENTS, key)
+
+    # -- census ------------------------------------------------------------------------------
+    def record_counts(self) -> dict[str, int]:
+        """Records held per namespace, the key service's sealed tables included (expired
+        records not yet dropped count): what a soak run watches to see the store bounded."""
+        names = [*_PLAIN_NAMESPACES, *(t.value for t in SealedTable)]
+        return {ns: self._count(ns) for ns in names}
 
     def __enter__(self) -> MetadataStore:
         return self
