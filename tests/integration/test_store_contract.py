@@ -200,6 +200,18 @@ def test_replay_claims_expire(store: MetadataStore) -> None:
     assert store.claim_request("acme", "r1", now=now + 1, expires_at=now + 60)
 
 
+def test_record_counts_cover_every_namespace(store: MetadataStore) -> None:
+    from tests.unit.test_store_namespaces import namespaces
+
+    assert set(store.record_counts()) == namespaces()
+    assert sum(store.record_counts().values()) == 0
+    store.put_tenant(Tenant(tenant_id="acme", name="Acme"))
+    store.claim_request("acme", "r1", now=0.0, expires_at=time.time() + 60)
+    store.put_sealed(SealedTable.AUDIT, "acme/1", b"x")
+    counts = store.record_counts()
+    assert sum(counts.values()) == 3 and counts[SealedTable.AUDIT.value] == 1
+
+
 def test_put_if_absent_is_atomic(store: MetadataStore) -> None:
     wins: list[bool] = []
     lock = threading.Lock()
