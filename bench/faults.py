@@ -391,11 +391,12 @@ def main() -> None:
                     "rps": round(line["answered"] / (args.soak_s + 3.0), 1),
                     "offered_rps": round(rate or 0.0, 1),
                 }
+            extra["health_check_ms"] = args.health_check_ms or "default"
+            print(json.dumps(line | extra), flush=True)
+            if name == "soak":  # the detail: per process, then every sample
                 detail = {"scenario": "soak_processes", "processes": report["process_table"]}
                 print(json.dumps(detail), flush=True)
                 print(json.dumps({"scenario": "soak_samples"} | watch.series()), flush=True)
-            extra["health_check_ms"] = args.health_check_ms or "default"
-            print(json.dumps(line | extra), flush=True)
     finally:
         nodes.stop()
         store.kill()

@@ -12,6 +12,7 @@ bounded request-id records (whose fill lasts one replay window).
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -48,7 +49,7 @@ def role_of(cmd: str) -> str:
         return "?"
     first = argv[0]
     if first.startswith("ray::"):
-        name = first[len("ray::") :]
+        name = first[len("ray::") :].split(".", 1)[0]  # without the method it runs now
         if name.startswith("ServeReplica:"):
             return "replica " + name[len("ServeReplica:") :]
         return {
@@ -192,6 +193,7 @@ class SoakWatch:
                 row |= {
                     "growth": growth(a["rss"], b["rss"]),
                     "growth_after_warmup": growth(w["rss"], b["rss"]),
+                    "mib_per_min_after_warmup": self._slope(p),
                     "anon_mib": [round(m.get("anon", 0) / 1024, 1) for m in (a, w, b)],
                     "shm_mib": [round(m.get("shm", 0) / 1024, 1) for m in (a, w, b)],
                 }
@@ -220,6 +222,13 @@ class SoakWatch:
             "rss_growth_median": median("growth"),
             "rss_growth_after_warmup_max": worst("growth_after_warmup"),
             "rss_growth_after_warmup_median": median("growth_after_warmup"),
+            "rss_growth_after_warmup_top": [
+                {
+                    k: r[k]
+                    for k in ("role", "node", "growth_after_warmup", "mib_per_min_after_warmup")
+                }
+                for r in big[:3]
+            ],
             "store_bytes": [s0.store_bytes, sw.store_bytes, s1.store_bytes],
             "store_records": {
                 ns: [s0.records.get(ns, 0), sw.records.get(ns, 0), n]
@@ -228,6 +237,22 @@ class SoakWatch:
             },
             "process_table": rows,
         }
+
+    def _slope(self, pid: int) -> float:
+        """Least-squares RSS trend after the warm-up, MiB per minute (a fill flattens, a
+        leak keeps its slope)."""
+        pts = [
+            (s.t_s, s.rss_kib[pid] / 1024)
+            for s in self.samples
+            if s.t_s >= (self.warm_t_s if self.warm_t_s is not None else math.inf)
+            and pid in s.rss_kib
+        ]
+        if len(pts) < 3:
+            return 0.0
+        mt = sum(t for t, _ in pts) / len(pts)
+        mr = sum(r for _, r in pts) / len(pts)
+        var = sum((t - mt) ** 2 for t, _ in pts)
+        return round(60 * sum((t - mt) * (r - mr) for t, r in pts) / var, 3) if var else 0.0
 
     def _sample_at(self, t_s: float | None) -> Sample:
         return next((s for s in self.samples if s.t_s == t_s), self.samples[-1])
