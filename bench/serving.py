@@ -1,7 +1,11 @@
 """Serving benchmark: the confidential path vs plain Ray Serve vs in-process onnxruntime.
 
-Prints ONE JSON line. For each model (default: the digits MLP and a small-zoo
-ResNet-18 at 32x32), in the same run on the same machine:
+Prints one JSON line per ingress run (``"bench": "serving"``), one cold-start line
+(``"bench": "serving-cold-start"``) and, with ``--ingress both``, one line comparing
+the two ingresses (``"bench": "serving-ingress"``). For each model (default: the
+tiny ones, the digits MLP and a small-zoo ResNet-18 at 32x32, and the 224x224 zoo:
+ResNet-50 OpenVINO INT8, ResNet-50 ONNX Runtime FP32, ResNet-18 OpenVINO INT8), in
+the same run on the same machine:
 
 (a) ``confidential``: the full path over HTTP through the Ray Serve proxy to an
     EnclaveWorker replica — client-side AES-GCM envelope, API token auth,
@@ -28,12 +32,28 @@ read the figures with it.
 Ratios: throughput a/b, a/c, b/c (c = in-process samples/s at the largest batch)
 and p50/p99 latency a/b at concurrency 1 (and a/c, b/c against c's batch-1 run).
 
+Models are zoo ids, optionally pinned to one variant with ``@precision.backend``
+(``images-resnet50@int8.openvino``): the confidential request then binds that
+variant id (the scheduler serves exactly it), and (b) and (c) load its bytes.
+Tiny ids (``digits-*``, ``images-*-32px``) come from the small zoo, the 224x224
+ones (``images-resnet18``...) from the full zoo; both are built once under
+``--zoo-dir`` (``zoo-small/``, ``zoo-full/``; the full one takes ~2 min) and reused.
+
+Cold start (bench/cold_start.py): the worker's own sealed load path
+(`WorkerRuntime`, real key service, AES-GCM) with and without a key fetch, vs
+`load_variant` on the plaintext bytes, interleaved `--cold-start-repetitions` times.
+
+Ingress: ``--ingress default`` (Ray Serve's Python proxy), ``haproxy``
+(``RAY_SERVE_ENABLE_HA_PROXY=1`` + ``RAY_SERVE_THROUGHPUT_OPTIMIZED=1``, set
+before Ray starts) or ``both``: one child process per ingress, one after the
+other, each with its own Ray (HAProxy mode's ``serve.shutdown()`` drains ~31 s).
+
 The model is registered like the control plane does it (data key to the attested
 key service, sealed artifact + validation set, metadata) and prepared by the
 worker through its Serve handle, so the variant (a) serves is the one the
 scheduler picks from real profiles; (b) and (c) load that variant's bytes.
 
-Run: python bench/serving.py [--duration-s 6] [--concurrency 8] [--models a,b] [--haproxy]
+Run: python bench/serving.py [--duration-s 4] [--models a,b@int8.openvino] [--ingress both]
 """
 
 from __future__ import annotations
@@ -44,6 +64,7 @@ import json
 import logging
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import threading
@@ -64,7 +85,15 @@ sys.path.insert(0, str(REPO))
 
 log = logging.getLogger("infaas.bench.serving")
 
-DEFAULT_MODELS = ("digits-mlp-large", "images-resnet18-32px")
+DEFAULT_MODELS = (
+    "digits-mlp-large",
+    "images-resnet18-32px",
+    "images-resnet50@int8.openvino",
+    "images-resnet50@fp32.onnxruntime",
+    "images-resnet18@int8.openvino",
+)
+SMALL_IMAGES_TASK = "images-32px"
+"""The small zoo's image task, renamed: the 224x224 zoo's task is ``images``."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,8 +101,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Confidential serving vs plain Ray Serve vs in-process onnxruntime "
         "(one JSON line on stdout).",
     )
-    p.add_argument("--models", default=",".join(DEFAULT_MODELS), help="comma-separated zoo ids")
-    p.add_argument("--zoo-dir", type=Path, default=None, help="small zoo (built if missing)")
+    p.add_argument(
+        "--models",
+        default=",".join(DEFAULT_MODELS),
+        help="comma-separated zoo ids, each optionally pinned to a variant: id@precision.backend",
+    )
+    p.add_argument(
+        "--zoo-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "infaas-bench",
+        help="cache of the built zoos (zoo-small/, zoo-full/; built if missing)",
+    )
     p.add_argument("--duration-s", type=float, default=6.0, help="measured seconds per phase")
     p.add_argument("--warmup-s", type=float, default=1.5, help="unmeasured seconds per phase")
     p.add_argument("--concurrency", type=int, default=8, help="closed-loop clients (throughput)")
@@ -81,9 +119,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="intra-op threads per session")
     p.add_argument("--replicas", type=int, default=1, help="replicas, both servers")
     p.add_argument(
-        "--haproxy",
-        action="store_true",
-        help="Ray Serve's HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1, throughput-optimized)",
+        "--ingress",
+        choices=("default", "haproxy", "both"),
+        default="default",
+        help="Ray Serve's Python proxy, its HAProxy ingress (RAY_SERVE_ENABLE_HA_PROXY=1, "
+        "throughput-optimized), or both (one Ray per ingress, one after the other)",
+    )
+    p.add_argument(
+        "--cold-start-repetitions",
+        type=int,
+        default=5,
+        help="sealed vs plaintext cold starts per served variant (0: skip; with --ingress "
+        "both, measured in the first run only)",
     )
     p.add_argument(
         "--memory-replay-only",
@@ -269,16 +316,124 @@ class Registered:
     data_key: bytes
 
 
+@dataclass(frozen=True)
+class Target:
+    """One benchmarked model: a zoo id and, optionally, the variant the requests pin."""
+
+    model_id: str
+    pin: str | None
+
+    @property
+    def label(self) -> str:
+        return f"{self.model_id}@{self.pin}" if self.pin else self.model_id
+
+    @property
+    def variant_id(self) -> str | None:
+        return f"{self.model_id}.{self.pin}" if self.pin else None
+
+    @classmethod
+    def parse(cls, text: str) -> Target:
+        model_id, _, pin = text.partition("@")
+        return cls(model_id, pin or None)
+
+
+def small_zoo_id(model_id: str) -> bool:
+    """Tiny models come from the small zoo: the digits models and the 32x32 image models."""
+    return model_id.startswith("digits-") or model_id.endswith("-32px")
+
+
+def loadavg() -> list[float]:
+    """`uptime`'s 1, 5 and 15-minute load averages."""
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def run_both(argv: list[str], args: argparse.Namespace) -> int:
+    """One child per ingress, one after the other (each starts and stops its own Ray: the
+    ingress is chosen by environment variables read when Ray starts); their lines are
+    forwarded, then one line comparing the ingresses."""
+    lines: dict[str, dict[str, Any]] = {}
+    for i, ingress in enumerate(("default", "haproxy")):
+        extra = ["--ingress", ingress]
+        if i > 0:  # the cold start does not depend on the ingress: measured once
+            extra += ["--cold-start-repetitions", "0"]
+        proc = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), *argv, *extra],
+            stdout=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+        for text in proc.stdout.splitlines():
+            if not text.startswith("{"):
+                continue
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+            line = json.loads(text)
+            if line.get("bench") == "serving":
+                lines[ingress] = line
+        if proc.returncode != 0:
+            log.error("the %s-ingress run failed (exit %s)", ingress, proc.returncode)
+            return proc.returncode
+    sys.stdout.write(json.dumps(compare_ingresses(lines["default"], lines["haproxy"])) + "\n")
+    return 0
+
+
+def compare_ingresses(default: dict[str, Any], haproxy: dict[str, Any]) -> dict[str, Any]:
+    """HAProxy over default, per model: throughput and p50 at one client of each server
+    (medians over each run's repetitions), and each run's confidential/plain ratios."""
+    c = default["config"]["concurrency"]
+    models: dict[str, Any] = {}
+    for label, d in default["models"].items():
+        h = haproxy["models"].get(label)
+        if h is None:
+            continue
+        row: dict[str, Any] = {}
+        for server in ("confidential", "plain"):
+
+            def med(m: dict[str, Any], phase: str, key: str, server: str = server) -> float:
+                return float(np.median([r[server][phase][key] for r in m["repetitions"]]))
+
+            row[server] = {
+                "rps_default": round(med(d, f"c{c}", "rps"), 2),
+                "rps_haproxy": round(med(h, f"c{c}", "rps"), 2),
+                "throughput_haproxy_over_default": _ratio(
+                    med(h, f"c{c}", "rps"), med(d, f"c{c}", "rps")
+                ),
+                "p50_c1_ms_default": round(med(d, "c1", "p50_ms"), 3),
+                "p50_c1_ms_haproxy": round(med(h, "c1", "p50_ms"), 3),
+                "p50_c1_haproxy_over_default": _ratio(
+                    med(h, "c1", "p50_ms"), med(d, "c1", "p50_ms")
+                ),
+            }
+        row["ratio_medians"] = {
+            name: {"default": d["ratios"][name]["median"], "haproxy": h["ratios"][name]["median"]}
+            for name in d["ratios"]
+        }
+        models[label] = row
+    return {
+        "bench": "serving-ingress",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "loadavg": {"default": default["loadavg"], "haproxy": haproxy["loadavg"]},
+        "setup_s": {"default": default["setup_s"], "haproxy": haproxy["setup_s"]},
+        "shutdown_s": {"default": default["shutdown_s"], "haproxy": haproxy["shutdown_s"]},
+        "models": models,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    load_at_start = os.getloadavg()[0]
-    # stdout carries the one JSON line; Ray's driver threads print there too, so
+    raw_argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(raw_argv)
+    if args.ingress == "both":
+        logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+        return run_both(raw_argv, args)
+    load_at_start = loadavg()
+    # stdout carries the JSON lines; Ray's driver threads print there too, so
     # everything else goes to stderr
     out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     sys.stdout.flush()
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    if args.haproxy:
+    haproxy = args.ingress == "haproxy"
+    if haproxy:
         # read by Ray Serve when it starts its proxies; the bench is an entry point
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
         os.environ["RAY_SERVE_THROUGHPUT_OPTIMIZED"] = "1"
@@ -288,28 +443,49 @@ def main(argv: list[str] | None = None) -> int:
     import ray
 
     from api.serve import build_keyservice_app
+    from bench import cold_start
     from enclave_workers.deployment import APP_NAME, ROUTE_PREFIX, build_infer_app
     from enclave_workers.measurement import deployment_trust
     from enclave_workers.preparation import validation_artifact
-    from infaas.artifacts import MODEL_PART, VALIDATION_PART, ArtifactStore, artifact_name
+    from infaas.artifacts import (
+        MODEL_PART,
+        VALIDATION_PART,
+        ArtifactStore,
+        artifact_name,
+        variant_part,
+    )
     from infaas.auth import TokenRegistry
-    from infaas.envelope import new_key, seal_artifact
+    from infaas.envelope import new_key, open_artifact, seal_artifact
     from infaas.keyservice import KeyServiceClient, KeyServiceHttpClient
     from infaas.keyservice.enrolment import issue_enrolment, load_or_create_enrolment_key
     from infaas.keyservice.server import PREFIX as KEYSERVICE_PREFIX
     from infaas.settings import Pool, ProfilerSettings, Settings
     from infaas.store import open_store
-    from infaas.zoo import build_zoo, load_manifest, load_model_bytes, load_validation
+    from infaas.zoo import ZooEntry, build_zoo, load_manifest, load_model_bytes, load_validation
     from tests.conftest import free_port
 
-    models = [m for m in args.models.split(",") if m]
-    zoo_dir = args.zoo_dir or Path(tempfile.gettempdir()) / "infaas-bench" / "zoo-small"
-    build_zoo(zoo_dir, small=True)
-    manifest = load_manifest(zoo_dir)
-    entries = {e.model_id: e for e in manifest.models}
+    targets = [Target.parse(m) for m in args.models.split(",") if m]
+    models = list(dict.fromkeys(t.model_id for t in targets))
+    zoos: dict[bool, Path] = {}
+    for small in sorted({small_zoo_id(m) for m in models}, reverse=True):
+        zoo_dir = args.zoo_dir / ("zoo-small" if small else "zoo-full")
+        t0 = time.perf_counter()
+        build_zoo(zoo_dir, small=small)
+        what = "small" if small else "224x224"
+        log.warning("%s zoo ready in %.0f s", what, time.perf_counter() - t0)
+        zoos[small] = zoo_dir
+    entries: dict[str, tuple[Path, ZooEntry, Any]] = {}
+    for small, zoo_dir in zoos.items():
+        manifest = load_manifest(zoo_dir)
+        for e in manifest.models:
+            if small_zoo_id(e.model_id) == small:
+                task = manifest.tasks[e.task]
+                if small and e.task == "images":
+                    task = task.model_copy(update={"name": SMALL_IMAGES_TASK})
+                entries[e.model_id] = (zoo_dir, e, task)
     unknown = [m for m in models if m not in entries]
     if unknown:
-        raise SystemExit(f"unknown models {unknown}; the small zoo has {sorted(entries)}")
+        raise SystemExit(f"unknown models {unknown}; the zoos have {sorted(entries)}")
 
     work = Path(tempfile.mkdtemp(prefix="infaas-bench-serving-"))
     port = free_port()
@@ -340,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
         runtime_env={"env_vars": {"PYTHONPATH": str(REPO), "ORT_DISABLE_TELEMETRY": "1"}},
     )
     result: dict[str, Any] = {}
+    cold: dict[str, Any] = {}
+    prepare_s: dict[str, float] = {}
     try:
         serve.start(
             http_options={"host": "127.0.0.1", "port": port},
@@ -359,16 +537,16 @@ def main(argv: list[str] | None = None) -> int:
         tenant_key = new_key()
         ks.upload_tenant_key(ks_tenant, "b1", tenant_key)
         api_token = TokenRegistry(store).issue("bench", "tenant")
-        registered: list[Registered] = []
+        registered: dict[str, Registered] = {}
         for model_id in models:
-            e = entries[model_id]
+            zoo_dir, e, task = entries[model_id]
             onnx = load_model_bytes(zoo_dir, e)
             x, y = load_validation(zoo_dir, e)
             data_key = new_key()
             ks.upload_model_key(owner, model_id, "m1", data_key)
-            zoo_owner = e.to_model_record().owner
+            record = e.to_model_record().model_copy(update={"task": task.name})
             artifacts.put(
-                artifact_name(zoo_owner, model_id, MODEL_PART),
+                artifact_name(record.owner, model_id, MODEL_PART),
                 seal_artifact(data_key, "m1", model_id, onnx),
             )
             buf = io.BytesIO()
@@ -378,13 +556,15 @@ def main(argv: list[str] | None = None) -> int:
                 np.savez(buf, x=x, y=y)
             name = validation_artifact(model_id)
             artifacts.put(
-                artifact_name(zoo_owner, model_id, VALIDATION_PART),
+                artifact_name(record.owner, model_id, VALIDATION_PART),
                 seal_artifact(data_key, "m1", name, buf.getvalue()),
             )
-            store.put_task(manifest.tasks[e.task])
-            store.put_model(e.to_model_record())
+            store.put_task(task)
+            store.put_model(record)
             ks.grant(owner, model_id, "bench")
-            registered.append(Registered(model_id, e.architecture, e.task, x[:1].copy(), data_key))
+            registered[model_id] = Registered(
+                model_id, e.architecture, task.name, x[:1].copy(), data_key
+            )
         ks.accept(ks_tenant, "owner", "bench-owner")
 
         serve.run(
@@ -399,16 +579,37 @@ def main(argv: list[str] | None = None) -> int:
             route_prefix=ROUTE_PREFIX,
         )
         handle = serve.get_app_handle(APP_NAME)
-        for r in registered:
-            job = handle.prepare_model.remote(r.model_id).result(timeout_s=600)
+        for model_id in models:
+            t0 = time.perf_counter()
+            job = handle.prepare_model.remote(model_id).result(timeout_s=1800)
             if job.state != "ready":
-                raise SystemExit(f"preparing {r.model_id} failed: {job.message}")
+                raise SystemExit(f"preparing {model_id} failed: {job.message}")
+            prepare_s[model_id] = round(time.perf_counter() - t0, 1)
         setup_s = time.perf_counter() - t_start
 
-        for r in registered:
-            result[r.model_id] = bench_model(
-                r, handle, args, port, store, artifacts, tenant_key, api_token, settings
-            )
+        for t in targets:
+            load0 = loadavg()
+            result[t.label] = bench_model(
+                t, registered[t.model_id], handle, args, port, store, artifacts, tenant_key,
+                api_token, settings,
+            )  # fmt: skip
+            result[t.label]["loadavg"] = {"start": load0, "end": loadavg()}
+        if args.cold_start_repetitions > 0:
+            cold_load0 = loadavg()
+            for t in targets:
+                vid = result[t.label]["variant"]
+                if vid in cold:
+                    continue
+                spec = store.get_variant(vid)
+                owner_id = store.get_model(spec.model_id).owner
+                stored = artifacts.get(artifact_name(owner_id, spec.model_id, variant_part(vid)))
+                keys = {"m1": registered[t.model_id].data_key}
+                plaintext = bytes(open_artifact(keys, vid, stored))
+                cold[vid] = cold_start.measure(
+                    settings, url, trust, store, artifacts, vid, plaintext,
+                    args.cold_start_repetitions,
+                )  # fmt: skip
+            cold_load = {"start": cold_load0, "end": loadavg()}
         http.close()
     finally:
         t0 = time.perf_counter()
@@ -416,33 +617,46 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
         shutdown_s = time.perf_counter() - t0
 
+    config = {
+        "concurrency": args.concurrency,
+        "duration_s": args.duration_s,
+        "warmup_s": args.warmup_s,
+        "max_batch": args.max_batch,
+        "threads": args.threads,
+        "replicas": args.replicas,
+        "proxy": "haproxy" if haproxy else "default",
+        "zoo": {label: "small (32x32 images)" if small_zoo_id(t.model_id) else "224x224"
+                for t in targets for label in [t.label]},
+        "replay_guard": "memory" if args.memory_replay_only else "memory+store (sqlite)",
+        "repetitions": args.repetitions,
+        "confidential_wire": args.wire,
+    }  # fmt: skip
+    machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "ray": ray.__version__}
     line = {
         "bench": "serving",
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "ray": ray.__version__,
-        },
-        "config": {
-            "concurrency": args.concurrency,
-            "duration_s": args.duration_s,
-            "warmup_s": args.warmup_s,
-            "max_batch": args.max_batch,
-            "threads": args.threads,
-            "replicas": args.replicas,
-            "proxy": "haproxy" if args.haproxy else "default",
-            "zoo": "small (images 32x32)",
-            "replay_guard": "memory" if args.memory_replay_only else "memory+store (sqlite)",
-            "repetitions": args.repetitions,
-            "confidential_wire": args.wire,
-        },
-        "loadavg_1m": {"start": round(load_at_start, 2), "end": round(os.getloadavg()[0], 2)},
+        "machine": machine,
+        "config": config,
+        "loadavg_1m": {"start": load_at_start[0], "end": loadavg()[0]},
+        "loadavg": {"start": load_at_start, "end": loadavg()},
         "setup_s": round(setup_s, 1),
+        "prepare_s": prepare_s,
         "shutdown_s": round(shutdown_s, 1),
         "models": result,
     }
     out.write(json.dumps(line) + "\n")
+    if cold:
+        cold_line = {
+            "bench": "serving-cold-start",
+            "when": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": machine,
+            "threads": args.threads,
+            "repetitions": args.cold_start_repetitions,
+            "loadavg": cold_load,
+            "target": "sealed (key fetch + decrypt + session) <= 1.2x plaintext session",
+            "variants": cold,
+        }
+        out.write(json.dumps(cold_line) + "\n")
     out.flush()
     return 0
 
@@ -464,6 +678,7 @@ def worker_batches(handle: Any, variant_id: str) -> tuple[int, int]:
 
 
 def bench_model(
+    t: Target,
     r: Registered,
     handle: Any,
     args: argparse.Namespace,
@@ -502,7 +717,8 @@ def bench_model(
         rid = uuid.uuid4().hex
         env = seal_request(
             keys, oip, tenant="bench", task=r.task, latency_ms=10_000.0, min_accuracy=0.0,
-            request_id=rid, header_length=oip_header_length, architecture=r.architecture,
+            request_id=rid, header_length=oip_header_length,
+            architecture=None if t.pin else r.architecture, variant_id=t.variant_id,
         )  # fmt: skip
         if binary:
             body = envelope_frame(env)
@@ -525,15 +741,18 @@ def bench_model(
     # warm up (cold start, key release) and learn which variant the scheduler picks
     probe = closed_loop(port, ROUTE_PREFIX, confidential, 1, 0.0, 3.0)
     if probe.requests == 0:
-        raise SystemExit(f"{r.model_id}: the confidential path answered no request")
+        raise SystemExit(f"{t.label}: the confidential path answered no request")
     variant_id = max(served, key=lambda v: served[v])
+    if t.variant_id is not None and variant_id != t.variant_id:
+        raise SystemExit(f"{t.label}: pinned {t.variant_id}, served {variant_id}")
     spec = store.get_variant(variant_id)
     owner = store.get_model(spec.model_id).owner
     stored = artifacts.get(artifact_name(owner, spec.model_id, variant_part(variant_id)))
     onnx = bytes(open_artifact({"m1": r.data_key}, variant_id, stored))
 
-    plain_app = f"plain-{r.model_id}"
-    plain_prefix = f"/plain/{r.model_id}"
+    slug = "".join(ch if ch.isalnum() or ch == "-" else "-" for ch in t.label)
+    plain_app = f"plain-{slug}"
+    plain_prefix = f"/plain/{slug}"
     opts = deployment_options(settings.pools[0], args.max_batch, args.replicas)
     opts["name"] = "PlainServe"
     serve.run(
