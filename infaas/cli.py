@@ -210,6 +210,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
         "audit": command.audit_command,
         "owner-create": command.principal_create_command,
         "token-revoke": command.token_revoke_command,
+        "retire-key": command.retire_key_command,
         "proxy": _cmd_proxy,
     }
     settings = _settings(args)

@@ -1,6 +1,7 @@
 """The `infaas` subcommands that act as a principal of a running service: grant and
-revoke (owner), tenant and owner create, tenant list (admin), tenant accept / unaccept
-/ accepted (tenant), audit (tenant or owner), status.
+revoke, owner retire-key (owner), tenant and owner create, tenant list, token revoke
+(admin; --self: any principal), tenant accept / unaccept / accepted (tenant), audit
+(tenant or owner), status.
 
 `add_principal_commands` adds their parsers to the CLI's. Each handler takes the
 parsed arguments, the settings and a `Client` built from the principal's
@@ -118,17 +119,42 @@ def login_command(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def token_revoke_command(args: argparse.Namespace, settings: Settings, admin: Client) -> int:
-    """As the administrator, revoke a principal's API token and key-service token."""
+def token_revoke_command(args: argparse.Namespace, settings: Settings, client: Client) -> int:
+    """As the administrator, revoke a principal's API token and key-service token; with
+    --self, as any principal, revoke the credentials' own key-service token."""
+    if args.own:
+        client.revoke_ks_token()
+        if args.json:
+            print_json({"revoked": client.principal, "keyservice_token": True})
+        else:
+            print(
+                f"{client.principal}: your key-service token is revoked (the key service "
+                "refuses it and releases your keys no more); ask the administrator for a new "
+                "enrolment to come back"
+            )
+        return 0
     key = load_enrolment_key(settings.data_dir)
-    api = admin.revoke_api_token(args.name)
-    admin.revoke_keyservice_token(issue_revocation(key, args.name))
+    api = client.revoke_api_token(args.name)
+    client.revoke_keyservice_token(issue_revocation(key, args.name))
     if args.json:
         print_json({"revoked": args.name, "api_token": api, "keyservice_token": True})
     else:
         print(
             f"{args.name}: key-service token revoked (its keys are released no more)"
             + ("; API token revoked" if api else "; it had no API token")
+        )
+    return 0
+
+
+def retire_key_command(args: argparse.Namespace, settings: Settings, owner: Client) -> int:
+    """As a model owner, retire one data key id of one of its models for good."""
+    owner.retire_model_key(args.model_id, args.key_id)
+    if args.json:
+        print_json({"model": args.model_id, "retired_key_id": args.key_id})
+    else:
+        print(
+            f"{args.model_id}: data key {args.key_id} is retired; the key service never "
+            "releases it again, and workers stop serving the model under it within a second"
         )
     return 0
 
@@ -290,6 +316,18 @@ def add_principal_commands(sub: Any, client_opts: ClientOptions, plain_opts: Pla
         create.add_argument("--out", type=Path, help="where to write the enrolment file")
         create.set_defaults(client_command=f"{role}-create")
         role_actions[role] = actions
+    retire = role_actions["owner"].add_parser(
+        "retire-key",
+        help="retire one data key id of your model (model owner)",
+        description="As a model owner: the key service never releases data key KEY_ID of "
+        "MODEL again; if it is the model's current key, workers stop serving the model "
+        "within a second (their lease ends). `infaas audit` lists your models' key ids. "
+        "Uses DATA_DIR/credentials/zoo-owner.json by default.",
+    )
+    client_opts(retire, "zoo-owner")
+    retire.add_argument("model_id", metavar="MODEL", help="model id")
+    retire.add_argument("key_id", metavar="KEY_ID", help="the data key id to retire")
+    retire.set_defaults(client_command="retire-key")
     tenant_actions = role_actions["tenant"]
     listing = tenant_actions.add_parser("list", help="list tenants (admin)")
     client_opts(listing, "admin")
@@ -348,13 +386,21 @@ def add_principal_commands(sub: Any, client_opts: ClientOptions, plain_opts: Pla
     tok_actions = tok.add_subparsers(dest="token_command", metavar="ACTION", required=True)
     rv = tok_actions.add_parser(
         "revoke",
-        help="revoke a principal's API token and key-service token",
+        help="revoke a principal's tokens (admin), or your own key-service token (--self)",
         description="As the administrator: delete NAME's API token (the control plane and "
         "the workers refuse it within a second) and send the key service a revocation "
         "signed with the enrolment key (it refuses NAME's key-service token at once and "
         "releases its keys no more: workers stop serving them when their one-second lease "
-        "ends). A new enrolment lets NAME back.",
+        "ends). A new enrolment lets NAME back. With --self, as any tenant or owner (a "
+        "token you think leaked): revoke the key-service token in your own credentials.",
     )
     client_opts(rv, "admin")
-    rv.add_argument("name", help="tenant or owner id")
+    who = rv.add_mutually_exclusive_group(required=True)
+    who.add_argument("name", nargs="?", help="tenant or owner id (admin)")
+    who.add_argument(
+        "--self",
+        dest="own",
+        action="store_true",
+        help="revoke the key-service token of --credentials (its holder's own)",
+    )
     rv.set_defaults(client_command="token-revoke")

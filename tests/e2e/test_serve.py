@@ -352,6 +352,13 @@ def test_the_readme_commands_work(served: Served) -> None:
     trail = json.loads(r.stdout)
     assert [e["event"] for e in trail] == ["registered", "tenant_key_added", "accepted"]
     assert trail[2]["name"] == "zoo-owner"
+    # gamma thinks its key-service token leaked and revokes it: the key service refuses it
+    r = _cli("token", "revoke", "--self", *common, "--credentials", str(path), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["revoked"] == "gamma", r.stderr
+    r = _cli("audit", *common, "--credentials", str(path))
+    assert r.returncode == 4, r.stderr  # authentication refused
+    r = _cli("token", "revoke", *common)  # the admin's form needs a name
+    assert r.returncode == 2 and "--self" in r.stderr, r.stderr
     r = _cli(*digits, "--min-accuracy", "0.9999", "--example")
     assert r.returncode == 1 and "min_accuracy" in r.stderr, r.stderr  # 422: a run-time refusal
 
@@ -390,6 +397,38 @@ def test_an_owner_registers_a_model_from_the_command_line(
     # the same id again is a conflict, reported as such
     r = _cli(*register)
     assert r.returncode == 1 and "already" in r.stderr, r.stderr  # a conflict: run time
+    # the owner retires the model's data key, found in its own audit trail: within the
+    # workers' one-second lease the model is served no more, and never under that key
+    common = ("--data-dir", str(served.data_dir), "--url", served.url)
+    r = _cli(
+        "audit",
+        *common,
+        "--credentials",
+        str(served.data_dir / "credentials" / "zoo-owner.json"),
+        "--json",
+    )
+    assert r.returncode == 0, r.stderr
+    (key_id,) = {
+        e["key_id"]
+        for e in json.loads(r.stdout)
+        if e["event"] == "model_key_added" and e.get("model_id") == "digits-from-cli"
+    }
+    r = _cli("owner", "retire-key", "digits-from-cli", key_id, *common, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["retired_key_id"] == key_id, r.stderr
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            demo.infer(
+                task="digits",
+                inputs=x[:1],
+                latency_ms=10_000,
+                variant_id="digits-from-cli.fp32.onnxruntime",
+            )
+        except InfaasError as e:
+            assert e.status_code in (403, 404, 422), e
+            break
+        assert time.monotonic() < deadline, "a retired model key still serves after 10 s"
+        time.sleep(0.2)
 
 
 def test_the_readme_python_example_runs(served: Served, capsys: pytest.CaptureFixture[str]) -> None:
