@@ -16,9 +16,10 @@ within each minute, through `scheduler.simulation.Simulation`. It reports SLO
 attainment, replica-seconds against peak provisioning (the greedy plan for
 every class's peak rate, held for the whole horizon), served accuracy and the
 control tick's time. `alloc` times the allocation (`solve_greedy`,
-`solve_milp`, `solve_decomposed`) on the fleet's demand at several minutes of
-the trace, with each plan's cost over `lower_bound` (its proven distance from
-optimal).
+`solve_milp`, `solve_decomposed`, `solve_auto`) on the fleet's demand at
+several minutes of the trace, with each plan's cost over `lower_bound` (its
+proven distance from optimal), the MILP's size in binaries and how often it
+finished within its limit.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import argparse
 import contextlib
 import csv
 import json
+import math
 import os
 import random
 import statistics
@@ -44,6 +46,8 @@ from infaas.types import SLO
 from scheduler.allocation import (
     AllocationProblem,
     Demand,
+    milp_binaries,
+    solve_auto,
     solve_greedy,
     solve_milp,
 )
@@ -198,15 +202,19 @@ def c_stdout_to_stderr() -> Iterator[None]:
 def exp_alloc(args: argparse.Namespace) -> None:
     shape = azure_shape(60.0)
     lines: list[dict[str, Any]] = []
-    for models, nodes in SIZES:
+    sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes] if args.sizes else SIZES
+    for models, nodes in sizes:
         if models > args.max_models:
             continue
         f = fleet(models, tenants=10 * models, mean_rps=args.rps_per_model * models, seed=args.seed)
         rng = random.Random(args.seed)
         offsets = [rng.randrange(len(shape)) for _ in f.classes]
         mean = statistics.fmean(shape)
-        times: dict[str, list[float]] = {"greedy": [], "decomposed": [], "milp": []}
+        times: dict[str, list[float]] = {"greedy": [], "decomposed": [], "auto": [], "milp": []}
         ratio: dict[str, list[float]] = {k: [] for k in times}
+        binaries: list[int] = []
+        finished: list[bool] = []
+        auto_milp: list[bool] = []
         for minute in range(0, len(shape), max(1, len(shape) // args.snapshots)):
             rates = {
                 f"{t}|{s.latency_ms:g}|{s.min_accuracy:g}": rps
@@ -216,9 +224,11 @@ def exp_alloc(args: argparse.Namespace) -> None:
             }
             p = problem(f, rates, nodes, args.milp_limit)
             lb = lower_bound(p)
+            binaries.append(milp_binaries(p))
             solvers = {
                 "greedy": solve_greedy,
                 "decomposed": lambda q: solve_decomposed(q, "greedy"),
+                "auto": solve_auto,
             }
             if models <= args.milp_max_models:
                 solvers["milp"] = solve_milp
@@ -230,6 +240,10 @@ def exp_alloc(args: argparse.Namespace) -> None:
                 ratio[name].append(
                     a.cost_per_s / lb if lb > 0 and not a.unserved_rps else float("nan")
                 )
+                if name == "milp":  # HiGHS proved its optimum within the limit
+                    finished.append(not any("milp" in n for n in a.notes))
+                if name == "auto":
+                    auto_milp.append(not any(n.startswith("auto:") for n in a.notes))
         line: dict[str, Any] = {
             "experiment": "alloc",
             "models": models,
@@ -237,7 +251,12 @@ def exp_alloc(args: argparse.Namespace) -> None:
             "classes": len(f.classes),
             "variants": len(f.candidates),
             "snapshots": len(times["greedy"]),
+            "milp_binaries_p50": int(statistics.median(binaries)),
+            "milp_binaries_max": max(binaries),
+            "auto_chose_milp": f"{sum(auto_milp)}/{len(auto_milp)}",
         }
+        if finished:
+            line["milp_finished_in_limit"] = f"{sum(finished)}/{len(finished)}"
         for name in times:
             if times[name]:
                 line[f"{name}_p50_ms"] = round(1000 * pct(times[name], 0.5), 1)
@@ -322,6 +341,38 @@ def exp_select(args: argparse.Namespace) -> None:
             "p99_us": round(1e6 * pct(ok, 0.99), 1),
             "refused": len(refused),
             "refused_p99_us": round(1e6 * pct(refused, 0.99), 1),
+        }
+        print(json.dumps(line), flush=True)
+
+
+def exp_reach_sweep(args: argparse.Namespace) -> None:
+    """Mean `select` time per task size, plain walk against the `AccuracyReach` walk (the same
+    decisions, interleaved, best of 5 rounds): where the index starts to pay (`REACH_MIN`)."""
+    rng = random.Random(args.seed)
+    for per_task in (25, 50, 100, 200, 400, 800, 1600, 10000):
+        f = fleet(per_task // 5, tenants=10, mean_rps=1.0, seed=args.seed, family_size=10**6)
+        plain = CandidateSet(f.candidates, reach_min=10**9)
+        indexed = CandidateSet(f.candidates, reach_min=0)
+        load = LoadSnapshot({c.variant_id: VariantLoad(1, 1) for c in f.candidates})
+        q = Query.for_task(f.candidates.tasks()[0])
+        slos = [
+            SLO(latency_ms=rng.choice((100.0, 200.0, 400.0)), min_accuracy=rng.uniform(0.5, 0.8))
+            for _ in range(max(50, args.requests // 20))
+        ]
+        best = {"plain": math.inf, "indexed": math.inf}
+        for _ in range(5):
+            for name, cs in (("plain", plain), ("indexed", indexed)):
+                t0 = time.perf_counter()
+                for slo in slos:
+                    with contextlib.suppress(NoFeasibleVariant):
+                        select(cs, q, slo, load)
+                best[name] = min(best[name], (time.perf_counter() - t0) / len(slos))
+        line = {
+            "experiment": "reach-sweep",
+            "variants_per_task": len(f.candidates),
+            "plain_us": round(1e6 * best["plain"], 2),
+            "indexed_us": round(1e6 * best["indexed"], 2),
+            "indexed_over_plain": round(best["indexed"] / best["plain"], 3),
         }
         print(json.dumps(line), flush=True)
 
@@ -479,17 +530,25 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--solver",
-        choices=("greedy", "milp"),
-        default="greedy",
-        help="run: infaas's allocation (the MILP takes its 1 s limit on every tick at these sizes)",
+        choices=("auto", "greedy", "milp"),
+        default="auto",
+        help="run: infaas's allocation (auto: the MILP where small, greedy at fleet sizes)",
     )
     ap.add_argument("--max-models", type=int, default=200, help="alloc: largest fleet")
+    ap.add_argument(
+        "--sizes", nargs="+", help="alloc: fleets as MODELSxNODES (default 10x4 ... 200x64)"
+    )
     ap.add_argument("--rps-per-model", type=float, default=250.0, help="alloc: mean load")
     ap.add_argument("--snapshots", type=int, default=20, help="alloc: demand snapshots per size")
     ap.add_argument("--milp-limit", type=float, default=1.0, help="alloc: MILP time limit, s")
     ap.add_argument("--milp-max-models", type=int, default=25, help="alloc: MILP up to this size")
     ap.add_argument("--plot", help="alloc: write the scaling plot here (PNG)")
     ap.add_argument("--requests", type=int, default=20000, help="select: decisions timed")
+    ap.add_argument(
+        "--reach-sweep",
+        action="store_true",
+        help="select: also time the plain and the indexed walk as one task's group grows",
+    )
     ap.add_argument("--results", help="validate: bench/slo.py result rows (JSON lines)")
     ap.add_argument("--config", default="configs/slo-eval.yaml", help="validate: their config")
     ap.add_argument("--store", help="validate: the store URL of their runs (the zoo's profiles)")
@@ -500,6 +559,8 @@ def main() -> None:
         return
     if args.experiment in ("select", "all"):
         exp_select(args)
+        if args.reach_sweep:
+            exp_reach_sweep(args)
     if args.experiment in ("alloc", "all"):
         exp_alloc(args)
     if args.experiment in ("run", "all"):

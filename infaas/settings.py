@@ -221,7 +221,11 @@ class AutoscalerSettings(BaseModel):
         "floor under the model-based plan when the measured queue says it is too optimistic "
         "(the largest queue of the last downscale_delay_s)",
     )
-    solver: Literal["milp", "greedy"] = Field("milp", description="the allocation's solver")
+    solver: Literal["auto", "milp", "greedy"] = Field(
+        "auto",
+        description="the allocation's solver; auto: the MILP on problems small enough to "
+        "finish within its limit (scheduler.allocation.solve_auto), greedy beyond",
+    )
     solver_time_limit_s: float = Field(
         1.0, gt=0, description="MILP time limit; past it the better of incumbent and greedy"
     )

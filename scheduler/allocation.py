@@ -54,8 +54,10 @@ __all__ = [
     "Demand",
     "WorkerPlan",
     "eligible",
+    "milp_binaries",
     "slo_capacity",
     "solve",
+    "solve_auto",
     "solve_greedy",
     "solve_milp",
 ]
@@ -95,6 +97,8 @@ class AllocationProblem:
     max_variants_per_demand: int = 3
     """Pareto-pruned candidates kept per demand class (the MILP's size)."""
     time_limit_s: float = 1.0
+    milp_max_binaries: int = 100
+    """`solve_auto`: the MILP up to this many binaries (`milp_binaries`), greedy beyond."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,8 +340,37 @@ def solve_greedy(p: AllocationProblem) -> Allocation:
     )
 
 
-def solve_milp(p: AllocationProblem) -> Allocation:
-    """The cost-optimal allocation (see module doc); falls back to greedy if HiGHS fails."""
+def _slots(
+    p: AllocationProblem, cands: Sequence[Candidate], greedy: Allocation, greedy_obj: float
+) -> list[Pool]:
+    """The MILP's worker slots in the pools of `cands`: per pool, budget-bound and never more
+    than greedy's objective can pay for."""
+    pools: dict[str, Pool] = {}
+    for c in cands:
+        pools.setdefault(c.pool.name, c.pool)
+    slots: list[Pool] = []
+    for name in sorted(pools):
+        pool = pools[name]
+        n = _pool_slots(p, pool)
+        if math.isfinite(greedy_obj) and not greedy.unserved_rps:
+            n = min(n, int(greedy_obj / pool.cost_per_replica_s + 1e-9))
+        slots.extend([pool] * n)
+    return slots
+
+
+def milp_binaries(p: AllocationProblem, greedy: Allocation | None = None) -> int:
+    """Binary variables of `solve_milp`'s program for `p`: a slot's y and its (variant, slot) x."""
+    cands, _ = _prune(p)
+    greedy = greedy or solve_greedy(p)
+    per_pool: dict[str, int] = {}
+    for c in cands:
+        per_pool[c.pool.name] = per_pool.get(c.pool.name, 0) + 1
+    return sum(1 + per_pool[s.name] for s in _slots(p, cands, greedy, _objective(p, greedy)))
+
+
+def solve_milp(p: AllocationProblem, greedy: Allocation | None = None) -> Allocation:
+    """The cost-optimal allocation (see module doc); falls back to greedy if HiGHS fails.
+    `greedy`: `solve_greedy(p)` if the caller has it already."""
     cands, mu = _prune(p)
     # a class no variant may serve is unserved whatever the plan: keep it out of the
     # program, where its constant penalty would only blur the optimality gap
@@ -356,19 +389,9 @@ def solve_milp(p: AllocationProblem) -> Allocation:
         return Allocation(
             (), {}, dead, 0.0, "milp", p.unserved_penalty_per_rps * sum(dead.values())
         )
-    pools: dict[str, Pool] = {}
-    for c in cands:
-        pools.setdefault(c.pool.name, c.pool)
-    # worker slots per pool: budget-bound, and never more than greedy's objective can pay for
-    greedy = solve_greedy(p)
+    greedy = greedy or solve_greedy(p)
     greedy_obj = _objective(p, greedy)
-    slots: list[Pool] = []
-    for name in sorted(pools):
-        pool = pools[name]
-        n = _pool_slots(p, pool)
-        if math.isfinite(greedy_obj) and not greedy.unserved_rps:
-            n = min(n, int(greedy_obj / pool.cost_per_replica_s + 1e-9))
-        slots.extend([pool] * n)
+    slots = _slots(p, cands, greedy, greedy_obj)
 
     rho = p.target_utilisation
     nw = len(slots)
@@ -525,10 +548,34 @@ def _objective(p: AllocationProblem, a: Allocation) -> float:
     return obj
 
 
-def solve(p: AllocationProblem, method: str = "milp") -> Allocation:
-    """Solve with `method` ("milp" or "greedy")."""
+def solve_auto(p: AllocationProblem) -> Allocation:
+    """The MILP where it is small enough to finish within its limit, the greedy plan beyond.
+
+    Measured (`bench/sim.py alloc --sizes ...`): up to ~100 binaries HiGHS closes the gap
+    within 1 s on nearly every demand snapshot; past ~200 it stops at the limit on all of
+    them. The greedy plan costs at most twice the optimum plus one replica per pool
+    (tests/unit/test_allocation_scale.py), and `decompose.lower_bound` measures its gap."""
+    greedy = solve_greedy(p)
+    # a floor without pruning (slow at fleet size): each variant greedy hosts is the first
+    # of its classes' pruned options, so every slot of its pool has a y and an x for it
+    hosted: dict[str, set[str]] = {}
+    for w in greedy.workers:
+        hosted.setdefault(w.pool, set()).update(w.variants)
+    in_use = [c for c in p.candidates if c.pool.name in hosted]
+    n = sum(1 + len(hosted[s.name]) for s in _slots(p, in_use, greedy, _objective(p, greedy)))
+    if n <= p.milp_max_binaries:
+        n = milp_binaries(p, greedy)
+        if n <= p.milp_max_binaries:
+            return solve_milp(p, greedy)
+    return replace(greedy, notes=(*greedy.notes, f"auto: greedy (MILP of {n}+ binaries)"))
+
+
+def solve(p: AllocationProblem, method: str = "auto") -> Allocation:
+    """Solve with `method` ("auto", "milp" or "greedy")."""
     if method == "greedy":
         return solve_greedy(p)
     if method == "milp":
         return solve_milp(p)
+    if method == "auto":
+        return solve_auto(p)
     raise ValueError(f"unknown allocation method {method!r}")

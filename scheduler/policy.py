@@ -34,8 +34,10 @@ variant outside it is refused (403), and the 422 says "a model you accepted".
 
 Everything per variant that does not depend on the request is computed once in
 `CandidateSet.build`, when profiles change, so a decision is a short loop over
-pre-sorted candidates with an early exit on cost, which jumps over the runs of
-candidates below the accuracy floor (`AccuracyReach`) instead of stepping through them.
+pre-sorted candidates with an early exit on cost. In a group of at least
+`REACH_MIN` candidates it jumps over the runs below the accuracy floor
+(`AccuracyReach`) instead of stepping through them; a smaller group is walked
+plainly, which costs fewer instructions there (`bench/select_instructions.py`).
 
 The load a decision sees is a `LoadSnapshot` (per-variant `VariantLoad`, `scheduler.load`), built
 by the control loop from the workers' reports or by a worker from its own
@@ -59,6 +61,10 @@ from scheduler.reach import AccuracyReach
 
 if TYPE_CHECKING:  # the hints are a store record; the decision only reads them
     from scheduler.routing import RoutingHints
+
+REACH_MIN = 1024
+"""Groups of at least this many candidates get an `AccuracyReach` (measured: below it the
+plain walk executes fewer instructions; `bench/sim.py select --reach-sweep`)."""
 
 __all__ = [
     "IDLE",
@@ -268,7 +274,7 @@ class CandidateSet:
 
     __slots__ = ("_by_key", "_by_variant", "_ordered", "_reach")
 
-    def __init__(self, candidates: Iterable[Candidate]) -> None:
+    def __init__(self, candidates: Iterable[Candidate], *, reach_min: int | None = None) -> None:
         ordered = sorted(candidates, key=lambda c: (c.cost_per_request, c.idle_p99_ms))
         by_variant: dict[str, Candidate] = {}
         by_key: dict[tuple[QueryKind, str], tuple[Candidate, ...]] = {}
@@ -286,7 +292,10 @@ class CandidateSet:
                 groups.setdefault(key, []).append(c)
         for key, group in groups.items():
             by_key[key] = tuple(group)
-        self._reach = {k: AccuracyReach([c.accuracy for c in g]) for k, g in by_key.items()}
+        least = REACH_MIN if reach_min is None else reach_min
+        self._reach = {
+            k: AccuracyReach([c.accuracy for c in g]) for k, g in by_key.items() if len(g) >= least
+        }
         self._ordered = tuple(ordered)
         self._by_variant = by_variant
         self._by_key = by_key
@@ -337,12 +346,13 @@ class CandidateSet:
             return found
         raise self._unmatched(query)
 
-    def reach(self, query: Query) -> tuple[tuple[Candidate, ...], AccuracyReach]:
-        """`matching(query)` with the index of its candidates' accuracies."""
+    def reach(self, query: Query) -> tuple[tuple[Candidate, ...], AccuracyReach | None]:
+        """`matching(query)` with the index of its candidates' accuracies (None in a group
+        smaller than `REACH_MIN`)."""
         key = (query.kind, query.name)
         found = self._by_key.get(key)
         if found:
-            return found, self._reach[key]
+            return found, self._reach.get(key)
         raise self._unmatched(query)
 
     @staticmethod
@@ -461,24 +471,34 @@ def select(
     best: Candidate | None = None
     best_p = math.inf
     best_cost = math.inf
-    # cheapest first; a run below the accuracy floor is jumped (costs only grow past it)
-    accuracy = reach.accuracy
-    n = len(cands)
-    i = 0
-    while i < n:
-        if accuracy[i] < min_acc:
-            i = reach.first_from(i, min_acc)
-            if i == n:
+    if reach is None:  # a small group: the plain walk, cheapest first
+        for c in cands:
+            cost = c.cost_per_request
+            if cost > best_cost or cost > max_cost:
                 break
-        c = cands[i]
-        i += 1
-        cost = c.cost_per_request
-        if cost > best_cost or cost > max_cost:
-            break
-        if allowed is None or c.spec.model_id in allowed:
+            if c.accuracy < min_acc or (allowed is not None and c.spec.model_id not in allowed):
+                continue
             p = predict_p99_ms(c, loads.get(c.variant_id, IDLE))
             if p <= target and p < best_p:
                 best, best_p, best_cost = c, p, cost
+    else:  # cheapest first; a run below the accuracy floor is jumped (costs only grow past it)
+        accuracy = reach.accuracy
+        n = len(cands)
+        i = 0
+        while i < n:
+            if accuracy[i] < min_acc:
+                i = reach.first_from(i, min_acc)
+                if i == n:
+                    break
+            c = cands[i]
+            i += 1
+            cost = c.cost_per_request
+            if cost > best_cost or cost > max_cost:
+                break
+            if allowed is None or c.spec.model_id in allowed:
+                p = predict_p99_ms(c, loads.get(c.variant_id, IDLE))
+                if p <= target and p < best_p:
+                    best, best_p, best_cost = c, p, cost
     if best is None:
         raise _infeasible(cands, query, slo, loads, allowed)
     cold = loads.get(best.variant_id, IDLE).loaded_replicas == 0

@@ -5,6 +5,7 @@ MILP's plan."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import pytest
 
@@ -13,6 +14,9 @@ from scheduler.allocation import (
     AllocationProblem,
     Demand,
     eligible,
+    milp_binaries,
+    solve,
+    solve_auto,
     solve_greedy,
     solve_milp,
 )
@@ -99,6 +103,35 @@ def test_lower_bound_is_the_relaxation_by_hand() -> None:
     assert lower_bound(one) == pytest.approx(c.pool.cost_per_replica_s / 0.7)
     a = solve_greedy(one)
     assert a.cost_per_s == pytest.approx(2 * c.pool.cost_per_replica_s)  # 1/0.7 -> 2 replicas
+
+
+def test_milp_binaries_by_hand() -> None:
+    """One variant needing 1/0.7 replicas: greedy plans 2, so the MILP gets 2 slots, each a
+    y and one x: 4 binaries."""
+    p = small(0)
+    c = max(p.candidates, key=lambda c: eligible(p.demands[0], c, p.replica_memory_bytes))
+    mu = eligible(p.demands[0], c, p.replica_memory_bytes)
+    d = Demand("x", p.demands[0].task, mu, p.demands[0].latency_ms, p.demands[0].min_accuracy)
+    one = AllocationProblem((d,), (c,), cpu_budget=8, replica_memory_bytes=4 * 1024**3)
+    assert milp_binaries(one) == 4
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_auto_is_the_milp_when_small_and_greedy_beyond(seed: int) -> None:
+    # a limit far beyond its solve time (~0.7 s), so both runs reach the same optimum
+    p = replace(small(seed, models=2), time_limit_s=60.0)
+    n = milp_binaries(p)
+    small_enough = replace(p, milp_max_binaries=n)
+    a, m = solve_auto(small_enough), solve_milp(small_enough)
+    assert a.method == m.method == "milp"
+    assert a.cost_per_s == pytest.approx(m.cost_per_s)
+    assert a.cost_per_s < solve_greedy(p).cost_per_s  # here greedy rounds up a GPU replica
+    too_big = replace(p, milp_max_binaries=n - 1)
+    g, b = solve_greedy(too_big), solve_auto(too_big)
+    assert b.method == "greedy"
+    assert b.workers == g.workers and b.routes == g.routes
+    assert any("auto" in note for note in b.notes)
+    assert solve(p).method == solve(p, "auto").method  # auto is the default
 
 
 def test_the_budget_is_respected_when_demand_exceeds_it() -> None:

@@ -1,5 +1,6 @@
 """Selection jumps over candidates below the accuracy floor (`AccuracyReach`) and still
-chooses exactly what the plain cheapest-first walk chose, for every input."""
+chooses exactly what the plain cheapest-first walk chose, for every input; groups smaller
+than `REACH_MIN` are walked plainly."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from infaas.settings import Pool
 from infaas.types import SLO
 from scheduler.policy import (
     IDLE,
+    REACH_MIN,
     Candidate,
     CandidateSet,
     LoadSnapshot,
@@ -108,7 +110,7 @@ def test_indexed_select_chooses_what_the_full_walk_chose(
         specs.append(s)
         profiles.append(p)
         loads[f"v{i}"] = VariantLoad(rep, rep, q)
-    cs = CandidateSet.build(specs, profiles, POOLS)
+    built = CandidateSet.build(specs, profiles, POOLS)
     load = LoadSnapshot(loads)
     slo = SLO(latency_ms=latency_ms, min_accuracy=min_accuracy, max_cost=max_cost)
     query = {
@@ -117,6 +119,14 @@ def test_indexed_select_chooses_what_the_full_walk_chose(
         "model": Query.for_model(f"m{name}"),
     }[kind]
     models = None if allowed is None else {f"m{m}" for m in allowed}
+    # the indexed walk (every group indexed) and the plain one (these groups are small)
+    for cs in (CandidateSet(built, reach_min=0), built):
+        assert_selects_as_the_walk(cs, query, slo, load, models)
+
+
+def assert_selects_as_the_walk(
+    cs: CandidateSet, query: Query, slo: SLO, load: LoadSnapshot, models: set[str] | None
+) -> None:
     try:
         want, want_p = walk_select(cs, query, slo, load, models)
     except InfaasError as expected:
@@ -133,6 +143,23 @@ def test_indexed_select_chooses_what_the_full_walk_chose(
     sel = select(cs, query, slo, load, allowed=models)
     assert sel.candidate is want
     assert sel.predicted_p99_ms == want_p
+
+
+def test_only_groups_of_reach_min_or_more_are_indexed() -> None:
+    specs, profiles = [], []
+    for i in range(REACH_MIN):
+        s, p = synthetic_variant(
+            f"v{i}", task="big" if i < REACH_MIN - 1 else "small", accuracy=0.5 + i / 4096
+        )
+        specs.append(s)
+        profiles.append(p)
+    cs = CandidateSet.build(specs, profiles, POOLS)
+    assert cs.reach(Query.for_task("big"))[1] is None  # REACH_MIN - 1 candidates
+    assert cs.reach(Query.for_task("small"))[1] is None
+    extra, extra_profile = synthetic_variant("extra", task="big")
+    cs = CandidateSet.build([*specs, extra], [*profiles, extra_profile], POOLS)
+    got = cs.reach(Query.for_task("big"))[1]
+    assert got is not None and len(got.accuracy) == REACH_MIN
 
 
 @settings(max_examples=300, deadline=None)
