@@ -193,7 +193,8 @@ class SoakWatch:
                 row |= {
                     "growth": growth(a["rss"], b["rss"]),
                     "growth_after_warmup": growth(w["rss"], b["rss"]),
-                    "mib_per_min_after_warmup": self._slope(p),
+                    "mib_per_min_after_warmup": self._slope(p, self.warm_t_s),
+                    "mib_per_min_second_half": self._slope(p, self.samples[-1].t_s / 2),
                     "anon_mib": [round(m.get("anon", 0) / 1024, 1) for m in (a, w, b)],
                     "shm_mib": [round(m.get("shm", 0) / 1024, 1) for m in (a, w, b)],
                 }
@@ -225,7 +226,13 @@ class SoakWatch:
             "rss_growth_after_warmup_top": [
                 {
                     k: r[k]
-                    for k in ("role", "node", "growth_after_warmup", "mib_per_min_after_warmup")
+                    for k in (
+                        "role",
+                        "node",
+                        "growth_after_warmup",
+                        "mib_per_min_after_warmup",
+                        "mib_per_min_second_half",
+                    )
                 }
                 for r in big[:3]
             ],
@@ -238,14 +245,14 @@ class SoakWatch:
             "process_table": rows,
         }
 
-    def _slope(self, pid: int) -> float:
-        """Least-squares RSS trend after the warm-up, MiB per minute (a fill flattens, a
+    def _slope(self, pid: int, since_s: float | None) -> float:
+        """Least-squares RSS trend from `since_s` on, MiB per minute (a fill flattens, a
         leak keeps its slope)."""
+        since = math.inf if since_s is None else since_s
         pts = [
             (s.t_s, s.rss_kib[pid] / 1024)
             for s in self.samples
-            if s.t_s >= (self.warm_t_s if self.warm_t_s is not None else math.inf)
-            and pid in s.rss_kib
+            if s.t_s >= since and pid in s.rss_kib
         ]
         if len(pts) < 3:
             return 0.0
