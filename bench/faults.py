@@ -14,6 +14,8 @@ retrying what is safe, each attempt re-sealed under a new request id), one fault
 ``node``       SIGKILL every process of the TEE node the worker replica runs on (its
                raylet included): Ray marks the node dead, Serve starts the replica on the
                other TEE node
+``idle``       before anything else, no infaas yet: the bare cluster's processes watched
+               as the soak watches them for --idle-s (Ray's own growth, for comparison)
 ``soak``       no fault, at --soak-load (0.8) of the saturation throughput measured first
                (a ``saturation`` line): errors; each cluster process's RSS (and Redis's)
                by role, growth from the start and from the end of --soak-warmup-s; the
@@ -29,7 +31,8 @@ answered twice, the replay guard survives the fault).
 
 Run: python bench/faults.py [--scenarios worker,keyservice,redis,node,soak] [--duration-s 30]
      [--concurrency 2] [--deadline-s 10] [--soak-s 60] [--soak-load 0.8] [--soak-warmup-s 120]
-     [--soak-sample-s 30] [--health-check-ms 1000]
+     [--soak-sample-s 30] [--idle-s 300] [--health-check-ms 1000]
+(``idle`` runs only when named: ``--scenarios idle`` or ``--scenarios idle,soak``.)
 
 Ray's defaults decide how fast a dead node is noticed (GCS health checks every 3 s, dead
 after 5 misses); ``--health-check-ms`` tunes the period (and 3 misses).
@@ -221,6 +224,18 @@ def summarise(name: str, calls: list[Call], fault_at: float, deadline_s: float) 
     }
 
 
+def make_watch(nodes: RayNodes, store: Redis, args: argparse.Namespace) -> tuple[SoakWatch, Any]:
+    """A watch over the cluster's processes and Redis, and the store it counts records of."""
+    assert store.proc is not None
+    census = open_store(f"redis://127.0.0.1:{store.port}/0")
+    watch = SoakWatch(
+        [*nodes.pids(), store.proc.pid], census, store.used_memory,
+        sample_s=args.soak_sample_s, warmup_s=args.soak_warmup_s,
+        node_ports={n.ports[0]: n.name for n in nodes.nodes},
+    )  # fmt: skip
+    return watch, census
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scenarios", default="worker,keyservice,redis,node,soak")
@@ -236,6 +251,13 @@ def main() -> None:
         "with --saturation-concurrency threads back to back for --duration-s",
     )
     ap.add_argument("--saturation-concurrency", type=int, default=8)
+    ap.add_argument(
+        "--idle-s",
+        type=float,
+        default=300.0,
+        help="scenario idle: how long to watch the bare cluster (Ray's own processes and "
+        "Redis, before infaas is deployed), sampled and reported as the soak is",
+    )
     ap.add_argument(
         "--soak-warmup-s",
         type=float,
@@ -273,6 +295,20 @@ def main() -> None:
             nodes.add_worker(f"tee-{k}", num_cpus=1, resources={TEE: 1.0, f"node_tee_{k}": 1.0})
             for k in ("a", "b")
         ]
+        if "idle" in scenarios:  # the bare cluster first: Ray's own growth, no infaas yet
+            watch, census = make_watch(nodes, store, args)
+            watch.start()
+            time.sleep(args.idle_s)
+            report = watch.report(watch.stop())
+            census.close()
+            keep = ("role", "node", "rss_mib", "growth", "growth_after_warmup")
+            print(json.dumps({"scenario": "idle", "idle_s": args.idle_s} | {
+                k: v for k, v in report.items() if k.startswith(("rss_", "processes", "warmup"))
+            } | {"process_table": [{k: r.get(k) for k in keep} for r in report["process_table"]]}),
+                flush=True)  # fmt: skip
+            scenarios.remove("idle")
+            if not scenarios:
+                return
         data_dir = nodes.root / "data"
         settings = nodes.root / "settings.yaml"
         settings.write_text(yaml.safe_dump({
@@ -365,13 +401,7 @@ def main() -> None:
                 tee_nodes.remove(victim)
                 extra["killed_node"] = victim.name
             elif name == "soak":
-                assert store.proc is not None
-                census = open_store(f"redis://127.0.0.1:{redis_port}/0")
-                watch = SoakWatch(
-                    [*nodes.pids(), store.proc.pid], census, store.used_memory,
-                    sample_s=args.soak_sample_s, warmup_s=args.soak_warmup_s,
-                    node_ports={n.ports[0]: n.name for n in nodes.nodes},
-                )  # fmt: skip
+                watch, census = make_watch(nodes, store, args)
                 watch.start()
                 keys0 = store.dbsize()
             time.sleep(args.soak_s if name == "soak" else args.duration_s)
