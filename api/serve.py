@@ -136,6 +136,15 @@ class ControlIngress:
         )
 
 
+def health_checks(settings: Settings) -> dict[str, float]:
+    """How often Serve checks a replica of ours: a dead one is replaced only once a check
+    finds it dead (the workers' too: `enclave_workers.deployment.deployment_options`)."""
+    return {
+        "health_check_period_s": settings.replica_health_check_period_s,
+        "health_check_timeout_s": settings.replica_health_check_timeout_s,
+    }
+
+
 def build_keyservice_app(
     settings: Settings, measurements: Mapping[str, bytes] | None = None
 ) -> serve.Application:
@@ -144,7 +153,8 @@ def build_keyservice_app(
     from enclave_workers.measurement import worker_measurements
 
     pools = measurements if measurements is not None else worker_measurements(settings)
-    app: serve.Application = KeyServiceIngress.bind(  # type: ignore[attr-defined]
+    deployment = KeyServiceIngress.options(**health_checks(settings))  # type: ignore[attr-defined]
+    app: serve.Application = deployment.bind(
         settings,
         {pool: m.hex() for pool, m in pools.items()},
         enrolment_public_key(settings.data_dir).hex(),
@@ -153,9 +163,8 @@ def build_keyservice_app(
 
 
 def build_control_app(settings: Settings, *, with_workers: bool = True) -> serve.Application:
-    app: serve.Application = ControlIngress.bind(  # type: ignore[attr-defined]
-        settings, INFER_APP if with_workers else None
-    )
+    deployment = ControlIngress.options(**health_checks(settings))  # type: ignore[attr-defined]
+    app: serve.Application = deployment.bind(settings, INFER_APP if with_workers else None)
     return app
 
 

@@ -25,22 +25,26 @@ retrying what is safe, each attempt re-sealed under a new request id), one fault
 
 Each line says: calls, answers, typed errors by code, calls that overran their deadline by
 more than 1 s (a hang: must be 0), the slowest call, the outage (from the fault to the first
-answer after the last failure, 0 when no call failed) and the replay check: envelopes
-answered before the fault, sent again after it, must all be refused (no request id is
-answered twice, the replay guard survives the fault).
+answer after the last failure, 0 when no call failed), the answer gap (the longest time
+after the fault with no call answered: the recovery, whether calls failed or waited) and the
+replay check: envelopes answered before the fault, sent again after it, must all be refused
+(no request id is answered twice, the replay guard survives the fault).
 
 Run: python bench/faults.py [--scenarios worker,keyservice,redis,node,soak] [--duration-s 30]
      [--concurrency 2] [--deadline-s 10] [--soak-s 60] [--soak-load 0.8] [--soak-warmup-s 120]
-     [--soak-sample-s 30] [--idle-s 300] [--health-check-ms 1000]
+     [--soak-sample-s 30] [--idle-s 300] [--health-check-ms 1000] [--replica-health-check-s 10]
 (``idle`` runs only when named: ``--scenarios idle`` or ``--scenarios idle,soak``.)
 
 Ray's defaults decide how fast a dead node is noticed (GCS health checks every 3 s, dead
-after 5 misses); ``--health-check-ms`` tunes the period (and 3 misses).
+after 5 misses); ``--health-check-ms`` tunes the period (and 3 misses). Serve's controller
+notices a dead replica at its next health check of it (Serve's default period 10 s,
+infaas's 1 s: ``settings.replica_health_check_period_s``, ``--replica-health-check-s``).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -56,7 +60,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -70,10 +73,16 @@ from infaas.settings import Settings  # noqa: E402
 from infaas.store import open_store  # noqa: E402
 from infaas.wire import InferResponse  # noqa: E402
 from infaas.zoo import build_zoo, load_manifest, load_model_bytes, load_validation  # noqa: E402
-from tests.ray_nodes import RayNodes, free_ports  # noqa: E402
+from tests.ray_nodes import (  # noqa: E402
+    TEE,
+    RayNodes,
+    free_ports,
+    infaas_applications,
+    write_cluster_settings,
+    write_serve_config,
+)
 
 MODEL = "digits-mlp-small"
-TEE = "tee_simulated"
 
 
 @dataclass
@@ -212,6 +221,9 @@ def summarise(name: str, calls: list[Call], fault_at: float, deadline_s: float) 
         last = max(c.end for c in failed)
         firsts = [c.end for c in calls if c.ok and c.end > last]
         outage = (min(firsts) - fault_at) if firsts else None  # not recovered in the run
+    # the service's recovery, whether calls failed or waited (queued for a new replica)
+    ends = sorted([fault_at] + [c.end for c in calls if c.ok and c.end > fault_at])
+    gap = max((b - a for a, b in itertools.pairwise(ends)), default=None)
     return {
         "scenario": name,
         "calls": len(calls),
@@ -221,6 +233,7 @@ def summarise(name: str, calls: list[Call], fault_at: float, deadline_s: float) 
         "slowest_call_s": round(max((c.end - c.start for c in calls), default=0.0), 3),
         "slowest_after_fault_s": round(max((c.end - c.start for c in after), default=0.0), 3),
         "outage_s": None if outage is None else round(outage, 2),
+        "answer_gap_s": None if gap is None else round(gap, 2),
     }
 
 
@@ -278,6 +291,13 @@ def main() -> None:
         help="the GCS's node health check period (3 failures: dead); 0: Ray's default, "
         "3000 ms and 5 failures",
     )
+    ap.add_argument(
+        "--replica-health-check-s",
+        type=float,
+        default=0.0,
+        help="Serve's health check period of the worker replicas "
+        "(settings.replica_health_check_period_s); 0: infaas's default (1 s); 10: Serve's",
+    )
     args = ap.parse_args()
     scenarios = args.scenarios.split(",")
 
@@ -310,21 +330,16 @@ def main() -> None:
             if not scenarios:
                 return
         data_dir = nodes.root / "data"
-        settings = nodes.root / "settings.yaml"
-        settings.write_text(yaml.safe_dump({
-            "data_dir": str(data_dir), "store_url": f"redis://127.0.0.1:{redis_port}/0",
-            "http_port": port, "num_cpus": 1,
-            "pools": [{"name": "cpu", "num_cpus": 1, "cost_per_replica_s": 1.0,
-                       "custom_resources": {TEE: 0.01}}],
-            "profiler": {"batch_sizes": [1, 2, 4, 8], "warmup_runs": 1, "min_runs": 3,
-                         "min_time_s": 0.02, "validation_samples": 64, "calibration_samples": 16},
-        }))  # fmt: skip
-        apps = yaml.safe_load((REPO / "deploy" / "serve-config.yaml").read_text())["applications"]
-        config = nodes.root / "serve.yaml"
-        config.write_text(yaml.safe_dump({
-            "proxy_location": "HeadOnly", "http_options": {"host": "127.0.0.1", "port": port},
-            "applications": [a | {"args": {"config": str(settings)}} for a in apps],
-        }))  # fmt: skip
+        replica_checks = (
+            {"replica_health_check_period_s": args.replica_health_check_s}
+            if args.replica_health_check_s
+            else {}
+        )
+        settings = write_cluster_settings(
+            nodes.root / "settings.yaml", data_dir=data_dir,
+            store_url=f"redis://127.0.0.1:{redis_port}/0", http_port=port, **replica_checks,
+        )  # fmt: skip
+        config = write_serve_config(nodes.root / "serve.yaml", port, infaas_applications(settings))
         bin_dir = Path(sys.executable).parent
         run = {"env": nodes.env(), "cwd": nodes.root, "check": True, "capture_output": True}
         subprocess.run([bin_dir / "serve", "deploy", "--address", nodes.dashboard, config], **run)  # type: ignore[call-overload]
@@ -397,9 +412,14 @@ def main() -> None:
                 row = next(n for n in nodes.list("nodes") if n["node_id"] == node_id)
                 total = row["resources_total"]
                 victim = next(n for n in tee_nodes if f"node_tee_{n.name[-1]}" in total)  # type: ignore[operator]
+                on_victim = [
+                    role for role in (":KeyService", ":Control")
+                    if actor(nodes, role)["node_id"] == node_id
+                ]  # fmt: skip
                 nodes.kill_worker(victim)
                 tee_nodes.remove(victim)
                 extra["killed_node"] = victim.name
+                extra["also_killed"] = [r.strip(":") for r in on_victim]
             elif name == "soak":
                 watch, census = make_watch(nodes, store, args)
                 watch.start()
@@ -422,6 +442,7 @@ def main() -> None:
                     "offered_rps": round(rate or 0.0, 1),
                 }
             extra["health_check_ms"] = args.health_check_ms or "default"
+            extra["replica_health_check_s"] = args.replica_health_check_s or "default"
             print(json.dumps(line | extra), flush=True)
             if name == "soak":  # the detail: per process, then every sample
                 detail = {"scenario": "soak_processes", "processes": report["process_table"]}

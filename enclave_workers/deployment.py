@@ -127,6 +127,8 @@ def deployment_options(
     *,
     max_queued_requests: int = 256,
     retry_after_s: float = 1.0,
+    health_check_period_s: float = 1.0,
+    health_check_timeout_s: float = 10.0,
 ) -> dict[str, Any]:
     """Ray Serve options of EnclaveWorker on `pool` (pure; see the module docstring).
 
@@ -150,7 +152,8 @@ def deployment_options(
         "max_ongoing_requests": max(4 * max_batch, 16, max_queued_requests + 1),
         "max_queued_requests": max_queued_requests,
         "backpressure_config": {"status_code": 503, "retry_after_s": retry_after_s},
-        "health_check_period_s": 10.0,
+        "health_check_period_s": health_check_period_s,
+        "health_check_timeout_s": health_check_timeout_s,
         # Serve's access log costs ~12 % of a small request's CPU
         "logging_config": {"enable_access_log": False},
     }
@@ -191,6 +194,8 @@ def build_infer_app(
             num_replicas,
             max_queued_requests=settings.max_queued_requests,
             retry_after_s=settings.shed_retry_after_s,
+            health_check_period_s=settings.replica_health_check_period_s,
+            health_check_timeout_s=settings.replica_health_check_timeout_s,
         ),
     )
     deployment = serve.deployment(**options)(ingress)

@@ -308,6 +308,18 @@ class Settings(BaseSettings):
     shed_retry_after_s: float = Field(
         1.0, gt=0, description="the Retry-After of a request shed because the queue is full"
     )
+    replica_health_check_period_s: float = Field(
+        1.0,
+        gt=0,
+        description="how often Serve's controller checks each worker replica (Ray Serve's "
+        "default: 10 s); a dead replica is noticed, and replaced, only at its next check",
+    )
+    replica_health_check_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a worker replica's health check unanswered this long fails (3 failures "
+        "in a row: replaced; Ray Serve's default: 30 s)",
+    )
     pools: tuple[Pool, ...] = Field(
         (Pool(name="cpu", num_cpus=1.0, cost_per_replica_s=1.0, threads_per_replica=1),),
         min_length=1,

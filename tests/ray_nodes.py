@@ -26,9 +26,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RAY = Path(sys.executable).parent / "ray"
+TEE = "tee_simulated"
+"""The custom resource a node offering the (simulated) TEE advertises."""
 
 
 def free_ports(n: int) -> list[int]:
@@ -243,3 +248,49 @@ class RayNodes:
         self._terminate(self._mine(marks))
         self.nodes.clear()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+# --- infaas on such a cluster ------------------------------------------------------------
+
+
+def write_cluster_settings(
+    path: Path, *, data_dir: Path, store_url: str, http_port: int, **overrides: Any
+) -> Path:
+    """The settings file every infaas replica of the cluster reads: an absolute data dir
+    and a shared store (replicas run in other working directories, on other nodes), one
+    1-CPU worker pool that only a node offering `TEE` can hold, a quick profiler;
+    `overrides` last."""
+    settings: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "store_url": store_url,
+        "http_port": http_port,
+        "num_cpus": 1,
+        "pools": [
+            {"name": "cpu", "num_cpus": 1, "cost_per_replica_s": 1.0,
+             "custom_resources": {TEE: 0.01}},
+        ],
+        "profiler": {
+            "batch_sizes": [1, 2, 4, 8], "warmup_runs": 1, "min_runs": 3, "min_time_s": 0.02,
+            "validation_samples": 64, "calibration_samples": 16,
+        },
+    } | overrides  # fmt: skip
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
+def infaas_applications(settings_file: Path) -> list[dict[str, Any]]:
+    """deploy/serve-config.yaml's applications, each reading `settings_file`."""
+    apps = yaml.safe_load((REPO / "deploy" / "serve-config.yaml").read_text())["applications"]
+    return [app | {"args": {"config": str(settings_file)}} for app in apps]
+
+
+def write_serve_config(path: Path, http_port: int, applications: list[dict[str, Any]]) -> Path:
+    """The cluster's one Serve config (what ``serve deploy`` applies): one proxy, on the
+    head (every node is this host), on loopback, serving `applications`."""
+    config = {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": http_port},
+        "applications": applications,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path

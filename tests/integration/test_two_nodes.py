@@ -27,13 +27,19 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import yaml
 
 from infaas import Client
 from infaas.client.enrolment import issue_enrolment_file, login
 from infaas.keyservice.enrolment import load_enrolment_key
 from infaas.zoo import Manifest, load_model_bytes, load_validation
-from tests.ray_nodes import REPO, RayNodes, free_ports
+from tests.ray_nodes import (
+    TEE,
+    RayNodes,
+    free_ports,
+    infaas_applications,
+    write_cluster_settings,
+    write_serve_config,
+)
 from tests.zoo_fixtures import entry, small_manifest, small_zoo
 
 __all__ = ["small_manifest", "small_zoo"]
@@ -42,7 +48,6 @@ pytest.importorskip("ray")
 pytestmark = [pytest.mark.slow, pytest.mark.redis, pytest.mark.timeout(900)]
 
 MODEL = "digits-mlp-small"
-TEE = "tee_simulated"
 OTHER = {
     "name": "analytics",
     "route_prefix": "/analytics",
@@ -71,17 +76,9 @@ class Cluster:
         return done
 
     def serve_config(self, *infaas_apps: dict[str, Any]) -> Path:
-        """The cluster's one Serve config: one proxy on the head (every node is this host),
-        the other team's application, and `infaas_apps` reading this test's settings."""
-        apps = [OTHER] + [app | {"args": {"config": str(self.config)}} for app in infaas_apps]
-        config = {
-            "proxy_location": "HeadOnly",
-            "http_options": {"host": "127.0.0.1", "port": self.port},
-            "applications": apps,
-        }
-        path = self.nodes.root / f"serve-{len(apps)}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        return path
+        """The cluster's one Serve config: the other team's application and `infaas_apps`."""
+        apps = [OTHER, *infaas_apps]
+        return write_serve_config(self.nodes.root / f"serve-{len(apps)}.yaml", self.port, apps)
 
 
 @pytest.fixture(scope="module")
@@ -92,32 +89,11 @@ def cluster(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         nodes.add_worker("tee", num_cpus=1, resources={TEE: 1.0})
         (port,) = free_ports(1)
         data_dir = tmp_path_factory.mktemp("cluster-data")
-        config = data_dir.parent / "cluster-settings.yaml"
-        config.write_text(
-            yaml.safe_dump(
-                {
-                    "data_dir": str(data_dir),
-                    "store_url": redis_server,
-                    "http_port": port,
-                    "num_cpus": 1,
-                    "pools": [
-                        {
-                            "name": "cpu",
-                            "num_cpus": 1,
-                            "cost_per_replica_s": 1.0,
-                            "custom_resources": {TEE: 0.01},
-                        }
-                    ],
-                    "profiler": {
-                        "batch_sizes": [1, 2, 4, 8],
-                        "warmup_runs": 1,
-                        "min_runs": 3,
-                        "min_time_s": 0.02,
-                        "validation_samples": 64,
-                        "calibration_samples": 16,
-                    },
-                }
-            )
+        config = write_cluster_settings(
+            data_dir.parent / "cluster-settings.yaml",
+            data_dir=data_dir,
+            store_url=redis_server,
+            http_port=port,
         )
         c = Cluster(nodes, config, data_dir, f"http://127.0.0.1:{port}", port)
         serve_cli = str(Path(sys.executable).parent / "serve")
@@ -178,8 +154,7 @@ def test_stopping_infaas_serve_leaves_the_other_application_running(cluster: Clu
 def test_serve_deploy_bootstrap_and_a_sealed_request_on_the_tee_node(
     cluster: Cluster, small_zoo: Path, small_manifest: Manifest
 ) -> None:
-    infaas_apps = yaml.safe_load((REPO / "deploy" / "serve-config.yaml").read_text())
-    config = cluster.serve_config(*infaas_apps["applications"])
+    config = cluster.serve_config(*infaas_applications(cluster.config))
     serve_cli = str(Path(sys.executable).parent / "serve")
     cluster.run(serve_cli, "deploy", "--address", cluster.nodes.dashboard, str(config))
     bootstrap = [sys.executable, "-m", "infaas.cli", "--config", str(cluster.config)]
