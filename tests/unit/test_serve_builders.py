@@ -51,12 +51,17 @@ def test_the_config_file_is_valid_and_names_only_infaas_applications() -> None:
 
 
 def test_every_builder_makes_the_application_it_names(tmp_path: Path) -> None:
+    checks = {"replica_health_check_period_s": 0.5, "replica_health_check_timeout_s": 4.0}
     for app in _config()["applications"]:
-        args = {"settings": app["args"]["settings"] | {"data_dir": str(tmp_path)}}
+        args = {"settings": app["args"]["settings"] | {"data_dir": str(tmp_path)} | checks}
         builder = ray_utils.import_attr(app["import_path"])
         application = serve_api.call_user_app_builder_with_args_if_necessary(builder, args)
         built = build_app_module.build_app(application, name=app["name"])
         assert built.ingress_deployment_name == INGRESS[app["name"]], app["name"]
+        # a dead replica of any of them is noticed (and replaced) at the settings' pace
+        for d in built.deployments:
+            config = d._deployment_config
+            assert (config.health_check_period_s, config.health_check_timeout_s) == (0.5, 4.0)
 
 
 def test_builder_args_are_checked_and_paths_resolved_where_the_builder_runs(
