@@ -52,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--top", type=int, default=15, help="frames listed")
     p.add_argument("--tree", type=Path, default=REPO, help="checkout whose code is profiled")
     p.add_argument("--html", type=Path, default=None, help="also write the flame view here")
+    p.add_argument("--session", type=Path, default=None, help="also save pyinstrument's session")
     return p.parse_args(argv)
 
 
@@ -210,12 +211,20 @@ def main(argv: list[str] | None = None) -> int:
         loop = asyncio.new_event_loop()
         try:
             loop.run_until_complete(drive(app, dep, warm, args.concurrency))
+            load_start = round(os.getloadavg()[0], 2)
+            shared = getattr(dep.runtime, "_shared_replay", None)  # absent before group commit
+            writes0, claims0 = (shared.writes, shared.claims) if shared is not None else (0, 0)
             profiler = Profiler(interval=0.0005, async_mode="disabled")
             cpu0, t0 = time.process_time(), time.perf_counter()
             profiler.start()
             statuses = loop.run_until_complete(drive(app, dep, bodies, args.concurrency))
             profiler.stop()
             wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            sharing = (  # store round trips of the replay record, and the claims they carried
+                {"replay_writes": shared.writes - writes0, "replay_claims": shared.claims - claims0}
+                if shared is not None
+                else {}
+            )
             loop.run_until_complete(dep.runtime.close())
         finally:
             loop.close()
@@ -224,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     assert session is not None
     if args.html is not None:
         args.html.write_text(profiler.output_html())
+    if args.session is not None:
+        session.save(str(args.session))
     root = session.root_frame()
     result = {
         "bench": "worker_profile",
@@ -239,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         "requests_per_s": round(args.requests / wall, 1),
         "cpu_us_per_request": round(cpu / args.requests * 1e6, 1),
         "body_bytes": len(bodies[0][2]),
+        **sharing,
+        "loadavg_1m_start": load_start,
         "loadavg_1m": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),

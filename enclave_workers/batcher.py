@@ -68,7 +68,11 @@ class DynamicBatcher:
     `run` maps a batch (n, ...) to outputs (n, ...) (and checks they are); it is
     called from the executor's threads, one batch at a time per batcher.
     `mixes_tenants` is asked as each batch forms (the variant's proof can only
-    be read once it is loaded); by default a batch is one tenant's.
+    be read once it is loaded); by default a batch is one tenant's. An `inline`
+    batcher calls `run` on the event loop itself, for variants whose whole batch
+    takes about as long as a hand-off to a thread and back (as plain Ray Serve's
+    batch handlers do); not through an executor's future, whose completion wakes
+    the loop through its self-pipe once per batch.
     """
 
     run: Callable[[np.ndarray], np.ndarray]
@@ -76,6 +80,7 @@ class DynamicBatcher:
     max_batch: int = 32
     max_wait_ms: float = 2.0
     mixes_tenants: Callable[[], bool] = _never
+    inline: bool = False
     stats: BatchStats = field(default_factory=BatchStats)
     _queue: asyncio.Queue[_Pending] = field(default_factory=asyncio.Queue)
     _task: asyncio.Task[None] | None = None
@@ -143,7 +148,6 @@ class DynamicBatcher:
             return None
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
             live = [p for p in batch if not p.future.cancelled()]
@@ -151,7 +155,7 @@ class DynamicBatcher:
                 continue
             xs = np.concatenate([p.x for p in live]) if len(live) > 1 else live[0].x
             try:
-                ys = await loop.run_in_executor(self.executor, self.run, xs)
+                ys = self.run(xs) if self.inline else await self._threaded(xs)
             except Exception as e:
                 # the type only: a runtime's message may quote the rows
                 log.warning("batch of %d failed: %s", xs.shape[0], type(e).__name__)
@@ -169,18 +173,20 @@ class DynamicBatcher:
                 offset += n
 
     async def _one_by_one(self, requests: list[_Pending]) -> None:
-        loop = asyncio.get_running_loop()
         for p in requests:
             if p.future.done():
                 continue
             try:
-                y = await loop.run_in_executor(self.executor, self.run, p.x)
+                y = self.run(p.x) if self.inline else await self._threaded(p.x)
             except Exception as e:
                 _fail(p, e)
                 continue
             self._count(int(p.x.shape[0]))
             if not p.future.done():
                 p.future.set_result(y)
+
+    async def _threaded(self, xs: np.ndarray) -> np.ndarray:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.run, xs)
 
     def _count(self, n: int) -> None:
         self.stats.batches += 1

@@ -21,7 +21,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -175,23 +175,6 @@ class _BatchOutput(np.ndarray):
         self.started = getattr(obj, "started", 0.0)
 
 
-class InlineExecutor(Executor):
-    """Runs a batch on the calling (event loop) thread.
-
-    For variants whose whole batch takes about as long as handing it to a thread
-    and waking the loop again, as plain Ray Serve's batch handlers do; slower
-    variants run in the bounded pool so the loop keeps accepting requests.
-    """
-
-    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
-        future: Future[R] = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as e:
-            future.set_exception(e)
-        return future
-
-
 LOGITS = np.dtype(np.float32)
 """The dtype of every task's output."""
 
@@ -266,7 +249,6 @@ class VariantHost:
         self._prover = ThreadPoolExecutor(1, thread_name_prefix="infaas-rows")
         self.proofs: dict[str, Future[RowIndependence]] = {}
         """The row-independence proof of each variant loaded, done or under way."""
-        self._inline = InlineExecutor()
         self._inline_batch_ms = inline_batch_ms
         self._batch_wait_ms = batch_wait_ms
 
@@ -350,7 +332,8 @@ class VariantHost:
             inline = cand.full_batch_ms <= self._inline_batch_ms
             batcher = DynamicBatcher(
                 run=run,
-                executor=self._inline if inline else self._executor,
+                executor=self._executor,
+                inline=inline,
                 max_batch=cand.max_batch,
                 max_wait_ms=self._batch_wait_ms,
                 mixes_tenants=mixes_tenants,

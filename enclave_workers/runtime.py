@@ -30,9 +30,10 @@ off the request path, from the variants whose profile and spec verify under
 their model's profile key (`enclave_workers.profiles`): what an attested worker
 measured, not what the store says; a variant's sealed artifact must be the one
 its profile measured before it loads. Replay protection is per-process memory first (cheap,
-synchronous) and the shared store second; the store write overlaps the
-inference and is awaited before the response is sealed, so a replay at another
-replica gets 409 and no output. Variants load through the `ModelPacker`:
+synchronous) and the shared store second; the store write (group-committed with the
+other requests in flight, `enclave_workers.replay`) overlaps the inference and is
+awaited before the response is sealed, so a replay at another replica gets 409 and
+no output. Variants load through the `ModelPacker`:
 sealed artifact -> model key -> decrypt in memory -> session -> wipe.
 
 Every plaintext buffer (request body, model bytes) is wiped once used. Errors
@@ -61,6 +62,7 @@ from enclave_workers.keycache import KeyCache
 from enclave_workers.packer import VariantHost
 from enclave_workers.preparation import PreparationOptions, prepare_model
 from enclave_workers.profiles import artifact_digest, authenticate_profile, verified
+from enclave_workers.replay import SharedReplayRecord
 from enclave_workers.sandbox import Sandbox
 from infaas.artifacts import ArtifactStore, artifact_name, variant_part
 from infaas.attestation import SIMULATED_LABEL
@@ -70,7 +72,6 @@ from infaas.envelope import (
     Keyring,
     MemoryReplayGuard,
     ServedBy,
-    StoreReplayGuard,
     artifact_key_id,
     open_artifact,
     open_request,
@@ -193,8 +194,8 @@ class WorkerRuntime:
         self._token_cache: dict[str, tuple[str, float]] = {}
         self._token_cache_s = token_cache_s
         self._memory_replay = MemoryReplayGuard(settings.request_window_s)
-        self._store_replay = (
-            StoreReplayGuard(store, settings.request_window_s) if shared_replay_guard else None
+        self._shared_replay = (
+            SharedReplayRecord(store, settings.request_window_s) if shared_replay_guard else None
         )
         self._candidates = CandidateSet([])
         self.refused_profiles: dict[str, str] = {}
@@ -266,6 +267,8 @@ class WorkerRuntime:
     async def close(self) -> None:
         self._keys.close()
         await self.host.close()
+        if self._shared_replay is not None:
+            self._shared_replay.close()
 
     # --- candidates ---------------------------------------------------------------------
 
@@ -474,15 +477,8 @@ class WorkerRuntime:
             now=now,
         )
         shared: asyncio.Future[None] | None = None
-        if self._store_replay is not None:
-            shared = asyncio.get_running_loop().run_in_executor(
-                None,
-                self._store_replay.check_and_record,
-                env.tenant,
-                env.request_id,
-                env.timestamp,
-                now,
-            )
+        if self._shared_replay is not None:  # written with its neighbours' while it runs
+            shared = self._shared_replay.claim(env.tenant, env.request_id, env.timestamp, now)
         served = ServedBy(
             variant_id=cand.variant_id,
             architecture=cand.spec.architecture,

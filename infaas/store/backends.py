@@ -15,7 +15,7 @@ import math
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -71,6 +71,22 @@ class MemoryStore(MetadataStore):
             ns[key] = bytes(value)
             self._expiry.setdefault(namespace, {})[key] = expires_at
             return True
+
+    def _put_expiring_many(
+        self, namespace: str, records: Sequence[tuple[str, float]], value: bytes, now: float
+    ) -> list[bool]:
+        out: list[bool] = []
+        with self._lock:
+            ns = self._data.setdefault(namespace, {})
+            expiry = self._expiry.setdefault(namespace, {})
+            for key, expires_at in records:
+                if key in ns:
+                    out.append(False)
+                    continue
+                ns[key] = bytes(value)
+                expiry[key] = expires_at
+                out.append(True)
+        return out
 
     def _prune_expired(self, namespace: str, now: float) -> int:
         with self._lock:
@@ -147,6 +163,20 @@ class SQLiteStore(MetadataStore):
                 (namespace, key, value, expires_at),
             )
             return cur.rowcount == 1
+
+    def _put_expiring_many(
+        self, namespace: str, records: Sequence[tuple[str, float]], value: bytes, now: float
+    ) -> list[bool]:
+        # one transaction: one commit for the group, and a failure records none of them
+        with self._lock, self._conn:
+            return [
+                self._conn.execute(
+                    "INSERT OR IGNORE INTO records VALUES (?, ?, ?, ?)",
+                    (namespace, key, value, expires_at),
+                ).rowcount
+                == 1
+                for key, expires_at in records
+            ]
 
     def _prune_expired(self, namespace: str, now: float) -> int:
         with self._lock, self._conn:
@@ -239,6 +269,21 @@ class RedisStore(MetadataStore):
     ) -> bool:
         ttl_ms = max(1, math.ceil((expires_at - now) * 1e3))
         return bool(self._call("set", f"{self._hash(namespace)}:{key}", value, px=ttl_ms, nx=True))
+
+    def _put_expiring_many(
+        self, namespace: str, records: Sequence[tuple[str, float]], value: bytes, now: float
+    ) -> list[bool]:
+        import redis
+
+        # one round trip; each SET NX stays atomic on its own, in order
+        pipe = self._redis.pipeline(transaction=False)
+        for key, expires_at in records:
+            ttl_ms = max(1, math.ceil((expires_at - now) * 1e3))
+            pipe.set(f"{self._hash(namespace)}:{key}", value, px=ttl_ms, nx=True)
+        try:
+            return [bool(r) for r in pipe.execute()]
+        except redis.RedisError as e:
+            raise StoreUnavailable(f"Redis at {self.url} failed on set: {e}", url=self.url) from e
 
     def _prune_expired(self, namespace: str, now: float) -> int:
         return 0  # Redis drops them itself

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from enum import StrEnum
 from typing import TypeVar
 
@@ -96,6 +96,13 @@ class MetadataStore(ABC):
         self, namespace: str, key: str, value: bytes, now: float, expires_at: float
     ) -> bool:
         """Put-if-absent of a record that may be dropped once `now` passes `expires_at`."""
+
+    def _put_expiring_many(
+        self, namespace: str, records: Sequence[tuple[str, float]], value: bytes, now: float
+    ) -> list[bool]:
+        """`_put_expiring` of each (key, expires_at) in order, as one store operation where the
+        backend has one (a transaction, a pipeline): the first of two equal keys wins."""
+        return [self._put_expiring(namespace, k, value, now, t) for k, t in records]
 
     @abstractmethod
     def _prune_expired(self, namespace: str, now: float) -> int: ...
@@ -272,6 +279,17 @@ class MetadataStore(ABC):
             self._replay_prune_due = now + REPLAY_PRUNE_INTERVAL_S
             self.prune_replay(now)
         return self._put_expiring(_REPLAY, f"{tenant}\x1f{request_id}", b"", now, expires_at)
+
+    def claim_requests(self, claims: Sequence[tuple[str, str, float]], *, now: float) -> list[bool]:
+        """`claim_request` of each (tenant, request id, expires_at), in order, in one round
+        trip (one SQLite transaction, one Redis pipeline): a replica's concurrent requests
+        share it. Each outcome is exactly what `claim_request` would have answered; if the
+        store fails, the error is raised and no outcome is known, so none may be trusted."""
+        if now >= self._replay_prune_due:
+            self._replay_prune_due = now + REPLAY_PRUNE_INTERVAL_S
+            self.prune_replay(now)
+        records = [(f"{tenant}\x1f{rid}", expires) for tenant, rid, expires in claims]
+        return self._put_expiring_many(_REPLAY, records, b"", now)
 
     def prune_replay(self, now: float) -> int:
         """Drop replay records whose expiry `now` has passed; how many went."""

@@ -212,6 +212,52 @@ def test_record_counts_cover_every_namespace(store: MetadataStore) -> None:
     assert sum(counts.values()) == 3 and counts[SealedTable.AUDIT.value] == 1
 
 
+def test_batched_claims_answer_as_single_claims(store: MetadataStore) -> None:
+    """One round trip of claims answers each exactly as `claim_request` would: a recorded
+    id (from a single claim or earlier in the same group) is refused, per tenant."""
+    now = 1000.0
+    assert store.claim_request("acme", "r0", now=now, expires_at=now + 60)
+    group = [
+        ("acme", "r0", now + 60),  # recorded before
+        ("acme", "r1", now + 60),
+        ("globex", "r1", now + 60),  # same id, another tenant
+        ("acme", "r1", now + 60),  # twice in one group: the first wins
+        ("acme", "r2", now + 0.05),
+    ]
+    assert store.claim_requests(group, now=now) == [False, True, True, False, True]
+    assert store.claim_requests([], now=now) == []
+    assert not store.claim_request("acme", "r1", now=now, expires_at=now + 60)
+    assert store.count_replay() == 4
+    time.sleep(0.1)  # Redis expires by its own clock
+    store.prune_replay(now + 1)
+    assert store.claim_requests([("acme", "r2", now + 60)], now=now + 1) == [True]
+
+
+def test_batched_claims_race_single_claims_atomically(store: MetadataStore) -> None:
+    """Two replicas' groups and single claims of the same ids: each id is won exactly once."""
+    ids = [f"r{i}" for i in range(40)]
+    wins: list[tuple[str, bool]] = []
+    lock = threading.Lock()
+
+    def group() -> None:
+        out = store.claim_requests([("acme", r, 60.0) for r in ids], now=0.0)
+        with lock:
+            wins.extend(zip(ids, out, strict=True))
+
+    def singles() -> None:
+        for r in reversed(ids):
+            ok = store.claim_request("acme", r, now=0.0, expires_at=60.0)
+            with lock:
+                wins.append((r, ok))
+
+    threads = [threading.Thread(target=f) for f in (group, group, singles, singles)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(sum(ok for r, ok in wins if r == i) == 1 for i in ids)
+
+
 def test_put_if_absent_is_atomic(store: MetadataStore) -> None:
     wins: list[bool] = []
     lock = threading.Lock()

@@ -20,6 +20,7 @@ RAW_API = {
     "_put",
     "_put_if_absent",
     "_put_expiring",
+    "_put_expiring_many",
     "_get",
     "_items",
     "_delete",

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sqlite3
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ import pytest
 
 from enclave_workers.autoscaling import LoadAgent
 from enclave_workers.endpoint import create_worker_app, serve_app
+from enclave_workers.runtime import WorkerRuntime
 from infaas.artifacts import MODEL_PART, artifact_name
 from infaas.envelope import Envelope, open_response
 from infaas.errors import (
@@ -29,6 +33,7 @@ from infaas.errors import (
     NoFeasibleVariant,
     PermissionDenied,
     ReplayedRequest,
+    StoreUnavailable,
 )
 from infaas.store import REPLAY_PRUNE_INTERVAL_S
 from infaas.types import BatchLatency, LatencyModel, Profile
@@ -187,6 +192,152 @@ def test_replay_at_another_replica_is_409(world: World) -> None:
     err = _refused(world, "acme", req)
     assert isinstance(err, ReplayedRequest)
     world.good()
+
+
+def _served_or_refused(results: list[object]) -> list[str]:
+    out = []
+    for r in results:
+        if isinstance(r, InferResponse):
+            out.append("served")
+        else:
+            assert isinstance(r, InfaasError), r
+            out.append(r.code)
+    return out
+
+
+def test_replay_at_a_second_replica_instance_is_refused(world: World) -> None:
+    """Another WorkerRuntime on the same store (its own memory, its own replay record):
+    the replay of an answered request is refused there, after, and while it is in flight."""
+    other = world.new_worker()
+    token = world.api_tokens["acme"]
+    try:
+        req = world.request("acme", world.x[:1])
+        world.infer("acme", req)
+        err = _refused_by(other, req, token)
+        assert isinstance(err, ReplayedRequest) and err.status_code == 409
+
+        async def at_once(req: InferRequest) -> list[object]:
+            both = await asyncio.gather(
+                world.runtime.infer(req, token), other.infer(req, token), return_exceptions=True
+            )
+            return list(both)
+
+        for _ in range(5):  # the same request at two replicas at once: one answer, ever
+            got = _served_or_refused(asyncio.run(at_once(world.request("acme", world.x[:1]))))
+            assert sorted(got) == ["replayed_request", "served"]
+    finally:
+        asyncio.run(other.close())
+    world.good()
+
+
+def _refused_by(runtime: WorkerRuntime, req: InferRequest, token: str) -> InfaasError:
+    with pytest.raises(InfaasError) as info:
+        asyncio.run(runtime.infer(req, token))
+    return info.value
+
+
+def test_replay_while_the_first_is_in_flight_is_refused(world: World) -> None:
+    """The same request twice (and more) at one replica before the first is answered."""
+    token = world.api_tokens["acme"]
+
+    async def burst(req: InferRequest) -> list[object]:
+        first = asyncio.ensure_future(world.runtime.infer(req, token))
+        await asyncio.sleep(0.01)  # the first waits for its batch (50 ms) meanwhile
+        assert not first.done()
+        again = [world.runtime.infer(req, token) for _ in range(3)]
+        return list(await asyncio.gather(first, *again, return_exceptions=True))
+
+    got = _served_or_refused(asyncio.run(burst(world.request("acme", world.x[:1]))))
+    assert got == ["served"] + ["replayed_request"] * 3
+    world.good()
+
+
+def test_no_answer_leaves_before_its_shared_record_is_written(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the store's write held, the request does not complete (its inference does);
+    once written, it is answered and its record is in the store."""
+    store = world.store
+    go, entered = threading.Event(), threading.Event()
+    real = store.claim_requests
+
+    def held(claims: Sequence[tuple[str, str, float]], *, now: float) -> list[bool]:
+        entered.set()
+        go.wait(10)
+        return real(claims, now=now)
+
+    monkeypatch.setattr(store, "claim_requests", held)
+    req = world.request("acme", world.x[:1])
+    token = world.api_tokens["acme"]
+
+    async def run() -> tuple[bool, InferResponse]:
+        task = asyncio.ensure_future(world.runtime.infer(req, token))
+        await asyncio.to_thread(entered.wait, 10)
+        await asyncio.sleep(0.3)  # several batch waits: the inference is long done
+        waiting = not task.done()
+        go.set()
+        return waiting, await task
+
+    try:
+        waiting, resp = asyncio.run(run())
+    finally:
+        go.set()
+    assert waiting
+    assert world.outputs("acme", req, resp).shape == (1, 10)
+    env = req.envelope
+    assert not store.claim_request(env.tenant, env.request_id, now=time.time(), expires_at=1e12)
+    monkeypatch.undo()
+    world.good()
+
+
+@pytest.mark.parametrize("failure", [StoreUnavailable("redis down"), sqlite3.OperationalError()])
+def test_a_failed_replay_record_refuses_the_request(
+    world: World, monkeypatch: pytest.MonkeyPatch, failure: Exception
+) -> None:
+    """The store cannot record the request id: 503, sealed, and no output, for every
+    request of the failed write; the same ids are served once the store is back."""
+
+    def down(claims: Sequence[tuple[str, str, float]], *, now: float) -> list[bool]:
+        raise failure
+
+    reqs = [world.request("acme", world.x[:1]) for _ in range(3)]
+    token = world.api_tokens["acme"]
+    fresh = type(world.runtime._memory_replay)
+
+    async def all_three() -> list[object]:
+        got = await asyncio.gather(
+            *(world.runtime.infer(r, token) for r in reqs), return_exceptions=True
+        )
+        return list(got)
+
+    monkeypatch.setattr(world.store, "claim_requests", down)
+    got = asyncio.run(all_three())
+    assert _served_or_refused(got) == ["store_unavailable"] * 3
+    assert all(isinstance(e, StoreUnavailable) and e.status_code == 503 for e in got)
+    assert all("sealed" in e.detail for e in got if isinstance(e, InfaasError))
+    monkeypatch.undo()
+    # the memory guard remembers them (a retry needs a new id at this replica), the store
+    # does not: at another replica's memory the same ids are served now
+    world.runtime._memory_replay = fresh(world.settings.request_window_s)
+    assert _served_or_refused(asyncio.run(all_three())) == ["served"] * 3
+    world.good()
+
+
+def test_requests_in_flight_share_a_replay_record_write(world: World) -> None:
+    shared = world.runtime._shared_replay
+    assert shared is not None
+    token = world.api_tokens["acme"]
+    world.good()  # keys and the variant in place
+    writes, claims = shared.writes, shared.claims
+
+    async def burst() -> list[object]:
+        reqs = [world.request("acme", world.x[:1]) for _ in range(8)]
+        got = await asyncio.gather(*(world.runtime.infer(r, token) for r in reqs))
+        return list(got)
+
+    assert _served_or_refused(asyncio.run(burst())) == ["served"] * 8
+    assert shared.claims - claims == 8
+    assert shared.writes - writes < 8
 
 
 def test_tampered_ciphertext_is_400(world: World) -> None:
