@@ -146,6 +146,12 @@ async def drive(app: Any, dep: Any, bodies: list[tuple[str, bytes, bytes]], c: i
     return statuses
 
 
+def _batches(runtime: Any) -> tuple[int, int]:
+    """(batches run, samples in them) over every variant the replica holds."""
+    stats = [st.batcher.stats for st in runtime.host.states.values()]
+    return sum(s.batches for s in stats), sum(s.samples for s in stats)
+
+
 def _key(frame: Any) -> str:
     path = str(frame.file_path_short or frame.file_path or "?")
     return f"{frame.function} ({path.rsplit('site-packages/', 1)[-1]})"
@@ -212,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             loop.run_until_complete(drive(app, dep, warm, args.concurrency))
             load_start = round(os.getloadavg()[0], 2)
+            batches0 = _batches(dep.runtime)
             shared = getattr(dep.runtime, "_shared_replay", None)  # absent before group commit
             writes0, claims0 = (shared.writes, shared.claims) if shared is not None else (0, 0)
             profiler = Profiler(interval=0.0005, async_mode="disabled")
@@ -220,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             statuses = loop.run_until_complete(drive(app, dep, bodies, args.concurrency))
             profiler.stop()
             wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            batches = [a - b for a, b in zip(_batches(dep.runtime), batches0, strict=True)]
             sharing = (  # store round trips of the replay record, and the claims they carried
                 {"replay_writes": shared.writes - writes0, "replay_claims": shared.claims - claims0}
                 if shared is not None
@@ -251,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_us_per_request": round(cpu / args.requests * 1e6, 1),
         "body_bytes": len(bodies[0][2]),
         **sharing,
+        "batches": batches[0],
+        "mean_batch": round(batches[1] / max(batches[0], 1), 2),
         "loadavg_1m_start": load_start,
         "loadavg_1m": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),

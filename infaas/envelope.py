@@ -38,7 +38,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Self, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -193,7 +193,27 @@ class Envelope(BaseModel):
     ciphertext: bytes = Field(min_length=TAG_LEN)
 
     def associated_data(self) -> bytes:
-        return _aad(self.model_dump(exclude={"nonce", "ciphertext"}))
+        """The canonical JSON of every field but `nonce` and `ciphertext`: what the tag binds.
+
+        Computed once per envelope (a request's frame check, its opening; an answer's
+        sealing, its frame): the model is frozen, and a `model_copy` that updates a
+        bound field forgets it.
+        """
+        aad = self.__dict__.get(_AAD_SLOT)
+        if aad is None:
+            aad = self.__dict__[_AAD_SLOT] = _aad(self.model_dump(exclude={"nonce", "ciphertext"}))
+        return cast(bytes, aad)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        copy = super().model_copy(update=update, deep=deep)
+        if update is not None and update.keys() - {"nonce", "ciphertext"}:
+            copy.__dict__.pop(_AAD_SLOT, None)  # the update changes what the tag binds
+        return copy
+
+
+_AAD_SLOT = "_infaas_associated_data"
+"""Where an envelope keeps its associated data once computed (in its ``__dict__``, beside
+its fields, as `functools.cached_property` does: pydantic compares and serializes fields)."""
 
 
 def _aad(meta: Mapping[str, Any]) -> bytes:
@@ -333,8 +353,11 @@ def seal_response(
         "timestamp": float(time.time() if timestamp is None else timestamp),
         "header_length": header_length,
     }
-    nonce, ct = _seal(_as_keyring(keys).get(request.key_id), _aad(meta), plaintext)
-    return Envelope.model_construct(**meta, nonce=nonce, ciphertext=ct)
+    aad = _aad(meta)
+    nonce, ct = _seal(_as_keyring(keys).get(request.key_id), aad, plaintext)
+    sealed = Envelope.model_construct(**meta, nonce=nonce, ciphertext=ct)
+    sealed.__dict__[_AAD_SLOT] = aad  # `meta` is every field but the two: the same bytes
+    return sealed
 
 
 def open_response(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 import pytest
 from hypothesis import given, settings
@@ -101,6 +102,49 @@ def test_tampered_metadata_is_decryption_failed(field: str, value: object) -> No
     bad = _req().model_copy(update={field: value})
     with pytest.raises(DecryptionFailed):
         open_request(bad, {"k1": KEY}, now=T0)
+
+
+@pytest.mark.parametrize(
+    "field,value", [("min_accuracy", 0.1), ("tenant", "mallory"), ("request_id", "r-2")]
+)
+def test_a_copy_with_edited_metadata_does_not_keep_the_original_associated_data(
+    field: str, value: object
+) -> None:
+    """An envelope computes its associated data once; a copy that edits a field must not
+    inherit it (else the tag would be checked against the original's metadata)."""
+    env = _req()
+    assert open_request(env, {"k1": KEY}, now=T0) == b"tensor bytes"  # computed and kept
+    for bad in (
+        env.model_copy(update={field: value}),
+        env.model_copy(update={field: value}, deep=True),
+        Envelope.model_validate(env.model_dump() | {field: value}),
+    ):
+        assert json.loads(bad.associated_data())[field] == value
+        with pytest.raises(DecryptionFailed):
+            open_request(bad, {"k1": KEY}, now=T0)
+    # a copy that changes no bound field opens; equality and hashing see fields only
+    same = env.model_copy(update={"ciphertext": bytes(env.ciphertext)})
+    assert same == env and hash(same) == hash(env) == hash(
+        Envelope.model_validate(env.model_dump())
+    )
+    assert open_request(same, {"k1": KEY}, now=T0) == b"tensor bytes"
+    assert "_infaas" not in env.model_dump_json() and set(env.model_dump()) == set(
+        Envelope.model_fields
+    )
+
+
+def test_an_answer_binds_the_associated_data_it_carries() -> None:
+    """The associated data a sealed answer keeps is exactly its fields' canonical form."""
+    req = _req()
+    served = ServedBy("mlp.fp32.onnxruntime", "mlp", 0.97, "cpu", True, b"\x01" * 32)
+    kinds: tuple[Literal["response", "error"], ...] = ("response", "error")
+    for kind in kinds:
+        resp = seal_response({"k1": KEY}, req, b"logits", served=served, kind=kind)
+        fresh = Envelope.model_validate_json(resp.model_dump_json())
+        assert resp.associated_data() == fresh.associated_data()
+        assert fresh.associated_data() == canonical_json(json.loads(fresh.associated_data()))
+        got = open_response(fresh, {"k1": KEY}, request_id="r-1", tenant="acme", kind=kind)
+        assert got == b"logits"
 
 
 def test_pins_are_associated_data() -> None:
