@@ -53,13 +53,22 @@ from scheduler.allocation import (
 )
 from scheduler.control import with_overhead
 from scheduler.decompose import lower_bound, solve_decomposed
-from scheduler.fleet import ClassLoad, Fleet, fleet, gamma_arrivals, shifted
+from scheduler.fleet import (
+    ClassLoad,
+    Fleet,
+    fleet,
+    gamma_arrivals,
+    peak_plan,
+    peak_rates,
+    shifted,
+)
 from scheduler.fluid import FluidSimulation
 from scheduler.policy import Candidate, CandidateSet, LoadSnapshot, Query, VariantLoad, select
 from scheduler.simulation import ServiceModel, Simulation
 
 TRACE = Path(__file__).resolve().parent / "traces" / "azure_conv_2023_per_second.csv"
-POLICIES = ("infaas", "infaas-style", "queue", "static-modelless", "static")
+POLICIES = ("infaas", "infaas-style", "queue", "static-modelless", "static", "peak")
+"""`peak`: static model-less on the peak plan's replica count (peak provisioning, simulated)."""
 SIZES = ((10, 4), (25, 8), (50, 16), (100, 32), (200, 64))
 CORES = 16
 OVERHEAD_MS = 2.0
@@ -120,16 +129,6 @@ def problem(f: Fleet, rates: dict[str, float], nodes: int, limit_s: float) -> Al
     )
 
 
-def peak_rates(wl: list[ClassLoad], window_s: float = 10.0) -> dict[str, float]:
-    out: dict[str, float] = {}
-    for cl in wl:
-        counts: dict[int, int] = {}
-        for t in cl.arrivals:
-            counts[int(t // window_s)] = counts.get(int(t // window_s), 0) + 1
-        out[cl.key] = max(counts.values(), default=0) / window_s
-    return out
-
-
 def exp_run(args: argparse.Namespace) -> None:
     models, nodes = args.models, args.nodes
     f = fleet(
@@ -143,23 +142,40 @@ def exp_run(args: argparse.Namespace) -> None:
     served = CandidateSet(
         Candidate.of(c.spec, with_overhead(c.profile, OVERHEAD_MS), c.pool) for c in f.candidates
     )
+    warm = args.warmup if args.engine == "fluid" else 0.0
+    end = warm + args.horizon
     for cv in args.cv:
-        wl = workload(f, args.horizon, cv, args.seed, args.step)
-        peak = solve_greedy(problem(f, peak_rates(wl), nodes, 1.0))
+        wl = workload(f, end, cv, args.seed, args.step)
+        # peak provisioning on the profiles the simulated loop plans with (as served)
+        peak = peak_plan(
+            served,
+            wl,
+            peak_rates(wl, 10.0, warm),
+            cpu_budget=nodes * CORES,
+            replica_memory_bytes=4 * 1024**3,
+        )
         peak_rs = len(peak.workers) * args.horizon
         for policy in args.policies:
             t0 = time.perf_counter()
             engine = FluidSimulation if args.engine == "fluid" else Simulation
+            conf = settings("static-modelless" if policy == "peak" else policy, nodes, args.solver)
+            if policy == "peak":  # the peak plan's replicas, every class's cheapest variant
+                conf = conf.model_copy(update={"static_replicas": max(1, len(peak.workers))})
             sim = engine(
                 served,
                 f.pools,
-                config=settings(policy, nodes, args.solver),
+                config=conf,
                 nodes=nodes,
                 cores_per_node=CORES,
                 service=ServiceModel(request_overhead_ms=OVERHEAD_MS, replica_startup_s=5.0),
                 **({"seed": args.seed} if args.engine == "events" else {}),
             )
-            r = sim.run(wl, args.horizon).summary()
+            if args.engine == "fluid":
+                res = sim.run(wl, end, measure_from_s=warm)  # type: ignore[call-arg]
+            else:
+                res = sim.run(wl, end)
+            r = res.summary()
+            r["policy"] = policy
             line = {
                 "experiment": "run",
                 "engine": args.engine,
@@ -171,8 +187,11 @@ def exp_run(args: argparse.Namespace) -> None:
                 "cores_per_node": CORES,
                 "cv": cv,
                 "horizon_s": args.horizon,
+                "warmup_s": warm,
                 "seed": args.seed,
+                "solver": args.solver,
                 **r,
+                "peak_replicas": len(peak.workers),
                 "peak_replica_s": peak_rs,
                 "replica_s_over_peak": round(r["replica_s"] / peak_rs, 3) if peak_rs else None,
                 "decision_p99_us": round(1e6 * pct(getattr(sim, "decision_s", []), 0.99), 1),
@@ -512,6 +531,13 @@ def main() -> None:
     ap.add_argument("--tenants", type=int, default=0, help="default: 10 per model")
     ap.add_argument("--rps", type=float, default=300.0, help="run: the fleet's mean request rate")
     ap.add_argument("--horizon", type=float, default=300.0, help="run: simulated seconds")
+    ap.add_argument(
+        "--warmup",
+        type=float,
+        default=120.0,
+        help="run, fluid: simulated seconds before the horizon, not counted (the fleet starts "
+        "with one replica a pool and every variant cold; peak provisioning is up from the start)",
+    )
     ap.add_argument("--step", type=float, default=10.0, help="run: simulated s per trace minute")
     ap.add_argument("--policies", nargs="+", default=list(POLICIES))
     ap.add_argument(

@@ -28,10 +28,20 @@ from dataclasses import dataclass
 
 from infaas.settings import Pool
 from infaas.types import SLO, Backend, Precision
+from scheduler.allocation import Allocation, AllocationProblem, Demand, solve_greedy
 from scheduler.policy import Candidate, CandidateSet, demand_key
 from scheduler.synthetic import synthetic_variant
 
-__all__ = ["ANCHORS", "ClassLoad", "Fleet", "fleet", "gamma_arrivals", "shifted"]
+__all__ = [
+    "ANCHORS",
+    "ClassLoad",
+    "Fleet",
+    "fleet",
+    "gamma_arrivals",
+    "peak_plan",
+    "peak_rates",
+    "shifted",
+]
 
 ANCHORS = {
     "fp32_ms": 51.0,
@@ -210,3 +220,46 @@ def fleet(
     )
     pool_objs = tuple(p for p in POOLS if p.name in set(pools))
     return Fleet(CandidateSet(cands), pool_objs, classes, tenants)
+
+
+def peak_rates(
+    workload: Sequence[ClassLoad], window_s: float = 10.0, from_s: float = 0.0
+) -> dict[str, float]:
+    """Each class's highest rate over `window_s` windows of its arrivals from `from_s` on."""
+    out: dict[str, float] = {}
+    for cl in workload:
+        counts: dict[int, int] = {}
+        for t in cl.arrivals:
+            if t >= from_s:
+                k = int((t - from_s) // window_s)
+                counts[k] = counts.get(k, 0) + 1
+        out[cl.key] = max(counts.values(), default=0) / window_s
+    return out
+
+
+def peak_plan(
+    candidates: CandidateSet,
+    workload: Sequence[ClassLoad],
+    rates: dict[str, float],
+    *,
+    cpu_budget: float,
+    replica_memory_bytes: int,
+) -> Allocation:
+    """Peak provisioning: the greedy plan for every class at its peak rate (`peak_rates`).
+
+    `candidates` must be the ones the simulated control loop plans with (profiles as
+    served, with the request path: `scheduler.control.with_overhead`), or the plan counts
+    replicas faster than the simulated ones."""
+    demands = tuple(
+        Demand(cl.key, cl.task, rates.get(cl.key, 0.0), cl.slo.latency_ms, cl.slo.min_accuracy)
+        for cl in workload
+    )
+    return solve_greedy(
+        AllocationProblem(
+            demands,
+            candidates.all,
+            cpu_budget=cpu_budget,
+            replica_memory_bytes=replica_memory_bytes,
+            max_replicas_per_pool=int(cpu_budget),
+        )
+    )

@@ -80,8 +80,16 @@ class FluidSimulation:
         return sum(1 for t in self.replicas[pool] if t <= now)
 
     def _report(self, now: float) -> None:
+        pool_of = {v: self.candidates.variant(v).pool.name for v in (*self.queue, *self.loaded)}
         for name, reps in self.replicas.items():
             n = max(1, self._ready(name, now))
+            # every ready replica of a pool reports the same share of its queues
+            outstanding = {
+                v: round(q / n)
+                for v, q in self.queue.items()
+                if q >= 0.5 * n and pool_of[v] == name
+            }
+            loaded = [v for v, at in self.loaded.items() if at <= now and pool_of[v] == name]
             for i, t in enumerate(reps):
                 if t > now:
                     continue
@@ -91,16 +99,8 @@ class FluidSimulation:
                     # cumulative counters on the oldest replica only: the loop differentiates
                     # each replica's, and a split that moves as replicas come would not sum
                     arrivals=dict(self.arrived) if i == 0 else {},
-                    outstanding={
-                        v: round(q / n)
-                        for v, q in self.queue.items()
-                        if q >= 0.5 * n and self.candidates.variant(v).pool.name == name
-                    },
-                    loaded=[
-                        v
-                        for v, at in self.loaded.items()
-                        if at <= now and self.candidates.variant(v).pool.name == name
-                    ],
+                    outstanding=dict(outstanding),
+                    loaded=list(loaded),
                 )
                 self.store.put_load_report(rep.replica, rep)
 
@@ -137,7 +137,11 @@ class FluidSimulation:
         b = min(float(c.max_batch), max(1.0, per_replica))
         return (c.batch_ms(b) / b + self.service.request_overhead_ms) / 1000.0
 
-    def run(self, workload: Sequence[ClassLoad], horizon_s: float) -> Result:
+    def run(
+        self, workload: Sequence[ClassLoad], horizon_s: float, measure_from_s: float = 0.0
+    ) -> Result:
+        """Simulate until `horizon_s`; the result counts the windows from `measure_from_s` on
+        (a warm-up before it: the fleet starts with `min_replicas` and every variant cold)."""
         dt = self.config.tick_s
         steps = math.ceil(horizon_s / dt)
         counts = []
@@ -147,9 +151,11 @@ class FluidSimulation:
                 if t < horizon_s:
                     row[int(t // dt)] += 1
             counts.append(row)
-        r = self.result
+        measured = self.result
+        warmup = Result(self.config.policy)
         for i in range(steps):
             now = i * dt
+            r = measured if now >= measure_from_s - 1e-9 else warmup
             self._tick(now)
             ahead_s: dict[str, float] = {}  # pool -> queued work per ready replica
             ready = {name: self._ready(name, now) for name in self.pools}
@@ -160,6 +166,7 @@ class FluidSimulation:
                     if self.candidates.variant(v).pool.name == name
                 ]
                 ahead_s[name] = sum(q * self._work_s(v, q / max(1, n)) for v, q in qs) / max(1, n)
+            seen: dict[int, dict[str, VariantLoad]] = {}  # per replica count: loads so far
             for cl, row in zip(workload, counts, strict=True):
                 a = row[i]
                 if not a:
@@ -168,17 +175,9 @@ class FluidSimulation:
                 r.requests += a
                 pool = self._pool_for(cl)
                 n = max(1, ready.get(pool, 0))
-                loads = {
-                    v: VariantLoad(
-                        replicas=1,
-                        loaded_replicas=1 if self.loaded.get(v, math.inf) <= now else 0,
-                        outstanding=round(q / n),
-                    )
-                    for v, q in self.queue.items()
-                }
-                for v, at in self.loaded.items():
-                    if v not in loads:
-                        loads[v] = VariantLoad(1, 1 if at <= now else 0)
+                loads = seen.get(n)
+                if loads is None:
+                    loads = seen[n] = self._loads(n, now)
                 try:
                     sel = route_select(
                         self.by_pool.get(pool) or self.candidates,
@@ -208,13 +207,24 @@ class FluidSimulation:
                 r.latencies_ms.extend([lat_s * 1000.0] * a)
                 r.accuracy_sum += c.accuracy * a
                 self.queue[v] = self.queue.get(v, 0.0) + a
+                for k, kl in seen.items():  # the loads a later class sees include these
+                    kl[v] = self._load(v, k, now)
             self._serve(ready, dt)
             r.replica_s += dt * sum(len(reps) for reps in self.replicas.values())
             r.cost += dt * sum(
                 len(reps) * self.pools[name].cost_per_replica_s
                 for name, reps in self.replicas.items()
             )
-        return r
+        return measured
+
+    def _load(self, v: str, n: int, now: float) -> VariantLoad:
+        """A typical replica's view of variant `v` among `n` ready replicas."""
+        ready = 1 if self.loaded.get(v, math.inf) <= now else 0
+        return VariantLoad(1, ready, round(self.queue.get(v, 0.0) / n))
+
+    def _loads(self, n: int, now: float) -> dict[str, VariantLoad]:
+        """`_load` of every variant queued or loaded."""
+        return {v: self._load(v, n, now) for v in (*self.queue, *self.loaded)}
 
     def _pool_for(self, cl: ClassLoad) -> str:
         if len(self.pools) == 1:

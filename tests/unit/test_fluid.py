@@ -50,3 +50,13 @@ def test_fluid_agrees_with_the_per_request_simulation_on_a_small_case(
     att = (events.within_slo / events.requests, fluid.within_slo / fluid.requests)
     assert att[1] == pytest.approx(att[0], abs=0.05)
     assert fluid.replica_s == pytest.approx(events.replica_s, rel=cost_rel)
+
+
+def test_the_warm_up_is_simulated_but_not_counted() -> None:
+    """5 requests/s for 30 s on one fixed replica, counted from 10 s: the 100 requests of the
+    last 20 s and 20 replica-seconds."""
+    sim = FluidSimulation(one_variant(100.0), [POOL], config=static_one(), service=DET)
+    r = sim.run(steady(5.0, 30.0, 1000.0), 30.0, measure_from_s=10.0)
+    assert (r.requests, r.within_slo, r.refused) == (100, 100, 0)
+    assert r.replica_s == pytest.approx(20.0)
+    assert len(r.tick_s) > 20  # every tick ran the policy, the warm-up's too
