@@ -251,11 +251,16 @@ def make_watch(nodes: RayNodes, store: Redis, args: argparse.Namespace) -> tuple
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--scenarios", default="worker,keyservice,redis,node,soak")
+    ap.add_argument(
+        "--scenarios",
+        default="worker,keyservice,redis,node,soak",
+        help="comma-separated, run in this order: worker, keyservice, redis, node, soak; "
+        "idle (first, only when named)",
+    )
     ap.add_argument("--duration-s", type=float, default=30.0, help="load after each fault")
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--deadline-s", type=float, default=10.0, help="each call's deadline")
-    ap.add_argument("--soak-s", type=float, default=60.0)
+    ap.add_argument("--soak-s", type=float, default=60.0, help="how long the soak runs")
     ap.add_argument(
         "--soak-load",
         type=float,
