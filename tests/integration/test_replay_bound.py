@@ -90,7 +90,12 @@ def test_replay_after_its_record_expired_is_refused_as_stale(store: MetadataStor
             open_request(env, KEYS, replay_guard=g, window_s=w, now=clock.now())
 
 
-def test_replay_records_are_bounded_by_rate_times_window(store: MetadataStore) -> None:  # noqa: F811
+@pytest.mark.parametrize("group", [1, 8], ids=["one-by-one", "group-committed"])
+def test_replay_records_are_bounded_by_rate_times_window(
+    store: MetadataStore,  # noqa: F811
+    group: int,
+) -> None:
+    # group 8: claims travel together as a worker's replay writer sends them (claim_requests)
     clock = Clock(store)
     w = clock.window(0.3)
     guard = StoreReplayGuard(store, w)
@@ -100,11 +105,15 @@ def test_replay_records_are_bounded_by_rate_times_window(store: MetadataStore) -
     n, most = 0, 0
     while clock.now() - start < horizon:
         t = clock.now()
-        guard.check_and_record("acme", f"r{n}", t, t)
-        n += 1
-        if n % 25 == 0:
+        if group == 1:
+            guard.check_and_record("acme", f"r{n}", t, t)
+        else:
+            claims = [("acme", f"r{n + k}", guard.expires_at(t)) for k in range(group)]
+            assert all(store.claim_requests(claims, now=t))
+        n += group
+        if n % 24 == 0:
             most = max(most, store.count_replay())
-        clock.sleep(step)
+        clock.sleep(step * group)
     rate = n / (clock.now() - start)
     native = clock.real  # Redis drops records itself; the others at the next prune
     bound = rate * (1.1 * w + (0 if native else REPLAY_PRUNE_INTERVAL_S)) + 25
