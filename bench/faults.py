@@ -91,6 +91,7 @@ class Call:
     end: float
     ok: bool
     error: str = ""
+    message: str = ""
 
 
 @dataclass
@@ -167,7 +168,7 @@ class Load:
                     )  # fmt: skip
                     self.calls.append(Call(t0, time.monotonic(), True))
                 except InfaasError as e:
-                    self.calls.append(Call(t0, time.monotonic(), False, e.code))
+                    self.calls.append(Call(t0, time.monotonic(), False, e.code, e.message))
                     time.sleep(0.05)
             client.close()
 
@@ -229,6 +230,7 @@ def summarise(name: str, calls: list[Call], fault_at: float, deadline_s: float) 
         "calls": len(calls),
         "answered": len(calls) - len(failed),
         "errors": dict(Counter(c.error for c in failed)),
+        "error_examples": {c.error: c.message[:200] for c in reversed(failed)},
         "hangs": sum(c.end - c.start > deadline_s + 1.0 for c in calls),
         "slowest_call_s": round(max((c.end - c.start for c in calls), default=0.0), 3),
         "slowest_after_fault_s": round(max((c.end - c.start for c in after), default=0.0), 3),
@@ -448,6 +450,7 @@ def main() -> None:
                 }
             extra["health_check_ms"] = args.health_check_ms or "default"
             extra["replica_health_check_s"] = args.replica_health_check_s or "default"
+            extra["load_avg"] = [round(x, 1) for x in os.getloadavg()]  # a shared host
             print(json.dumps(line | extra), flush=True)
             if name == "soak":  # the detail: per process, then every sample
                 detail = {"scenario": "soak_processes", "processes": report["process_table"]}
