@@ -210,6 +210,15 @@ class Envelope(BaseModel):
             copy.__dict__.pop(_AAD_SLOT, None)  # the update changes what the tag binds
         return copy
 
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        # an unpickled envelope (one a Ray handle or any host process handed over) computes
+        # its own: pickled state is the sender's to write, and a kept associated data that
+        # disagreed with the fields would have the tag check what the fields do not say
+        fields = state.get("__dict__")
+        if isinstance(fields, dict):
+            state = state | {"__dict__": {k: v for k, v in fields.items() if k != _AAD_SLOT}}
+        super().__setstate__(state)
+
 
 _AAD_SLOT = "_infaas_associated_data"
 """Where an envelope keeps its associated data once computed (in its ``__dict__``, beside

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from typing import Literal
 
 import pytest
@@ -131,6 +132,25 @@ def test_a_copy_with_edited_metadata_does_not_keep_the_original_associated_data(
     assert "_infaas" not in env.model_dump_json() and set(env.model_dump()) == set(
         Envelope.model_fields
     )
+
+
+def test_an_unpickled_envelope_computes_its_own_associated_data() -> None:
+    """A host hands an envelope over pickled (a Ray handle call) with an edited field and the
+    original's associated data in its state: the tag is checked against the fields it
+    carries, not the associated data the sender wrote."""
+    env = _req()
+    original = env.associated_data()
+    forged = env.model_copy(update={"tenant": "mallory"})
+    state = forged.__getstate__()
+    state["__dict__"] = state["__dict__"] | {"_infaas_associated_data": original}
+    smuggled = Envelope.__new__(Envelope)
+    smuggled.__setstate__(state)
+    assert smuggled.tenant == "mallory"
+    assert json.loads(smuggled.associated_data())["tenant"] == "mallory"
+    with pytest.raises(DecryptionFailed):
+        open_request(smuggled, {"k1": KEY}, now=T0)
+    # an honest round trip still opens
+    assert open_request(pickle.loads(pickle.dumps(env)), {"k1": KEY}, now=T0) == b"tensor bytes"
 
 
 def test_an_answer_binds_the_associated_data_it_carries() -> None:
