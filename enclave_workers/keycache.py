@@ -87,6 +87,12 @@ class _Bucket:
     at: float
 
 
+def _refused(e: InfaasError) -> bool:
+    """The key service said no (worth a minute's pause), rather than could not answer (its
+    replica died or was busy: asked again at the next need)."""
+    return e.status_code < 500
+
+
 class KeyCache:
     """Model and tenant keys released to this worker, cached in memory."""
 
@@ -193,8 +199,9 @@ class KeyCache:
                 raise UnknownKey(f"no profile key released for model {model_id!r} lately")
             try:
                 (rk,) = self._fetch([KeyRequest(kind="profile", model_id=model_id)])
-            except InfaasError:
-                self._retry_at[model_id] = self._clock() + 60.0
+            except InfaasError as e:
+                if _refused(e):
+                    self._retry_at[model_id] = self._clock() + 60.0
                 raise
             self._profile_keys[model_id] = rk.key
             return rk.key
@@ -232,16 +239,18 @@ class KeyCache:
             chunk = wanted[start : start + 32]
             try:
                 keys = self._fetch([r for m in chunk for r in self._wanted_for(m)])
-            except InfaasError:
+            except InfaasError as e:
                 if len(chunk) == 1:
-                    self._retry_at[chunk[0]] = now + 60.0
+                    if _refused(e):
+                        self._retry_at[chunk[0]] = now + 60.0
                     raise
                 keys = []
                 for m in chunk:
                     try:
                         keys += self._fetch(self._wanted_for(m))
                     except InfaasError as e:
-                        self._retry_at[m] = now + 60.0
+                        if _refused(e):
+                            self._retry_at[m] = now + 60.0
                         log.warning("no keys released for model %s: %s", m, e.message)
             for rk in keys:
                 self._remember_released(rk)

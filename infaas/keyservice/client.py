@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from infaas.attestation.backends import EvidenceGenerator, GpuEvidenceGenerator, report_data_for
 from infaas.attestation.verifier import AttestationVerifier
 from infaas.attestation.verify import VerifiedQuote
-from infaas.errors import AttestationFailed, InvalidInput, error_from_problem
+from infaas.errors import AttestationFailed, InvalidInput, ReplicaUnavailable, error_from_problem
 from infaas.keyservice.channel import SealedCall
 from infaas.keyservice.enrolment import statement_subject
 from infaas.keyservice.models import (
@@ -90,6 +90,13 @@ class KeyServiceHttpClient:
             raise error_from_problem(body)
         if r.status_code == 422:
             raise InvalidInput("key service refused the request body", errors=body)
+        if r.status_code in (500, 502):
+            # the key service answers with problems: a bare 500 / 502 is the proxy's, for a
+            # key service replica that died mid-call (as `infaas.client.transport` reads it)
+            raise ReplicaUnavailable(
+                f"the key service's replica went away (HTTP {r.status_code})",
+                http_status=r.status_code,
+            )
         r.raise_for_status()
         return r
 
