@@ -530,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     admin = load_or_create_enrolment_key(work)  # the key service enrols with its public half
     t_start = time.perf_counter()
-    for attempt in range(3):
+    for attempt in range(8):
         try:
             ray.init(
                 num_cpus=max(2, args.replicas * 2),
@@ -542,10 +542,11 @@ def main(argv: list[str] | None = None) -> int:
             break
         except Exception as e:  # Ray raises a bare Exception when its node times out
             # on a shared 2-core machine at load 20+, the raylet can miss its start deadline
-            log.warning("ray.init failed (%s); attempt %d of 3", e, attempt + 1)
+            log.warning("ray.init failed (%s); attempt %d of 8", e, attempt + 1)
             ray.shutdown()
-            if attempt == 2:
+            if attempt == 7:
                 raise
+            time.sleep(15.0)
     result: dict[str, Any] = {}
     cold: dict[str, Any] = {}
     prepare_s: dict[str, float] = {}
