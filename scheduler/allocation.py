@@ -551,10 +551,11 @@ def _objective(p: AllocationProblem, a: Allocation) -> float:
 def solve_auto(p: AllocationProblem) -> Allocation:
     """The MILP where it is small enough to finish within its limit, the greedy plan beyond.
 
-    Measured (`bench/sim.py alloc --sizes ...`): up to ~100 binaries HiGHS closes the gap
-    within 1 s on nearly every demand snapshot; past ~200 it stops at the limit on all of
-    them. The greedy plan costs at most twice the optimum plus one replica per pool
-    (tests/unit/test_allocation_scale.py), and `decompose.lower_bound` measures its gap."""
+    Measured (`bench/sim.py alloc --sizes ...`, README): on a quiet machine HiGHS closes the
+    gap within 1 s on most demand snapshots up to ~100 binaries and on almost none from ~200;
+    on a loaded one it stops at the limit from ~45. The greedy plan costs at most twice the
+    optimum plus one replica per pool (tests/unit/test_allocation_scale.py), and
+    `decompose.lower_bound` measures its gap."""
     greedy = solve_greedy(p)
     # a floor without pruning (slow at fleet size): each variant greedy hosts is the first
     # of its classes' pruned options, so every slot of its pool has a y and an x for it

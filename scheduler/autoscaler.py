@@ -26,14 +26,15 @@ strictest accuracy floor):
 3. **Scale to zero.** A class with no traffic keeps one warm replica until it
    has been idle for ``idle_to_zero_s``; then it gets none (the next request
    pays the cold start, which `policy.select` counts).
-4. **Upgrade / downgrade.** The allocation (`scheduler.allocation`, MILP by
-   default) picks for each class the cheapest mix of variants that meets its
-   accuracy floor and latency target within the CPU budget and the replicas'
-   memory budget. When the cheap variant cannot keep up within the replica
-   budget, traffic moves to a faster one that still meets the floor (an
-   upgrade); when the held demand falls it moves back (a downgrade, delayed by
-   the hysteresis of step 2). Variants below a class's floor are never
-   offered to it: demand they could have absorbed is reported as unserved.
+4. **Upgrade / downgrade.** The allocation (`scheduler.allocation`; by default
+   the MILP on small problems, greedy at fleet size) picks for each class the
+   cheapest mix of variants that meets its accuracy floor and latency target
+   within the CPU budget and the replicas' memory budget. When the cheap
+   variant cannot keep up within the replica budget, traffic moves to a faster
+   one that still meets the floor (an upgrade); when the held demand falls it
+   moves back (a downgrade, delayed by the hysteresis of step 2). Variants
+   below a class's floor are never offered to it: demand they could have
+   absorbed is reported as unserved.
 5. **Queue guard.** The decision asks for at least ``held queue /
    queue_guard_ongoing_requests`` worker replicas (`ScalingDecision.min_workers`),
    the held queue being the largest measured over ``downscale_delay_s``: a
