@@ -29,6 +29,7 @@ buffer: at 100 MB, allocation, not AES, is what costs.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import secrets
@@ -504,8 +505,16 @@ class StoreReplayGuard(ReplayGuard):
 
 
 def wipe(buf: bytearray) -> None:
-    """Overwrite a plaintext buffer (a decrypted request or artifact) in place."""
-    buf[:] = bytes(len(buf))
+    """Overwrite a plaintext buffer (a decrypted request or artifact) in place.
+
+    One ``memset`` over the buffer: no zeroed copy of it is allocated first (a slice
+    assignment from ``bytes(n)`` made the wipe of a 100 MB artifact ten times slower).
+    """
+    n = len(buf)
+    if n:
+        view = (ctypes.c_char * n).from_buffer(buf)
+        ctypes.memset(view, 0, n)
+        del view  # the buffer export ends here
 
 
 # --- model artifacts at rest --------------------------------------------------------------

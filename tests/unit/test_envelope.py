@@ -27,6 +27,7 @@ from infaas.envelope import (
     seal_error,
     seal_request,
     seal_response,
+    wipe,
 )
 from infaas.errors import (
     DecryptionFailed,
@@ -364,3 +365,17 @@ def test_any_single_bit_flip_is_detected(payload: bytes, where: int) -> None:
     ct[where % len(ct)] ^= 1 << (where % 8)
     with pytest.raises(DecryptionFailed):
         open_request(env.model_copy(update={"ciphertext": bytes(ct)}), {"k1": KEY}, now=T0)
+
+
+def test_wipe_zeroes_a_plaintext_buffer_in_place() -> None:
+    """The decrypted artifact or request is overwritten where it lies (no copy is left
+    holding it), and the buffer stays usable: wiping ends its export."""
+    plain = open_artifact({"mk1": KEY}, "m", seal_artifact(KEY, "mk1", "m", b"weights" * 1000))
+    view = memoryview(plain)
+    wipe(plain)
+    assert plain == bytearray(7000) and view.tobytes() == bytes(7000)
+    view.release()
+    plain.extend(b"x")  # no export left behind
+    empty = bytearray()
+    wipe(empty)
+    assert empty == bytearray()
