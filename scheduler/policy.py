@@ -293,8 +293,10 @@ class CandidateSet:
         for key, group in groups.items():
             by_key[key] = tuple(group)
         least = REACH_MIN if reach_min is None else reach_min
+        # one lookup per select: the group with its index (None under REACH_MIN)
         self._reach = {
-            k: AccuracyReach([c.accuracy for c in g]) for k, g in by_key.items() if len(g) >= least
+            k: (g, AccuracyReach([c.accuracy for c in g]) if len(g) >= least else None)
+            for k, g in by_key.items()
         }
         self._ordered = tuple(ordered)
         self._by_variant = by_variant
@@ -349,10 +351,9 @@ class CandidateSet:
     def reach(self, query: Query) -> tuple[tuple[Candidate, ...], AccuracyReach | None]:
         """`matching(query)` with the index of its candidates' accuracies (None in a group
         smaller than `REACH_MIN`)."""
-        key = (query.kind, query.name)
-        found = self._by_key.get(key)
-        if found:
-            return found, self._reach.get(key)
+        found = self._reach.get((query.kind, query.name))
+        if found and found[0]:
+            return found
         raise self._unmatched(query)
 
     @staticmethod
