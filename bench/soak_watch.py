@@ -13,7 +13,6 @@ bounded request-id records (whose fill lasts one replay window).
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,25 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from infaas.store import MetadataStore
+from tests.ray_nodes import processes
 
 _MIN_RSS_KIB = 20_000
 """Processes smaller than this at the start are listed but left out of the growth figures
 (a few hundred KiB would read as tens of percent)."""
-
-
-def _processes() -> dict[int, tuple[int, str]]:
-    """pid -> (parent pid, command line) of every process (Linux /proc)."""
-    table: dict[int, tuple[int, str]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        table[int(entry)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmd.strip())
-    return table
 
 
 def role_of(cmd: str) -> str:
@@ -135,7 +120,7 @@ class SoakWatch:
     _t0: float = 0.0
 
     def start(self) -> None:
-        table = _processes()
+        table = processes()
         self.roles = {p: role_of(table[p][1]) for p in self.pids if p in table}
         self.nodes = {p: _node_of(p, table, self.node_ports) for p in self.pids}
         self._t0 = time.monotonic()
@@ -169,7 +154,7 @@ class SoakWatch:
         if self._thread is not None:
             self._thread.join()
         # roles may have changed (an idle worker that became a replica): name them as they end
-        table = _processes()
+        table = processes()
         for p in self.pids:
             if p in table:
                 self.roles[p] = role_of(table[p][1])

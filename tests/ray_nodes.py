@@ -48,7 +48,7 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _processes() -> dict[int, tuple[int, str]]:
+def processes() -> dict[int, tuple[int, str]]:
     """pid -> (parent pid, command line) of every process (Linux /proc)."""
     table: dict[int, tuple[int, str]] = {}
     for entry in os.listdir("/proc"):
@@ -59,7 +59,7 @@ def _processes() -> dict[int, tuple[int, str]]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        table[int(entry)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmd)
+        table[int(entry)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmd.strip())
     return table
 
 
@@ -198,7 +198,7 @@ class RayNodes:
         return rows
 
     def _mine(self, marks: list[str]) -> list[int]:
-        table = _processes()
+        table = processes()
         own = {os.getpid()}
         pid = os.getpid()
         while pid > 1 and pid in table:  # never this process or its ancestors
