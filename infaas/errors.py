@@ -54,7 +54,7 @@ content-free `detail` in the clear and its own problem sealed for the tenant
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeGuard
 
 if TYPE_CHECKING:
     from pydantic import ValidationError
@@ -273,6 +273,25 @@ def error_from_problem(body: dict[str, Any]) -> InfaasError:
     """The typed error an RFC 9457 problem body names (its `code`; its extension members)."""
     fields = {k: v for k, v in body.items() if k not in PROBLEM_MEMBERS}
     return error_from_code(str(body.get("code", "")), str(body.get("detail", "")), fields)
+
+
+def is_problem(body: object) -> TypeGuard[dict[str, Any]]:
+    """Whether a decoded error answer is an infaas problem (it names its `code`)."""
+    return isinstance(body, dict) and "code" in body
+
+
+PLATFORM_FAILURES = frozenset({500, 502})
+"""Statuses that, without an infaas problem body, only the serving platform answers."""
+
+
+def is_platform_failure(status: int, body: object) -> bool:
+    """Whether an error answer is the serving platform's, not infaas's.
+
+    Every infaas server answers each call with a body of its own (a sealed answer or a
+    problem), so a 500 / 502 without a problem body is the proxy's, e.g. Ray Serve's for a
+    replica that died mid-call: `ReplicaUnavailable`, where a problem is infaas's answer.
+    """
+    return status in PLATFORM_FAILURES and not is_problem(body)
 
 
 def error_from_code(code: str, message: str, detail: dict[str, Any] | None = None) -> InfaasError:

@@ -26,10 +26,9 @@ from infaas.errors import (
     Timeout,
     Unreachable,
     error_from_problem,
+    is_platform_failure,
+    is_problem,
 )
-
-PLATFORM_FAILURES = frozenset({500, 502})
-"""Statuses that, without an infaas problem body, only the serving platform answers."""
 
 
 def _headers(
@@ -132,7 +131,7 @@ def _problem_error(response: httpx.Response) -> InfaasError:
         body = response.json()
     except ValueError:
         body = None
-    if isinstance(body, dict) and "code" in body:
+    if is_problem(body):
         return error_from_problem(body)
     status = response.status_code
     text = response.text[:200]
@@ -147,9 +146,7 @@ def _problem_error(response: httpx.Response) -> InfaasError:
     if status == 503:
         # e.g. Ray Serve's own back-pressure answer (plain text, Retry-After)
         return Overloaded(f"HTTP 503: {text}")
-    if status in PLATFORM_FAILURES:
-        # infaas answers every call with a body of its own (a sealed answer or a problem):
-        # a bare 500 / 502 is the proxy's, e.g. Ray Serve's when the replica died mid-call
+    if is_platform_failure(status, body):
         return ReplicaUnavailable(
             f"HTTP {status} from {response.request.url.path} without an infaas answer: the "
             f"replica serving it died or went away ({text})",

@@ -37,7 +37,14 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from infaas.attestation.backends import EvidenceGenerator, GpuEvidenceGenerator, report_data_for
 from infaas.attestation.verifier import AttestationVerifier
 from infaas.attestation.verify import VerifiedQuote
-from infaas.errors import AttestationFailed, InvalidInput, ReplicaUnavailable, error_from_problem
+from infaas.errors import (
+    AttestationFailed,
+    InvalidInput,
+    ReplicaUnavailable,
+    error_from_problem,
+    is_platform_failure,
+    is_problem,
+)
 from infaas.keyservice.channel import SealedCall
 from infaas.keyservice.enrolment import statement_subject
 from infaas.keyservice.models import (
@@ -86,13 +93,12 @@ class KeyServiceHttpClient:
             body = r.json()
         except ValueError:
             body = None
-        if isinstance(body, dict) and "code" in body:
+        if is_problem(body):
             raise error_from_problem(body)
         if r.status_code == 422:
             raise InvalidInput("key service refused the request body", errors=body)
-        if r.status_code in (500, 502):
-            # the key service answers with problems: a bare 500 / 502 is the proxy's, for a
-            # key service replica that died mid-call (as `infaas.client.transport` reads it)
+        if is_platform_failure(r.status_code, body):
+            # a key service replica that died mid-call
             raise ReplicaUnavailable(
                 f"the key service's replica went away (HTTP {r.status_code})",
                 http_status=r.status_code,
