@@ -151,12 +151,13 @@ async def answer(
     raises. The answer is binary when ``Accept`` lists `ENVELOPE_MEDIA_TYPE`, else JSON."""
     try:
         with admission.admit():
-            token = bearer_token(headers.authorization)
-            runtime.authenticate(token)  # a bad token costs no body read
+            # the one token check of a request, before its body is read (a bad token costs
+            # no read); the runtime holds the tenant it names to the envelope's
+            tenant = runtime.authenticate(bearer_token(headers.authorization))
             kind = request_media_type(headers.content_type)
             check_declared_length(headers.content_length, max_bytes)
             request = parse_infer_request(await read_body(chunks, max_bytes), kind)
-            response = await runtime.infer(request, token)
+            response = await runtime.infer(request, tenant=tenant)
     except InfaasError as e:
         return e.status_code, problem_body(e), {"content-type": PROBLEM_JSON, **problem_headers(e)}
     except Exception:  # one request's bug must not become another's problem

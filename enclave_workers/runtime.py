@@ -5,7 +5,7 @@
 
 For each `InferRequest`::
 
-    API token -> tenant            (TokenRegistry; must equal envelope.tenant, else 403)
+    API token -> tenant            (TokenRegistry, once; must equal envelope.tenant, else 403)
     tenant key + the models it may serve    cached; released by the key service only
                                             to attested workers, with the models the
                                             owner granted *and* the tenant accepted
@@ -53,7 +53,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NewType, TypeVar
 
 from pydantic import ValidationError
 
@@ -109,6 +109,8 @@ from scheduler.routing import LoadReport, RoutingHints
 from variants.runtime import LoadedVariant, load_variant, row_proof
 
 log = get_logger(__name__)
+Verified = NewType("Verified", str)
+"""A tenant id `WorkerRuntime.authenticate` read from an API token it verified."""
 
 DEFAULT_MEMORY_BUDGET_BYTES = 4 * 1024**3
 
@@ -191,7 +193,7 @@ class WorkerRuntime:
             tenant_ttl_s=tenant_key_ttl_s,
         )
         self._tokens = TokenRegistry(store)
-        self._token_cache: dict[str, tuple[str, float]] = {}
+        self._token_cache: dict[str, tuple[Verified, float]] = {}
         self._token_cache_s = token_cache_s
         self._memory_replay = MemoryReplayGuard(settings.request_window_s)
         self._shared_replay = (
@@ -394,7 +396,7 @@ class WorkerRuntime:
 
     # --- the request path ---------------------------------------------------------------
 
-    def authenticate(self, token: str | None) -> str:
+    def authenticate(self, token: str | None) -> Verified:
         """The tenant a token belongs to; AuthenticationFailed otherwise. Cached for
         `token_cache_s` (1 s): a revoked API token is refused within that."""
         digest = hashlib.sha256((token or "").encode()).hexdigest()
@@ -402,7 +404,7 @@ class WorkerRuntime:
         now = time.monotonic()
         if hit is not None and hit[1] > now:
             return hit[0]
-        principal = self._tokens.verify(token, "tenant").id
+        principal = Verified(self._tokens.verify(token, "tenant").id)
         if len(self._token_cache) > 10_000:
             self._token_cache.clear()
         self._token_cache[digest] = (principal, now + self._token_cache_s)
@@ -434,13 +436,16 @@ class WorkerRuntime:
             return Query.for_architecture(env.architecture)
         return Query.for_task(env.task)
 
-    async def infer(self, request: InferRequest, token: str | None) -> InferResponse:
-        """Serve one sealed request (see the module docstring); InfaasError on refusal."""
+    async def infer(
+        self, request: InferRequest, token: str | None = None, *, tenant: Verified | None = None
+    ) -> InferResponse:
+        """Serve a sealed request sent with `token` (or `tenant`, verified); InfaasError if not."""
         t0 = time.perf_counter()
         self.loop = asyncio.get_running_loop()
         self._maybe_refresh()
         try:
-            response = await self._infer(request, token, t0)
+            who = self.authenticate(token) if tenant is None else tenant
+            response = await self._infer(request, who, t0)
         except InfaasError as e:
             self.errors[e.code] += 1
             self.telemetry.request_failed(request.envelope, e.code, t0)
@@ -452,11 +457,11 @@ class WorkerRuntime:
         self.telemetry.request_served(request.envelope, response)
         return response
 
-    async def _infer(self, request: InferRequest, token: str | None, t0: float) -> InferResponse:
+    async def _infer(self, request: InferRequest, tenant: Verified, t0: float) -> InferResponse:
         env = request.envelope
         if env.kind != "request":
             raise DecryptionFailed("not a request envelope")
-        if self.authenticate(token) != env.tenant:
+        if tenant != env.tenant:
             raise PermissionDenied("the API token belongs to another tenant than the envelope")
         try:
             slo = SLO(latency_ms=env.latency_ms, min_accuracy=env.min_accuracy)
