@@ -1,15 +1,24 @@
 """Open-loop load generation against a running `infaas serve`, through the real client path.
 
-Every request is sealed by `infaas.Client.seal_infer` (AES-GCM envelope under
-its tenant's request key, the SLO in the authenticated metadata), POSTed to
-``/v1/infer`` with the tenant's API token on a shared asyncio httpx client, and
-the answer opened and checked by `Client.open_infer`. Send times come from the
-trace (`bench.traces.Trace.arrivals`), not from answers: a slow service gets a
-queue, as a real one would.
+Every request is one `infaas.AsyncClient.infer` call of its class's tenant
+(sealed under the tenant's request key, the SLO in the authenticated metadata,
+sent as the binary envelope frame a client sends by default, the answer opened
+and checked), tried once: a refusal is a result, not something to retry. Send
+times come from the trace (`bench.traces.Trace.arrivals`), not from answers:
+a slow service gets a queue, as a real one would.
+
+The tenants' clients share one HTTP connection pool of `MAX_IN_FLIGHT`
+connections, and at most that many requests are in flight at once; later ones
+wait here, and that wait counts in their latency. An unbounded pool is not
+neutral: httpx's pool does work per event that grows with the connections and
+queued requests it holds, so during a burst's backlog the generator itself took
+the CPU the service needed (measured: 96 % busy, its sends up to 2.9 s late)
+and turned a burst into a minute-long cascade.
 
 A result records the class, the scheduled send time, the end-to-end latency
 (from the scheduled time, so time spent queued in this client counts), the
-variant that answered and its accuracy, or the error code.
+variant that answered and the accuracy bound into its sealed answer, or the
+error code.
 """
 
 from __future__ import annotations
@@ -18,12 +27,19 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
 
 from bench.traces import DemandClass, Trace
-from infaas.client import Client, problem_error
+from infaas.client import AsyncClient
+from infaas.client.retry import NO_RETRY
+from infaas.errors import InfaasError
+
+MAX_IN_FLIGHT = 128
+"""Requests in flight at once (above every policy's replicas x Serve's max_ongoing_requests
+here, so the service, not this client, holds the queue)."""
 
 
 @dataclass(slots=True)
@@ -47,9 +63,9 @@ def slo_met(r: Result, c: DemandClass) -> bool:
 
 async def run_trace(
     trace: Trace,
-    clients: Mapping[str, Client],
+    credentials: Mapping[str, Path],
+    base_url: str,
     inputs: Mapping[str, np.ndarray],
-    accuracy: Mapping[str, float],
     *,
     seed: int = 0,
     max_requests: int | None = None,
@@ -58,61 +74,45 @@ async def run_trace(
 ) -> list[Result]:
     """Send the trace's arrivals; return one `Result` per request.
 
-    `clients`: tenant -> a Client with its credentials; `inputs`: task -> a
-    batch of samples to draw single inputs from; `accuracy`: variant id ->
-    profiled accuracy. `on_tick(t)` is called about once a second.
+    `credentials`: tenant -> its credentials file; `inputs`: task -> a batch of
+    samples to draw single inputs from. `timeout_s` bounds each request from its
+    scheduled send time. `on_tick(t)` is called about once a second.
     """
     arrivals = trace.arrivals(seed, max_requests)
-    base = next(iter(clients.values())).base_url
     rng = np.random.default_rng(seed)
     picks = [int(rng.integers(0, len(inputs[trace.classes[j].task]))) for _, j in arrivals]
     results: list[Result] = []
-    limits = httpx.Limits(max_connections=512, max_keepalive_connections=256)
-    async with httpx.AsyncClient(base_url=base, timeout=timeout_s, limits=limits) as http:
+    limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT)
+    gate = asyncio.Semaphore(MAX_IN_FLIGHT)
+    async with httpx.AsyncClient(base_url=base_url, timeout=timeout_s, limits=limits) as http:
+        clients = {
+            t: AsyncClient.from_credentials(path, base_url=base_url, http=http, retry=NO_RETRY)
+            for t, path in credentials.items()
+        }
+        for client in clients.values():
+            await client.tasks()
 
         async def one(t_send: float, j: int, pick: int, start: float) -> None:
             lag = (time.perf_counter() - start - t_send) * 1e3
             c = trace.classes[j]
-            client = clients[c.tenant]
             x = inputs[c.task][pick : pick + 1]
-            request = client.seal_infer(
-                task=c.task, inputs=x, latency_ms=c.latency_ms, min_accuracy=c.min_accuracy
-            )
-            body = request.model_dump_json().encode()
-            headers = {
-                "Authorization": f"Bearer {client.api_token}",
-                "Content-Type": "application/json",
-            }
             try:
-                r = await http.post(client.infer_path, content=body, headers=headers)
-                lat = (time.perf_counter() - start - t_send) * 1e3
-                if r.status_code >= 300:
-                    err = problem_error(r)
-                    results.append(Result(j, t_send, lat, False, error=err.code, lag_ms=lag))
-                    return
-                from infaas.wire import InferResponse
-
-                resp = InferResponse.model_validate_json(r.content)
-                client.open_infer(request, resp)
-                lat = (time.perf_counter() - start - t_send) * 1e3
-                results.append(
-                    Result(
-                        j,
-                        t_send,
-                        lat,
-                        True,
-                        resp.variant_id,
-                        accuracy.get(resp.variant_id, float("nan")),
-                        lag_ms=lag,
-                    )
-                )
-            except httpx.TimeoutException:
+                async with asyncio.timeout(max(0.0, timeout_s - lag / 1e3)), gate:
+                    out = await clients[c.tenant].infer(
+                        task=c.task, inputs=x, latency_ms=c.latency_ms,
+                        min_accuracy=c.min_accuracy, timeout_s=timeout_s,
+                    )  # fmt: skip
+            except TimeoutError:
                 results.append(
                     Result(j, t_send, timeout_s * 1e3, False, error="timeout", lag_ms=lag)
                 )
-            except httpx.TransportError as e:
+                return
+            except InfaasError as e:
                 lat = (time.perf_counter() - start - t_send) * 1e3
-                results.append(Result(j, t_send, lat, False, error=type(e).__name__, lag_ms=lag))
+                results.append(Result(j, t_send, lat, False, error=e.code, lag_ms=lag))
+                return
+            lat = (time.perf_counter() - start - t_send) * 1e3
+            results.append(Result(j, t_send, lat, True, out.variant_id, out.accuracy, lag_ms=lag))
 
         start = time.perf_counter()
         tasks: list[asyncio.Task[None]] = []

@@ -281,7 +281,6 @@ def sample(store: Any, t: float) -> tuple[float, int, int | None, dict[str, int]
 
 
 def run_policy(policy: str, trace: Trace, args: argparse.Namespace, config: Path) -> Run:
-    from infaas.client import Client
     from infaas.store import open_store
     from infaas.zoo import load_manifest, load_validation
 
@@ -295,20 +294,15 @@ def run_policy(policy: str, trace: Trace, args: argparse.Namespace, config: Path
         tenants = {c.tenant for c in trace.classes}
         for t in sorted(tenants):  # whatever tenants the trace names
             ensure_tenant(data_dir, served.url, t)
-        clients = {
-            t: Client.from_credentials(data_dir / "credentials" / f"{t}.json", base_url=served.url)
-            for t in tenants
-        }
+        creds = {t: data_dir / "credentials" / f"{t}.json" for t in tenants}
         manifest = load_manifest(data_dir / "zoo")
         inputs: dict[str, np.ndarray] = {}
         for m in manifest.models:
             if m.task not in inputs:
                 inputs[m.task] = load_validation(data_dir / "zoo", m)[0][:64]
-        any_client = next(iter(clients.values()))
-        accuracy = {p.variant_id: p.accuracy for i in any_client.models() for p in i.profiles}
         # warm-up: every class a few times at a low rate, then let the loop settle
         warm = Trace("warm", trace.classes, (0.0, 6.0), (tuple(2.0 for _ in trace.classes),))
-        asyncio.run(run_trace(warm, clients, inputs, accuracy, seed=args.seed + 1))
+        asyncio.run(run_trace(warm, creds, served.url, inputs, seed=args.seed + 1))
         time.sleep(2.0)
         store = open_store(f"sqlite:///{data_dir / 'infaas.db'}")
         run = Run(policy, [])
@@ -321,17 +315,15 @@ def run_policy(policy: str, trace: Trace, args: argparse.Namespace, config: Path
         run.results = asyncio.run(
             run_trace(
                 trace,
-                clients,
+                creds,
+                served.url,
                 inputs,
-                accuracy,
                 seed=args.seed,
                 max_requests=args.max_requests,
                 on_tick=on_tick,
             )
         )
         run.cpu_steal = steal_share(cpu_before, cpu_times())
-        for c in clients.values():
-            c.close()
         store.close()
         return run
     finally:
