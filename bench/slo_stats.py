@@ -120,8 +120,13 @@ def summarise(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def print_summary(path: Path) -> None:
-    """The summary of a results file, one JSON line per row; smoke runs apart, marked."""
+    """The summary of a results file, one JSON line per row: runs under each config (its
+    sha256) apart, in the file's order, and smoke runs apart, marked."""
     runs = read_runs(path)
-    for smoke in (False, True):
-        for row in summarise([r for r in runs if bool(r.get("smoke")) == smoke]):
-            print(json.dumps(row | {"smoke": True} if smoke else row))
+    configs = list(dict.fromkeys(r.get("config_sha256") for r in runs))
+    for sha in configs:
+        mine = [r for r in runs if r.get("config_sha256") == sha]
+        for smoke in (False, True):
+            for row in summarise([r for r in mine if bool(r.get("smoke")) == smoke]):
+                row = row | {"config_sha256": sha}
+                print(json.dumps(row | {"smoke": True} if smoke else row))
