@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import hashlib
 import json
 import math
 import os
@@ -444,9 +445,16 @@ def exp_validate(args: argparse.Namespace) -> None:
     from scheduler.control import with_overhead
     from scheduler.policy import CandidateSet
 
-    cfg = yaml.safe_load(Path(args.config).read_text())
+    raw = Path(args.config).read_bytes()
+    cfg = yaml.safe_load(raw)
+    sha = hashlib.sha256(raw).hexdigest()
     rows = [json.loads(x) for x in Path(args.results).read_text().splitlines() if x.strip()]
-    rows = [r for r in rows if "violations" in r and not r.get("smoke")]
+    # only the runs made under this very config: others ran under other constants
+    rows = [
+        r
+        for r in rows
+        if "violations" in r and not r.get("smoke") and r.get("config_sha256") == sha
+    ]
     store = open_store(args.store)
     variants, profiles = store.list_variants(), store.list_profiles()
     from infaas.settings import Pool
