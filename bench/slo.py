@@ -96,7 +96,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--trace", default="bursty", help="name under bench/traces/ or a CSV path")
     p.add_argument("--policies", default=",".join(POLICIES))
     p.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "infaas-slo")
-    p.add_argument("--plot", type=Path, default=None, help="PNG (default docs/slo_<trace>.png)")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="PNG (default docs/slo_<trace>.png; with --summarise: the last config's runs)",
+    )
     p.add_argument(
         "--zoo",
         choices=("full", "small"),
@@ -529,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.summarise is not None:
         from bench.slo_stats import print_summary
 
-        print_summary(args.summarise)
+        print_summary(args.summarise, args.plot)
         return 0
     if args.results is not None:
         if args.config is None:
