@@ -479,7 +479,8 @@ def run_matrix(args: argparse.Namespace) -> int:
     """The resumable runner: each run not yet in ``--results`` under this config, appended.
 
     A failed run is appended too, with its error (every run is reported), and
-    tried again by the next session.
+    tried again by the next session. Each run's samples and per-request results
+    go to ``DATA_DIR/run-<trace>-<policy>-<seed>.json`` beside it.
     """
     from bench.slo_stats import read_runs
 
@@ -519,6 +520,7 @@ def run_matrix(args: argparse.Namespace) -> int:
         try:
             run = run_policy(policy, trace, args, config)
             row = base | summarise(run, trace) | {"cpu_steal": run.cpu_steal}
+            write_run(args.data_dir / f"run-{trace.name}-{policy}-{seed}.json", row, run)
         except Exception as e:
             print(f"[slo] {policy} {trace_name} seed {seed} failed: {e}", file=sys.stderr)
             row = base | {"error": f"{type(e).__name__}: {e}"[:500]}
@@ -578,20 +580,19 @@ def main(argv: list[str] | None = None) -> int:
         # runs far apart in it are not comparable
         row.update(meta, load_avg_1m=round(os.getloadavg()[0], 2), cpu_steal=run.cpu_steal)
         print(json.dumps(row), flush=True)
-        (args.data_dir / f"run-{trace.name}-{policy}.json").write_text(
-            json.dumps(
-                {
-                    "row": row,
-                    "samples": run.samples,
-                    "results": [_res(r) for r in run.results],
-                }
-            )
-        )
+        write_run(args.data_dir / f"run-{trace.name}-{policy}.json", row, run)
     if runs:
         out = args.plot or REPO / "docs" / f"slo_{trace.name}.png"
         plot(runs, trace, out)
         print(f"[slo] plot: {out}", file=sys.stderr)
     return 0
+
+
+def write_run(path: Path, row: dict[str, Any], run: Run) -> None:
+    """A run's row, its once-a-second samples and every request's result, for looking into
+    one run later (the results file keeps only the row)."""
+    results = [_res(r) for r in run.results]
+    path.write_text(json.dumps({"row": row, "samples": run.samples, "results": results}))
 
 
 def _res(r: Result) -> dict[str, Any]:
